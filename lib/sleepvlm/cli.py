@@ -1,0 +1,96 @@
+"""The ``sleepvlm`` command: build the book, write the simulated cohort, run the benchmarks."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import yaml
+
+
+def _parameters(pairs: list[list[str]] | None) -> dict:
+    """``-p NAME VALUE`` pairs, values parsed as YAML like papermill's own ``-y``."""
+    return {name: yaml.safe_load(value) for name, value in pairs or []}
+
+
+def cmd_book(args: argparse.Namespace) -> int:
+    from .book import BookError, run_book
+
+    try:
+        run_book(
+            smoke=args.smoke,
+            only=args.only,
+            parameters=_parameters(args.p),
+            build=args.build_dir,
+            force=args.force,
+            html=not args.no_html,
+        )
+    except BookError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_check_notebooks(args: argparse.Namespace) -> int:
+    from .book import dirty_notebooks
+
+    problems = dirty_notebooks(Path(args.folder))
+    for line in problems:
+        print(line, file=sys.stderr)
+    return 1 if problems else 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from .data.cohort import build_cohort
+
+    root = build_cohort(args.size, root=args.out)
+    print(root)
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from . import bench
+
+    if args.what == "preprocess":
+        bench.print_preprocess_bench(hours=args.hours)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sleepvlm", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    book = sub.add_parser("book", help="execute the chapters with papermill and build the book")
+    book.add_argument("--smoke", action="store_true", help="tiny parameters: a quick build")
+    book.add_argument("--only", nargs="+", metavar="CHAPTER", help="chapter numbers or names")
+    book.add_argument("-p", nargs=2, action="append", metavar=("NAME", "VALUE"),
+                      help="parameter passed to every selected chapter (value parsed as YAML)")
+    book.add_argument("--build-dir", type=Path, help="build somewhere else than the project")
+    book.add_argument("--force", action="store_true", help="rerun chapters even if unchanged")
+    book.add_argument("--no-html", action="store_true", help="execute only; skip Jupyter Book")
+    book.set_defaults(func=cmd_book)
+
+    check = sub.add_parser("check-notebooks", help="fail if notebook sources carry outputs")
+    check.add_argument("folder", nargs="?", default="notebooks")
+    check.set_defaults(func=cmd_check_notebooks)
+
+    sim = sub.add_parser("simulate", help="write the simulated cohort in the real datasets' formats")
+    sim.add_argument("--size", default="small", choices=["small", "full"])
+    sim.add_argument("--out", type=Path, help="folder (default: the cache)")
+    sim.set_defaults(func=cmd_simulate)
+
+    bench = sub.add_parser("bench", help="measure ours against a reference in one run")
+    bench.add_argument("what", choices=["preprocess"])
+    bench.add_argument("--hours", type=float, default=8.0, help="length of the synthetic night")
+    bench.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
