@@ -1,3 +1,3 @@
-"""sleepvlm: the helper library behind the sleepvlm book (data, signal processing, rules, models, metrics)."""
+"""sleepvlm: the helper library behind the sleepvlm book (data, signals, rules, models, metrics)."""
 
 __version__ = "0.1.0"

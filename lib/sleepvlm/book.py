@@ -112,7 +112,8 @@ def execute_chapter(
             run = ChapterRun(notebook.stem, "failed", time.perf_counter() - start, key, parameters)
             record.write_text(json.dumps(asdict(run), indent=1))
             raise BookError(
-                f"chapter {notebook.stem} failed in cell {err.exec_count}: {err.ename}: "
+                f"chapter {notebook.stem} failed in cell [{err.exec_count}] (execution count in "
+                f"the notebook below): {err.ename}: "
                 f"{err.evalue}\nThe executed notebook with the error is {failed}; "
                 "earlier chapters are kept."
             ) from None

@@ -64,8 +64,13 @@ def build_parser() -> argparse.ArgumentParser:
     book = sub.add_parser("book", help="execute the chapters with papermill and build the book")
     book.add_argument("--smoke", action="store_true", help="tiny parameters: a quick build")
     book.add_argument("--only", nargs="+", metavar="CHAPTER", help="chapter numbers or names")
-    book.add_argument("-p", nargs=2, action="append", metavar=("NAME", "VALUE"),
-                      help="parameter passed to every selected chapter (value parsed as YAML)")
+    book.add_argument(
+        "-p",
+        nargs=2,
+        action="append",
+        metavar=("NAME", "VALUE"),
+        help="parameter passed to every selected chapter (value parsed as YAML)",
+    )
     book.add_argument("--build-dir", type=Path, help="build somewhere else than the project")
     book.add_argument("--force", action="store_true", help="rerun chapters even if unchanged")
     book.add_argument("--no-html", action="store_true", help="execute only; skip Jupyter Book")
@@ -75,7 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("folder", nargs="?", default="notebooks")
     check.set_defaults(func=cmd_check_notebooks)
 
-    sim = sub.add_parser("simulate", help="write the simulated cohort in the real datasets' formats")
+    sim = sub.add_parser(
+        "simulate", help="write the simulated cohort in the real datasets' formats"
+    )
     sim.add_argument("--size", default="small", choices=["small", "full"])
     sim.add_argument("--out", type=Path, help="folder (default: the cache)")
     sim.set_defaults(func=cmd_simulate)

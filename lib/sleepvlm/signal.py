@@ -34,7 +34,11 @@ from sleepvlm.data.records import (
 )
 
 #: Pass bands (Hz) of each role, as in the AASM recommended filter settings.
-BANDS: dict[str, tuple[float, float]] = {"eeg": (0.3, 35.0), "eog": (0.1, 10.0), "emg": (10.0, 45.0)}
+BANDS: dict[str, tuple[float, float]] = {
+    "eeg": (0.3, 35.0),
+    "eog": (0.1, 10.0),
+    "emg": (10.0, 45.0),
+}
 #: Sampling rate (Hz) of every preprocessed channel.
 TARGET_SFREQ = 100
 #: Samples in one 30-s epoch at :data:`TARGET_SFREQ`.
@@ -42,14 +46,14 @@ EPOCH_SAMPLES = int(EPOCH_S * TARGET_SFREQ)
 
 #: Butterworth order of each band-pass edge (``scipy.signal.butter(N, ...)``).
 #:
-#: Why 4: run forwards and backwards, the effective response is ``|H|^2``, i.e. a roll-off of
-#: 2 x 6N dB/octave per edge and -6 dB (not -3 dB) at each cut-off. With N = 4 that is
-#: 48 dB/octave: mains at 50 Hz sits ~25 dB below the EEG pass band even without the notch, and
-#: the 0.3 Hz EEG high-pass keeps 0.5-2 Hz slow waves within 0.1 dB. N = 2 leaves 50 Hz only
-#: ~14 dB down; N >= 6 buys little more attenuation but lengthens the ringing of the impulse
-#: response (longer tails after K-complexes and movement artifacts) and makes the 0.1 Hz EOG
-#: high-pass (0.002 of the sampling rate) numerically touchy. Compare with
-#: ``filter_response(role, order=...)``.
+#: Why 4: run forwards and backwards, the applied response is ``|H|^2`` (-6 dB, not -3 dB, at
+#: each cut-off; roll-off 2 x 6N dB/octave). With N = 4 the EEG band loses 0.14 dB at 0.5 Hz
+#: (slow waves intact) and is 32 dB down at 40 Hz; EOG is 32 dB down at 15 Hz and EMG 53 dB
+#: down at 5 Hz. N = 2 leaves 40 Hz in the EEG only 17 dB down and already takes 1 dB
+#: (11 % of amplitude) off 0.5 Hz slow waves. N >= 6 sharpens edges that a 30-s image cannot
+#: show, at the price of more resonant poles (Q of the sharpest pole pair 1.31 at N = 4,
+#: 1.93 at N = 6), i.e. more ringing at the cut-off after K-complexes and movement artifacts.
+#: Compare with ``filter_response(role, order=...)``.
 FILTER_ORDER = 4
 #: Quality factor of the mains notch: -3 dB width = line_freq / Q (1.7 Hz at 50 Hz).
 NOTCH_Q = 30.0
@@ -158,13 +162,6 @@ def bridge_nans(x: np.ndarray) -> np.ndarray:
     return y
 
 
-def _filtfilt(sos: np.ndarray, x: np.ndarray, sfreq: float, low_freq: float) -> np.ndarray:
-    # The default padding (a few dozen samples) is far shorter than the settling time of a
-    # 0.1-0.3 Hz high-pass; pad ~3 time constants so the first epochs of the night are usable.
-    padlen = min(len(x) - 1, int(round(3 * sfreq / low_freq)))
-    return sps.sosfiltfilt(sos, x, padlen=max(padlen, 0))
-
-
 def preprocess_channel(
     x: np.ndarray, sfreq: float, role: str, line_freq: float | None = None
 ) -> np.ndarray:
@@ -178,14 +175,13 @@ def preprocess_channel(
     y = bridge_nans(x)
     if y.size < 2:
         raise DataError(f"{role.upper()} channel has {y.size} samples; nothing to filter")
-    low, _ = BANDS[role]
     if line_freq and line_freq < sfreq / 2:
-        y = _filtfilt(notch_sos(line_freq, sfreq), y, sfreq, low)
+        y = sps.sosfiltfilt(notch_sos(line_freq, sfreq), y)
     up, down = resampling_factors(sfreq)
     if (up, down) != (1, 1):
         # 'line' padding: the DC offset of an electrode would otherwise step to zero at the edges.
         y = sps.resample_poly(y, up, down, padtype="line")
-    y = _filtfilt(bandpass_sos(role), y, TARGET_SFREQ, low)
+    y = sps.sosfiltfilt(bandpass_sos(role), y)
     return y.astype(np.float32)
 
 
@@ -236,10 +232,10 @@ def constant_run_mask(x: np.ndarray, min_samples: int) -> np.ndarray:
     same = np.concatenate([[False], x[1:] == x[:-1], [False]])
     edges = np.flatnonzero(np.diff(same.astype(np.int8)))
     mask = np.zeros(len(x), dtype=bool)
-    # A run of k equal neighbours spans k + 1 samples, from one before its first equality.
-    for begin, end in zip(edges[::2], edges[1::2], strict=True):
-        if end - begin + 1 >= min_samples:
-            mask[begin - 1 : end] = True
+    # Each rise/fall pair brackets one run: samples first..last inclusive hold the same value.
+    for first, last in zip(edges[::2], edges[1::2], strict=True):
+        if last - first + 1 >= min_samples:
+            mask[first : last + 1] = True
     return mask
 
 
@@ -277,8 +273,13 @@ def epoch_recording(rec: Recording, roles: tuple[str, ...] = ROLES) -> Epochs:
     ``rec.stages[k]``. Left out (and counted in ``exclusions``): epochs not fully inside every
     channel, MOVE/UNKNOWN labels, and epochs with NaN or a flat signal on any used channel
     (peak-to-peak < :data:`FLAT_PTP_UV` µV, or a run >= :data:`FLAT_RUN_S` s of one value).
-    The EEG is required; a missing EOG or EMG gives a zero channel flagged in the manifest.
+    The EEG is required; a missing (or not asked for) EOG or EMG gives a zero channel flagged
+    in the manifest.
     """
+    if "eeg" not in roles or not set(roles) <= set(ROLES):
+        raise DataError(
+            f"{rec.label}: roles {roles} must include 'eeg' and come from {', '.join(ROLES)}"
+        )
     used = {r: rec.role(r) for r in ROLES if r in roles and (r == "eeg" or r in rec.roles)}
     n = len(rec.stages)
     reasons = _label_reasons(rec)

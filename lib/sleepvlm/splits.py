@@ -94,5 +94,7 @@ def write_manifest(manifest: pd.DataFrame, path: str | Path) -> Path:
 def read_manifest(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"{path}: manifest not found; run chapter 01 (or `sleepvlm book --only 01`)")
+        raise DataError(
+            f"{path}: manifest not found; run chapter 01 (or `sleepvlm book --only 01`)"
+        )
     return pd.read_csv(path, dtype={"subject": str, "night": str})

@@ -40,7 +40,7 @@ EVENT_KINDS: tuple[str, ...] = (
 
 
 class DataError(ValueError):
-    """Input data that cannot be used as it is; the message names the file/channel and the remedy."""
+    """Input that cannot be used as it is; the message names the file/channel and the remedy."""
 
 
 class ChannelNotFoundError(DataError):
@@ -52,8 +52,9 @@ class CorruptFileError(DataError):
 
 
 def empty_events() -> pd.DataFrame:
-    return pd.DataFrame({c: pd.Series(dtype=float if c not in ("kind", "channel") else str)
-                         for c in EVENT_COLUMNS})
+    return pd.DataFrame(
+        {c: pd.Series(dtype=float if c not in ("kind", "channel") else str) for c in EVENT_COLUMNS}
+    )
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:

@@ -73,8 +73,8 @@ def real_excerpt(name: str, download: bool = True) -> Path:
         if path.is_file():
             if file_sha256(path) != sha256:
                 raise DataError(
-                    f"{path}: SHA-256 differs from the registry; the file was changed or truncated. "
-                    "Delete it to download a fresh copy."
+                    f"{path}: SHA-256 differs from the registry; the file was changed or "
+                    "truncated. Delete it to download a fresh copy."
                 )
             return path
     if not (download and url):
@@ -83,5 +83,6 @@ def real_excerpt(name: str, download: bool = True) -> Path:
             f"set ${REAL_DATA_ENV} to the folder that holds it"
             + ("" if url else " (it was converted for this project and has no download URL)")
         )
-    return Path(pooch.retrieve(url, known_hash=f"sha256:{sha256}", fname=name,
-                               path=cache_dir("real")))
+    return Path(
+        pooch.retrieve(url, known_hash=f"sha256:{sha256}", fname=name, path=cache_dir("real"))
+    )

@@ -1,0 +1,95 @@
+"""The embedded default data: a simulated multi-center PSG cohort written once into the cache
+in the real datasets' on-disk formats, so the very loaders that read DCSM, SHHS and ISRUC read it.
+
+Every night is simulated (see :mod:`sleepvlm.data.simulate`); the cohort's folder says so in its
+``cohort.json`` and every night carries its ground truth in sidecar files."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ..cache import cache_dir, content_hash, source_hash
+from . import formats, simulate
+from .simulate import CENTERS, simulate_night
+
+
+@dataclass(frozen=True)
+class CohortSize:
+    subjects: int  # per center
+    hours: float  # per night
+
+
+#: "small" for tests and the smoke book; "full" holds enough held-out subjects per center for
+#: the paper's class-balanced test counts to be drawn exactly.
+COHORT_SIZES: dict[str, CohortSize] = {
+    "small": CohortSize(subjects=5, hours=1.5),
+    "full": CohortSize(subjects=45, hours=8.0),
+}
+COHORT_FILE = "cohort.json"
+
+
+def cohort_spec(size: str, seed: int = 0) -> dict:
+    if size not in COHORT_SIZES:
+        raise ValueError(f"unknown cohort size {size!r}; choose one of {', '.join(COHORT_SIZES)}")
+    return {"size": size, "seed": seed, **asdict(COHORT_SIZES[size]), "centers": list(CENTERS)}
+
+
+def cohort_key(size: str, seed: int = 0) -> str:
+    """Changes with the size, the seed, and the code that simulates and writes the nights."""
+    return content_hash(cohort_spec(size, seed), source_hash(simulate, formats))
+
+
+def default_root(size: str, seed: int = 0) -> Path:
+    return cache_dir("cohort", f"{size}-{cohort_key(size, seed)}")
+
+
+@dataclass(frozen=True)
+class NightTask:
+    center: str
+    subject: int
+    seed: int
+    hours: float
+    folder: str
+
+    def __call__(self) -> str:
+        """Simulate and write one night, unless an earlier (interrupted) build wrote it."""
+        done = Path(self.folder) / ".done" / f"{self.subject:03d}"
+        if not done.is_file():
+            rec = simulate_night(self.center, self.subject, seed=self.seed, hours=self.hours)
+            formats.WRITERS[self.center](rec, Path(self.folder))
+            done.parent.mkdir(parents=True, exist_ok=True)
+            done.write_text(rec.subject)
+        return done.read_text()
+
+
+def _run(task: NightTask) -> str:
+    return task()
+
+
+def build_cohort(size: str = "small", seed: int = 0, root=None, executor=None) -> Path:
+    """Write (or find) the simulated cohort; returns its folder with one sub-folder per center.
+
+    Resumable: nights already written by an interrupted build are kept.
+    """
+    from ..pipeline import SerialExecutor
+
+    spec = cohort_spec(size, seed)
+    root = Path(root) if root else default_root(size, seed)
+    marker = root / COHORT_FILE
+    if marker.is_file() and json.loads(marker.read_text()).get("spec") == spec:
+        return root
+    tasks = [
+        NightTask(center, i, seed, spec["hours"], str(root / center))
+        for center in CENTERS
+        for i in range(spec["subjects"])
+    ]
+    (executor or SerialExecutor()).map(_run, tasks)
+    marker.write_text(json.dumps({"spec": spec, "simulated": True, "key": cohort_key(size, seed)}))
+    return root
+
+
+def cohort_nights(root: Path, center: str) -> list[dict]:
+    """The nights of one simulated center, found as the real dataset's nights are found."""
+    return formats.discover(center, Path(root) / center)

@@ -1,0 +1,87 @@
+"""From dataset folders to what every chapter loads: one compressed epoch store per dataset,
+the subject-level split, and the seeded class-balanced test manifests — cached by content hash,
+so the first chapter pays for preprocessing and the others reuse it."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import pandas as pd
+
+from . import signal
+from .cache import cache_dir, content_hash, source_hash
+from .data import formats
+from .data.cohort import build_cohort, cohort_key
+from .data.records import STAGES
+from .paper import BALANCED_COUNTS
+from .pipeline import EpochStore, SerialExecutor, preprocess_dataset
+from .splits import assign_splits, balanced_sample, write_manifest
+
+SPLIT_SEED = 0  # the subject split is fixed; the sample's seed is a chapter parameter
+
+
+@dataclass
+class PreparedDataset:
+    dataset: str
+    store: EpochStore
+    manifest: pd.DataFrame  # every kept epoch, with its subject-level split
+    simulated: bool
+    source: str  # the folder the nights were read from
+
+
+def _folder_key(folder: Path) -> str:
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    return content_hash(
+        [(str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+    )
+
+
+def prepare_dataset(
+    dataset: str,
+    data_dir: str | Path | None = None,
+    cohort_size: str = "full",
+    seed: int = 0,
+    executor=None,
+    channels: dict | None = None,
+) -> PreparedDataset:
+    """Preprocess every night of ``dataset`` into its epoch store (once) and split its subjects.
+
+    Without ``data_dir`` the dataset is the simulated center of that name in the embedded cohort.
+    """
+    executor = executor or SerialExecutor()
+    if data_dir:
+        folder, simulated = Path(data_dir), False
+        key = _folder_key(folder)
+    else:
+        root = build_cohort(cohort_size, seed=seed, executor=executor)
+        folder, simulated = root / dataset, True
+        key = cohort_key(cohort_size, seed)
+    store_key = content_hash(dataset, key, channels, source_hash(signal, formats))
+    store = EpochStore(cache_dir("epochs") / f"{dataset}-{store_key}.h5", dataset)
+    done = store.path.with_suffix(".done")
+    if not done.is_file():
+        nights = formats.discover(dataset, folder)
+        load = partial(formats.load_entry, channels=channels)
+        preprocess_dataset(nights, store, executor, load=load)
+        done.write_text(json.dumps({"nights": len(nights), "source": str(folder)}))
+    manifest = assign_splits(store.manifest(), seed=SPLIT_SEED)
+    return PreparedDataset(dataset, store, manifest, simulated, str(folder))
+
+
+def sample_counts(dataset: str, scale: float = 1.0) -> dict[str, int]:
+    """The paper's class-balanced counts for ``dataset`` (scaled down for a smoke build)."""
+    counts = BALANCED_COUNTS[dataset]
+    return {s: max(1, round(counts[s] * scale)) for s in STAGES}
+
+
+def balanced_test_manifest(
+    prepared: PreparedDataset, counts: dict[str, int], seed: int = 0
+) -> pd.DataFrame:
+    """Draw the class-balanced test sample from held-out subjects and save it as a manifest."""
+    sample = balanced_sample(prepared.manifest, counts, split="test", seed=seed)
+    name = f"{prepared.dataset}-{content_hash(prepared.store.path.name, counts, seed)}.csv"
+    write_manifest(sample, cache_dir("manifests") / name)
+    return sample

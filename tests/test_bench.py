@@ -1,0 +1,41 @@
+"""Tests of the preprocessing speed benchmark (sanity of its numbers, never timing thresholds)."""
+
+import re
+
+import numpy as np
+import pytest
+
+from sleepvlm.bench import print_preprocess_bench, run_preprocess_bench, synthetic_night
+
+
+@pytest.fixture(scope="module")
+def short_bench():
+    return run_preprocess_bench(hours=0.05, sfreq=256, repeats=1)
+
+
+def test_bench_reports_sane_numbers(short_bench):
+    result = short_bench
+    for key in ("ours_s", "reference_s", "ours_peak_mib", "reference_peak_mib"):
+        assert result[key] > 0
+    assert result["ours_x_realtime"] == pytest.approx(0.05 * 3600 / result["ours_s"])
+    assert result["reference_x_realtime"] == pytest.approx(0.05 * 3600 / result["reference_s"])
+    assert result["ratio"] == pytest.approx(result["reference_s"] / result["ours_s"])
+    # Both paths implement the same pass bands, so their outputs must largely agree.
+    assert 0.8 < result["agreement"] <= 1.0
+
+
+def test_synthetic_night_has_mains_and_three_roles():
+    night = synthetic_night(hours=0.01, sfreq=256, line_freq=50.0, seed=0)
+    assert set(night) == {"eeg", "eog", "emg"}
+    eeg = night["eeg"]
+    assert eeg.dtype == np.float32 and len(eeg) == round(0.01 * 3600 * 256)
+    freqs = np.fft.rfftfreq(len(eeg), 1 / 256)
+    above_20_hz = freqs > 20
+    spectrum = np.abs(np.fft.rfft(eeg))[above_20_hz]
+    assert freqs[above_20_hz][np.argmax(spectrum)] == pytest.approx(50, abs=0.1)
+
+
+def test_printed_report_ends_with_ratio(capsys):
+    print_preprocess_bench(hours=0.02, repeats=1)
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert re.fullmatch(r"ratio=\d+(\.\d+)?x", last)
