@@ -24,7 +24,7 @@ class CohortSize:
 #: "small" for tests and the smoke book; "full" holds enough held-out subjects per center for
 #: the paper's class-balanced test counts to be drawn exactly.
 COHORT_SIZES: dict[str, CohortSize] = {
-    "small": CohortSize(subjects=5, hours=1.5),
+    "small": CohortSize(subjects=5, hours=3.0),
     "full": CohortSize(subjects=45, hours=8.0),
 }
 COHORT_FILE = "cohort.json"

@@ -1,0 +1,61 @@
+import pandas as pd
+import pytest
+
+from sleepvlm import prepare
+from sleepvlm.data.cohort import COHORT_SIZES, CohortSize
+from sleepvlm.data.dcsm import write_dcsm
+from sleepvlm.data.records import DataError
+from sleepvlm.data.simulate import simulate_night
+from sleepvlm.prepare import balanced_test_manifest, prepare_dataset, sample_counts
+from sleepvlm.splits import read_manifest
+
+
+@pytest.fixture
+def tiny(monkeypatch, tmp_path):
+    monkeypatch.setenv("SLEEPVLM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setitem(COHORT_SIZES, "tiny", CohortSize(subjects=4, hours=1.0))
+    return "tiny"
+
+
+def test_prepare_splits_subjects_and_is_cached(tiny, monkeypatch):
+    first = prepare_dataset("dcsm", cohort_size=tiny)
+    m = first.manifest
+    assert first.simulated and len(first.store) == len(m) > 0
+    assert m.groupby("subject")["split"].nunique().max() == 1
+    assert set(m["split"]) == {"train", "val", "test"}
+
+    def no_rerun(*args, **kwargs):
+        raise AssertionError("the store should have been reused")
+
+    monkeypatch.setattr(prepare, "preprocess_dataset", no_rerun)
+    again = prepare_dataset("dcsm", cohort_size=tiny)
+    pd.testing.assert_frame_equal(again.manifest, m)
+
+
+def test_balanced_manifest_is_saved_and_reproducible(tiny):
+    prepared = prepare_dataset("isruc", cohort_size=tiny)
+    counts = {"W": 2, "N1": 2, "N2": 2, "N3": 1}  # a first hour of sleep has no REM
+    a = balanced_test_manifest(prepared, counts, seed=5)
+    b = balanced_test_manifest(prepared, counts, seed=5)
+    pd.testing.assert_frame_equal(a, b)
+    assert a["stage"].value_counts().to_dict() == counts
+    saved = sorted((prepare.cache_dir("manifests")).glob("isruc-*.csv"))
+    assert len(saved) == 1
+    assert read_manifest(saved[0])[["subject", "epoch"]].equals(a[["subject", "epoch"]])
+
+
+def test_a_user_folder_in_a_real_format_is_prepared_the_same_way(tiny, tmp_path):
+    folder = tmp_path / "my_dcsm"
+    for subject in range(3):
+        write_dcsm(simulate_night("dcsm", subject, hours=0.5), folder)
+    prepared = prepare_dataset("dcsm", data_dir=folder)
+    assert not prepared.simulated and prepared.source == str(folder)
+    assert prepared.manifest["subject"].nunique() == 3
+
+
+def test_paper_counts_scale_for_smoke_builds_and_shortfall_is_explained(tiny):
+    assert sample_counts("dcsm") == {"W": 453, "N1": 585, "N2": 606, "N3": 486, "REM": 572}
+    assert sample_counts("dcsm", 0.01) == {"W": 5, "N1": 6, "N2": 6, "N3": 5, "REM": 6}
+    prepared = prepare_dataset("shhs", cohort_size=tiny)
+    with pytest.raises(DataError, match="use a larger cohort"):
+        balanced_test_manifest(prepared, sample_counts("shhs"))
