@@ -32,7 +32,9 @@ def test_second_build_reuses_and_an_interrupted_build_resumes(tiny, tmp_path, mo
     root = build_cohort(tiny, root=tmp_path)
     calls = []
     real_simulate = cohort.simulate_night
-    monkeypatch.setattr(cohort, "simulate_night", lambda *a, **k: calls.append(a) or real_simulate(*a, **k))
+    monkeypatch.setattr(
+        cohort, "simulate_night", lambda *a, **k: calls.append(a) or real_simulate(*a, **k)
+    )
     build_cohort(tiny, root=root)
     assert calls == []
     (root / "cohort.json").unlink()

@@ -10,6 +10,8 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import pandas as pd
+
 from ..cache import cache_dir, content_hash, source_hash
 from . import formats, simulate
 from .simulate import CENTERS, simulate_night
@@ -93,3 +95,18 @@ def build_cohort(size: str = "small", seed: int = 0, root=None, executor=None) -
 def cohort_nights(root: Path, center: str) -> list[dict]:
     """The nights of one simulated center, found as the real dataset's nights are found."""
     return formats.discover(center, Path(root) / center)
+
+
+def center_table() -> pd.DataFrame:
+    """The recording set-up of each simulated center, as the book shows it."""
+    rows = {}
+    for name, c in CENTERS.items():
+        rows[name] = {
+            **{role.upper(): f"{c.channels[role]} ({c.rates[role]:g} Hz)" for role in c.channels},
+            "mains (Hz)": c.line_freq,
+            "gain": c.gain,
+            "noise floor (µV RMS)": c.noise_floor,
+            "hardware band (Hz)": f"{c.highpass:g}–{c.lowpass:g}",
+            "scorers": c.n_scorers,
+        }
+    return pd.DataFrame(rows).T

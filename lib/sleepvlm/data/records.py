@@ -33,6 +33,7 @@ EVENT_KINDS: tuple[str, ...] = (
     "sawtooth",
     "rem",
     "sem",
+    "twitch",
     "blink",
     "artifact",
     "arousal",

@@ -1,0 +1,868 @@
+"""Simulated multi-center PSG cohort: realistic nights with known ground truth.
+
+No real PSG dataset can be downloaded here, so the book runs on nights drawn by this module.
+Each night has a realistic hypnogram (sleep-onset latency, ~90-min ultradian cycles, N3 early,
+REM late, brief awakenings), stage-specific EEG/EOG/EMG built from a time-varying 1/f
+background plus overlap-added waveforms (spindles, K-complexes, slow waves, vertex waves,
+alpha/theta bursts, sawtooth waves, rapid and slow eye movements, blinks, arousals and
+artifacts), each listed in ``Recording.events``. Three centers differ in montage, amplifier
+gain, hardware filters, noise floor, mains frequency and line-noise level, so models meet a real
+domain shift. Scored hypnograms disagree with the generating stage the way human scorers do
+(mostly W/N1, N1/N2 and N2/N3 in transitional, ambiguous epochs).
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy import fft as sp_fft
+from scipy import signal
+
+from sleepvlm.data.records import EPOCH_S, EVENT_COLUMNS, STAGES, DataError, Recording
+
+
+class SimulationError(DataError):
+    """Bad arguments to the simulator (unknown center, impossible duration...)."""
+
+
+@dataclass(frozen=True)
+class CenterSpec:
+    """Recording set-up of one simulated center (what makes its signals differ from others).
+
+    ``channels`` and ``rates`` are keyed by role (eeg, eog, emg). ``highpass``/``lowpass`` are
+    the amplifier's hardware filter corners (Hz) of EEG/EOG, ``emg_highpass`` that of the chin
+    EMG; ``gain`` scales every channel (calibration error), ``noise_floor`` is the amplifier's
+    white noise (µV RMS) and ``line_noise`` the mains amplitude (µV) on EEG/EOG (twice on EMG).
+    ``frontal`` marks a frontal EEG derivation (more delta and eye artifact, less alpha).
+    ``age_mean`` is the center's mean age factor (0 young adult, 1 elderly).
+    """
+
+    name: str
+    channels: dict[str, str]
+    rates: dict[str, float]
+    line_freq: float
+    gain: float
+    noise_floor: float
+    highpass: float
+    lowpass: float
+    emg_highpass: float
+    line_noise: float
+    frontal: bool
+    age_mean: float
+    n_scorers: int = 1
+
+
+CENTERS: dict[str, CenterSpec] = {
+    "dcsm": CenterSpec(
+        name="dcsm",
+        channels={"eeg": "F4-M1", "eog": "E1-M2", "emg": "CHIN"},
+        rates={"eeg": 256.0, "eog": 256.0, "emg": 256.0},
+        line_freq=50.0,
+        gain=1.0,
+        noise_floor=0.5,
+        highpass=0.1,
+        lowpass=90.0,
+        emg_highpass=10.0,
+        line_noise=2.5,
+        frontal=True,
+        age_mean=0.45,
+    ),
+    "shhs": CenterSpec(
+        name="shhs",
+        channels={"eeg": "EEG", "eog": "EOG(L)", "emg": "EMG"},
+        rates={"eeg": 125.0, "eog": 50.0, "emg": 125.0},
+        line_freq=60.0,
+        gain=0.85,
+        noise_floor=1.0,
+        highpass=0.15,
+        lowpass=45.0,
+        emg_highpass=5.0,
+        line_noise=3.0,
+        frontal=False,
+        age_mean=0.65,
+    ),
+    "isruc": CenterSpec(
+        name="isruc",
+        channels={"eeg": "C4-A1", "eog": "LOC-A2", "emg": "X1"},
+        rates={"eeg": 200.0, "eog": 200.0, "emg": 200.0},
+        line_freq=50.0,
+        gain=1.15,
+        noise_floor=1.5,
+        highpass=0.3,
+        lowpass=70.0,
+        emg_highpass=10.0,
+        line_noise=5.0,
+        frontal=False,
+        age_mean=0.5,
+        n_scorers=2,
+    ),
+}
+
+# Row order of the per-stage parameter table: wake is split by eye state (alpha vs blinks).
+_ROWS = ("W_EO", "W_EC", "N1", "N2", "N3", "REM")
+_ROW = {r: i for i, r in enumerate(_ROWS)}
+_STAGE_INDEX = {s: i for i, s in enumerate(STAGES)}
+
+# Per-state parameters. Background: PSD levels (µV²/Hz) of a 1/f component at 1 Hz (``a1``), a
+# 1/(1+(f/1.5)^3) low-frequency component (``a2``) and peaks at 6 Hz (theta), the alpha
+# frequency, 20 Hz (beta) and >20 Hz (muscle); event rates per min; chin EMG SD (µV). Levels
+# were fitted to the real excerpts (Sleep-EDF wake, YASA's N2/N3 epochs); events add on top.
+_PARAM_NAMES = (
+    "a1", "a2", "theta_pk", "alpha_pk", "beta_pk", "hf_pk",
+    "spindle", "kcomplex", "vertex", "theta", "alpha", "sawtooth",
+    "rem", "sem", "blink", "arousal", "movement", "emg", "twitch",
+)  # fmt: skip
+# fmt: off
+_PARAMS = np.array(
+    [
+        # a1, a2, theta, alpha, beta, hf | spindle, kc, vertex, theta, alpha, sawtooth,
+        # rem, sem, blink, arousal, movement | emg, twitch
+        [14, 30, 0.5, 1, 0.6, 0.4, 0, 0, 0, 0.2, 1, 0, 14, 0, 16, 0, 0.4, 14, 0],  # W_EO
+        [12, 30, 0.5, 2.5, 0.4, 0.2, 0, 0, 0.1, 0.4, 9, 0, 1, 1, 2, 0, 0.2, 10, 0],  # W_EC
+        [9, 45, 8, 0.3, 0.25, 0.05, 0.2, 0.1, 4, 4, 0.2, 0, 0.2, 3.5, 0.3, 0.2, 0.1, 8, 0],  # N1
+        [5, 95, 1, 0.2, 0.05, 0, 4, 1.6, 0.3, 0.5, 0.1, 0, 0, 0.1, 0, 0.12, 0.05, 4.5, 0],  # N2
+        [3, 280, 1, 0.3, 0, 0, 1, 0.5, 0, 0.2, 0, 0, 0, 0, 0, 0.04, 0.02, 4, 0],  # N3
+        [8, 50, 2.5, 0.4, 0.3, 0.05, 0, 0, 0, 1.5, 0.5, 1.8, 12, 0.2, 0, 0.12, 0.05, 0.7, 8],  # REM
+    ]
+)
+# fmt: on
+_P = {n: i for i, n in enumerate(_PARAM_NAMES)}
+
+# Inter-scorer confusions (where a scorer's error goes, given the generating stage), after the
+# AASM inter-scorer reliability program (Rosenberg & Van Hout 2013): W<->N1, N1<->N2, N2<->N3.
+_ERROR_TO = np.array(
+    [
+        [0.00, 0.80, 0.15, 0.00, 0.05],
+        [0.40, 0.00, 0.45, 0.00, 0.15],
+        [0.05, 0.55, 0.00, 0.35, 0.05],
+        [0.00, 0.05, 0.95, 0.00, 0.00],
+        [0.15, 0.50, 0.35, 0.00, 0.00],
+    ]
+)
+# Base probability that a scorer errs on an unambiguous epoch of each stage.
+_BASE_ERROR = np.array([0.05, 0.2, 0.045, 0.1, 0.03])
+# Stage an ambiguous epoch drifts to (its neighbours on the depth axis).
+_AMBIGUOUS_PARTNERS = {
+    "W": ("N1",),
+    "N1": ("W", "N2"),
+    "N2": ("N1", "N3"),
+    "N3": ("N2",),
+    "REM": ("N1", "N2"),
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Hypnogram
+# --------------------------------------------------------------------------------------------
+
+
+def simulate_hypnogram(
+    rng: np.random.Generator,
+    n_epochs: int,
+    age: float = 0.5,
+    cycle_min: float = 90.0,
+    awakenings_per_hour: float | None = None,
+) -> np.ndarray:
+    """Generating ("true") stage of each 30-s epoch of one night, from lights-off.
+
+    Built cycle by cycle: a sleep-onset latency, then ~``cycle_min``-min NREM-REM cycles whose
+    N3 shrinks (and vanishes late) while REM lengthens, N1 at sleep onset and after each
+    awakening or REM period, brief awakenings and N1 intrusions (more with ``age``, 0..1, which
+    also reduces N3), and a final awakening. The result is cut or padded (wake) to ``n_epochs``.
+    """
+    if n_epochs < 1:
+        raise SimulationError(f"simulate_hypnogram: n_epochs must be >= 1, got {n_epochs}")
+    age = float(np.clip(age, 0.0, 1.0))
+    per_min = 2  # epochs per minute
+    if awakenings_per_hour is None:
+        awakenings_per_hour = 0.8 + 1.6 * age
+    segments: list[tuple[str, int]] = []
+
+    def add(stage: str, minutes: float) -> None:
+        n = int(round(minutes * per_min))
+        if n > 0:
+            segments.append((stage, n))
+
+    def add_light(stage: str, minutes: float) -> None:
+        """A run of N2 or REM broken by brief awakenings and N1 intrusions."""
+        n = int(round(minutes * per_min))
+        rate = awakenings_per_hour / 120.0
+        intrusion = (0.9 + 1.2 * age) / 120.0
+        while n > 0:
+            gap = int(rng.exponential(1.0 / (rate + intrusion))) + 1
+            take = min(gap, n)
+            segments.append((stage, take))
+            n -= take
+            if n <= 0:
+                break
+            if rng.random() < rate / (rate + intrusion):
+                add("W", rng.uniform(0.5, 2.5 + 2.0 * age))
+                add("N1", rng.uniform(1.0, 3.0))
+            else:
+                add("N1", rng.uniform(0.5, 2.0))
+
+    total_min = n_epochs / per_min
+    latency = float(np.clip(rng.lognormal(np.log(12 + 10 * age), 0.5), 3.0, 50.0))
+    add("W", latency)
+    add("N1", rng.uniform(2.0, 5.0))
+    if rng.random() < 0.4:  # a false start back to wake, typical of sleep onset
+        add("W", rng.uniform(0.5, 2.0))
+        add("N1", rng.uniform(1.0, 3.0))
+    n3_first = rng.uniform(35.0, 55.0) * (1.15 - 0.75 * age)
+    elapsed = sum(n for _, n in segments) / per_min
+    cycle = 0
+    final_wake = rng.uniform(2.0, 12.0 + 10 * age)
+    while elapsed < total_min - final_wake:
+        length = rng.normal(cycle_min, 10.0) * (0.85 if cycle == 0 else 1.0)
+        n3 = n3_first * 0.5**cycle * rng.uniform(0.7, 1.2)
+        n3 = n3 if n3 >= 4.0 else 0.0
+        rem = (
+            min(11.0 + 8.0 * cycle + rng.normal(0, 3.0), 45.0) if cycle > 0 else rng.uniform(5, 15)
+        )
+        n2 = max(length - n3 - rem, 15.0)
+        add_light("N2", n2 * (0.5 if n3 else 0.6))
+        if n3:
+            # N3 runs are interrupted now and then by a minute of N2
+            pieces = rng.integers(1, 3)
+            for k in range(pieces):
+                add("N3", n3 / pieces)
+                if k < pieces - 1:
+                    add("N2", rng.uniform(0.5, 2.0))
+        add_light("N2", n2 * (0.5 if n3 else 0.4))
+        if rng.random() < 0.5:
+            add("N1", rng.uniform(0.5, 1.5))
+        add_light("REM", rem)
+        if rng.random() < 0.55:
+            add("W", rng.uniform(0.5, 3.0 + 3 * age))
+        add("N1", rng.uniform(1.0, 3.5))
+        elapsed = sum(n for _, n in segments) / per_min
+        cycle += 1
+    stages = np.repeat([s for s, _ in segments], [n for _, n in segments]).astype(object)
+    stages = stages[: n_epochs - int(final_wake * per_min)]
+    out = np.full(n_epochs, "W", dtype=object)
+    out[: len(stages)] = stages
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Per-night traits and per-epoch parameters
+# --------------------------------------------------------------------------------------------
+
+
+def _subject_traits(rng: np.random.Generator, center: CenterSpec) -> dict[str, float]:
+    """Stable traits of one person (same for all their nights)."""
+    age = float(np.clip(rng.beta(4 * center.age_mean + 1, 4 * (1 - center.age_mean) + 1), 0, 1))
+    return {
+        "age": age,
+        "eeg_scale": float(rng.lognormal(0.0, 0.12)),
+        "eog_scale": float(rng.lognormal(0.0, 0.2)),
+        "emg_scale": float(rng.lognormal(0.0, 0.3)),
+        "sw_amp": float(rng.uniform(0.95, 1.25) * (1.2 - 0.35 * age)),
+        "spindle_rate": float(rng.uniform(0.6, 1.4) * (1.1 - 0.3 * age)),
+        "spindle_freq": float(rng.normal(13.2, 0.6) - (0.8 if center.frontal else 0.0)),
+        "alpha_amp": float(rng.lognormal(0.0, 0.35)),
+        "alpha_freq": float(np.clip(rng.normal(10.0 - 0.6 * age, 0.6), 8.2, 11.8)),
+        "eyes_closed": float(rng.uniform(0.3, 0.85)),
+        "rem_rate": float(rng.uniform(0.6, 1.4)),
+        "vertex_rate": float(rng.uniform(0.6, 1.4)),
+        "sawtooth_rate": float(rng.uniform(0.4, 1.6)),
+        "movement_rate": float(rng.uniform(0.5, 1.5) * (0.8 + 0.6 * age)),
+        "heart_rate": float(rng.uniform(55, 75)),
+    }
+
+
+def _eye_state(rng: np.random.Generator, stages: np.ndarray, p_closed: float) -> np.ndarray:
+    """Eyes closed (True) in each wake epoch: runs of a two-state Markov chain."""
+    n = len(stages)
+    flips = rng.random(n) < 0.15
+    start = rng.random() < p_closed
+    state = (np.cumsum(flips) + start) % 2 == 1
+    # drowsy wake next to sleep is almost always eyes-closed
+    near_sleep = np.zeros(n, bool)
+    asleep = stages != "W"
+    near_sleep[:-1] |= asleep[1:]
+    near_sleep[1:] |= asleep[:-1]
+    state |= near_sleep & (rng.random(n) < 0.8)
+    return state
+
+
+def _transition_mix(rng: np.random.Generator, stages: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Partner stage and mixing weight per epoch: transitional and ambiguous epochs carry
+    features of an adjacent stage (weight 0 = pure, up to ~0.45 = nearly undecidable)."""
+    n = len(stages)
+    partner = stages.copy()
+    weight = np.zeros(n)
+    ambiguous = rng.random(n) < 0.07
+    for e in np.flatnonzero(ambiguous):
+        partner[e] = rng.choice(_AMBIGUOUS_PARTNERS[stages[e]])
+        weight[e] = rng.uniform(0.1, 0.4)
+    prev_diff = np.r_[False, stages[1:] != stages[:-1]]
+    next_diff = np.r_[stages[:-1] != stages[1:], False]
+    for e in np.flatnonzero(prev_diff | next_diff):
+        choices = []
+        if prev_diff[e]:
+            choices.append(stages[e - 1])
+        if next_diff[e]:
+            choices.append(stages[e + 1])
+        partner[e] = choices[rng.integers(len(choices))]
+        weight[e] = rng.uniform(0.05, 0.3)
+    return partner, weight
+
+
+def _state_rows(stages: np.ndarray, eyes_closed: np.ndarray) -> np.ndarray:
+    rows = np.array([_ROW.get(s, _ROW["N2"]) for s in stages])
+    rows[(stages == "W") & eyes_closed] = _ROW["W_EC"]
+    rows[(stages == "W") & ~eyes_closed] = _ROW["W_EO"]
+    return rows
+
+
+def _epoch_params(
+    stages: np.ndarray,
+    partner: np.ndarray,
+    weight: np.ndarray,
+    eyes_closed: np.ndarray,
+    traits: dict[str, float],
+    center: CenterSpec,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """Parameter table (epochs x _PARAM_NAMES) after mixing, subject traits and night trends."""
+    own = _PARAMS[_state_rows(stages, eyes_closed)]
+    other = _PARAMS[_state_rows(partner, np.ones(len(stages), bool))]
+    par = (1 - weight)[:, None] * own + weight[:, None] * other
+    n = len(stages)
+    night = np.linspace(0.0, 1.0, n)
+    # slow drifts of event density over the night and between epochs (people differ, nights drift)
+    wobble = np.exp(rng.normal(0, 0.25, (n, par.shape[1])))
+    par = par * wobble
+    par[:, _P["spindle"]] *= traits["spindle_rate"] * (0.85 + 0.3 * night)
+    par[:, _P["vertex"]] *= traits["vertex_rate"]
+    par[:, _P["sawtooth"]] *= traits["sawtooth_rate"]
+    # phasic vs tonic REM: eye-movement density is bursty from epoch to epoch
+    par[:, _P["rem"]] *= traits["rem_rate"] * rng.gamma(1.2, 1 / 1.2, n) * (0.8 + 0.4 * night)
+    par[:, _P["movement"]] *= traits["movement_rate"]
+    par[:, _P["a2"]] *= traits["sw_amp"] * (1.1 - 0.2 * night) * (1.2 if center.frontal else 1.0)
+    par[:, _P["alpha"]] *= traits["alpha_amp"] ** 0.5
+    par[:, _P["alpha_pk"]] *= traits["alpha_amp"] ** 2 * (0.4 if center.frontal else 0.7)
+    par[:, _P["emg"]] *= traits["emg_scale"]
+    return par
+
+
+# --------------------------------------------------------------------------------------------
+# Signal building blocks (vectorized: frame-wise spectral synthesis, template overlap-add)
+# --------------------------------------------------------------------------------------------
+
+
+def _background(
+    rng: np.random.Generator, n: int, fs: float, levels: np.ndarray, alpha_freq: float
+) -> np.ndarray:
+    """Non-stationary coloured noise: windowed overlap-add of 8-s frames whose PSD is a
+    per-frame mix of components (1/f, low-frequency knee, theta, alpha, beta and muscle peaks).
+
+    ``levels`` holds each component's PSD level (µV²/Hz) at every frame centre (frames x 6)."""
+    frame = int(8 * fs) // 2 * 2
+    hop = frame // 2
+    n_frames = levels.shape[0]
+    freqs = np.fft.rfftfreq(frame, 1 / fs)
+    f = np.maximum(freqs, 0.25)
+
+    def bump(centre: float, width: float) -> np.ndarray:
+        return np.exp(-0.5 * ((freqs - centre) / width) ** 2)
+
+    shapes = np.stack(
+        [
+            1 / f,
+            1 / (1 + (f / 1.5) ** 3),
+            bump(6.0, 1.2),
+            bump(alpha_freq, 0.8),
+            bump(20.0, 5.0),
+            1 / (1 + np.exp(-(freqs - 25.0) / 3.0)) / (1 + (freqs / 80) ** 4),
+        ]
+    )
+    shapes[:, freqs < 0.15] = 0.0
+    # one-sided PSD P from DFT coefficients A(a + ib): P = 4 A^2 / (fs N)
+    amp = np.sqrt(np.maximum(levels, 0) @ shapes * (fs * frame / 4)).astype(np.float32)
+    coef = np.empty((n_frames, len(freqs)), dtype=np.complex64)
+    coef.real = rng.standard_normal(coef.shape, dtype=np.float32)
+    coef.imag = rng.standard_normal(coef.shape, dtype=np.float32)
+    coef *= amp
+    frames = sp_fft.irfft(coef, n=frame, axis=1, workers=-1)
+    frames *= np.sin(np.pi * (np.arange(frame) + 0.5) / frame).astype(np.float32)
+    out = np.zeros((n_frames + 1) * hop, dtype=np.float32)
+    out[: n_frames * hop] += frames[:, :hop].ravel()
+    out[hop : (n_frames + 1) * hop] += frames[:, hop:].ravel()
+    return out[hop : hop + n]
+
+
+def _knots(values: np.ndarray, ramp_s: float = 5.0) -> tuple[np.ndarray, np.ndarray]:
+    """Piecewise-constant per-epoch values with ``2*ramp_s``-long linear ramps at boundaries."""
+    starts = np.arange(len(values)) * EPOCH_S
+    x = np.stack([starts + ramp_s, starts + EPOCH_S - ramp_s], axis=1).ravel()
+    return x, np.repeat(values, 2, axis=0)
+
+
+def _frame_values(par: np.ndarray, n_frames: int, hop_s: float) -> np.ndarray:
+    """Per-epoch values at frame centres (frames start one hop before the signal)."""
+    x, y = _knots(par)
+    centres = np.arange(n_frames) * hop_s
+    return np.stack([np.interp(centres, x, col) for col in y.T], axis=1)
+
+
+def _sample_envelope(values: np.ndarray, n: int, fs: float) -> np.ndarray:
+    x, y = _knots(values)
+    return np.interp(np.arange(n) / fs, x, y).astype(np.float32)
+
+
+def _draw_onsets(
+    rng: np.random.Generator, rate_per_min: np.ndarray, min_gap: float = 0.0
+) -> np.ndarray:
+    """Poisson event onsets (s), with ``rate_per_min`` per epoch."""
+    counts = rng.poisson(np.maximum(rate_per_min, 0) * EPOCH_S / 60)
+    epoch = np.repeat(np.arange(len(rate_per_min)), counts)
+    onsets = np.sort((epoch + rng.random(len(epoch))) * EPOCH_S)
+    if min_gap > 0 and len(onsets) > 1:
+        keep = np.r_[True, np.diff(onsets) >= min_gap]
+        onsets = onsets[keep]
+    return onsets
+
+
+class _Canvas:
+    """Waveforms to overlap-add, kept as (sample index, value) pairs per layer and summed into
+    each output channel with one ``np.bincount`` (a weighted mix of layers)."""
+
+    def __init__(self, n: int, fs: float) -> None:
+        self.n, self.fs = n, fs
+        self.layers: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+
+    def add(self, layer: str, onsets: np.ndarray, waves: np.ndarray) -> None:
+        """Place one row of ``waves`` at each onset (s)."""
+        if len(onsets) == 0:
+            return
+        idx = np.round(np.asarray(onsets) * self.fs).astype(np.int64)[:, None]
+        idx = idx + np.arange(waves.shape[1])
+        ok = (idx < self.n) & (waves != 0)
+        self.layers.setdefault(layer, []).append((idx[ok], waves[ok]))
+
+    def render(self, mix: dict[str, float]) -> np.ndarray:
+        idx, val = [], []
+        for layer, coef in mix.items():
+            for i, v in self.layers.get(layer, []):
+                idx.append(i)
+                val.append(v * coef)
+        if not idx:
+            return np.zeros(self.n, dtype=np.float32)
+        summed = np.bincount(np.concatenate(idx), np.concatenate(val), minlength=self.n)
+        return summed.astype(np.float32)
+
+
+def _times(fs: float, max_s: float) -> np.ndarray:
+    return (np.arange(int(np.ceil(max_s * fs))) / fs)[None, :]
+
+
+def _window(t: np.ndarray, dur: np.ndarray, power: float = 1.0) -> np.ndarray:
+    inside = (t >= 0) & (t < dur)
+    return np.where(inside, np.abs(np.sin(np.pi * np.clip(t / dur, 0, 1))) ** power, 0.0)
+
+
+def _p2p(waves: np.ndarray) -> np.ndarray:
+    return waves.max(axis=1) - waves.min(axis=1)
+
+
+class _Events:
+    """Collects ground-truth events; amplitudes are p2p µV as recorded (after gain/filter)."""
+
+    def __init__(self) -> None:
+        self.parts: list[pd.DataFrame] = []
+
+    def add(self, kind: str, channel: str, onsets, durations, amplitudes) -> None:
+        if len(onsets):
+            self.parts.append(
+                pd.DataFrame(
+                    {
+                        "kind": kind,
+                        "channel": channel,
+                        "onset": np.asarray(onsets, float),
+                        "duration": np.broadcast_to(np.asarray(durations, float), len(onsets)),
+                        "amplitude": np.broadcast_to(np.asarray(amplitudes, float), len(onsets)),
+                    }
+                )
+            )
+
+    def table(self) -> pd.DataFrame:
+        if not self.parts:
+            return pd.DataFrame(columns=list(EVENT_COLUMNS))
+        df = pd.concat(self.parts, ignore_index=True)
+        return df.sort_values(["onset", "kind"], ignore_index=True)[list(EVENT_COLUMNS)]
+
+
+def _mains(n: int, fs: float, freq: float, amplitude: float, phase: float) -> np.ndarray:
+    """Mains interference (fundamental and a weak 3rd harmonic below Nyquist), built from one
+    exact period tiled over the night."""
+    period = int(round(fs / np.gcd(int(fs), int(freq))))
+    t = np.arange(period) / fs
+    wave = amplitude * np.sin(2 * np.pi * freq * t + phase)
+    if 3 * freq < fs / 2:
+        wave += 0.2 * amplitude * np.sin(2 * np.pi * 3 * freq * t + 3 * phase)
+    return np.resize(wave.astype(np.float32), n)
+
+
+def _hardware(center: CenterSpec, role: str, fs: float) -> np.ndarray:
+    """Second-order sections of the amplifier's high-pass and anti-alias low-pass."""
+    hp = center.emg_highpass if role == "emg" else center.highpass
+    lp = min(center.lowpass, 0.4 * fs)
+    high = signal.butter(1, hp, "highpass", fs=fs, output="sos")
+    low = signal.butter(4, lp, "lowpass", fs=fs, output="sos")
+    return np.vstack([high, low])
+
+
+def _chain_gain(center: CenterSpec, role: str, fs: float, freq: np.ndarray) -> np.ndarray:
+    """|H(f)| x gain: how much a drawn waveform at ``freq`` is scaled on the recording."""
+    _, h = signal.sosfreqz(_hardware(center, role, fs), worN=np.atleast_1d(freq), fs=fs)
+    return center.gain * np.abs(h)
+
+
+# --------------------------------------------------------------------------------------------
+# Night
+# --------------------------------------------------------------------------------------------
+
+
+def _slow_waves(
+    rng: np.random.Generator,
+    stages: np.ndarray,
+    partner: np.ndarray,
+    weight: np.ndarray,
+    traits: dict[str, float],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Onset, duration (one cycle, 0.5-2 s) and p2p of slow waves, with an epoch coverage that
+    follows the AASM definition: >= 20 % in N3 (deeper mid-run, shallower late), < 20 % in N2."""
+    n = len(stages)
+    night = np.linspace(0, 1, n)
+    target = np.zeros(n)
+    is_n3 = stages == "N3"
+    # depth profile within each N3 run: rises then falls
+    run_id = np.cumsum(np.r_[True, stages[1:] != stages[:-1]])
+    for r in np.unique(run_id[is_n3]):
+        idx = np.flatnonzero(run_id == r)
+        pos = (np.arange(len(idx)) + 0.5) / len(idx)
+        deep = rng.uniform(0.35, 0.6) * traits["sw_amp"] * (1.05 - 0.35 * night[idx])
+        target[idx] = 0.23 + np.maximum(deep - 0.23, 0) * np.sin(np.pi * pos) ** 0.7
+    target[is_n3] -= 0.5 * weight[is_n3] * np.maximum(target[is_n3] - 0.23, 0)
+    n2 = stages == "N2"
+    target[n2] = np.where(rng.random(n2.sum()) < 0.2, rng.uniform(0.0, 0.06, n2.sum()), 0.0)
+    near_n3 = n2 & (partner == "N3")
+    target[near_n3] = rng.uniform(0.06, 0.12, near_n3.sum())
+    target[is_n3] = np.maximum(target[is_n3], 0.22)
+
+    slots = 15  # 2-s slots per epoch, one wave at most in each
+    dur = 1 / rng.uniform(0.55, 1.8, (n, slots))
+    order = np.argsort(rng.random((n, slots)), axis=1)
+    dur_in_order = np.take_along_axis(dur, order, axis=1)
+    before = np.cumsum(dur_in_order, axis=1) - dur_in_order
+    chosen_in_order = before < target[:, None] * EPOCH_S
+    chosen = np.zeros_like(chosen_in_order)
+    np.put_along_axis(chosen, order, chosen_in_order, axis=1)
+    e, s = np.nonzero(chosen)
+    d = dur[e, s]
+    onset = e * EPOCH_S + s * 2.0 + rng.random(len(e)) * (2.0 - d)
+    amp_scale = traits["sw_amp"] * traits["eeg_scale"] * (1.1 - 0.25 * night[e])
+    p2p = np.where(
+        stages[e] == "N3",
+        np.maximum(rng.uniform(80, 150, len(e)) * amp_scale, 78.0),
+        rng.uniform(55, 100, len(e)) * amp_scale,
+    )
+    return onset, d, p2p
+
+
+def simulate_night(center: str, subject: int, seed: int = 0, hours: float = 8.0) -> Recording:
+    """One simulated PSG night of ``subject`` (an int) at ``center`` ("dcsm", "shhs", "isruc").
+
+    Deterministic in (center, subject, seed); the subject's traits (age, spindle density, alpha,
+    slow-wave amplitude, EMG tone...) depend on (center, subject) only, so ``seed`` gives another
+    night of the same person. Signals are µV at the center's native rates; ``events`` lists every
+    drawn waveform; ``stages`` is scorer 1, ``other_scorers["truth"]`` the generating stage (and,
+    for two-scorer centers, ``other_scorers["scorer2"]``).
+    """
+    if center not in CENTERS:
+        raise SimulationError(
+            f"unknown simulated center {center!r}; choose one of {', '.join(CENTERS)}"
+        )
+    if not 0.25 <= hours <= 14:
+        raise SimulationError(f"simulate_night: hours must be between 0.25 and 14, got {hours}")
+    if int(subject) < 0 or int(seed) < 0:
+        raise SimulationError(f"subject and seed must be >= 0, got {subject}, {seed}")
+    spec = CENTERS[center]
+    key = zlib.crc32(center.encode())
+    traits = _subject_traits(np.random.default_rng([key, int(subject)]), spec)
+    rng = np.random.default_rng([key, int(subject), int(seed), 1])
+
+    n_epochs = int(round(hours * 3600 / EPOCH_S))
+    truth = simulate_hypnogram(rng, n_epochs, age=traits["age"])
+    eyes = _eye_state(rng, truth, traits["eyes_closed"])
+    partner, weight = _transition_mix(rng, truth)
+    par = _epoch_params(truth, partner, weight, eyes, traits, spec, rng)
+
+    fs = spec.rates["eeg"]
+    n = int(round(n_epochs * EPOCH_S * fs))
+    ch = spec.channels
+    events = _Events()
+
+    def rate(name: str) -> np.ndarray:
+        return par[:, _P[name]]
+
+    def amp(role: str, freq, p2p):
+        """Template amplitude that shows as ``p2p`` µV on the recording."""
+        return np.asarray(p2p) / _chain_gain(spec, role, fs, np.asarray(freq, float))
+
+    # ---- cortical EEG: background + waveforms ------------------------------------------------
+    hop_s = int(8 * fs) // 2 / fs
+    n_frames = int(np.ceil(n / (hop_s * fs))) + 1
+    bg_cols = [_P[c] for c in ("a1", "a2", "theta_pk", "alpha_pk", "beta_pk", "hf_pk")]
+    levels = _frame_values(par[:, bg_cols], n_frames, hop_s) * traits["eeg_scale"] ** 2
+    eeg = _background(rng, n, fs, levels, traits["alpha_freq"])
+    canvas = _Canvas(n, fs)
+
+    # spindles: waxing-waning 11-16 Hz, 0.5-2 s
+    on = _draw_onsets(rng, rate("spindle"), min_gap=2.5)
+    k = len(on)
+    dur = np.clip(rng.gamma(6, 0.17, k), 0.5, 2.0)
+    freq = np.clip(traits["spindle_freq"] + rng.normal(0, 0.5, k), 11.0, 16.0)
+    p2p = rng.uniform(18, 55, k) * traits["eeg_scale"]
+    t = _times(fs, 2.0)
+    w = np.sin(2 * np.pi * freq[:, None] * t + rng.uniform(0, 2 * np.pi, (k, 1)))
+    w *= _window(t, dur[:, None], 2.0)
+    w *= (amp("eeg", freq, p2p) / np.maximum(_p2p(w), 1e-9))[:, None]
+    canvas.add("eeg", on, w)
+    events.add("spindle", ch["eeg"], on, dur, p2p)
+
+    # K-complexes: sharp negative then slower positive wave, 0.6-1.5 s
+    on = _draw_onsets(rng, rate("kcomplex"), min_gap=3.0)
+    k = len(on)
+    dur = rng.uniform(0.6, 1.5, k)[:, None]
+    p2p = rng.uniform(90, 220, k) * traits["sw_amp"] * traits["eeg_scale"]
+    t = _times(fs, 1.5)
+    w = -np.exp(-(((t - 0.3 * dur) / (0.11 * dur)) ** 2)) + 0.55 * np.exp(
+        -(((t - 0.65 * dur) / (0.16 * dur)) ** 2)
+    )
+    w *= t < dur
+    w *= (amp("eeg", 1.0 / dur[:, 0], p2p) / _p2p(w))[:, None]
+    canvas.add("eeg", on, w)
+    events.add("kcomplex", ch["eeg"], on, dur[:, 0], p2p)
+
+    # slow waves (one negative-then-positive cycle each)
+    on, dur, p2p = _slow_waves(rng, truth, partner, weight, traits)
+    k = len(on)
+    t = _times(fs, 2.0)
+    phase = np.clip(t / dur[:, None], 0, 1)
+    w = -np.sin(2 * np.pi * phase) * (t < dur[:, None]) * (1 + 0.15 * np.cos(np.pi * phase))
+    w *= (amp("eeg", 1 / dur, p2p) / np.maximum(_p2p(w), 1e-9))[:, None]
+    canvas.add("eeg", on, w)
+    events.add("slow_wave", ch["eeg"], on, dur, p2p)
+
+    # vertex sharp waves
+    on = _draw_onsets(rng, rate("vertex"), min_gap=1.0)
+    k = len(on)
+    p2p = rng.uniform(50, 150, k) * traits["eeg_scale"] * (0.7 if spec.frontal else 1.0)
+    t = _times(fs, 0.5)
+    w = -np.exp(-(((t - 0.15) / 0.045) ** 2)) + 0.3 * np.exp(-(((t - 0.3) / 0.07) ** 2))
+    w = np.repeat(w, k, axis=0) * (amp("eeg", 4.0, p2p) / _p2p(w))[:, None]
+    canvas.add("eeg", on, w)
+    events.add("vertex", ch["eeg"], on, 0.5, p2p)
+
+    def bursts(kind: str, name: str, lo: float, hi: float, dmin: float, dmax: float, a, b):
+        on = _draw_onsets(rng, rate(name))
+        k = len(on)
+        dur = rng.uniform(dmin, dmax, k)
+        freq = rng.uniform(lo, hi, k)
+        p2p = rng.uniform(a, b, k) * traits["eeg_scale"]
+        t = _times(fs, dmax)
+        if kind == "sawtooth":
+            w = signal.sawtooth(2 * np.pi * freq[:, None] * t, width=0.15)
+        else:
+            w = np.sin(2 * np.pi * freq[:, None] * t + rng.uniform(0, 2 * np.pi, (k, 1)))
+        w *= _window(t, dur[:, None], 0.5)
+        w *= (amp("eeg", freq, p2p) / np.maximum(_p2p(w), 1e-9))[:, None]
+        canvas.add("eeg", on, w)
+        events.add(kind, ch["eeg"], on, dur, p2p)
+
+    af = traits["alpha_freq"]
+    alpha_gain = (0.6 if spec.frontal else 0.85) * traits["alpha_amp"]
+    bursts("alpha", "alpha", af - 0.6, af + 0.6, 1.5, 8.0, 20 * alpha_gain, 55 * alpha_gain)
+    bursts("theta", "theta", 4.0, 7.5, 1.0, 3.0, 25, 60)
+    bursts("sawtooth", "sawtooth", 2.0, 5.0, 1.0, 4.0, 25, 65)
+
+    # arousals: alpha/beta intrusion in EEG and a burst of chin tone, 3-15 s
+    aro_on = _draw_onsets(rng, rate("arousal"), min_gap=20.0)
+    aro_dur = rng.uniform(3.0, 15.0, len(aro_on))
+    k = len(aro_on)
+    t = _times(fs, 15.0)
+    env = _window(t, aro_dur[:, None], 0.3)
+    w = (np.sin(2 * np.pi * rng.uniform(af - 1, af + 1, (k, 1)) * t) * 12 + 0) * env
+    canvas.add("eeg", aro_on, w * traits["eeg_scale"])
+    events.add("arousal", ch["eeg"], aro_on, aro_dur, _p2p(w) * spec.gain if k else [])
+
+    # ---- EOG: frontal EEG crosstalk + eye movements ----------------------------------------------
+    on = _draw_onsets(rng, rate("rem"), min_gap=0.4)
+    k = len(on)
+    p2p = rng.uniform(50, 220, k) * traits["eog_scale"]
+    sign = rng.choice([-1.0, 1.0], k)[:, None]
+    rise = rng.uniform(0.02, 0.05, (k, 1))
+    ret = rng.uniform(0.4, 1.5, (k, 1))
+    t = _times(fs, 3.0)
+    w = sign * (1 + np.tanh((t - 0.15) / rise)) / 2 * np.exp(-np.maximum(t - 0.15, 0) / ret)
+    w *= (1 - t / 3.0) ** 2
+    w *= (amp("eog", 2.0, p2p) / _p2p(w))[:, None]
+    canvas.add("eye", on, w)
+    events.add("rem", ch["eog"], on, 0.15 + ret[:, 0], p2p)
+
+    on = _draw_onsets(rng, rate("sem"), min_gap=4.0)
+    k = len(on)
+    dur = rng.uniform(2.0, 6.0, k)
+    p2p = rng.uniform(50, 150, k) * traits["eog_scale"]
+    t = _times(fs, 6.0)
+    w = np.sin(2 * np.pi * t / dur[:, None]) * (t < dur[:, None]) * rng.choice([-1.0, 1.0], (k, 1))
+    w *= (amp("eog", 1 / dur, p2p) / np.maximum(_p2p(w), 1e-9))[:, None]
+    canvas.add("eye", on, w)
+    events.add("sem", ch["eog"], on, dur, p2p)
+
+    on = _draw_onsets(rng, rate("blink"), min_gap=0.8)
+    k = len(on)
+    p2p = rng.uniform(80, 300, k) * traits["eog_scale"]
+    t = _times(fs, 0.6)
+    w = np.exp(-(((t - 0.18) / rng.uniform(0.05, 0.09, (k, 1))) ** 2))
+    w *= (amp("eog", 3.0, p2p) / _p2p(w))[:, None]
+    canvas.add("eye", on, w)
+    events.add("blink", ch["eog"], on, 0.4, p2p)
+
+    # ---- EMG: tone envelope, REM twitches, ECG ---------------------------------------------
+    tone = _sample_envelope(rate("emg"), n, fs)
+    emg = rng.standard_normal(n, dtype=np.float32) * tone
+    on = _draw_onsets(rng, rate("twitch"), min_gap=0.3)
+    k = len(on)
+    t = _times(fs, 0.4)
+    noise = rng.standard_normal((k, t.shape[1]))
+    dur = rng.uniform(0.08, 0.4, (k, 1))
+    w = noise * _window(t, dur) * rng.uniform(8, 30, (k, 1)) * traits["emg_scale"]
+    canvas.add("emg", on, w)
+    events.add("twitch", ch["emg"], on, dur[:, 0], _p2p(w) * spec.gain if k else [])
+    canvas.add("emg", aro_on, rng.standard_normal(env.shape) * env * 15 * traits["emg_scale"])
+    beats = np.cumsum(rng.normal(60 / traits["heart_rate"], 0.05, int(n / fs * 1.6)))
+    beats = beats[beats < n / fs - 1]
+    t = _times(fs, 0.12)
+    qrs = (np.exp(-(((t - 0.05) / 0.012) ** 2)) - 0.3 * np.exp(-(((t - 0.08) / 0.02) ** 2)))[0]
+    canvas.add("ecg", beats, np.broadcast_to(qrs, (len(beats), len(qrs))))
+
+    # ---- artifacts: body movements (all channels), electrode pops, sweat drifts -------------
+    on = _draw_onsets(rng, rate("movement"), min_gap=30.0)
+    k = len(on)
+    dur = rng.uniform(2.0, 15.0, k)
+    t = _times(fs, 15.0)
+    env = _window(t, dur[:, None], 0.3)
+    slow = np.sin(2 * np.pi * rng.uniform(0.3, 1.5, (k, 1)) * t + rng.uniform(0, 6, (k, 1)))
+    for role, scale in (("eeg", 150.0), ("eog", 200.0), ("emg", 60.0)):
+        noise = rng.standard_normal(env.shape) * (0.3 if role != "emg" else 1.0)
+        w = (slow * (role != "emg") + noise) * env * scale * rng.uniform(0.5, 1.5, (k, 1))
+        canvas.add("art_" + role, on, w)
+        events.add("artifact", ch[role], on, dur, _p2p(w) * spec.gain if k else [])
+    hours_rec = n / fs / 3600
+    for role in ("eeg", "eog"):
+        m = rng.poisson(1.5 * hours_rec)
+        on = np.sort(rng.uniform(0, n / fs - 2, m))
+        tau = rng.uniform(0.2, 0.8, (m, 1))
+        t = _times(fs, 2.0)
+        w = rng.choice([-1.0, 1.0], (m, 1)) * np.exp(-t / tau) * (1 - t / 2.0)
+        w *= rng.uniform(150, 500, (m, 1))
+        canvas.add("art_" + role, on, w)
+        events.add("artifact", ch[role], on, 2.0, _p2p(w) * spec.gain if m else [])
+        m = rng.poisson(0.5 * hours_rec)
+        on = np.sort(rng.uniform(0, max(n / fs - 90, 1), m))
+        dur = rng.uniform(20.0, 90.0, m)
+        t = _times(fs, 90.0)
+        w = np.sin(2 * np.pi * t / dur[:, None]) * (t < dur[:, None])
+        w *= rng.uniform(40, 150, (m, 1))
+        canvas.add("art_" + role, on, w)
+        events.add("artifact", ch[role], on, dur, _p2p(w) * spec.gain if m else [])
+
+    # ---- mix the layers into channels: EOG sees frontal EEG, EEG sees the eyes, both see ECG --
+    eye_in_eeg = 0.2 if spec.frontal else 0.06
+    ecg_in_emg = rng.uniform(0.3, 1.5)
+    eog_own = signal.sosfilt(
+        signal.butter(1, 2.0, fs=fs, output="sos"), rng.standard_normal(n, dtype=np.float32)
+    )
+    signals = {
+        "eeg": eeg + canvas.render({"eeg": 1, "eye": eye_in_eeg, "ecg": 1.5, "art_eeg": 1}),
+        "eog": 0.55 * eeg
+        + canvas.render({"eeg": 0.55, "eye": 1, "art_eog": 1})
+        + (eog_own * 12.0).astype(np.float32),
+        "emg": emg + canvas.render({"emg": 1, "ecg": ecg_in_emg, "art_emg": 1}),
+    }
+
+    # ---- amplifier: gain, hardware filters, resampling, noise floor, mains ---------------------
+    out: dict[str, np.ndarray] = {}
+    sfreq: dict[str, float] = {}
+    for role, x in signals.items():
+        native = spec.rates[role]
+        y = signal.sosfilt(_hardware(spec, role, fs), x) * spec.gain
+        if native != fs:
+            y = signal.resample_poly(y, int(native), int(fs))
+        y = y.astype(np.float32)
+        y += rng.standard_normal(len(y), dtype=np.float32) * spec.noise_floor
+        if spec.line_freq < native / 2:
+            level = rng.uniform(0.7, 1.3) * spec.line_noise * (2.0 if role == "emg" else 1.0)
+            y += _mains(len(y), native, spec.line_freq, level, rng.uniform(0, 2 * np.pi))
+        out[ch[role]] = y
+        sfreq[ch[role]] = native
+
+    scorers = _score(rng, truth, partner, weight, spec.n_scorers)
+    other = {"truth": truth}
+    if spec.n_scorers > 1:
+        other["scorer2"] = scorers[1]
+    return Recording(
+        dataset=center,
+        subject=f"sim-{center}-s{int(subject):03d}",
+        night="n1" if seed == 0 else f"n{int(seed) + 1}",
+        signals=out,
+        sfreq=sfreq,
+        stages=scorers[0],
+        roles=dict(ch),
+        hypnogram_offset=0.0,
+        source=f"simulate_night({center!r}, {int(subject)}, seed={int(seed)}, hours={hours})",
+        line_freq=spec.line_freq,
+        events=events.table(),
+        other_scorers=other,
+        simulated=True,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Scorers
+# --------------------------------------------------------------------------------------------
+
+
+def _score(
+    rng: np.random.Generator,
+    truth: np.ndarray,
+    partner: np.ndarray,
+    weight: np.ndarray,
+    n_scorers: int,
+) -> list[np.ndarray]:
+    """Hypnograms of ``n_scorers`` human scorers.
+
+    A transitional/ambiguous epoch *looks like* its partner stage with probability rising with
+    its mixing weight; all scorers see that same appearance (so they agree with each other more
+    than with the truth). Each then errs independently at stage-specific rates, towards the
+    stages real scorers confuse (W<->N1, N1<->N2, N2<->N3)."""
+    n = len(truth)
+    looks_partner = rng.random(n) < np.clip(0.8 * weight, 0, 0.7)
+    apparent = np.where(looks_partner, partner, truth)
+    idx = np.array([_STAGE_INDEX[s] for s in truth])
+    out = []
+    for _ in range(n_scorers):
+        err = rng.random(n) < _BASE_ERROR[idx] * (1 + 2.0 * (weight > 0))
+        cum = np.cumsum(_ERROR_TO[idx], axis=1)
+        pick = (rng.random(n)[:, None] > cum).sum(axis=1)
+        labels = apparent.copy()
+        labels[err] = np.array(STAGES, dtype=object)[np.minimum(pick[err], 4)]
+        out.append(labels)
+    return out

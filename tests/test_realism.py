@@ -1,0 +1,105 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from sleepvlm.data.realism import (
+    hypnogram_stats,
+    real_excerpt_spectra,
+    real_hypnograms,
+    stage_spectra,
+    yasa_staging_agreement,
+)
+from sleepvlm.data.records import STAGES, DataError
+from sleepvlm.data.simulate import simulate_night
+
+
+@pytest.fixture(scope="module")
+def night():
+    return simulate_night("shhs", 2, hours=3.0)
+
+
+def test_hypnogram_stats_on_a_known_sequence():
+    labels = ["W", "W", "N1", "N2", "N3", "N3", "N2", "REM", "MOVE", "REM", "W"]
+    stats = hypnogram_stats(labels)
+    assert stats["n_epochs"] == 10
+    assert stats["shares"]["N3"] == pytest.approx(0.2)
+    assert sum(stats["shares"].values()) == pytest.approx(1.0)
+    trans = stats["transitions"]
+    assert trans.loc["N3", "N3"] == pytest.approx(0.5)
+    assert trans.loc["W", "N1"] == pytest.approx(0.5)
+    assert np.allclose(trans.sum(axis=1).dropna(), 1.0)
+    assert stats["sleep_onset"] == 2
+    assert stats["n3_first_half"] == 1.0 and stats["rem_first_half"] == 0.0
+
+
+def test_hypnogram_stats_rejects_bad_labels():
+    with pytest.raises(DataError, match="unknown stage labels"):
+        hypnogram_stats(["W", "S4"])
+    with pytest.raises(DataError, match="no scored"):
+        hypnogram_stats(["UNKNOWN", "MOVE"])
+
+
+def test_real_hypnograms_load_and_look_like_nights():
+    hyps = real_hypnograms()
+    assert set(hyps) == {"yasa_full_6hrs", "yasa_sub-02", "sleepedf_SC4001"}
+    assert len(hyps["yasa_full_6hrs"]) == 720
+    assert len(hyps["yasa_sub-02"]) == 98
+    sedf = hyps["sleepedf_SC4001"]
+    assert sedf[0] == "W" and sedf[-1] in ("W", "UNKNOWN")
+    for hyp in hyps.values():
+        assert set(hyp) <= set(STAGES) | {"UNKNOWN", "MOVE"}
+    stats = hypnogram_stats(hyps["yasa_full_6hrs"])
+    assert stats["n3_first_half"] > 0.5 and stats["rem_first_half"] < 0.5
+
+
+def test_real_excerpt_spectra_show_known_features():
+    spec = real_excerpt_spectra()
+    assert set(spec.columns) == {"source", "stage", "channel", "freq", "psd"}
+    assert set(spec["stage"]) == {"W", "N2", "N3"}
+    assert (spec["psd"] >= 0).all() and spec["freq"].max() <= 40
+
+    def at(df, f):
+        return float(np.interp(f, df["freq"], df["psd"]))
+
+    n2 = spec[spec["stage"] == "N2"]
+    assert at(n2, 13.0) > 3 * at(n2, 10.0)  # the spindle bump
+    pz = spec[spec["channel"] == "EEG Pz-Oz"]
+    assert at(pz, 9.0) > 2 * at(pz, 13.0)  # wake alpha
+
+
+def test_a_corrupt_real_excerpt_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("SLEEPVLM_REAL_DATA", str(tmp_path))
+    (tmp_path / "yasa_data_N2_spindles_15sec_200Hz.txt").write_text("not numbers\n")
+    with pytest.raises(DataError, match="yasa_data_N2.*SHA-256 differs"):
+        real_excerpt_spectra()
+
+
+def test_stage_spectra_of_a_simulated_night(night):
+    spec = stage_spectra(night, "eeg")
+    assert {"stage", "channel", "freq", "psd", "n_epochs"} <= set(spec.columns)
+    assert set(spec["stage"]) <= set(STAGES) and {"W", "N2", "N3"} <= set(spec["stage"])
+    psd = spec.pivot(index="freq", columns="stage", values="psd")
+    delta = psd.loc[0.5:2].mean()
+    assert delta["N3"] > 1.5 * delta["N2"] > 1.5 * delta["W"]
+    assert spec.groupby("stage")["n_epochs"].first().sum() == len(night.stages)
+    emg = stage_spectra(night, "emg")
+    assert (emg["channel"] == night.role("emg")).all()
+
+
+@pytest.mark.slow
+def test_yasa_agreement_structure(night):
+    out = yasa_staging_agreement(night)
+    assert set(out) >= {"kappa", "accuracy", "f1", "confusion", "n_epochs", "predicted"}
+    assert -1 <= out["kappa"] <= 1 and 0 <= out["accuracy"] <= 1
+    assert isinstance(out["confusion"], pd.DataFrame)
+    assert out["confusion"].to_numpy().sum() == out["n_epochs"] == len(night.stages)
+    assert set(out["f1"]) == set(STAGES)
+    assert set(out["predicted"]) <= set(STAGES)
+    assert out["kappa"] > 0.4  # a real stager must recognise the simulated stages
+
+
+def test_yasa_agreement_rejects_short_recordings():
+    short = simulate_night("dcsm", 0, hours=0.25)
+    short.stages = short.stages[:5]
+    with pytest.raises(DataError, match="at least 10 epochs"):
+        yasa_staging_agreement(short)

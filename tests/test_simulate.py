@@ -1,0 +1,203 @@
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import signal
+from sklearn.metrics import cohen_kappa_score
+
+from sleepvlm.data.realism import hypnogram_stats
+from sleepvlm.data.records import EPOCH_S, EVENT_COLUMNS, EVENT_KINDS, STAGES, DataError
+from sleepvlm.data.simulate import CENTERS, SimulationError, simulate_hypnogram, simulate_night
+
+
+@pytest.fixture(scope="module")
+def shhs_night():
+    return simulate_night("shhs", 4, hours=8.0)
+
+
+@pytest.fixture(scope="module")
+def isruc_nights():
+    return [simulate_night("isruc", s, hours=8.0) for s in (0, 1)]
+
+
+def _epoch_of(events: pd.DataFrame) -> np.ndarray:
+    return (events["onset"] // EPOCH_S).astype(int).to_numpy()
+
+
+def test_same_seed_gives_identical_night():
+    a = simulate_night("shhs", 3, seed=1, hours=0.5)
+    b = simulate_night("shhs", 3, seed=1, hours=0.5)
+    for ch in a.signals:
+        np.testing.assert_array_equal(a.signals[ch], b.signals[ch])
+    np.testing.assert_array_equal(a.stages, b.stages)
+    pd.testing.assert_frame_equal(a.events, b.events)
+
+
+def test_other_seed_subject_or_center_differ():
+    base = simulate_night("isruc", 3, seed=0, hours=0.5)
+    other_seed = simulate_night("isruc", 3, seed=1, hours=0.5)
+    other_subject = simulate_night("isruc", 4, seed=0, hours=0.5)
+    other_center = simulate_night("dcsm", 3, seed=0, hours=0.5)
+    x = base.signals["C4-A1"]
+    assert not np.allclose(x, other_seed.signals["C4-A1"])
+    assert not np.allclose(x, other_subject.signals["C4-A1"])
+    assert other_center.channels != base.channels
+    assert other_seed.night == "n2" and base.night == "n1"
+
+
+@pytest.mark.parametrize("center", sorted(CENTERS))
+def test_native_channels_rates_and_metadata(center):
+    rec = simulate_night(center, 7, hours=0.5)
+    spec = CENTERS[center]
+    assert rec.subject == f"sim-{center}-s007"
+    assert rec.dataset == center and rec.simulated and rec.line_freq == spec.line_freq
+    assert rec.roles == spec.channels
+    for role, ch in spec.channels.items():
+        assert rec.sfreq[ch] == spec.rates[role]
+        assert rec.signals[ch].dtype == np.float32
+        assert len(rec.signals[ch]) == int(0.5 * 3600 * spec.rates[role])
+    assert len(rec.stages) == 60
+    assert set(rec.stages) <= set(STAGES)
+    assert list(rec.events.columns) == list(EVENT_COLUMNS)
+    assert ("scorer2" in rec.other_scorers) == (spec.n_scorers == 2)
+
+
+def test_centers_differ_in_hardware():
+    specs = list(CENTERS.values())
+    assert len({s.highpass for s in specs}) == 3
+    assert len({s.gain for s in specs}) == 3
+    assert len({s.line_noise for s in specs}) == 3
+    assert {s.line_freq for s in specs} == {50.0, 60.0}
+
+
+def test_hypnogram_population_structure():
+    shares, n1, n3_first, rem_first = [], [], [], []
+    for i in range(40):
+        rng = np.random.default_rng(i)
+        hyp = simulate_hypnogram(rng, 960, age=rng.uniform(0.2, 0.8))
+        stats = hypnogram_stats(hyp)
+        shares.append(stats["shares"])
+        n1.append(np.sum(hyp == "N1"))
+        n3_first.append(stats["n3_first_half"])
+        rem_first.append(stats["rem_first_half"])
+        assert hyp[0] == "W"
+    mean = pd.DataFrame(shares).mean()
+    assert 0.08 <= mean["W"] <= 0.16
+    assert 0.07 <= mean["N1"] <= 0.11
+    assert 0.43 <= mean["N2"] <= 0.53
+    assert 0.10 <= mean["N3"] <= 0.19
+    assert 0.16 <= mean["REM"] <= 0.24
+    assert np.mean(n1) >= 75
+    assert np.mean(n3_first) > 0.75  # N3 early
+    assert np.mean(rem_first) < 0.45  # REM late
+
+
+def test_older_subjects_have_less_n3_and_more_wake():
+    young = [simulate_hypnogram(np.random.default_rng(i), 960, age=0.1) for i in range(15)]
+    old = [simulate_hypnogram(np.random.default_rng(i), 960, age=0.9) for i in range(15)]
+    assert np.mean([np.mean(h == "N3") for h in old]) < np.mean([np.mean(h == "N3") for h in young])
+    assert np.mean([np.mean(h == "W") for h in old]) > np.mean([np.mean(h == "W") for h in young])
+
+
+def test_every_event_kind_is_drawn_where_it_belongs(shhs_night):
+    rec = shhs_night
+    truth = rec.other_scorers["truth"]
+    ev = rec.events
+    drawn = set(ev["kind"])
+    assert drawn == set(EVENT_KINDS)
+
+    def share_in(kind, stages):
+        e = ev[ev["kind"] == kind]
+        return np.isin(truth[_epoch_of(e)], stages).mean()
+
+    assert share_in("spindle", ["N2", "N3"]) > 0.85
+    assert share_in("spindle", ["N2"]) > 0.7
+    assert share_in("kcomplex", ["N2", "N3"]) > 0.85
+    assert share_in("slow_wave", ["N2", "N3"]) > 0.95
+    assert share_in("vertex", ["N1"]) > 0.5
+    assert share_in("rem", ["REM", "W"]) > 0.9
+    assert share_in("sawtooth", ["REM"]) > 0.8
+    assert share_in("alpha", ["W"]) > 0.6
+    assert share_in("blink", ["W"]) > 0.85
+    sw = ev[ev["kind"] == "slow_wave"]
+    in_n3 = truth[_epoch_of(sw)] == "N3"
+    assert (sw["amplitude"][in_n3] >= 75).all()
+    assert sw["duration"].between(0.5, 2.0).all()
+    spindles = ev[ev["kind"] == "spindle"]
+    assert spindles["duration"].between(0.5, 2.0).all()
+    assert (ev["onset"] >= 0).all() and (ev["onset"] < rec.duration()).all()
+
+
+def test_slow_wave_coverage_follows_aasm(shhs_night):
+    rec = shhs_night
+    truth = rec.other_scorers["truth"]
+    sw = rec.events[rec.events["kind"] == "slow_wave"]
+    big = sw[sw["amplitude"] >= 75]
+    coverage = np.bincount(_epoch_of(big), weights=big["duration"], minlength=len(truth)) / EPOCH_S
+    assert (truth == "N3").sum() > 20
+    assert coverage[truth == "N3"].min() >= 0.2
+    assert coverage[truth == "N2"].max() < 0.2
+
+
+def test_stage_signatures_in_signals(shhs_night):
+    rec = shhs_night
+    truth = rec.other_scorers["truth"]
+
+    def epoch_sd(role):
+        ch = rec.role(role)
+        fs = rec.sfreq[ch]
+        sos = signal.butter(4, [0.4, min(30, fs / 2 - 1)], "bandpass", fs=fs, output="sos")
+        x = signal.sosfiltfilt(sos, rec.signals[ch])
+        per = int(EPOCH_S * fs)
+        return x[: len(truth) * per].reshape(len(truth), per).std(axis=1)
+
+    eeg, emg = epoch_sd("eeg"), epoch_sd("emg")
+    med = {s: np.median(eeg[truth == s]) for s in STAGES}
+    assert med["N3"] > 1.5 * med["N2"] > 1.5 * med["W"] * 0.9
+    assert np.median(emg[truth == "REM"]) < 0.5 * np.median(emg[truth == "W"])
+
+
+def test_scorer_agreement_in_human_range(isruc_nights):
+    vs_truth, between = [], []
+    for rec in isruc_nights:
+        s1 = rec.stages.astype(str)
+        vs_truth.append(cohen_kappa_score(s1, rec.other_scorers["truth"].astype(str)))
+        between.append(cohen_kappa_score(s1, rec.other_scorers["scorer2"].astype(str)))
+    assert 0.76 <= np.mean(vs_truth) <= 0.88
+    assert 0.70 <= np.mean(between) <= 0.84
+    assert np.mean(between) < np.mean(vs_truth)
+
+
+def test_scorer_disagreement_sits_at_neighbouring_stages(isruc_nights):
+    pairs = []
+    for rec in isruc_nights:
+        truth = rec.other_scorers["truth"]
+        wrong = rec.stages != truth
+        pairs += [frozenset(p) for p in zip(truth[wrong], rec.stages[wrong], strict=True)]
+    neighbours = {frozenset(p) for p in (("W", "N1"), ("N1", "N2"), ("N2", "N3"), ("N1", "REM"))}
+    assert np.mean([p in neighbours for p in pairs]) > 0.75
+
+
+@pytest.mark.parametrize("center", sorted(CENTERS))
+def test_line_noise_at_center_mains(center):
+    rec = simulate_night(center, 1, hours=0.5)
+    ch = rec.role("eeg")
+    fs = rec.sfreq[ch]
+    freqs, psd = signal.welch(rec.signals[ch], fs, nperseg=int(4 * fs))
+    mains = rec.line_freq
+    at = psd[np.argmin(np.abs(freqs - mains))]
+    flank = np.median(psd[(np.abs(freqs - mains) > 2) & (np.abs(freqs - mains) < 6)])
+    assert at > 5 * flank
+    other = 60.0 if mains == 50.0 else 50.0
+    if other < fs / 2:
+        assert psd[np.argmin(np.abs(freqs - other))] < 0.2 * at
+
+
+def test_bad_arguments_raise_data_errors():
+    with pytest.raises(SimulationError, match="unknown simulated center"):
+        simulate_night("mass", 0)
+    with pytest.raises(DataError, match="hours"):
+        simulate_night("dcsm", 0, hours=0.0)
+    with pytest.raises(DataError, match=">= 0"):
+        simulate_night("dcsm", -1, hours=0.5)
+    with pytest.raises(DataError, match="n_epochs"):
+        simulate_hypnogram(np.random.default_rng(0), 0)
