@@ -5,7 +5,14 @@ import re
 import numpy as np
 import pytest
 
-from sleepvlm.bench import print_preprocess_bench, run_preprocess_bench, synthetic_night
+from sleepvlm.bench import (
+    bench_epochs,
+    print_preprocess_bench,
+    print_render_bench,
+    run_preprocess_bench,
+    run_render_bench,
+    synthetic_night,
+)
 
 
 @pytest.fixture(scope="module")
@@ -37,5 +44,31 @@ def test_synthetic_night_has_mains_and_three_roles():
 
 def test_printed_report_ends_with_ratio(capsys):
     print_preprocess_bench(hours=0.02, repeats=1)
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert re.fullmatch(r"ratio=\d+(\.\d+)?x", last)
+
+
+@pytest.fixture(scope="module")
+def render_bench():
+    return run_render_bench(n=6)
+
+
+def test_render_bench_reports_sane_numbers(render_bench):
+    result = render_bench
+    assert result["n"] == 6 and result["stages"] >= 2
+    assert result["fast_ms"] > 0 and result["reference_ms"] > 0
+    assert result["ratio"] == pytest.approx(result["reference_ms"] / result["fast_ms"])
+    # Both renderers draw the same traces at the same scales.
+    assert 0.9 < result["parity_min"] <= result["parity"] <= 1.0
+
+
+def test_bench_epochs_are_preprocessed_epochs_across_the_night():
+    epochs, stages = bench_epochs(12, seed=0)
+    assert epochs.shape == (12, 3, 3000) and epochs.dtype == np.float32
+    assert len(set(stages)) >= 3
+
+
+def test_printed_render_report_ends_with_ratio(capsys):
+    print_render_bench(n=3)
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert re.fullmatch(r"ratio=\d+(\.\d+)?x", last)

@@ -1,16 +1,21 @@
-"""Speed benchmark of the preprocessing path against a plain MNE FIR reference.
+"""Speed benchmarks: ours against the obvious reference, both run in the same process.
 
-A synthetic three-channel night (1/f noise plus mains hum) goes through the benchmark's
-steps (notch, resampling to 100 Hz, per-role band-pass) twice in the same run: with
+Preprocessing: a synthetic three-channel night (1/f noise plus mains hum) goes through the
+benchmark's steps (notch, resampling to 100 Hz, per-role band-pass) twice in the same run: with
 :func:`sleepvlm.signal.preprocess_channel` (zero-phase IIR) and with MNE's FIR defaults
 (``notch_filter``, ``resample``, ``filter_data`` with ``method='fir', phase='zero'``).
 Speed is reported as times real time (night duration / wall time).
+
+Images: the same simulated epochs are drawn to PNG by :func:`sleepvlm.render.render_png`
+(direct rasterisation) and :func:`sleepvlm.render.reference_png` (a matplotlib figure);
+speed is milliseconds per image, and the parity score checks that both draw the same traces.
 """
 
 from __future__ import annotations
 
 import time
 import tracemalloc
+import warnings
 from collections.abc import Callable
 
 import mne
@@ -148,4 +153,82 @@ def print_preprocess_bench(**kwargs) -> dict[str, float]:
         )
     print(f"output agreement (min correlation): {result['agreement']:.4f}")
     print(f"ratio={result['ratio']:.2f}x")
+    return result
+
+
+def bench_epochs(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` preprocessed epochs (n, 3, 3000) of a simulated DCSM night and their stages,
+    spread evenly over the night so that every stage it holds is represented."""
+    from sleepvlm.data.simulate import simulate_night
+    from sleepvlm.signal import QualityWarning, epoch_recording
+
+    hours = float(np.clip(n * 30 / 3600 * 1.25, 1.0, 14.0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", QualityWarning)
+        epochs = epoch_recording(simulate_night("dcsm", 0, seed=seed, hours=hours))
+    rows = np.linspace(0, len(epochs) - 1, n).round().astype(int)
+    return epochs.data[rows], epochs.manifest["stage"].to_numpy()[rows]
+
+
+def _timed_drawing(
+    draw: Callable[[np.ndarray], bytes], epochs: np.ndarray
+) -> tuple[float, list[bytes]]:
+    """Wall time per epoch of ``draw``, and what it drew."""
+    start = time.perf_counter()
+    pngs = [draw(epoch) for epoch in epochs]
+    return (time.perf_counter() - start) / len(epochs), pngs
+
+
+def run_render_bench(n: int = 200, seed: int = 0, **options) -> dict[str, float]:
+    """Draw the same ``n`` epochs with the fast and the matplotlib renderer, one after the other.
+
+    ``fast_ms``/``reference_ms`` are wall time per PNG (drawing and encoding), after one
+    warm-up image each (the fast renderer's cached layout, matplotlib's font cache). ``ratio``
+    is reference time over fast time; ``parity`` the mean (and ``parity_min`` the lowest)
+    :func:`sleepvlm.render.parity_score` between the two PNGs of each epoch. ``options`` go to
+    both renderers.
+    """
+    from sleepvlm import render
+
+    opts = render.ImageOptions(**options)
+    epochs, stages = bench_epochs(n, seed)
+    render.render_png(epochs[0], options=opts)
+    render.reference_png(epochs[0], options=opts)
+    fast_s, fast_pngs = _timed_drawing(lambda e: render.render_png(e, options=opts), epochs)
+    reference_s, reference_pngs = _timed_drawing(
+        lambda e: render.reference_png(e, options=opts), epochs
+    )
+    parities = [
+        render.parity_score(
+            render.decode_png(fast, opts.grayscale),
+            render.decode_png(reference, opts.grayscale),
+            opts,
+        )
+        for fast, reference in zip(fast_pngs, reference_pngs, strict=True)
+    ]
+    return {
+        "n": n,
+        "stages": len(set(stages)),
+        "width": opts.width,
+        "height": opts.height,
+        "fast_ms": 1e3 * fast_s,
+        "reference_ms": 1e3 * reference_s,
+        "fast_png_kib": float(np.mean([len(png) for png in fast_pngs])) / 1024,
+        "ratio": reference_s / fast_s,
+        "parity": float(np.mean(parities)),
+        "parity_min": float(np.min(parities)),
+    }
+
+
+def print_render_bench(**kwargs) -> dict[str, float]:
+    """Run :func:`run_render_bench`, print a short report ending in ``ratio=<x>x``."""
+    result = run_render_bench(**kwargs)
+    print(
+        f"{result['n']} simulated epochs ({result['stages']} stages), "
+        f"{result['width']}x{result['height']} px PNG"
+    )
+    print(f"{'sleepvlm rasteriser':<24} {result['fast_ms']:8.2f} ms/image")
+    print(f"{'matplotlib reference':<24} {result['reference_ms']:8.2f} ms/image")
+    print(f"parity (mean, min): {result['parity']:.3f}, {result['parity_min']:.3f}")
+    print(f"ratio={result['ratio']:.1f}x")
     return result

@@ -54,6 +54,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     if args.what == "preprocess":
         bench.print_preprocess_bench(hours=args.hours)
+    elif args.what == "render":
+        bench.print_render_bench(n=args.n)
     return 0
 
 
@@ -88,8 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     sim.set_defaults(func=cmd_simulate)
 
     bench = sub.add_parser("bench", help="measure ours against a reference in one run")
-    bench.add_argument("what", choices=["preprocess"])
-    bench.add_argument("--hours", type=float, default=8.0, help="length of the synthetic night")
+    bench.add_argument("what", choices=["preprocess", "render"])
+    bench.add_argument("--hours", type=float, default=8.0, help="preprocess: night length (h)")
+    bench.add_argument("-n", type=int, default=200, help="render: epochs to render")
     bench.set_defaults(func=cmd_bench)
     return parser
 

@@ -1,0 +1,837 @@
+"""One 30-s epoch as a picture: EEG, EOG and chin EMG stacked at a fixed physical scale.
+
+Every image uses the same µV per division for a channel role (:data:`SCALES`), never a scale
+fitted to the epoch, so amplitude criteria stay readable: the EEG lane carries a ±37.5 µV
+reference band (:data:`REFERENCE_BAND_UV`) that a 75 µV peak-to-peak slow wave spans, and
+chin EMG atonia is a thin line. Values beyond a lane are clipped to it with a mark; missing
+samples (NaN) are left as gaps. Neighbouring epochs can be drawn lighter on either side.
+
+Two renderers draw the same layout. :func:`render_png` rasterises directly with numpy: the
+static layout (grid, band, labels) is drawn once per option set and cached, each trace is a
+per-pixel-column min/max envelope (3000 samples into ~380 columns), and the PNG is indexed
+colour with fixed settings, so the same input gives the same bytes. :func:`reference_png` is
+the obvious matplotlib figure of the same layout, kept as the slow baseline that
+:func:`parity_score` compares against. :func:`render_dataset` fills a content-addressed image
+store from an epoch store, serially or on Dask.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from PIL import Image, ImageDraw, ImageFont
+
+from sleepvlm.cache import cache_dir, content_hash, source_hash
+from sleepvlm.data.records import EPOCH_S, ROLES, DataError
+from sleepvlm.pipeline import EpochStore, SerialExecutor
+from sleepvlm.signal import EPOCH_SAMPLES, TARGET_SFREQ, Epochs
+
+#: Version of the drawing; images are named after it and this module's source hash
+#: (:func:`renderer_version`), so an edited renderer never reuses stale images.
+RENDERER_VERSION = "1"
+
+
+@dataclass(frozen=True)
+class ChannelScale:
+    """Fixed vertical scale of one lane: µV per grid division, divisions above the baseline."""
+
+    uv_per_div: float
+    half_divisions: int
+
+    @property
+    def limit_uv(self) -> float:
+        """Largest |value| (µV) inside the lane; beyond it a trace is clipped."""
+        return self.uv_per_div * self.half_divisions
+
+
+#: One scale per role. EEG ±150 µV keeps N3 slow waves (75–200 µV peak to peak) mostly inside
+#: the lane; EOG ±300 µV holds wake and REM eye movements; chin EMG ±30 µV makes wake tone a
+#: thick band and REM atonia (~1 µV) a thin line.
+SCALES: dict[str, ChannelScale] = {
+    "eeg": ChannelScale(uv_per_div=50.0, half_divisions=3),
+    "eog": ChannelScale(uv_per_div=100.0, half_divisions=3),
+    "emg": ChannelScale(uv_per_div=10.0, half_divisions=3),
+}
+#: Half-height (µV) of the EEG reference band: the AASM slow-wave criterion is 75 µV p2p.
+REFERENCE_BAND_UV = 37.5
+#: Share of the lanes' height given to each role (EEG carries most of the staging cues).
+LANE_SHARES: dict[str, float] = {"eeg": 0.44, "eog": 0.28, "emg": 0.28}
+#: Under autoscale (demonstration only) a lane spans this many standard deviations of the
+#: epoch's own channel on each side: per-epoch z-scoring, as many deep-learning pipelines do.
+AUTOSCALE_SD = 3.0
+#: zlib level of the PNG writer; fixed so that the bytes are reproducible.
+PNG_COMPRESS_LEVEL = 1
+
+#: Palette of every image (RGB); grayscale images use the luma of each entry.
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "background": (255, 255, 255),
+    "frame": (160, 160, 160),
+    "grid_minor": (228, 228, 228),
+    "grid_major": (195, 195, 195),
+    "baseline": (185, 185, 185),
+    "band": (255, 234, 200),
+    "band_edge": (235, 165, 90),
+    "separator": (90, 90, 90),
+    "context": (165, 165, 165),
+    "clip": (225, 0, 170),
+    "text": (40, 40, 40),
+    "eeg": (20, 40, 150),
+    "eog": (0, 110, 40),
+    "emg": (150, 30, 30),
+}
+#: Shades between background and text colour kept for anti-aliased text.
+_TEXT_SHADES = 12
+#: Height (px) of a clipping mark at the edge of a lane; it is widened by half that on each side.
+_CLIP_MARK_PX = 4
+
+
+@dataclass(frozen=True)
+class ImageOptions:
+    """Everything that changes an image besides the data (part of the image's name)."""
+
+    width: int = 448  # pixels, as in SleepVLM
+    height: int = 224
+    line_width: int = 1  # trace thickness in pixels
+    context: int = 0  # neighbouring epochs drawn on each side of the scored one
+    grayscale: bool = False
+    autoscale: bool = False  # lanes at ±3 SD of the epoch: only to show why it is not used
+
+    def __post_init__(self) -> None:
+        if not (200 <= self.width <= 4000 and 100 <= self.height <= 2000):
+            raise ValueError(
+                f"image size {self.width}x{self.height} px is outside 200-4000 x 100-2000"
+            )
+        if not 1 <= self.line_width <= 8:
+            raise ValueError(f"line_width must be 1-8 px, got {self.line_width}")
+        if not 0 <= self.context <= 3:
+            raise ValueError(f"context must be 0-3 epochs on each side, got {self.context}")
+
+
+def image_options(options: ImageOptions | None = None, **kwargs: Any) -> ImageOptions:
+    """``options`` with ``kwargs`` applied (``ImageOptions(**kwargs)`` when none is given)."""
+    if options is None:
+        return ImageOptions(**kwargs)
+    return ImageOptions(**(asdict(options) | kwargs)) if kwargs else options
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Pixel geometry of an image: where the plot, each lane and each epoch slot lie."""
+
+    width: int
+    height: int
+    plot_left: int  # first column of the plot (left of it: labels and scales)
+    slot_width: int  # columns per epoch; the scored epoch is the middle slot
+    slots: int
+    lanes: dict[str, tuple[int, int]]  # role -> (top row, height in rows)
+    axis_top: int  # first row of the time axis
+    font_size: int
+
+    @property
+    def plot_width(self) -> int:
+        return self.slot_width * self.slots
+
+    @property
+    def centre_columns(self) -> tuple[int, int]:
+        """Start and stop column of the scored epoch."""
+        start = self.plot_left + self.slot_width * (self.slots // 2)
+        return start, start + self.slot_width
+
+    def row_of(self, role: str, value_uv: float | np.ndarray, limit_uv: float) -> np.ndarray:
+        """Continuous row coordinate (0 at the top of the image) of a value in a lane."""
+        top, height = self.lanes[role]
+        return top + height / 2 - np.asarray(value_uv) * (height / 2) / limit_uv
+
+
+@lru_cache(maxsize=32)
+def layout(options: ImageOptions) -> Layout:
+    """Geometry of the images drawn with ``options``."""
+    font_size = max(8, round(options.height / 24))
+    font = _font(font_size)
+    widest = max(font.getbbox(text)[2] for role in ROLES for text, _ in _lane_labels(role, options))
+    left = max(round(options.width * 0.1), widest + 6)
+    slots = 2 * options.context + 1
+    right = font_size  # room for half of the last time label
+    slot_width = (options.width - left - right) // slots
+    if slot_width > EPOCH_SAMPLES:
+        raise ValueError(f"an epoch slot of {slot_width} px is wider than {EPOCH_SAMPLES} samples")
+    top, gap = 2, 3
+    axis_top = options.height - (font_size + 6)
+    available = axis_top - top - gap * (len(ROLES) - 1)
+    heights = [round(available * LANE_SHARES[r]) for r in ROLES[:-1]]
+    heights.append(available - sum(heights))
+    lanes = {}
+    for role, lane_height in zip(ROLES, heights, strict=True):
+        lanes[role] = (top, lane_height)
+        top += lane_height + gap
+    return Layout(
+        options.width, options.height, left, slot_width, slots, lanes, axis_top, font_size
+    )
+
+
+def _palette_names() -> list[str]:
+    return [*COLOURS, *(f"text_{i}" for i in range(_TEXT_SHADES))]
+
+
+def _palette_rgb() -> np.ndarray:
+    """(n, 3) uint8: the named colours, then text shades from background to text colour."""
+    named = np.array(list(COLOURS.values()), dtype=np.float64)
+    weights = np.linspace(0, 1, _TEXT_SHADES + 2)[1:-1, None]
+    shades = (1 - weights) * named[0] + weights * np.array(COLOURS["text"])
+    return np.round(np.vstack([named, shades])).astype(np.uint8)
+
+
+def luma(rgb: np.ndarray) -> np.ndarray:
+    """ITU-R 601 luma of RGB uint8 values (the grey level of each colour)."""
+    rgb = np.asarray(rgb, dtype=np.int64)
+    return ((rgb[..., 0] * 299 + rgb[..., 1] * 587 + rgb[..., 2] * 114 + 500) // 1000).astype(
+        np.uint8
+    )
+
+
+_INDEX = {name: i for i, name in enumerate(_palette_names())}
+_PALETTE = _palette_rgb()
+_GREY_PALETTE = luma(_PALETTE)
+
+
+def palette(options: ImageOptions) -> np.ndarray:
+    """Colour of each palette index: (n, 3) RGB, or (n,) grey levels for grayscale images."""
+    return _GREY_PALETTE if options.grayscale else _PALETTE
+
+
+@lru_cache(maxsize=8)
+def _font(size: int) -> ImageFont.FreeTypeFont:
+    """DejaVu Sans, shipped with matplotlib: it has "µ" and "±" (Pillow's default font has
+    not), and the reference renderer uses it too."""
+    import matplotlib
+
+    return ImageFont.truetype(Path(matplotlib.get_data_path()) / "fonts/ttf/DejaVuSans.ttf", size)
+
+
+def _grid_seconds(slot: int, centre_slot: int) -> range:
+    """Grid lines (s from the slot start): every second in the scored epoch, every 5 s in
+    its neighbours (a 1-s grid there would grey out the narrow slots)."""
+    return range(1, int(EPOCH_S)) if slot == centre_slot else range(5, int(EPOCH_S), 5)
+
+
+def _time_labels(lay: Layout, context: int) -> list[tuple[float, str]]:
+    """(seconds from the scored epoch's start, text) of each time-axis label."""
+    px_per_s = lay.slot_width / EPOCH_S
+    step = next(s for s in (5, 10, 15, 30) if s * px_per_s >= 4 * lay.font_size)
+    first, last = -context * EPOCH_S, (context + 1) * EPOCH_S
+    return [(t, f"{t:g}") for t in np.arange(first, last + 1e-9, step)]
+
+
+def _scale_text(role: str, options: ImageOptions) -> str:
+    if options.autoscale:
+        return "auto scale"
+    return f"{SCALES[role].uv_per_div:g} µV/div"
+
+
+def _lane_labels(role: str, options: ImageOptions) -> list[tuple[str, tuple[int, int, int]]]:
+    """Lines of text left of a lane, with their colours: channel, scale, reference band."""
+    labels = [(role.upper(), COLOURS[role]), (_scale_text(role, options), COLOURS["text"])]
+    if role == "eeg" and not options.autoscale:
+        labels.append((f"±{REFERENCE_BAND_UV:g} µV", COLOURS["band_edge"]))
+    return labels
+
+
+def _x_of(lay: Layout, seconds: float, context: int) -> int:
+    """Column of a time given in s from the start of the scored epoch."""
+    return lay.plot_left + round((seconds + context * EPOCH_S) * lay.slot_width / EPOCH_S)
+
+
+def _draw_layout(options: ImageOptions) -> Image.Image:
+    lay = layout(options)
+    image = Image.new("RGB", (lay.width, lay.height), COLOURS["background"])
+    draw = ImageDraw.Draw(image)
+    font = _font(lay.font_size)
+    x0, x1 = lay.plot_left, lay.plot_left + lay.plot_width - 1
+    centre_slot = lay.slots // 2
+    for role in ROLES:
+        top, height = lay.lanes[role]
+        bottom = top + height - 1
+        scale = SCALES[role]
+        if role == "eeg" and not options.autoscale:
+            band_top, band_bottom = lay.row_of(
+                role, np.array([REFERENCE_BAND_UV, -REFERENCE_BAND_UV]), scale.limit_uv
+            )
+            draw.rectangle([x0, int(band_top), x1, int(band_bottom)], fill=COLOURS["band"])
+        for slot in range(lay.slots):
+            for s in _grid_seconds(slot, centre_slot):
+                x = lay.plot_left + slot * lay.slot_width + round(s * lay.slot_width / EPOCH_S)
+                colour = COLOURS["grid_major" if s % 5 == 0 else "grid_minor"]
+                draw.line([x, top, x, bottom], fill=colour)
+        for d in range(1, scale.half_divisions):
+            for sign in (1, -1):
+                y = int(lay.row_of(role, sign * d * scale.uv_per_div, scale.limit_uv))
+                draw.line([x0, y, x1, y], fill=COLOURS["grid_minor"])
+        if role == "eeg" and not options.autoscale:
+            for y in (band_top, band_bottom):
+                draw.line([x0, int(y), x1, int(y)], fill=COLOURS["band_edge"])
+        baseline = int(lay.row_of(role, 0.0, scale.limit_uv))
+        draw.line([x0, baseline, x1, baseline], fill=COLOURS["baseline"])
+        for slot in range(1, lay.slots):
+            x = lay.plot_left + slot * lay.slot_width
+            draw.line([x, top, x, bottom], fill=COLOURS["separator"])
+        draw.rectangle([x0, top, x1, bottom], outline=COLOURS["frame"])
+        for line, (text, colour) in enumerate(_lane_labels(role, options)):
+            draw.text((2, top + 1 + line * (lay.font_size + 1)), text, fill=colour, font=font)
+    for seconds, text in _time_labels(lay, options.context):
+        x = _x_of(lay, seconds, options.context)
+        draw.line([x, lay.axis_top, x, lay.axis_top + 2], fill=COLOURS["frame"])
+        draw.text((x, lay.axis_top + 3), text, fill=COLOURS["text"], font=font, anchor="mt")
+    draw.text((2, lay.axis_top + 3), "1 s/div", fill=COLOURS["text"], font=font)
+    return image
+
+
+#: Palette entries that only traces use: anti-aliased text must never be mapped to them.
+_TRACE_ONLY = ("context", "clip")
+
+
+@lru_cache(maxsize=32)
+def static_layout(options: ImageOptions) -> np.ndarray:
+    """Palette indices (H, W) of the image without traces, drawn once per option set."""
+    rgb = np.asarray(_draw_layout(options), dtype=np.int64)
+    allowed = np.array([i for name, i in _INDEX.items() if name not in _TRACE_ONLY])
+    # Nearest palette entry: exact for the drawn colours, a text shade for anti-aliased text.
+    candidates = _PALETTE[allowed].astype(np.int64)
+    distances = ((rgb[:, :, None, :] - candidates[None, None]) ** 2).sum(axis=-1)
+    indices = allowed[distances.argmin(axis=-1)].astype(np.uint8)
+    indices.flags.writeable = False
+    return indices
+
+
+def _as_epoch(epoch: Any, what: str) -> np.ndarray:
+    array = np.asarray(epoch, dtype=np.float64)
+    if array.ndim != 2 or array.shape[0] != len(ROLES):
+        raise DataError(
+            f"{what}: expected an array of {len(ROLES)} channels ({', '.join(ROLES)}) x "
+            f"{EPOCH_SAMPLES} samples, got shape {array.shape}; take epochs from "
+            "sleepvlm.signal.epoch_recording"
+        )
+    if array.shape[1] != EPOCH_SAMPLES:
+        raise DataError(
+            f"{what}: expected {EPOCH_SAMPLES} samples per channel ({EPOCH_S:g} s at "
+            f"{TARGET_SFREQ} Hz), got {array.shape[1]}; resample with "
+            "sleepvlm.signal.preprocess_channel first"
+        )
+    return array
+
+
+def _neighbours(epochs: Any, count: int, keep: str, what: str) -> list[np.ndarray]:
+    """``count`` neighbouring epochs (nearest last for ``keep='last'``), NaN where missing."""
+    missing = np.full((len(ROLES), EPOCH_SAMPLES), np.nan)
+    if epochs is None or count == 0:
+        return [missing] * count
+    array = np.asarray(epochs, dtype=np.float64)
+    stack = [array] if array.ndim == 2 else list(array)
+    stack = [_as_epoch(e, what) for e in stack]
+    stack = stack[-count:] if keep == "last" else stack[:count]
+    pad = [missing] * (count - len(stack))
+    return pad + stack if keep == "last" else stack + pad
+
+
+def epoch_window(
+    epoch: Any, before: Any = None, after: Any = None, context: int = 0, sfreq: float = TARGET_SFREQ
+) -> np.ndarray:
+    """(2·context+1, 3, 3000) float64: the epoch between its neighbours (NaN where absent).
+
+    ``before``/``after`` are one epoch (3, 3000) or a stack (k, 3, 3000) in time order; the
+    ones nearest the scored epoch are used.
+    """
+    if sfreq != TARGET_SFREQ:
+        raise DataError(
+            f"epoch sampled at {sfreq:g} Hz; images are drawn from {TARGET_SFREQ} Hz epochs: "
+            "resample with sleepvlm.signal.preprocess_channel first"
+        )
+    centre = _as_epoch(epoch, "epoch")
+    previous = _neighbours(before, context, "last", "previous epochs")
+    following = _neighbours(after, context, "first", "next epochs")
+    return np.stack([*previous, centre, *following])
+
+
+def lane_limit(role: str, centre: np.ndarray, options: ImageOptions) -> float:
+    """Largest |value| (µV) a lane shows: the role's fixed limit, or under ``autoscale``
+    :data:`AUTOSCALE_SD` standard deviations of the scored epoch's own channel."""
+    if options.autoscale and np.isfinite(centre).sum() > 1:
+        spread = float(np.nanstd(centre))
+        if spread > 0:
+            return AUTOSCALE_SD * spread
+    return SCALES[role].limit_uv
+
+
+def _column_envelope(rows: np.ndarray, n_columns: int) -> tuple[np.ndarray, np.ndarray]:
+    """Lowest and highest continuous row of each pixel column, joined to the previous sample.
+
+    NaN where a column holds no finite sample (a gap). Each column also takes in the last
+    sample of the column before, so consecutive columns connect like a polyline.
+    """
+    starts = -((-np.arange(n_columns) * len(rows)) // n_columns)
+    low = np.fmin.reduceat(rows, starts)
+    high = np.fmax.reduceat(rows, starts)
+    drawn = np.isfinite(low)
+    previous = np.concatenate([[np.nan], rows[starts[1:] - 1]])
+    low = np.where(drawn, np.fmin(low, previous), np.nan)
+    high = np.where(drawn, np.fmax(high, previous), np.nan)
+    return low, high
+
+
+def _widen_columns(columns: np.ndarray, by: int = _CLIP_MARK_PX // 2) -> np.ndarray:
+    """Boolean columns grown by ``by`` on each side (a one-column mark would be missed)."""
+    grown = columns.copy()
+    for shift in range(1, by + 1):
+        grown[shift:] |= columns[:-shift]
+        grown[:-shift] |= columns[shift:]
+    return grown
+
+
+def _draw_trace(
+    indices: np.ndarray, lay: Layout, role: str, signal: np.ndarray, limit: float, lw: int
+) -> None:
+    top, height = lay.lanes[role]
+    rows = lay.row_of(role, signal, limit)
+    low, high = _column_envelope(rows, lay.plot_width)
+    drawn = np.isfinite(low)
+    over = drawn & (low < top)
+    under = drawn & (high >= top + height)
+    first = np.where(drawn, np.floor(np.clip(low, top, top + height - 1)), height + top + 1)
+    last = np.where(drawn, np.floor(np.clip(high, top, top + height - 1)), top - 1)
+    first, last = first - (lw - 1) // 2, last + lw // 2
+    lane_rows = np.arange(top, top + height)[:, None]
+    mask = (lane_rows >= first[None, :]) & (lane_rows <= last[None, :])
+    if lw > 1:
+        wide = mask.copy()
+        for shift in range(-((lw - 1) // 2), lw // 2 + 1):
+            if shift > 0:
+                wide[:, shift:] |= mask[:, :-shift]
+            elif shift < 0:
+                wide[:, :shift] |= mask[:, -shift:]
+        mask = wide
+    lane = indices[top : top + height, lay.plot_left : lay.plot_left + lay.plot_width]
+    centre = np.zeros(lay.plot_width, dtype=bool)
+    centre[lay.slot_width * (lay.slots // 2) : lay.slot_width * (lay.slots // 2 + 1)] = True
+    lane[mask & ~centre] = _INDEX["context"]
+    lane[mask & centre] = _INDEX[role]
+    mark = min(_CLIP_MARK_PX, height)
+    lane[:mark, _widen_columns(over)] = _INDEX["clip"]
+    lane[height - mark :, _widen_columns(under)] = _INDEX["clip"]
+
+
+def _rasterize(window: np.ndarray, options: ImageOptions) -> np.ndarray:
+    lay = layout(options)
+    indices = static_layout(options).copy()
+    centre = window[options.context]
+    for c, role in enumerate(ROLES):
+        limit = lane_limit(role, centre[c], options)
+        _draw_trace(indices, lay, role, window[:, c].ravel(), limit, options.line_width)
+    return indices
+
+
+def render_image(
+    epoch: Any,
+    before: Any = None,
+    after: Any = None,
+    options: ImageOptions | None = None,
+    sfreq: float = TARGET_SFREQ,
+    **kwargs: Any,
+) -> np.ndarray:
+    """Pixels of the fast renderer: (H, W, 3) uint8 RGB, or (H, W) grey levels if grayscale.
+
+    ``epoch`` is (3, 3000) µV at 100 Hz in (EEG, EOG, EMG) order; ``before``/``after`` are
+    the neighbouring epochs drawn when ``context`` > 0. Options: :class:`ImageOptions`.
+    """
+    opts = image_options(options, **kwargs)
+    window = epoch_window(epoch, before, after, opts.context, sfreq)
+    return palette(opts)[_rasterize(window, opts)]
+
+
+def _encode(indices: np.ndarray, options: ImageOptions) -> bytes:
+    if options.grayscale:
+        image = Image.fromarray(_GREY_PALETTE[indices], mode="L")
+    else:
+        image = Image.fromarray(indices, mode="P")
+        image.putpalette(_PALETTE.tobytes())
+    buffer = io.BytesIO()
+    # No pnginfo, no optimize pass: Pillow then writes no text or time chunks, only pixels.
+    image.save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+    return buffer.getvalue()
+
+
+def render_png(
+    epoch: Any,
+    before: Any = None,
+    after: Any = None,
+    options: ImageOptions | None = None,
+    sfreq: float = TARGET_SFREQ,
+    **kwargs: Any,
+) -> bytes:
+    """PNG bytes of the fast renderer (indexed colour, or 8-bit grey); same input, same bytes."""
+    opts = image_options(options, **kwargs)
+    window = epoch_window(epoch, before, after, opts.context, sfreq)
+    return _encode(_rasterize(window, opts), opts)
+
+
+def decode_png(data: bytes, grayscale: bool = False) -> np.ndarray:
+    """Pixels of a PNG as (H, W, 3) RGB or (H, W) grey uint8."""
+    with Image.open(io.BytesIO(data)) as image:
+        return np.asarray(image.convert("L" if grayscale else "RGB"))
+
+
+def _mpl_colour(name_or_rgb: str | tuple[int, int, int], options: ImageOptions) -> tuple:
+    """A palette colour (by name, or RGB) as matplotlib wants it, grey in grayscale mode."""
+    rgb = np.array(COLOURS.get(name_or_rgb) if isinstance(name_or_rgb, str) else name_or_rgb)
+    if options.grayscale:
+        return (float(luma(rgb)) / 255,) * 3
+    return tuple(float(v) / 255 for v in rgb)
+
+
+def reference_png(
+    epoch: Any,
+    before: Any = None,
+    after: Any = None,
+    options: ImageOptions | None = None,
+    sfreq: float = TARGET_SFREQ,
+    **kwargs: Any,
+) -> bytes:
+    """PNG bytes of the matplotlib reference: a figure with one axes per lane, same layout."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    opts = image_options(options, **kwargs)
+    window = epoch_window(epoch, before, after, opts.context, sfreq)
+    lay = layout(opts)
+    dpi = 100
+    px = 72 / dpi  # points per pixel
+    fig = Figure(figsize=(lay.width / dpi, lay.height / dpi), dpi=dpi)
+    FigureCanvasAgg(fig)
+    fig.patch.set_facecolor(_mpl_colour("background", opts))
+    k = opts.context
+    t = np.arange(window.shape[0] * EPOCH_SAMPLES) / TARGET_SFREQ - k * EPOCH_S
+    centre = (t >= 0) & (t < EPOCH_S)
+    for c, role in enumerate(ROLES):
+        top, height = lay.lanes[role]
+        ax = fig.add_axes(
+            (
+                lay.plot_left / lay.width,
+                1 - (top + height) / lay.height,
+                lay.plot_width / lay.width,
+                height / lay.height,
+            )
+        )
+        y = window[:, c].ravel()
+        limit = lane_limit(role, window[k, c], opts)
+        scale = SCALES[role]
+        ax.set_xlim(-k * EPOCH_S, (k + 1) * EPOCH_S)
+        ax.set_ylim(-limit, limit)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_facecolor(_mpl_colour("background", opts))
+        for spine in ax.spines.values():
+            spine.set(color=_mpl_colour("frame", opts), linewidth=px)
+        if role == "eeg" and not opts.autoscale:
+            ax.axhspan(-REFERENCE_BAND_UV, REFERENCE_BAND_UV, color=_mpl_colour("band", opts), lw=0)
+            for edge in (-REFERENCE_BAND_UV, REFERENCE_BAND_UV):
+                ax.axhline(edge, color=_mpl_colour("band_edge", opts), lw=px)
+        seconds = np.arange(-k * EPOCH_S + 1, (k + 1) * EPOCH_S)
+        in_centre = (seconds > 0) & (seconds < EPOCH_S)
+        shown = (seconds % EPOCH_S != 0) & (in_centre | (seconds % 5 == 0))
+        major = shown & (seconds % 5 == 0)
+        for grid, where in (("grid_minor", shown & ~major), ("grid_major", major)):
+            ax.vlines(seconds[where], -limit, limit, color=_mpl_colour(grid, opts), lw=px)
+        divisions = np.arange(1, scale.half_divisions) * limit / scale.half_divisions
+        ax.hlines(
+            np.concatenate([divisions, -divisions]),
+            -k * EPOCH_S,
+            (k + 1) * EPOCH_S,
+            color=_mpl_colour("grid_minor", opts),
+            lw=px,
+        )
+        ax.axhline(0, color=_mpl_colour("baseline", opts), lw=px)
+        separators = np.arange(1, window.shape[0]) * EPOCH_S - k * EPOCH_S
+        ax.vlines(separators, -limit, limit, color=_mpl_colour("separator", opts), lw=px)
+        lw = opts.line_width * px
+        ax.plot(t, np.where(centre, np.nan, y), color=_mpl_colour("context", opts), lw=lw)
+        ax.plot(t, np.where(centre, y, np.nan), color=_mpl_colour(role, opts), lw=lw)
+        mark = _CLIP_MARK_PX * limit * 2 / height
+        mark_lw = (2 * (_CLIP_MARK_PX // 2) + 1) * px
+        over, under = y > limit, y < -limit
+        ax.vlines(t[over], limit - mark, limit, color=_mpl_colour("clip", opts), lw=mark_lw)
+        ax.vlines(t[under], -limit, -limit + mark, color=_mpl_colour("clip", opts), lw=mark_lw)
+        for line, (text, rgb) in enumerate(_lane_labels(role, opts)):
+            fig.text(
+                2 / lay.width,
+                1 - (top + 1 + line * (lay.font_size + 1)) / lay.height,
+                text,
+                color=_mpl_colour(rgb, opts),
+                fontsize=lay.font_size * px,
+                va="top",
+            )
+    fig.text(
+        2 / lay.width,
+        1 - (lay.axis_top + 3) / lay.height,
+        "1 s/div",
+        color=_mpl_colour("text", opts),
+        fontsize=lay.font_size * px,
+        va="top",
+    )
+    for seconds, text in _time_labels(lay, k):
+        fig.text(
+            _x_of(lay, seconds, k) / lay.width,
+            1 - (lay.axis_top + 3) / lay.height,
+            text,
+            color=_mpl_colour("text", opts),
+            fontsize=lay.font_size * px,
+            ha="center",
+            va="top",
+        )
+    buffer = io.BytesIO()
+    # Software=None drops the only metadata Agg writes that could change between versions.
+    fig.savefig(buffer, format="png", dpi=dpi, metadata={"Software": None})
+    return buffer.getvalue()
+
+
+def reference_image(
+    epoch: Any,
+    before: Any = None,
+    after: Any = None,
+    options: ImageOptions | None = None,
+    sfreq: float = TARGET_SFREQ,
+    **kwargs: Any,
+) -> np.ndarray:
+    """Pixels of :func:`reference_png`, in the same form as :func:`render_image`."""
+    opts = image_options(options, **kwargs)
+    return decode_png(reference_png(epoch, before, after, opts, sfreq), opts.grayscale)
+
+
+@lru_cache(maxsize=8)
+def _blank_images(options: ImageOptions) -> tuple[np.ndarray, np.ndarray]:
+    blank = np.full((len(ROLES), EPOCH_SAMPLES), np.nan)
+    return render_image(blank, options=options), reference_image(blank, options=options)
+
+
+#: A pixel belongs to a trace when it differs from the blank layout by more than this (0-255):
+#: about half the contrast of a trace on white, so that anti-aliased fringes do not count.
+TRACE_THRESHOLD = 100
+
+
+def trace_spans(image: np.ndarray, blank: np.ndarray, options: ImageOptions) -> dict[str, Any]:
+    """Per lane, the top and bottom trace row of each column of the scored epoch (NaN: none).
+
+    Trace pixels are those that differ from the renderer's own blank layout (the image of an
+    all-NaN epoch) by more than :data:`TRACE_THRESHOLD` in some colour channel; the frame
+    columns at both ends of the epoch are left out.
+    """
+    lay = layout(options)
+    start, stop = lay.centre_columns
+    diff = np.abs(image.astype(np.int16) - blank.astype(np.int16))
+    if diff.ndim == 3:
+        diff = diff.max(axis=2)
+    spans = {}
+    for role in ROLES:
+        top, height = lay.lanes[role]
+        trace = diff[top : top + height, start + 1 : stop - 1] > TRACE_THRESHOLD
+        rows = np.arange(height)[:, None]
+        has = trace.any(axis=0)
+        first = np.where(has, np.where(trace, rows, height).min(axis=0), np.nan)
+        last = np.where(has, np.where(trace, rows, -1).max(axis=0), np.nan)
+        spans[role] = (first, last)
+    return spans
+
+
+def _widen(first: np.ndarray, last: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Spans over each column and its two neighbours: an anti-aliased 1-px stroke spills into
+    the next column on steep slopes, a column envelope does not."""
+    pad = [np.nan]
+    first, last = np.concatenate([pad, first, pad]), np.concatenate([pad, last, pad])
+    return (
+        np.fmin(np.fmin(first[:-2], first[1:-1]), first[2:]),
+        np.fmax(np.fmax(last[:-2], last[1:-1]), last[2:]),
+    )
+
+
+def lane_parity(
+    fast: np.ndarray,
+    reference: np.ndarray,
+    options: ImageOptions | None = None,
+    tolerance_px: int = 2,
+    **kwargs: Any,
+) -> dict[str, float]:
+    """Agreement of the two renderers' traces in each lane (see :func:`parity_score`)."""
+    opts = image_options(options, **kwargs)
+    blank_fast, blank_reference = _blank_images(opts)
+    spans_fast = trace_spans(fast, blank_fast, opts)
+    spans_reference = trace_spans(reference, blank_reference, opts)
+    scores = {}
+    for role in ROLES:
+        top_a, bottom_a = _widen(*spans_fast[role])
+        top_b, bottom_b = _widen(*spans_reference[role])
+        considered = np.isfinite(top_a) | np.isfinite(top_b)
+        with np.errstate(invalid="ignore"):
+            agree = (np.abs(top_a - top_b) <= tolerance_px) & (
+                np.abs(bottom_a - bottom_b) <= tolerance_px
+            )
+        scores[role] = float(agree[considered].mean()) if considered.any() else 1.0
+    return scores
+
+
+def parity_score(
+    fast: np.ndarray,
+    reference: np.ndarray,
+    options: ImageOptions | None = None,
+    tolerance_px: int = 2,
+    **kwargs: Any,
+) -> float:
+    """How closely a fast image matches the matplotlib reference of the same epoch (0 to 1).
+
+    For every lane and every pixel column of the scored epoch, each image's trace covers a
+    vertical span (its top and bottom trace pixel, found against that renderer's blank
+    layout; :func:`trace_spans`), taken over the column and its two neighbours. A column
+    agrees when both images draw the trace there and both ends of the spans are within
+    ``tolerance_px`` pixels; columns where neither image draws (NaN gaps) are left out. The
+    score is the share of agreeing columns in the worst lane (an average would let two
+    near-flat lanes, which any two epochs share, hide a wrong EEG): 1 means the same traces
+    everywhere; a trace drawn at another scale or from other data scores low.
+    """
+    return min(lane_parity(fast, reference, options, tolerance_px, **kwargs).values())
+
+
+@lru_cache(maxsize=1)
+def renderer_version() -> str:
+    """:data:`RENDERER_VERSION`, this module's source hash and the Pillow version (the PNG
+    encoder's bytes may change with it)."""
+    import PIL
+
+    return f"{RENDERER_VERSION}-{source_hash(sys.modules[__name__])}-{PIL.__version__}"
+
+
+def image_name(window: np.ndarray, options: ImageOptions) -> str:
+    """Content address of an image: hash of the epoch window, the options and the renderer."""
+    data = np.ascontiguousarray(window, dtype=np.float32).tobytes()
+    return content_hash(data, asdict(options), renderer_version(), length=24) + ".png"
+
+
+def image_path(root: Path, name: str) -> Path:
+    """Where an image lives in a store: sharded by the first two characters of its name."""
+    return root / name[:2] / name
+
+
+class _RenderBatch:
+    """Picklable batch renderer for executors: windows in, PNG bytes out (written by the caller,
+    so that remote workers need no shared disk)."""
+
+    def __init__(self, options: ImageOptions) -> None:
+        self.options = options
+
+    def __call__(self, batch: tuple[list[str], np.ndarray]) -> tuple[list[str], list[bytes]]:
+        names, windows = batch
+        return names, [_encode(_rasterize(w, self.options), self.options) for w in windows]
+
+
+def _source_access(source: Any) -> tuple[pd.DataFrame, Any]:
+    if isinstance(source, EpochStore):
+        return source.manifest(), source.read
+    if isinstance(source, Epochs):
+        return source.manifest.reset_index(drop=True), lambda rows: source.data[rows]
+    raise TypeError(f"render_dataset needs an EpochStore or Epochs, got {type(source).__name__}")
+
+
+def _neighbour_rows(manifest: pd.DataFrame, rows: np.ndarray, context: int) -> np.ndarray:
+    """(n, 2·context+1) manifest rows of each epoch's window; -1 where a neighbour is absent
+    (excluded, or outside the night)."""
+    keys = ["dataset", "subject", "night"]
+    lookup = pd.Series(
+        np.arange(len(manifest)),
+        index=pd.MultiIndex.from_frame(manifest[[*keys, "epoch"]].astype({"epoch": np.int64})),
+    )
+    chosen = manifest.iloc[rows]
+    columns = []
+    for offset in range(-context, context + 1):
+        wanted = pd.MultiIndex.from_arrays(
+            [*(chosen[k].to_numpy() for k in keys), chosen["epoch"].to_numpy(np.int64) + offset]
+        )
+        columns.append(lookup.reindex(wanted).fillna(-1).to_numpy(np.int64))
+    return np.stack(columns, axis=1)
+
+
+def _pending_batches(
+    read: Any,
+    windows_rows: np.ndarray,
+    names_out: list[str],
+    root: Path,
+    options: ImageOptions,
+    batch_size: int,
+) -> Iterator[tuple[list[str], np.ndarray]]:
+    """Batches of windows whose images are not in the store yet; names every row on the way."""
+    for start in range(0, len(windows_rows), batch_size):
+        block = windows_rows[start : start + batch_size]
+        wanted = np.unique(block[block >= 0])  # never empty: the scored epoch is always there
+        data = read(wanted).astype(np.float64)
+        position = {int(r): i for i, r in enumerate(wanted)}
+        names, windows = [], []
+        for row_window in block:
+            window = np.full((len(row_window), len(ROLES), EPOCH_SAMPLES), np.nan)
+            for slot, row in enumerate(row_window):
+                if row >= 0:
+                    window[slot] = data[position[int(row)]]
+            name = image_name(window, options)
+            names_out.append(name)
+            if not image_path(root, name).exists():
+                names.append(name)
+                windows.append(window)
+        if names:
+            yield names, np.stack(windows)
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.part")
+    partial.write_bytes(data)
+    os.replace(partial, path)
+
+
+def render_dataset(
+    source: Any,
+    indices: Sequence[int] | np.ndarray | None = None,
+    out_dir: str | Path | None = None,
+    executor: Any = None,
+    batch_size: int = 64,
+    options: ImageOptions | None = None,
+    **kwargs: Any,
+) -> pd.DataFrame:
+    """Render the epochs at manifest rows ``indices`` (all by default) into an image store.
+
+    ``source`` is an :class:`~sleepvlm.pipeline.EpochStore` or an :class:`Epochs`. Each image
+    is saved as ``<out_dir>/<ab>/<name>.png``, its name the hash of the epoch window, the
+    options and :func:`renderer_version` (default folder: the cache's ``images``); images
+    already there are not drawn again. Batches of ``batch_size`` epochs run on ``executor``
+    (serial by default). Returns the manifest rows asked for (index: manifest row) with
+    ``image`` (path) and ``rendered`` (True if drawn by this call).
+    """
+    opts = image_options(options, **kwargs)
+    manifest, read = _source_access(source)
+    rows = np.arange(len(manifest)) if indices is None else np.asarray(indices, dtype=np.int64)
+    if rows.size and (rows.min() < 0 or rows.max() >= len(manifest)):
+        raise IndexError(f"rows must lie in [0, {len(manifest)}), got {rows.min()}..{rows.max()}")
+    root = Path(out_dir) if out_dir else cache_dir("images")
+    windows_rows = _neighbour_rows(manifest, rows, opts.context)
+    names: list[str] = []
+    rendered: set[str] = set()
+    batches = _pending_batches(read, windows_rows, names, root, opts, batch_size)
+    for done_names, pngs in (executor or SerialExecutor()).imap(_RenderBatch(opts), batches):
+        for name, png in zip(done_names, pngs, strict=True):
+            _write_atomically(image_path(root, name), png)
+            rendered.add(name)
+    table = manifest.iloc[rows].copy()
+    table["image"] = [str(image_path(root, n)) for n in names]
+    table["rendered"] = [n in rendered for n in names]
+    return table

@@ -1,0 +1,271 @@
+"""Tests of the epoch images: fixed scales, reference band, clipping, gaps, context, the parity
+of the fast renderer with the matplotlib reference, and the content-addressed image store."""
+
+import io
+import struct
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sleepvlm import render
+from sleepvlm.data.records import STAGES, DataError
+from sleepvlm.data.simulate import simulate_night
+from sleepvlm.pipeline import DaskExecutor, EpochStore, SerialExecutor
+from sleepvlm.signal import EPOCH_SAMPLES, TARGET_SFREQ, Epochs, QualityWarning, epoch_recording
+
+T = np.arange(EPOCH_SAMPLES) / TARGET_SFREQ
+
+
+@pytest.fixture(scope="module")
+def night() -> Epochs:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", QualityWarning)
+        return epoch_recording(simulate_night("dcsm", 0, hours=1.0))
+
+
+def quiet_epoch(eeg=None, eog=None, emg=None) -> np.ndarray:
+    epoch = np.zeros((3, EPOCH_SAMPLES))
+    for c, x in enumerate((eeg, eog, emg)):
+        if x is not None:
+            epoch[c] = x
+    return epoch
+
+
+def colour_mask(image: np.ndarray, name: str) -> np.ndarray:
+    return (image == np.array(render.COLOURS[name], dtype=np.uint8)).all(axis=-1)
+
+
+def lane_rows(image: np.ndarray, role: str, options=None) -> np.ndarray:
+    """Rows (relative to the lane top) where the plot holds the role's trace colour."""
+    lay = render.layout(options or render.ImageOptions())
+    top, height = lay.lanes[role]
+    lane = image[top : top + height, lay.plot_left :]
+    return np.flatnonzero(colour_mask(lane, role).any(axis=1))
+
+
+def png_chunk_types(data: bytes) -> list[bytes]:
+    types, pos = [], 8
+    while pos < len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        types.append(data[pos + 4 : pos + 8])
+        pos += 12 + length
+    return types
+
+
+def test_same_epoch_gives_the_same_png_bytes(night):
+    first = render.render_png(night.data[5])
+    assert first == render.render_png(night.data[5].copy())
+    assert first != render.render_png(night.data[6])
+    # Only pixel data: no text, time or physical-size chunks that could vary between runs.
+    assert set(png_chunk_types(first)) == {b"IHDR", b"PLTE", b"IDAT", b"IEND"}
+    assert render.reference_png(night.data[5]) == render.reference_png(night.data[5])
+
+
+def test_image_size_and_mode(night):
+    with Image.open(io.BytesIO(render.render_png(night.data[0]))) as image:
+        assert image.size == (448, 224) and image.mode == "P"
+    with Image.open(io.BytesIO(render.render_png(night.data[0], width=600, height=300))) as image:
+        assert image.size == (600, 300)
+    assert render.render_image(night.data[0]).shape == (224, 448, 3)
+    assert render.reference_image(night.data[0]).shape == (224, 448, 3)
+
+
+def test_75_uv_peak_to_peak_sine_spans_the_reference_band():
+    blank = render.render_image(quiet_epoch())
+    lay = render.layout(render.ImageOptions())
+    top, height = lay.lanes["eeg"]
+    plot = blank[top : top + height, lay.plot_left :]
+    edge_rows = np.flatnonzero(colour_mask(plot, "band_edge").any(axis=1))
+    band_top, band_bottom = edge_rows.min(), edge_rows.max()
+    assert band_bottom - band_top > 15  # the band is drawn, and wide enough to read
+
+    # Near-silent EOG and EMG: an autoscaled image would blow the EEG up to the lane's height.
+    sine = render.render_image(quiet_epoch(eeg=37.5 * np.sin(2 * np.pi * T), eog=T * 0.1))
+    rows = lane_rows(sine, "eeg")
+    assert abs(rows.min() - band_top) <= 1 and abs(rows.max() - band_bottom) <= 1
+
+    double = lane_rows(render.render_image(quiet_epoch(eeg=75 * np.sin(2 * np.pi * T))), "eeg")
+    assert np.ptp(double) == pytest.approx(2 * np.ptp(rows), abs=2)
+
+    # Per-epoch scaling (±3 SD) would draw any sine at the same height, unrelated to the band.
+    for amplitude in (37.5, 75):
+        auto = render.render_image(
+            quiet_epoch(eeg=amplitude * np.sin(2 * np.pi * T)), autoscale=True
+        )
+        expected = height * amplitude / (render.AUTOSCALE_SD * amplitude / np.sqrt(2))
+        assert np.ptp(lane_rows(auto, "eeg")) == pytest.approx(expected, abs=2)
+
+
+def test_scale_is_fixed_low_and_high_amplitude_epochs_differ_in_extent():
+    noise = np.random.default_rng(0).standard_normal((3, EPOCH_SAMPLES))
+    limits = np.array([render.SCALES[role].limit_uv for role in ("eeg", "eog", "emg")])
+    noise *= limits[:, None]  # unit: each lane's half-height
+    low, high = render.render_image(0.05 * noise), render.render_image(0.2 * noise)
+    for role in ("eeg", "eog", "emg"):
+        assert np.ptp(lane_rows(high, role)) > 2.5 * np.ptp(lane_rows(low, role))
+    auto_low = render.render_image(0.05 * noise, autoscale=True)
+    auto_high = render.render_image(0.2 * noise, autoscale=True)
+    assert np.ptp(lane_rows(auto_low, "eeg")) == pytest.approx(
+        np.ptp(lane_rows(auto_high, "eeg")), abs=2
+    )
+
+
+def test_out_of_range_values_are_clipped_with_a_mark():
+    eeg = 20 * np.sin(2 * np.pi * T)
+    eeg[(T >= 10) & (T < 11)] = 400.0  # far above the EEG lane's +150 µV
+    emg = np.zeros(EPOCH_SAMPLES)
+    emg[(T >= 20) & (T < 20.5)] = -200.0  # below the EMG lane's -30 µV
+    image = render.render_image(quiet_epoch(eeg=eeg, emg=emg))
+    lay = render.layout(render.ImageOptions())
+    start, stop = lay.centre_columns
+    px_per_s = lay.slot_width / 30
+    for role, seconds, edge in (("eeg", 10.5, "top"), ("emg", 20.25, "bottom")):
+        top, height = lay.lanes[role]
+        marks = colour_mask(image[top : top + height, start:stop], "clip")
+        rows, cols = np.nonzero(marks)
+        assert rows.size, f"no clipping mark in the {role} lane"
+        assert (rows < 5).all() if edge == "top" else (rows >= height - 5).all()
+        assert np.abs(cols - seconds * px_per_s).max() < px_per_s
+    assert not colour_mask(render.render_image(quiet_epoch(eeg=20 * np.sin(T))), "clip").any()
+
+
+def test_nan_samples_are_drawn_as_a_gap():
+    eeg = 20 * np.sin(2 * np.pi * T)
+    eeg[(T >= 10) & (T < 20)] = np.nan
+    image = render.render_image(quiet_epoch(eeg=eeg))
+    lay = render.layout(render.ImageOptions())
+    start = lay.centre_columns[0]
+    top, height = lay.lanes["eeg"]
+    drawn = colour_mask(image[top : top + height], "eeg").any(axis=0)
+    drawn[: lay.plot_left] = False
+    px_per_s = lay.slot_width / 30
+    gap = slice(start + int(10 * px_per_s) + 1, start + int(20 * px_per_s) - 1)
+    assert not drawn[gap].any()
+    assert drawn[start + 1 : start + int(9 * px_per_s)].all()
+    assert drawn[start + int(21 * px_per_s) : start + lay.slot_width].all()
+
+
+def test_grayscale_images_are_single_channel(night):
+    pixels = render.render_image(night.data[3], grayscale=True)
+    assert pixels.ndim == 2 and pixels.shape == (224, 448)
+    trace_grey = render.luma(np.array(render.COLOURS["eeg"]))
+    lay = render.layout(render.ImageOptions(grayscale=True))
+    top, height = lay.lanes["eeg"]
+    assert (pixels[top : top + height] == trace_grey).sum() > 300
+    with Image.open(io.BytesIO(render.render_png(night.data[3], grayscale=True))) as image:
+        assert image.mode == "L"
+        assert np.array_equal(np.asarray(image), pixels)
+
+
+def test_line_width_thickens_the_trace(night):
+    thin = colour_mask(render.render_image(night.data[3]), "eeg").sum()
+    thick = colour_mask(render.render_image(night.data[3], line_width=3), "eeg").sum()
+    assert thick > 1.5 * thin
+
+
+def test_context_epochs_share_the_width_and_are_drawn_lighter(night):
+    epoch, before, after = night.data[10], night.data[9], night.data[11]
+    alone = render.render_image(epoch)
+    wide = render.render_image(epoch, before, after, context=1)
+    lay = render.layout(render.ImageOptions(context=1))
+    plot = slice(lay.plot_left, None)
+    centre_columns = colour_mask(wide[:, plot], "eeg").any(axis=0)
+    assert centre_columns.sum() < 0.4 * colour_mask(alone[:, plot], "eeg").any(axis=0).sum()
+    centre_columns = np.concatenate([np.zeros(lay.plot_left, bool), centre_columns])
+    start, stop = lay.centre_columns
+    assert not centre_columns[:start].any() and not centre_columns[stop:].any()
+    context_columns = colour_mask(wide, "context").any(axis=0)
+    assert context_columns[:start].sum() > 0.9 * lay.slot_width
+    assert context_columns[stop:].sum() > 0.9 * lay.slot_width
+    # A missing neighbour (first epoch of a night) leaves its slot empty.
+    first = colour_mask(render.render_image(epoch, None, after, context=1), "context")
+    assert not first.any(axis=0)[:start].any()
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_fast_renderer_matches_the_matplotlib_reference(night, stage):
+    rows = np.flatnonzero(night.manifest["stage"].to_numpy() == stage)
+    assert rows.size, f"the simulated hour has no {stage} epoch"
+    for row in rows[:: max(1, rows.size // 2)][:2]:
+        fast = render.render_image(night.data[row])
+        reference = render.reference_image(night.data[row])
+        assert render.parity_score(fast, reference) > 0.9
+
+
+def test_parity_score_fails_for_a_wrong_image(night):
+    fast = render.render_image(night.data[20])
+    other_epoch = render.reference_image(night.data[40])
+    double_scale = render.reference_image(2 * night.data[20])
+    assert render.parity_score(fast, other_epoch) < 0.5
+    assert render.parity_score(fast, double_scale) < 0.5
+
+
+def test_bad_input_raises_data_error(night):
+    with pytest.raises(DataError, match="3 channels"):
+        render.render_png(night.data[0][:2])
+    with pytest.raises(DataError, match="3000 samples"):
+        render.render_png(np.zeros((3, 2560)))
+    with pytest.raises(DataError, match="256 Hz"):
+        render.render_png(night.data[0], sfreq=256)
+    with pytest.raises(DataError, match="previous epochs"):
+        render.render_png(night.data[1], np.zeros((3, 100)), context=1)
+    with pytest.raises(DataError, match="3 channels"):
+        render.reference_png(np.zeros(EPOCH_SAMPLES))
+    with pytest.raises(ValueError, match="context"):
+        render.render_png(night.data[0], context=9)
+    with pytest.raises(TypeError):
+        render.render_png(night.data[0], colour="red")
+
+
+def subset(night: Epochs, n: int) -> Epochs:
+    return Epochs(
+        data=night.data[:n],
+        manifest=night.manifest.iloc[:n].reset_index(drop=True),
+        dataset=night.dataset,
+        subject=night.subject,
+        night=night.night,
+        source_hash=night.source_hash,
+    )
+
+
+def test_render_dataset_is_content_addressed_and_skips_existing_images(night, tmp_path):
+    epochs = subset(night, 6)
+    table = render.render_dataset(epochs, [0, 2, 4], tmp_path)
+    assert list(table.index) == [0, 2, 4] and table["rendered"].all()
+    assert table["stage"].tolist() == epochs.manifest["stage"].iloc[[0, 2, 4]].tolist()
+    for row, path in zip(table.index, table["image"], strict=True):
+        assert open(path, "rb").read() == render.render_png(epochs.data[row])
+    again = render.render_dataset(epochs, [0, 2, 4], tmp_path)
+    assert not again["rendered"].any() and again["image"].tolist() == table["image"].tolist()
+    Path(table["image"].iloc[1]).unlink()
+    third = render.render_dataset(epochs, [0, 2, 4], tmp_path)
+    assert third["rendered"].tolist() == [False, True, False]
+    grey = render.render_dataset(epochs, [0], tmp_path, grayscale=True)
+    assert grey["image"].iloc[0] != table["image"].iloc[0] and grey["rendered"].all()
+
+
+def test_render_dataset_draws_neighbours_from_the_store(night, tmp_path):
+    store = EpochStore(tmp_path / "epochs.h5")
+    store.append(subset(night, 5))
+    table = render.render_dataset(store, [0, 2], tmp_path / "images", context=1)
+    data = store.read([0, 1, 2, 3])
+    assert open(table["image"].iloc[0], "rb").read() == render.render_png(
+        data[0], None, data[1], context=1
+    )
+    assert open(table["image"].iloc[1], "rb").read() == render.render_png(
+        data[2], data[1], data[3], context=1
+    )
+
+
+def test_serial_and_dask_give_the_same_image_files(night, tmp_path):
+    epochs = subset(night, 8)
+    serial = render.render_dataset(epochs, None, tmp_path / "serial", SerialExecutor(), 3)
+    with DaskExecutor(n_workers=1) as executor:
+        dask = render.render_dataset(epochs, None, tmp_path / "dask", executor, batch_size=3)
+    assert dask["rendered"].all() and len(dask) == 8
+    for a, b in zip(serial["image"], dask["image"], strict=True):
+        assert a.split("/")[-1] == b.split("/")[-1]
+        assert open(a, "rb").read() == open(b, "rb").read()
