@@ -72,3 +72,18 @@ def test_printed_render_report_ends_with_ratio(capsys):
     print_render_bench(n=3)
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert re.fullmatch(r"ratio=\d+(\.\d+)?x", last)
+
+
+def test_requests_bench_counts_every_call_and_reports_the_ratio(capsys):
+    from sleepvlm.bench import print_requests_bench
+
+    result = print_requests_bench(n_requests=24, latency_s=0.05, concurrency=8, repeats=2)
+    assert result["server_hits"] == 2 * 24 + 24  # two concurrent runs + sequential, no retries
+    assert result["concurrent_rps"] == pytest.approx(24 / result["concurrent_s"])
+    assert result["sequential_rps"] == pytest.approx(24 / result["sequential_s"])
+    assert result["ratio"] == pytest.approx(result["concurrent_rps"] / result["sequential_rps"])
+    # Sequentially every answer waits its latency: the run cannot beat 24 x 50 ms.
+    assert result["sequential_s"] >= 24 * 0.05
+    assert not result["extrapolated"]
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert re.fullmatch(r"ratio=\d+(\.\d+)?x", last)

@@ -9,6 +9,9 @@ Speed is reported as times real time (night duration / wall time).
 Images: the same simulated epochs are drawn to PNG by :func:`sleepvlm.render.render_png`
 (direct rasterisation) and :func:`sleepvlm.render.reference_png` (a matplotlib figure);
 speed is milliseconds per image, and the parity score checks that both draw the same traces.
+
+Requests: the model request engine sends the same requests to a local fake OpenAI-compatible
+server with fixed latency, with bounded concurrency and one at a time; speed is requests/s.
 """
 
 from __future__ import annotations
@@ -231,4 +234,97 @@ def print_render_bench(**kwargs) -> dict[str, float]:
     print(f"{'matplotlib reference':<24} {result['reference_ms']:8.2f} ms/image")
     print(f"parity (mean, min): {result['parity']:.3f}, {result['parity_min']:.3f}")
     print(f"ratio={result['ratio']:.1f}x")
+    return result
+
+
+def _timed_engine_run(spec, store, requests: list, concurrency: int) -> float:
+    from sleepvlm.models import Engine
+
+    engine = Engine(spec, store, concurrency=concurrency, progress=False)
+    start = time.perf_counter()
+    responses = engine.run(requests)
+    elapsed = time.perf_counter() - start
+    failed = [r for r in responses if not r.ok or r.cached]
+    if failed:
+        raise RuntimeError(f"{len(failed)} bench requests failed or were cached: {failed[0]}")
+    return elapsed
+
+
+def run_requests_bench(
+    n_requests: int = 300,
+    latency_s: float = 0.1,
+    concurrency: int = 32,
+    sequential_requests: int | None = None,
+    repeats: int = 3,
+) -> dict[str, float]:
+    """Send ``n_requests`` distinct requests through the engine to a local fake
+    OpenAI-compatible server that answers after ``latency_s``: with ``concurrency`` requests
+    in flight (best of ``repeats`` runs: a run takes about a second, so other load on the
+    machine shows), and once sequentially (on ``sequential_requests`` of them, all by default;
+    fewer makes the sequential rate an extrapolation, flagged in the result).
+
+    Every run goes over real HTTP with the OpenAI client and writes every answer to a fresh
+    response store, as a real run does. ``ratio`` is concurrent over sequential throughput.
+    """
+    import tempfile
+    from pathlib import Path
+
+    from sleepvlm.models import Faults, ModelSpec, running_server, user_request
+
+    n_sequential = sequential_requests or n_requests
+    requests = [
+        user_request(f"bench epoch {i}: which stage?", id=str(i)) for i in range(n_requests)
+    ]
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        running_server(faults=Faults(latency_s=latency_s)) as server,
+    ):
+        spec = ModelSpec(
+            name="bench", backend="openai_compatible", model_id="chance", base_url=server.url
+        )
+        # Warm-up outside the timings: imports the client, opens the first connection.
+        warm_up = [user_request("warm-up")]
+        _timed_engine_run(spec, Path(tmp) / "warm.jsonl", warm_up, 1)
+        concurrent_s = min(
+            _timed_engine_run(spec, Path(tmp) / f"c{i}.jsonl", requests, concurrency)
+            for i in range(repeats)
+        )
+        sequential_s = _timed_engine_run(spec, Path(tmp) / "s.jsonl", requests[:n_sequential], 1)
+        hits = server.hits
+    concurrent_rps = n_requests / concurrent_s
+    sequential_rps = n_sequential / sequential_s
+    return {
+        "n_requests": n_requests,
+        "n_sequential": n_sequential,
+        "extrapolated": n_sequential < n_requests,
+        "latency_s": latency_s,
+        "concurrency": concurrency,
+        "repeats": repeats,
+        "server_hits": hits - len(warm_up),
+        "concurrent_s": concurrent_s,
+        "concurrent_rps": concurrent_rps,
+        "sequential_s": sequential_s,
+        "sequential_rps": sequential_rps,
+        "ratio": concurrent_rps / sequential_rps,
+    }
+
+
+def print_requests_bench(**kwargs) -> dict[str, float]:
+    """Run :func:`run_requests_bench`, print both throughputs and end with ``ratio=<x>x``."""
+    result = run_requests_bench(**kwargs)
+    print(
+        f"fake OpenAI-compatible server, {result['latency_s'] * 1000:g} ms per answer, "
+        f"{result['server_hits']} calls over HTTP"
+    )
+    print(
+        f"concurrency {result['concurrency']:<3}  {result['n_requests']:5d} requests "
+        f"{result['concurrent_s']:7.2f} s  {result['concurrent_rps']:7.1f} req/s "
+        f"(best of {result['repeats']})"
+    )
+    extrapolated = " (rate extrapolated to all requests)" if result["extrapolated"] else ""
+    print(
+        f"sequential       {result['n_sequential']:5d} requests {result['sequential_s']:7.2f} s  "
+        f"{result['sequential_rps']:7.1f} req/s{extrapolated}"
+    )
+    print(f"ratio={result['ratio']:.2f}x")
     return result

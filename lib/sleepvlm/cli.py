@@ -8,6 +8,8 @@ from pathlib import Path
 
 import yaml
 
+from .models.server import add_serve_arguments, cmd_serve
+
 
 def _parameters(pairs: list[list[str]] | None) -> dict:
     """``-p NAME VALUE`` pairs, values parsed as YAML like papermill's own ``-y``."""
@@ -56,6 +58,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         bench.print_preprocess_bench(hours=args.hours)
     elif args.what == "render":
         bench.print_render_bench(n=args.n)
+    elif args.what == "requests":
+        bench.print_requests_bench(n_requests=args.n, concurrency=args.concurrency)
     return 0
 
 
@@ -90,10 +94,15 @@ def build_parser() -> argparse.ArgumentParser:
     sim.set_defaults(func=cmd_simulate)
 
     bench = sub.add_parser("bench", help="measure ours against a reference in one run")
-    bench.add_argument("what", choices=["preprocess", "render"])
+    bench.add_argument("what", choices=["preprocess", "render", "requests"])
     bench.add_argument("--hours", type=float, default=8.0, help="preprocess: night length (h)")
-    bench.add_argument("-n", type=int, default=200, help="render: epochs to render")
+    bench.add_argument("-n", type=int, default=300, help="render: images; requests: requests")
+    bench.add_argument("--concurrency", type=int, default=32, help="requests: in flight at once")
     bench.set_defaults(func=cmd_bench)
+
+    serve = sub.add_parser("serve", help="serve the embedded models over the chat-completions API")
+    add_serve_arguments(serve)
+    serve.set_defaults(func=cmd_serve)
     return parser
 
 
