@@ -5,10 +5,12 @@ Each night has a realistic hypnogram (sleep-onset latency, ~90-min ultradian cyc
 REM late, brief awakenings), stage-specific EEG/EOG/EMG built from a time-varying 1/f
 background plus overlap-added waveforms (spindles, K-complexes, slow waves, vertex waves,
 alpha/theta bursts, sawtooth waves, rapid and slow eye movements, blinks, arousals and
-artifacts), each listed in ``Recording.events``. Three centers differ in montage, amplifier
-gain, hardware filters, noise floor, mains frequency and line-noise level, so models meet a real
-domain shift. Scored hypnograms disagree with the generating stage the way human scorers do
-(mostly W/N1, N1/N2 and N2/N3 in transitional, ambiguous epochs).
+artifacts), each listed in ``Recording.events`` as a scorer would mark it: a spindle by its body
+above half amplitude, an eye movement by its rapid deflection, a K complex inside N3 as a slow
+wave; the background alone holds no wave of AASM slow-wave size. Three centers differ in
+montage, amplifier gain, hardware filters, noise floor, mains frequency and line-noise level, so
+models meet a real domain shift. Scored hypnograms disagree with the generating stage the way
+human scorers do (mostly W/N1, N1/N2 and N2/N3 in transitional, ambiguous epochs).
 """
 
 from __future__ import annotations
@@ -110,6 +112,8 @@ _STAGE_INDEX = {s: i for i, s in enumerate(STAGES)}
 # 1/(1+(f/1.5)^3) low-frequency component (``a2``) and peaks at 6 Hz (theta), the alpha
 # frequency, 20 Hz (beta) and >20 Hz (muscle); event rates per min; chin EMG SD (µV). Levels
 # were fitted to the real excerpts (Sleep-EDF wake, YASA's N2/N3 epochs); events add on top.
+# The delta of N3 comes mostly from drawn (listed) slow waves: the background alone stays
+# below the slow-wave criterion, so every wave a scorer would mark is in ``events``.
 _PARAM_NAMES = (
     "a1", "a2", "theta_pk", "alpha_pk", "beta_pk", "hf_pk",
     "spindle", "kcomplex", "vertex", "theta", "alpha", "sawtooth",
@@ -123,13 +127,16 @@ _PARAMS = np.array(
         [14, 30, 0.5, 1, 0.6, 0.4, 0, 0, 0, 0.2, 1, 0, 14, 0, 16, 0, 0.4, 14, 0],  # W_EO
         [12, 30, 0.5, 2.5, 0.4, 0.2, 0, 0, 0.1, 0.4, 9, 0, 1, 1, 2, 0, 0.2, 10, 0],  # W_EC
         [9, 45, 8, 0.3, 0.25, 0.05, 0.2, 0.1, 4, 4, 0.2, 0, 0.2, 3.5, 0.3, 0.2, 0.1, 8, 0],  # N1
-        [5, 95, 1, 0.2, 0.05, 0, 4, 1.6, 0.3, 0.5, 0.1, 0, 0, 0.1, 0, 0.12, 0.05, 4.5, 0],  # N2
-        [3, 280, 1, 0.3, 0, 0, 1, 0.5, 0, 0.2, 0, 0, 0, 0, 0, 0.04, 0.02, 4, 0],  # N3
+        [5, 85, 1, 0.2, 0.05, 0, 4, 1.6, 0.3, 0.5, 0.1, 0, 0, 0.1, 0, 0.12, 0.05, 4.5, 0],  # N2
+        [3, 120, 1, 0.3, 0, 0, 1, 0.5, 0, 0.2, 0, 0, 0, 0, 0, 0.04, 0.02, 4, 0],  # N3
         [8, 50, 2.5, 0.4, 0.3, 0.05, 0, 0, 0, 1.5, 0.5, 1.8, 12, 0.2, 0, 0.12, 0.05, 0.7, 8],  # REM
     ]
 )
 # fmt: on
 _P = {n: i for i, n in enumerate(_PARAM_NAMES)}
+# Highest ``a2`` level (µV²/Hz, as recorded): above it a Gaussian background starts to hold
+# 0.5-2 Hz cycles of 75 µV p2p (about 0.15 per epoch at this level, none at 95).
+_A2_CAP = 130.0
 
 # Inter-scorer confusions (where a scorer's error goes, given the generating stage), after the
 # AASM inter-scorer reliability program (Rosenberg & Van Hout 2013): W<->N1, N1<->N2, N2<->N3.
@@ -344,6 +351,9 @@ def _epoch_params(
     par[:, _P["rem"]] *= traits["rem_rate"] * rng.gamma(1.2, 1 / 1.2, n) * (0.8 + 0.4 * night)
     par[:, _P["movement"]] *= traits["movement_rate"]
     par[:, _P["a2"]] *= traits["sw_amp"] * (1.1 - 0.2 * night) * (1.2 if center.frontal else 1.0)
+    par[:, _P["a2"]] = np.minimum(
+        par[:, _P["a2"]], _A2_CAP / (center.gain * traits["eeg_scale"]) ** 2
+    )
     par[:, _P["alpha"]] *= traits["alpha_amp"] ** 0.5
     par[:, _P["alpha_pk"]] *= traits["alpha_amp"] ** 2 * (0.4 if center.frontal else 0.7)
     par[:, _P["emg"]] *= traits["emg_scale"]
@@ -536,7 +546,10 @@ def _slow_waves(
     traits: dict[str, float],
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Onset, duration (one cycle, 0.5-2 s) and p2p of slow waves, with an epoch coverage that
-    follows the AASM definition: >= 20 % in N3 (deeper mid-run, shallower late), < 20 % in N2."""
+    follows the AASM definition: >= 20 % in N3 (deeper mid-run, shallower late), < 20 % in N2.
+
+    Waves are drawn until they cover an epoch's target, then spread over it with uneven gaps,
+    so that they come in trains of back-to-back cycles as well as singly."""
     n = len(stages)
     night = np.linspace(0, 1, n)
     target = np.zeros(n)
@@ -546,26 +559,27 @@ def _slow_waves(
     for r in np.unique(run_id[is_n3]):
         idx = np.flatnonzero(run_id == r)
         pos = (np.arange(len(idx)) + 0.5) / len(idx)
-        deep = rng.uniform(0.35, 0.6) * traits["sw_amp"] * (1.05 - 0.35 * night[idx])
-        target[idx] = 0.23 + np.maximum(deep - 0.23, 0) * np.sin(np.pi * pos) ** 0.7
-    target[is_n3] -= 0.5 * weight[is_n3] * np.maximum(target[is_n3] - 0.23, 0)
+        deep = rng.uniform(0.45, 0.75) * traits["sw_amp"] * (1.05 - 0.3 * night[idx])
+        target[idx] = 0.25 + np.maximum(deep - 0.25, 0) * np.sin(np.pi * pos) ** 0.7
+    target[is_n3] -= 0.5 * weight[is_n3] * np.maximum(target[is_n3] - 0.25, 0)
     n2 = stages == "N2"
     target[n2] = np.where(rng.random(n2.sum()) < 0.2, rng.uniform(0.0, 0.06, n2.sum()), 0.0)
     near_n3 = n2 & (partner == "N3")
     target[near_n3] = rng.uniform(0.06, 0.12, near_n3.sum())
     target[is_n3] = np.maximum(target[is_n3], 0.22)
 
-    slots = 15  # 2-s slots per epoch, one wave at most in each
-    dur = 1 / rng.uniform(0.55, 1.8, (n, slots))
-    order = np.argsort(rng.random((n, slots)), axis=1)
-    dur_in_order = np.take_along_axis(dur, order, axis=1)
-    before = np.cumsum(dur_in_order, axis=1) - dur_in_order
-    chosen_in_order = before < target[:, None] * EPOCH_S
-    chosen = np.zeros_like(chosen_in_order)
-    np.put_along_axis(chosen, order, chosen_in_order, axis=1)
+    most = 40  # cycles drawn per epoch, more than fit in 30 s at the highest target
+    dur = 1 / rng.uniform(0.55, 1.8, (n, most))
+    before = np.cumsum(dur, axis=1) - dur
+    chosen = (before < np.minimum(target, 0.9)[:, None] * EPOCH_S) & (before + dur < EPOCH_S)
+    # gaps before each chosen wave and after the last share the epoch's free time unevenly
+    gaps = rng.gamma(0.4, 1.0, (n, most + 1)) * np.c_[np.ones(n, bool), chosen]
+    free = EPOCH_S - (dur * chosen).sum(axis=1)
+    gaps *= (free / np.maximum(gaps.sum(axis=1), 1e-12))[:, None]
+    start = np.cumsum(gaps[:, :-1], axis=1) + before
     e, s = np.nonzero(chosen)
     d = dur[e, s]
-    onset = e * EPOCH_S + s * 2.0 + rng.random(len(e)) * (2.0 - d)
+    onset = e * EPOCH_S + start[e, s]
     amp_scale = traits["sw_amp"] * traits["eeg_scale"] * (1.1 - 0.25 * night[e])
     p2p = np.where(
         stages[e] == "N3",
@@ -623,18 +637,19 @@ def simulate_night(center: str, subject: int, seed: int = 0, hours: float = 8.0)
     eeg = _background(rng, n, fs, levels, traits["alpha_freq"])
     canvas = _Canvas(n, fs)
 
-    # spindles: waxing-waning 11-16 Hz, 0.5-2 s
-    on = _draw_onsets(rng, rate("spindle"), min_gap=2.5)
+    # spindles: waxing-waning 11-16 Hz; the listed 0.5-1.8 s is the stretch above half the peak
+    # amplitude (a sine envelope over 1.5 x that), which is what a scorer marks
+    on = _draw_onsets(rng, rate("spindle"), min_gap=3.0)
     k = len(on)
-    dur = np.clip(rng.gamma(6, 0.17, k), 0.5, 2.0)
+    dur = np.clip(rng.gamma(6, 0.17, k), 0.5, 1.8)
     freq = np.clip(traits["spindle_freq"] + rng.normal(0, 0.5, k), 11.0, 16.0)
     p2p = rng.uniform(18, 55, k) * traits["eeg_scale"]
-    t = _times(fs, 2.0)
+    t = _times(fs, 1.5 * 1.8)
     w = np.sin(2 * np.pi * freq[:, None] * t + rng.uniform(0, 2 * np.pi, (k, 1)))
-    w *= _window(t, dur[:, None], 2.0)
+    w *= _window(t, 1.5 * dur[:, None], 1.0)
     w *= (amp("eeg", freq, p2p) / np.maximum(_p2p(w), 1e-9))[:, None]
     canvas.add("eeg", on, w)
-    events.add("spindle", ch["eeg"], on, dur, p2p)
+    events.add("spindle", ch["eeg"], on + dur / 4, dur, p2p)
 
     # K-complexes: sharp negative then slower positive wave, 0.6-1.5 s
     on = _draw_onsets(rng, rate("kcomplex"), min_gap=3.0)
@@ -648,7 +663,10 @@ def simulate_night(center: str, subject: int, seed: int = 0, hours: float = 8.0)
     w *= t < dur
     w *= (amp("eeg", 1.0 / dur[:, 0], p2p) / _p2p(w))[:, None]
     canvas.add("eeg", on, w)
-    events.add("kcomplex", ch["eeg"], on, dur[:, 0], p2p)
+    # in N3 a K complex is one more slow wave (AASM: N3 criteria met means no K complex scored)
+    in_n3 = truth[np.minimum((on // EPOCH_S).astype(int), n_epochs - 1)] == "N3"
+    events.add("kcomplex", ch["eeg"], on[~in_n3], dur[~in_n3, 0], p2p[~in_n3])
+    events.add("slow_wave", ch["eeg"], on[in_n3], dur[in_n3, 0], p2p[in_n3])
 
     # slow waves (one negative-then-positive cycle each)
     on, dur, p2p = _slow_waves(rng, truth, partner, weight, traits)
@@ -703,18 +721,35 @@ def simulate_night(center: str, subject: int, seed: int = 0, hours: float = 8.0)
     events.add("arousal", ch["eeg"], aro_on, aro_dur, _p2p(w) * spec.gain if k else [])
 
     # ---- EOG: frontal EEG crosstalk + eye movements ----------------------------------------------
-    on = _draw_onsets(rng, rate("rem"), min_gap=0.4)
-    k = len(on)
+    # rapid eye movements and blinks share one point process (the eyes do one thing at a time)
+    eye_rate = rate("rem") + rate("blink")
+    on = _draw_onsets(rng, eye_rate, min_gap=0.6)
+    epoch = np.minimum((on // EPOCH_S).astype(int), n_epochs - 1)
+    is_rem = rng.random(len(on)) * eye_rate[epoch] < rate("rem")[epoch]
+    # a rapid eye movement: a fast step (saccade), a fixation, then a slow drift back; the
+    # listed onset and duration are those of the step (the rapid deflection a scorer marks)
+    on_rem = on[is_rem]
+    k = len(on_rem)
     p2p = rng.uniform(50, 220, k) * traits["eog_scale"]
     sign = rng.choice([-1.0, 1.0], k)[:, None]
     rise = rng.uniform(0.02, 0.05, (k, 1))
-    ret = rng.uniform(0.4, 1.5, (k, 1))
+    hold = rng.uniform(0.2, 1.2, (k, 1))
+    back = rng.uniform(0.6, 1.5, (k, 1))
     t = _times(fs, 3.0)
-    w = sign * (1 + np.tanh((t - 0.15) / rise)) / 2 * np.exp(-np.maximum(t - 0.15, 0) / ret)
-    w *= (1 - t / 3.0) ** 2
+    ramp = np.clip((t - 0.15 - hold) / back, 0, 1)
+    w = sign * (1 + np.tanh((t - 0.15) / rise)) / 2 * np.cos(np.pi / 2 * ramp) ** 2
     w *= (amp("eog", 2.0, p2p) / _p2p(w))[:, None]
-    canvas.add("eye", on, w)
-    events.add("rem", ch["eog"], on, 0.15 + ret[:, 0], p2p)
+    canvas.add("eye", on_rem, w)
+    events.add("rem", ch["eog"], on_rem + 0.15 - 2 * rise[:, 0], 4 * rise[:, 0], p2p)
+
+    on_blink = on[~is_rem]
+    k = len(on_blink)
+    p2p = rng.uniform(80, 300, k) * traits["eog_scale"]
+    t = _times(fs, 0.6)
+    w = np.exp(-(((t - 0.18) / rng.uniform(0.05, 0.09, (k, 1))) ** 2))
+    w *= (amp("eog", 3.0, p2p) / _p2p(w))[:, None]
+    canvas.add("eye", on_blink, w)
+    events.add("blink", ch["eog"], on_blink, 0.4, p2p)
 
     on = _draw_onsets(rng, rate("sem"), min_gap=4.0)
     k = len(on)
@@ -725,15 +760,6 @@ def simulate_night(center: str, subject: int, seed: int = 0, hours: float = 8.0)
     w *= (amp("eog", 1 / dur, p2p) / np.maximum(_p2p(w), 1e-9))[:, None]
     canvas.add("eye", on, w)
     events.add("sem", ch["eog"], on, dur, p2p)
-
-    on = _draw_onsets(rng, rate("blink"), min_gap=0.8)
-    k = len(on)
-    p2p = rng.uniform(80, 300, k) * traits["eog_scale"]
-    t = _times(fs, 0.6)
-    w = np.exp(-(((t - 0.18) / rng.uniform(0.05, 0.09, (k, 1))) ** 2))
-    w *= (amp("eog", 3.0, p2p) / _p2p(w))[:, None]
-    canvas.add("eye", on, w)
-    events.add("blink", ch["eog"], on, 0.4, p2p)
 
     # ---- EMG: tone envelope, REM twitches, ECG ---------------------------------------------
     tone = _sample_envelope(rate("emg"), n, fs)

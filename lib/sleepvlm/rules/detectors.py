@@ -1,0 +1,666 @@
+"""Vectorized waveform detectors for the AASM rules: spindles, K complexes, slow waves, vertex
+sharp waves, alpha, low-amplitude mixed-frequency EEG, eye movements, chin tone, sawtooth
+waves, arousals and body movements.
+
+Every detector takes one channel in µV at its own sampling rate and returns an events table
+(:data:`~sleepvlm.data.records.EVENT_COLUMNS`, onsets in s from the first sample) or per-second
+values; filters are designed for the given rate, so the same detector runs on 100, 128, 200 or
+256 Hz signals. All thresholds are read from :mod:`sleepvlm.rules.table` at call time.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy import fft as sp_fft
+from scipy import ndimage
+from scipy import signal as sps
+
+from sleepvlm.data.records import EVENT_COLUMNS, DataError, empty_events
+from sleepvlm.rules.table import BANDS, setting, threshold
+
+# --------------------------------------------------------------------------------------------
+# Building blocks
+# --------------------------------------------------------------------------------------------
+
+
+def check_rate(detector: str, channel: str, sfreq: float) -> None:
+    """Raise :class:`DataError` when ``sfreq`` is below what ``detector`` needs."""
+    needed = setting(detector, "min_sfreq")
+    if not np.isfinite(sfreq) or sfreq < needed:
+        raise DataError(
+            f"{detector} detector: channel {channel!r} is sampled at {sfreq:g} Hz, below the "
+            f"{needed:g} Hz it needs (2.2 x the highest frequency it filters); use a recording "
+            f"sampled at >= {needed:g} Hz or leave this detector out"
+        )
+
+
+def _as_signal(x: np.ndarray, channel: str, min_s: float, sfreq: float) -> np.ndarray:
+    y = np.asarray(x, dtype=np.float64)
+    if y.ndim != 1:
+        raise DataError(f"channel {channel!r}: expected a 1-D signal, got shape {y.shape}")
+    if len(y) < min_s * sfreq:
+        raise DataError(
+            f"channel {channel!r}: {len(y) / sfreq:.2f} s of signal, detectors need at least "
+            f"{min_s:g} s"
+        )
+    if not np.isfinite(y).all():
+        raise DataError(f"channel {channel!r} holds NaN or infinite samples; bridge them first")
+    return y
+
+
+def bandpass(
+    x: np.ndarray, sfreq: float, band: tuple[float | None, float | None], order: int
+) -> np.ndarray:
+    """Zero-phase Butterworth filter; ``None`` for an open edge (low- or high-pass)."""
+    low, high = band
+    if low is None:
+        sos = sps.butter(order, high, "lowpass", fs=sfreq, output="sos")
+    elif high is None:
+        sos = sps.butter(order, low, "highpass", fs=sfreq, output="sos")
+    else:
+        sos = sps.butter(order, [low, high], "bandpass", fs=sfreq, output="sos")
+    return sps.sosfiltfilt(sos, x)
+
+
+def envelope(x: np.ndarray) -> np.ndarray:
+    """Hilbert amplitude envelope (FFT length padded to a fast size)."""
+    n = len(x)
+    return np.abs(sps.hilbert(x, N=sp_fft.next_fast_len(n))[:n])
+
+
+def moving_mean(x: np.ndarray, sfreq: float, seconds: float) -> np.ndarray:
+    return ndimage.uniform_filter1d(x, size=max(int(round(seconds * sfreq)), 1), mode="nearest")
+
+
+def runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Start and stop (exclusive) indices of the runs of True in ``mask``."""
+    edges = np.diff(np.concatenate([[0], mask.astype(np.int8), [0]]))
+    return np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+
+
+def close_gaps(mask: np.ndarray, gap: int) -> np.ndarray:
+    """Join runs of True separated by fewer than ``gap`` False samples."""
+    if gap < 1 or not mask.any():
+        return mask
+    starts, stops = runs(mask)
+    out = mask.copy()
+    short = (starts[1:] - stops[:-1]) < gap
+    fill = np.zeros(len(mask) + 1, dtype=np.int64)
+    np.add.at(fill, stops[:-1][short], 1)
+    np.add.at(fill, starts[1:][short], -1)
+    out |= np.cumsum(fill)[:-1] > 0
+    return out
+
+
+def segment_reduce(
+    x: np.ndarray, starts: np.ndarray, stops: np.ndarray, ufunc: np.ufunc
+) -> np.ndarray:
+    """``ufunc`` (np.maximum, np.minimum...) over each [start, stop) segment of ``x``; an empty
+    segment gives the sample at its start."""
+    if len(starts) == 0:
+        return np.zeros(0)
+    padded = np.append(x, x[-1])  # lets a segment end at len(x)
+    bounds = np.stack([starts, stops], axis=1).ravel()
+    return ufunc.reduceat(padded, bounds)[::2]
+
+
+def segment_ptp(x: np.ndarray, starts: np.ndarray, stops: np.ndarray) -> np.ndarray:
+    """Peak-to-peak of ``x`` in each [start, stop) segment."""
+    return segment_reduce(x, starts, stops, np.maximum) - segment_reduce(
+        x, starts, stops, np.minimum
+    )
+
+
+def events_frame(kind: str, channel: str, onset, duration, amplitude) -> pd.DataFrame:
+    if len(onset) == 0:
+        return empty_events()
+    return pd.DataFrame(
+        {
+            "kind": kind,
+            "channel": channel,
+            "onset": np.asarray(onset, float),
+            "duration": np.asarray(duration, float),
+            "amplitude": np.asarray(amplitude, float),
+        },
+        columns=list(EVENT_COLUMNS),
+    )
+
+
+def local_median(x: np.ndarray, sfreq: float, seconds: float) -> np.ndarray:
+    """Moving median of ``x`` over ``seconds``, on a 10-Hz decimated copy (robust to the short
+    waveform being judged), brought back to the full rate."""
+    step = max(int(sfreq // 10), 1)
+    coarse = x[::step]
+    med = ndimage.median_filter(coarse, size=max(int(seconds * sfreq / step), 1), mode="nearest")
+    return np.repeat(med, step)[: len(x)]
+
+
+def robust_background_ptp(y: np.ndarray, sfreq: float, seconds: float) -> np.ndarray:
+    """Local peak-to-peak scale of ``y``: that of a sine with the MAD-estimated SD of the
+    surrounding ``seconds``."""
+    return 2 * np.sqrt(2) * 1.4826 * local_median(np.abs(y), sfreq, seconds)
+
+
+# --------------------------------------------------------------------------------------------
+# Spectra: per-second band powers, alpha, low-amplitude mixed frequency, arousals, movements
+# --------------------------------------------------------------------------------------------
+
+
+def band_powers(x: np.ndarray, sfreq: float, channel: str = "EEG") -> pd.DataFrame:
+    """Power (µV²) per band of :data:`~sleepvlm.rules.table.BANDS` in each second.
+
+    Row ``k`` describes second [k, k+1), estimated from a Hann-windowed periodogram of the
+    ``window_s`` centred on it. Also returns ``total`` (0.5-30 Hz), ``rms`` (its square root),
+    ``fast`` (2-30 Hz, the reference of relative alpha) and ``max_abs`` (largest deviation from
+    the second's median, in µV).
+    """
+    check_rate("band_power", channel, sfreq)
+    y = _as_signal(x, channel, 1.0, sfreq)
+    window = int(round(setting("band_power", "window_s") * sfreq))
+    step_s = setting("band_power", "step_s")
+    n_sec = int(len(y) / sfreq / step_s)
+    centres = np.round((np.arange(n_sec) + 0.5) * step_s * sfreq).astype(np.int64)
+    starts = np.clip(centres - window // 2, 0, len(y) - window)
+    segs = y[starts[:, None] + np.arange(window)]
+    segs = segs - segs.mean(axis=1, keepdims=True)
+    taper = np.hanning(window)
+    spec = np.abs(np.fft.rfft(segs * taper, axis=1)) ** 2 * (2 / (sfreq * np.sum(taper**2)))
+    freqs = np.fft.rfftfreq(window, 1 / sfreq)
+    df = freqs[1] - freqs[0]
+
+    def power(lo: float, hi: float) -> np.ndarray:
+        return spec[:, (freqs >= lo) & (freqs < hi)].sum(axis=1) * df
+
+    out = {name: power(*band) for name, band in BANDS.items()}
+    out["total"] = power(0.5, 30.0)
+    out["fast"] = power(2.0, 30.0)
+    out["rms"] = np.sqrt(out["total"])
+    own = y[: n_sec * int(round(step_s * sfreq))]
+    per_sec = own.reshape(n_sec, -1) if n_sec else own.reshape(0, 1)
+    out["max_abs"] = np.abs(per_sec - np.median(per_sec, axis=1, keepdims=True)).max(axis=1)
+    frame = pd.DataFrame(out)
+    frame.insert(0, "time", np.arange(n_sec) * step_s)
+    return frame
+
+
+def _second_runs(
+    mask: np.ndarray, min_run: int, step_s: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    starts, stops = runs(mask)
+    keep = (stops - starts) >= min_run
+    return starts[keep], stops[keep], (starts[keep] * step_s)
+
+
+def alpha_seconds(powers: pd.DataFrame) -> np.ndarray:
+    """Seconds dominated by alpha: alpha holds ``min_relative_power`` of 2-30 Hz and beats
+    theta."""
+    share = powers["alpha"] / np.maximum(powers["fast"], 1e-12)
+    dominant = (share >= setting("alpha", "min_relative_power")) & (
+        powers["alpha"] > powers["theta"]
+    )
+    return dominant.to_numpy()
+
+
+def detect_alpha(x: np.ndarray, sfreq: float, channel: str = "EEG") -> pd.DataFrame:
+    """Alpha-rhythm stretches: runs of alpha-dominated seconds of at least ``min_run_s``."""
+    check_rate("alpha", channel, sfreq)
+    powers = band_powers(x, sfreq, channel)
+    step_s = setting("band_power", "step_s")
+    min_run = int(np.ceil(setting("alpha", "min_run_s") / step_s))
+    starts, stops, onset = _second_runs(alpha_seconds(powers), min_run, step_s)
+    alpha = powers["alpha"].to_numpy()
+    mean_power = np.array([alpha[a:b].mean() for a, b in zip(starts, stops, strict=True)])
+    # p2p of a sine carrying the run's mean alpha power
+    amplitude = 2 * np.sqrt(2 * mean_power) if len(mean_power) else mean_power
+    return events_frame("alpha", channel, onset, (stops - starts) * step_s, amplitude)
+
+
+def lamf_seconds(powers: pd.DataFrame) -> np.ndarray:
+    """Seconds of low-amplitude mixed-frequency EEG (theta the strongest of theta, alpha, sigma
+    and beta, low RMS, delta not dominant)."""
+    faster = powers[["alpha", "sigma", "beta"]].max(axis=1)
+    delta_share = powers["delta"] / np.maximum(powers["total"], 1e-12)
+    return (
+        (powers["rms"] <= setting("lamf", "max_rms_uv"))
+        & (powers["theta"] >= faster)
+        & (delta_share <= setting("lamf", "max_delta_share"))
+    ).to_numpy()
+
+
+def arousal_seconds(powers: pd.DataFrame) -> np.ndarray:
+    """Seconds whose fast share (theta, alpha, beta) rose ``min_rise``-fold over the median of
+    the preceding ``baseline_s``."""
+    fast = (powers["theta"] + powers["alpha"] + powers["beta"]) / np.maximum(powers["total"], 1e-12)
+    fast = fast.to_numpy()
+    base_n = int(round(setting("arousal", "baseline_s") / setting("band_power", "step_s")))
+    if len(fast) <= base_n:
+        return np.zeros(len(fast), dtype=bool)
+    baseline = np.median(np.lib.stride_tricks.sliding_window_view(fast, base_n)[:-1], axis=1)
+    rise = np.zeros(len(fast), dtype=bool)
+    rise[base_n:] = fast[base_n:] >= setting("arousal", "min_rise") * baseline
+    return rise
+
+
+def detect_arousals(x: np.ndarray, sfreq: float, channel: str = "EEG") -> pd.DataFrame:
+    """EEG arousals: rises of the fast share lasting at least the arousal rule's 3 s.
+
+    Only the EEG part of the rule is checked (the 10 s of prior sleep and the chin-EMG rise in
+    R need the hypnogram and EMG; the stager applies them)."""
+    check_rate("arousal", channel, sfreq)
+    powers = band_powers(x, sfreq, channel)
+    step_s = setting("band_power", "step_s")
+    min_run = int(np.ceil(threshold("arousal", "min_duration_s") / step_s))
+    starts, stops, onset = _second_runs(arousal_seconds(powers), min_run, step_s)
+    rms = powers["rms"].to_numpy()
+    amplitude = np.array(
+        [2 * np.sqrt(2) * rms[a:b].mean() for a, b in zip(starts, stops, strict=True)]
+    )
+    return events_frame("arousal", channel, onset, (stops - starts) * step_s, amplitude)
+
+
+def movement_seconds(powers: pd.DataFrame) -> np.ndarray:
+    """Seconds hidden by movement or muscle artefact (huge excursions or strong beta)."""
+    return (
+        (powers["max_abs"] >= setting("movement", "max_abs_uv"))
+        | (np.sqrt(powers["beta"]) >= setting("movement", "min_beta_rms_uv"))
+    ).to_numpy()
+
+
+def detect_movements(x: np.ndarray, sfreq: float, channel: str = "EEG") -> pd.DataFrame:
+    """Movement / muscle artefact stretches on one channel (kind ``artifact``)."""
+    check_rate("movement", channel, sfreq)
+    powers = band_powers(x, sfreq, channel)
+    step_s = setting("band_power", "step_s")
+    starts, stops, onset = _second_runs(movement_seconds(powers), 1, step_s)
+    peak = powers["max_abs"].to_numpy()
+    amplitude = np.array([2 * peak[a:b].max() for a, b in zip(starts, stops, strict=True)])
+    return events_frame("artifact", channel, onset, (stops - starts) * step_s, amplitude)
+
+
+# --------------------------------------------------------------------------------------------
+# Transients on the EEG
+# --------------------------------------------------------------------------------------------
+
+
+def detect_spindles(x: np.ndarray, sfreq: float, channel: str = "EEG") -> pd.DataFrame:
+    """Sleep spindles: stretches where the spindle-band envelope exceeds ``lower_factor`` x the
+    envelope's moving median (over ``reference_s``) and somewhere ``upper_factor`` x it while
+    the band holds at least ``min_relative_power`` of the ``broad_band_hz`` power. A spindle's
+    extent is its body, where the envelope reaches ``peak_fraction`` of the spindle's own peak;
+    it must last within the rule's duration and reach ``min_ptp_uv`` p2p (spindle band)."""
+    check_rate("spindle", channel, sfreq)
+    y = _as_signal(x, channel, 1.0, sfreq)
+    order = setting("spindle", "filter_order")
+    sigma = bandpass(y, sfreq, threshold("N2.spindle", "band_hz"), order)
+    broad = bandpass(y, sfreq, setting("spindle", "broad_band_hz"), order)
+    env = moving_mean(envelope(sigma), sfreq, setting("spindle", "smooth_s"))
+    win = setting("spindle", "relative_window_s")
+    rel = moving_mean(sigma**2, sfreq, win) / np.maximum(moving_mean(broad**2, sfreq, win), 1e-12)
+    ref = local_median(env, sfreq, setting("spindle", "reference_s"))
+    core = (env >= setting("spindle", "upper_factor") * ref) & (
+        rel >= setting("spindle", "min_relative_power")
+    )
+    extent = close_gaps(
+        env >= setting("spindle", "lower_factor") * ref,
+        int(round(setting("spindle", "merge_gap_s") * sfreq)),
+    )
+    starts, stops = runs(extent)
+    core_cum = np.concatenate([[0], np.cumsum(core)])
+    with_core = (core_cum[stops] - core_cum[starts]) > 0
+    starts, stops = _above_fraction_of_peak(
+        env, starts[with_core], stops[with_core], setting("spindle", "peak_fraction")
+    )
+    dur = (stops - starts) / sfreq
+    keep = (dur >= threshold("N2.spindle", "min_duration_s")) & (
+        dur <= threshold("N2.spindle", "max_duration_s")
+    )
+    starts, stops = starts[keep], stops[keep]
+    amp = segment_ptp(sigma, starts, stops)
+    big = amp >= setting("spindle", "min_ptp_uv")
+    starts, stops, amp = starts[big], stops[big], amp[big]
+    return events_frame("spindle", channel, starts / sfreq, (stops - starts) / sfreq, amp)
+
+
+def _above_fraction_of_peak(
+    env: np.ndarray, starts: np.ndarray, stops: np.ndarray, fraction: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Narrow each non-empty [start, stop) run to the part where ``env`` reaches ``fraction``
+    of the run's own peak (the visible body of a waxing-waning burst, whatever its size)."""
+    if len(starts) == 0:
+        return starts, stops
+    lengths = stops - starts
+    first_of_run = np.cumsum(lengths) - lengths
+    index = np.arange(lengths.sum()) - np.repeat(first_of_run - starts, lengths)
+    values = env[index]
+    peak = np.maximum.reduceat(values, first_of_run)
+    above = values >= fraction * np.repeat(peak, lengths)
+    first = np.minimum.reduceat(np.where(above, index, len(env)), first_of_run)
+    last = np.maximum.reduceat(np.where(above, index, -1), first_of_run)
+    return first, last + 1
+
+
+def slow_cycles(
+    x: np.ndarray, sfreq: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Negative-then-positive cycles of the slow EEG: from one downward zero crossing of the
+    ``highpass_hz``-``lowpass_hz`` signal to the next. Returns start, stop (samples), p2p (µV)
+    and the duration of the negative half-wave (s)."""
+    order = setting("slow_wave", "filter_order")
+    y = bandpass(
+        x, sfreq, (setting("slow_wave", "highpass_hz"), setting("slow_wave", "lowpass_hz")), order
+    )
+    sign = np.signbit(y)
+    down = np.flatnonzero(~sign[:-1] & sign[1:]) + 1
+    up = np.flatnonzero(sign[:-1] & ~sign[1:]) + 1
+    if len(down) < 2:
+        return np.zeros(0, int), np.zeros(0, int), np.zeros(0), np.zeros(0)
+    starts, stops = down[:-1], down[1:]
+    ptp = segment_ptp(y, starts, stops)
+    first_up = up[np.searchsorted(up, starts)]
+    neg = (np.minimum(first_up, stops) - starts) / sfreq
+    return starts, stops, ptp, neg
+
+
+def is_slow_wave(ptp: np.ndarray, duration: np.ndarray) -> np.ndarray:
+    """The N3 rule's slow-wave definition: a cycle of 0.5-2 Hz (duration 0.5-2 s) with a p2p
+    of at least 75 µV (both limits inclusive)."""
+    lo_hz, hi_hz = threshold("N3.sw20", "band_hz")
+    duration = np.asarray(duration, dtype=float)
+    return (
+        (duration >= 1 / hi_hz)
+        & (duration <= 1 / lo_hz)
+        & (np.asarray(ptp, dtype=float) >= threshold("N3.sw20", "min_ptp_uv"))
+    )
+
+
+def detect_slow_waves(x: np.ndarray, sfreq: float, channel: str = "EEG") -> pd.DataFrame:
+    """Slow waves of the N3 rule: cycles lasting 1/2 to 1/0.5 s (0.5-2 Hz) whose p2p reaches
+    ``min_ptp_uv`` (75 µV, inclusive)."""
+    check_rate("slow_wave", channel, sfreq)
+    y = _as_signal(x, channel, 2.0, sfreq)
+    starts, stops, ptp, _ = slow_cycles(y, sfreq)
+    dur = (stops - starts) / sfreq
+    keep = is_slow_wave(ptp, dur)
+    return events_frame("slow_wave", channel, starts[keep] / sfreq, dur[keep], ptp[keep])
+
+
+def detect_kcomplexes(x: np.ndarray, sfreq: float, channel: str = "EEG") -> pd.DataFrame:
+    """K complexes: slow cycles lasting within the rule's duration, with a sharp negative
+    half-wave (under ``max_neg_duration_s``), p2p of at least ``min_ptp_uv`` and
+    ``min_contrast`` times the local background p2p."""
+    check_rate("kcomplex", channel, sfreq)
+    y = _as_signal(x, channel, 2.0, sfreq)
+    starts, stops, ptp, neg = slow_cycles(y, sfreq)
+    slow = bandpass(
+        y,
+        sfreq,
+        (setting("slow_wave", "highpass_hz"), setting("slow_wave", "lowpass_hz")),
+        setting("slow_wave", "filter_order"),
+    )
+    background = robust_background_ptp(slow, sfreq, setting("kcomplex", "background_s"))
+    dur = (stops - starts) / sfreq
+    keep = (
+        (dur >= threshold("N2.kcomplex", "min_duration_s"))
+        & (dur <= threshold("N2.kcomplex", "max_duration_s"))
+        & (neg <= setting("kcomplex", "max_neg_duration_s"))
+        & (ptp >= setting("kcomplex", "min_ptp_uv"))
+        & (ptp >= setting("kcomplex", "min_contrast") * background[starts])
+        & ~_amid_slow_wave_activity(starts, stops, is_slow_wave(ptp, dur), sfreq, len(y))
+    )
+    return events_frame("kcomplex", channel, starts[keep] / sfreq, dur[keep], ptp[keep])
+
+
+def _amid_slow_wave_activity(
+    starts: np.ndarray, stops: np.ndarray, slow: np.ndarray, sfreq: float, n: int
+) -> np.ndarray:
+    """Whether each cycle lies in N3-like EEG: the other slow waves (``slow``) fill at least
+    the N3 rule's fraction of the ``context_s`` around it. There a K-complex-shaped wave is
+    one more slow wave (the K complex rule holds only when N3 criteria are not met)."""
+    covered = np.zeros(n + 1)
+    np.add.at(covered, starts[slow], 1.0)
+    np.add.at(covered, stops[slow], -1.0)
+    filled = np.cumsum(covered[:-1]) > 0
+    fill_cum = np.concatenate([[0], np.cumsum(filled)])
+    half = int(round(setting("kcomplex", "context_s") * sfreq / 2))
+    centre = (starts + stops) // 2
+    lo, hi = np.clip(centre - half, 0, n), np.clip(centre + half, 0, n)
+    own = np.where(slow, stops - starts, 0)
+    others = fill_cum[hi] - fill_cum[lo] - own
+    return others >= threshold("N3.sw20", "min_epoch_fraction") * np.maximum(hi - lo, 1)
+
+
+def detect_vertex_waves(x: np.ndarray, sfreq: float, channel: str = "EEG") -> pd.DataFrame:
+    """Vertex sharp waves: negative half-waves of the ``band_hz`` EEG shorter than
+    ``max_half_wave_s`` whose wave (negative peak to following positive peak, within the rule's
+    0.5 s) reaches ``min_ptp_uv`` and ``min_contrast`` x the local background; of candidates
+    closer than 0.5 s only the largest is kept."""
+    check_rate("vertex", channel, sfreq)
+    y = _as_signal(x, channel, 2.0, sfreq)
+    z = bandpass(y, sfreq, setting("vertex", "band_hz"), setting("vertex", "filter_order"))
+    sign = np.signbit(z)
+    down = np.flatnonzero(~sign[:-1] & sign[1:]) + 1
+    up = np.flatnonzero(sign[:-1] & ~sign[1:]) + 1
+    if len(down) < 2 or len(up) < 2:
+        return empty_events()
+    down = down[down < up[-1]]
+    up_after = up[np.searchsorted(up, down)]
+    half = (up_after - down) / sfreq
+    max_s = threshold("N1.vertex", "max_duration_s")
+    stop = np.minimum(down + int(round(max_s * sfreq)), len(z))
+    ptp = segment_ptp(z, down, stop)
+    background = robust_background_ptp(z, sfreq, setting("vertex", "background_s"))
+    keep = (
+        (half <= setting("vertex", "max_half_wave_s"))
+        & (ptp >= setting("vertex", "min_ptp_uv"))
+        & (ptp >= setting("vertex", "min_contrast") * background[down])
+    )
+    down, stop, ptp = down[keep], stop[keep], ptp[keep]
+    # the ringing half-waves around a vertex wave pass too: keep the largest within max_s
+    close = np.diff(down) < max_s * sfreq
+    beaten = np.zeros(len(down), dtype=bool)
+    beaten[1:] |= close & (ptp[:-1] > ptp[1:])
+    beaten[:-1] |= close & (ptp[1:] >= ptp[:-1])
+    keep = ~beaten
+    return events_frame(
+        "vertex", channel, down[keep] / sfreq, (stop - down)[keep] / sfreq, ptp[keep]
+    )
+
+
+def detect_sawtooth(x: np.ndarray, sfreq: float, channel: str = "EEG") -> pd.DataFrame:
+    """Sawtooth waves: stretches of at least ``min_duration_s`` where the 2-6 Hz envelope
+    reaches ``min_ptp_uv`` (p2p) and the slope of the waves is lopsided (moving skewness of the
+    derivative beyond ``min_slope_skew``: a fast rise and a slow fall, or the reverse)."""
+    check_rate("sawtooth", channel, sfreq)
+    y = _as_signal(x, channel, 2.0, sfreq)
+    order = setting("sawtooth", "filter_order")
+    lo, hi = threshold("R.sawtooth", "band_hz")
+    z = bandpass(y, sfreq, (lo, hi), order)
+    shape = bandpass(y, sfreq, (lo, 2.5 * hi), order)
+    smooth = setting("sawtooth", "smooth_s")
+    p2p = 2 * moving_mean(envelope(z), sfreq, smooth)
+    d = np.gradient(shape)
+    m2 = moving_mean(d**2, sfreq, smooth)
+    skew = moving_mean(d**3, sfreq, smooth) / np.maximum(m2, 1e-12) ** 1.5
+    mask = (p2p >= setting("sawtooth", "min_ptp_uv")) & (
+        np.abs(skew) >= setting("sawtooth", "min_slope_skew")
+    )
+    starts, stops = runs(mask)
+    keep = (stops - starts) / sfreq >= setting("sawtooth", "min_duration_s")
+    starts, stops = starts[keep], stops[keep]
+    amp = segment_ptp(z, starts, stops)
+    return events_frame("sawtooth", channel, starts / sfreq, (stops - starts) / sfreq, amp)
+
+
+# --------------------------------------------------------------------------------------------
+# Eye movements on the EOG
+# --------------------------------------------------------------------------------------------
+
+
+def _at_times(x: np.ndarray, sfreq: float, times: np.ndarray) -> np.ndarray:
+    idx = np.clip(np.round(times * sfreq).astype(np.int64), 0, len(x) - 1)
+    return x[idx]
+
+
+def _deflection_edges(
+    slope: np.ndarray, peaks: np.ndarray, sign: np.ndarray, span: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Start and end (samples) of the deflection around each slope peak: the nearest samples,
+    within ``span`` either side, where the slope (in the peak's direction) has fallen under
+    ``edge_fraction`` of the peak's, i.e. where the movement begins and stops."""
+    offsets = np.arange(1, span + 1)
+    level = setting("eye_movements", "edge_fraction") * sign * slope[peaks]
+    edges = []
+    for direction in (-1, 1):
+        idx = np.clip(peaks[:, None] + direction * offsets, 0, len(slope) - 1)
+        still = sign[:, None] * slope[idx] >= level[:, None]
+        steps = np.where(still.all(axis=1), span, np.argmin(still, axis=1) + 1)
+        edges.append(np.clip(peaks + direction * steps, 0, len(slope) - 1))
+    return edges[0], edges[1]
+
+
+def detect_eye_movements(
+    x: np.ndarray,
+    sfreq: float,
+    channel: str = "EOG",
+    eeg: np.ndarray | None = None,
+    eeg_sfreq: float | None = None,
+) -> pd.DataFrame:
+    """Rapid eye movements (kind ``rem``) and blinks (kind ``blink``) on one EOG channel.
+
+    A candidate is a peak of the slope of the ``band_hz`` EOG of at least ``min_slope_uv_s``;
+    its deflection runs from where the movement begins to where it stops (the slope under
+    ``edge_fraction`` of its peak, each searched within the rule's 0.5 s) and must reach
+    ``min_ptp_uv``. A deflection of opposite sign that starts
+    where the previous one peaked is that movement's return and is not reported. A blink comes
+    straight back: its return covers at least ``return_fraction`` of its height and is at its
+    steepest within ``blink_return_s`` of the blink's top; a rapid eye movement drifts back
+    slowly.
+    With one EOG channel the usual out-of-phase test between the two eyes is impossible, so,
+    when ``eeg`` is given, a deflection that the EEG shows as large (same filter, same span) is
+    taken as cerebral (frontal EEG reaching the EOG) and dropped.
+    """
+    check_rate("eye_movements", channel, sfreq)
+    y = _as_signal(x, channel, 2.0, sfreq)
+    order = setting("eye_movements", "filter_order")
+    band = setting("eye_movements", "band_hz")
+    z = bandpass(y, sfreq, band, order)
+    slope = np.gradient(z) * sfreq
+    refractory = max(int(round(setting("eye_movements", "refractory_s") * sfreq)), 1)
+    min_slope = setting("eye_movements", "min_slope_uv_s")
+    rising, _ = sps.find_peaks(slope, height=min_slope, distance=refractory)
+    falling, _ = sps.find_peaks(-slope, height=min_slope, distance=refractory)
+    peaks = np.sort(np.concatenate([rising, falling]))
+    if len(peaks) == 0:
+        return empty_events()
+    sign = np.sign(slope[peaks])
+    span = int(round(threshold("R.rem", "max_deflection_s") * sfreq))
+    base, top = _deflection_edges(slope, peaks, sign, span)
+    height = sign * (z[top] - z[base])
+    # the next deflection is this one's return when it is of opposite sign and starts at its top
+    returns = np.zeros(len(peaks), dtype=bool)
+    returns[:-1] = (sign[1:] != sign[:-1]) & (base[1:] <= top[:-1] + refractory)
+    is_return = np.r_[False, returns[:-1]]
+    fast_back = np.zeros(len(peaks), dtype=bool)
+    fast_back[:-1] = (
+        returns[:-1]
+        & (height[1:] >= setting("eye_movements", "return_fraction") * height[:-1])
+        & (peaks[1:] - top[:-1] <= setting("eye_movements", "blink_return_s") * sfreq)
+    )
+    keep = (height >= setting("eye_movements", "min_ptp_uv")) & ~is_return
+    if eeg is not None:
+        eeg_z = bandpass(_as_signal(eeg, "EEG", 2.0, eeg_sfreq), eeg_sfreq, band, order)
+        eeg_height = np.abs(
+            _at_times(eeg_z, eeg_sfreq, top / sfreq) - _at_times(eeg_z, eeg_sfreq, base / sfreq)
+        )
+        keep &= height > eeg_height
+    sign, top, base, height, blink = (a[keep] for a in (sign, top, base, height, fast_back))
+    onset = base / sfreq
+    duration = np.maximum(top - base, 1) / sfreq
+    rem = events_frame("rem", channel, onset[~blink], duration[~blink], height[~blink])
+    blinks = events_frame("blink", channel, onset[blink], 2 * duration[blink], height[blink])
+    return pd.concat([rem, blinks], ignore_index=True).sort_values("onset", ignore_index=True)
+
+
+def detect_slow_eye_movements(
+    x: np.ndarray,
+    sfreq: float,
+    channel: str = "EOG",
+    eeg: np.ndarray | None = None,
+    eeg_sfreq: float | None = None,
+) -> pd.DataFrame:
+    """Slow eye movements: runs of half-waves of the ``band_hz`` EOG lasting from the rule's
+    0.5 s to ``max_half_wave_s`` and reaching ``min_ptp_uv`` / 2 from zero; with ``eeg``, runs
+    that the EEG shows as large are dropped (cerebral, see :func:`detect_eye_movements`)."""
+    check_rate("sem", channel, sfreq)
+    y = _as_signal(x, channel, 2.0, sfreq)
+    order = setting("sem", "filter_order")
+    band = setting("sem", "band_hz")
+    z = bandpass(y, sfreq, band, order)
+    sign = np.signbit(z)
+    cross = np.flatnonzero(sign[:-1] != sign[1:]) + 1
+    if len(cross) < 2:
+        return empty_events()
+    starts, stops = cross[:-1], cross[1:]
+    half = (stops - starts) / sfreq
+    peak = segment_reduce(np.abs(z), starts, stops, np.maximum)
+    min_ptp = setting("sem", "min_ptp_uv")
+    good = (
+        (half >= threshold("N1.sem", "min_deflection_s"))
+        & (half <= setting("sem", "max_half_wave_s"))
+        & (peak >= min_ptp / 2)
+    )
+    edges = np.zeros(len(z) + 1, dtype=np.int64)
+    np.add.at(edges, starts[good], 1)
+    np.add.at(edges, stops[good], -1)
+    mask = np.cumsum(edges)[:-1] > 0
+    ev_start, ev_stop = runs(mask)
+    amp = segment_ptp(z, ev_start, ev_stop)
+    keep = amp >= min_ptp
+    if eeg is not None and len(ev_start):
+        eeg_z = bandpass(_as_signal(eeg, "EEG", 2.0, eeg_sfreq), eeg_sfreq, band, order)
+        idx_start = np.round(ev_start / sfreq * eeg_sfreq).astype(np.int64)
+        idx_stop = np.maximum(np.round(ev_stop / sfreq * eeg_sfreq).astype(np.int64), idx_start + 1)
+        idx_stop = np.minimum(idx_stop, len(eeg_z))
+        keep &= amp > segment_ptp(eeg_z, np.minimum(idx_start, len(eeg_z) - 1), idx_stop)
+    ev_start, ev_stop, amp = ev_start[keep], ev_stop[keep], amp[keep]
+    return events_frame("sem", channel, ev_start / sfreq, (ev_stop - ev_start) / sfreq, amp)
+
+
+# --------------------------------------------------------------------------------------------
+# Chin EMG
+# --------------------------------------------------------------------------------------------
+
+
+def emg_seconds_rms(x: np.ndarray, sfreq: float, channel: str = "EMG") -> np.ndarray:
+    """RMS (µV) of the chin EMG in the atonia rule's band (10-45 Hz), per second."""
+    check_rate("emg_tone", channel, sfreq)
+    y = _as_signal(x, channel, 1.0, sfreq)
+    z = bandpass(y, sfreq, threshold("R.atonia", "band_hz"), setting("emg_tone", "filter_order"))
+    per = int(round(sfreq))
+    n_sec = len(z) // per
+    return np.sqrt(np.mean(z[: n_sec * per].reshape(n_sec, per) ** 2, axis=1))
+
+
+def emg_tone(epoch_rms: np.ndarray) -> pd.DataFrame:
+    """Chin tone of each epoch relative to the night.
+
+    ``emg_rel``: epoch RMS over the night's median; ``emg_quantile``: rank of the epoch among
+    the night's epochs (0 lowest, 1 highest); ``emg_low``: at most ``low_factor`` x the night's
+    ``low_quantile`` epoch value (atonia, the lowest tone of the recording)."""
+    rms = np.asarray(epoch_rms, dtype=float)
+    ok = np.isfinite(rms)
+    if not ok.any():
+        nan = np.full(len(rms), np.nan)
+        return pd.DataFrame({"emg_rms": rms, "emg_rel": nan, "emg_quantile": nan, "emg_low": nan})
+    ranks = pd.Series(rms).rank(pct=True).to_numpy()
+    low_level = np.quantile(rms[ok], setting("emg_tone", "low_quantile"))
+    low = np.where(ok, rms <= setting("emg_tone", "low_factor") * low_level, np.nan)
+    return pd.DataFrame(
+        {
+            "emg_rms": rms,
+            "emg_rel": rms / np.median(rms[ok]),
+            "emg_quantile": ranks,
+            "emg_low": low,
+        }
+    )

@@ -1,0 +1,419 @@
+"""Run every detector on a night and tell, per 30-s epoch, which AASM rules' criteria are met
+and by which events: the evidence a rule-based stager works from.
+
+:func:`detect_all` takes a :class:`~sleepvlm.data.records.Recording` (channels at their native
+rates, detectors see the whole night) or preprocessed :class:`~sleepvlm.signal.Epochs` (100 Hz;
+runs of consecutive epochs are joined, and events crossing a join between non-consecutive
+epochs are dropped). Rules whose channel is missing, flat, clipped or sampled too slowly are
+reported as not evaluable (``<NA>`` in :attr:`Detection.criteria`); the others still run.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from sleepvlm.data.records import EPOCH_S, EVENT_COLUMNS, ROLES, DataError, Recording
+from sleepvlm.rules import detectors as det
+from sleepvlm.rules.table import RULES, setting, threshold
+from sleepvlm.signal import TARGET_SFREQ, Epochs
+
+#: Event kinds each detector reports (the evidence of the rules that name the detector).
+DETECTOR_KINDS: dict[str, tuple[str, ...]] = {
+    "alpha": ("alpha",),
+    "spindle": ("spindle",),
+    "kcomplex": ("kcomplex",),
+    "slow_wave": ("slow_wave",),
+    "vertex": ("vertex",),
+    "sawtooth": ("sawtooth",),
+    "arousal": ("arousal",),
+    "movement": ("artifact",),
+    "eye_movements": ("rem", "blink"),
+    "sem": ("sem",),
+    "lamf": (),
+    "emg_tone": (),
+}
+#: Role each detector reads.
+DETECTOR_ROLE: dict[str, str] = {
+    **{d: "eeg" for d in DETECTOR_KINDS},
+    "eye_movements": "eog",
+    "sem": "eog",
+    "emg_tone": "emg",
+}
+#: Rules whose evidence window is the first half of the epoch plus the last half of the previous.
+_HALF_WINDOW_RULES = ("N2.spindle", "N2.kcomplex")
+
+
+@dataclass
+class Detection:
+    """Detector output of one night.
+
+    ``epochs``: one row per scored epoch (index: epoch number as in the hypnogram), with
+    ``onset`` (s from the signal start), per-band EEG power (µV²), ``alpha_fraction``,
+    ``lamf_fraction``, ``movement_fraction``, ``sw_coverage`` (share of the epoch covered by
+    slow waves), ``n_<kind>`` event counts, chin tone (``emg_rms``, ``emg_rel``,
+    ``emg_quantile``, ``emg_low``) and ``<role>_ok`` quality flags. ``events``: every detected
+    event (EVENT_COLUMNS, onset in s from the signal start) with its ``epoch``. ``criteria``:
+    per epoch and rule, whether the rule's criterion is met in that epoch (for context rules:
+    the part one epoch can show), ``<NA>`` when it cannot be evaluated. ``not_evaluable``:
+    rule ID or detector name -> why. ``seconds``: run time of each detector.
+    """
+
+    label: str
+    epochs: pd.DataFrame
+    events: pd.DataFrame
+    criteria: pd.DataFrame
+    not_evaluable: dict[str, str] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def rules_met(self, epoch: int) -> list[str]:
+        """IDs of the rules whose criterion is met in ``epoch``."""
+        row = self.criteria.loc[epoch]
+        return [rule for rule, met in row.items() if met is True or met is np.True_]
+
+    def evidence(self, epoch: int, rule_id: str) -> pd.DataFrame:
+        """The detected events that support ``rule_id`` in ``epoch`` (empty for rules read from
+        per-epoch values, such as chin tone)."""
+        kinds = [k for d in RULES[rule_id].detectors for k in DETECTOR_KINDS.get(d, ())]
+        start = float(self.epochs.loc[epoch, "onset"])
+        if rule_id in _HALF_WINDOW_RULES:
+            start, stop = start - EPOCH_S / 2, start + EPOCH_S / 2
+        else:
+            stop = start + EPOCH_S
+        ev = self.events
+        inside = (
+            ev["kind"].isin(kinds) & (ev["onset"] < stop) & (ev["onset"] + ev["duration"] > start)
+        )
+        if rule_id in _HALF_WINDOW_RULES:
+            inside &= (ev["onset"] >= start) & (ev["onset"] < stop)
+        return ev[inside].reset_index(drop=True)
+
+
+@dataclass
+class _Night:
+    """Channels as 1-D signals on one time axis, and where each scored epoch lies on it."""
+
+    label: str
+    signals: dict[str, tuple[np.ndarray, float, str]]  # role -> (x, sfreq, channel)
+    epoch_ids: np.ndarray
+    starts: np.ndarray  # epoch starts on the signal's time axis (s)
+    onsets: np.ndarray  # epoch onsets in the recording (s)
+    joins: np.ndarray  # times (s) where non-consecutive epochs were joined
+    missing: dict[str, str]
+
+
+def _from_recording(rec: Recording, roles: tuple[str, ...]) -> _Night:
+    signals, missing = {}, {}
+    for role in roles:
+        channel = rec.roles.get(role)
+        if channel is None or channel not in rec.signals:
+            missing[role] = f"{rec.label}: no {role.upper()} channel in the recording"
+            continue
+        signals[role] = (rec.signals[channel], float(rec.sfreq[channel]), channel)
+    if "eeg" not in signals:
+        raise DataError(f"{rec.label}: detect_all needs an EEG channel; {missing['eeg']}")
+    duration = min(len(x) / fs for x, fs, _ in signals.values())
+    if duration < EPOCH_S + rec.hypnogram_offset:
+        raise DataError(
+            f"{rec.label}: {duration:.1f} s of signal holds no full {EPOCH_S:g}-s epoch after the "
+            f"hypnogram offset ({rec.hypnogram_offset:g} s); detectors work on whole epochs"
+        )
+    n_fit = int((duration - rec.hypnogram_offset) // EPOCH_S)
+    n = min(len(rec.stages), n_fit) if len(rec.stages) else n_fit
+    ids = np.arange(n)
+    starts = rec.hypnogram_offset + EPOCH_S * ids
+    return _Night(rec.label, signals, ids, starts, starts, np.zeros(0), missing)
+
+
+def _from_epochs(epochs: Epochs, roles: tuple[str, ...]) -> _Night:
+    data = np.asarray(epochs.data)
+    if data.ndim != 3 or data.shape[1] != len(ROLES) or data.shape[2] < EPOCH_S * TARGET_SFREQ:
+        raise DataError(
+            f"{epochs.label}: epochs of shape {data.shape} are not (n, 3, >= "
+            f"{int(EPOCH_S * TARGET_SFREQ)}) at {TARGET_SFREQ} Hz; epochs shorter than "
+            f"{EPOCH_S:g} s cannot be scored, re-run sleepvlm.signal.epoch_recording"
+        )
+    if len(data) == 0:
+        raise DataError(f"{epochs.label}: no epochs to run detectors on")
+    man = epochs.manifest
+    present = {"eeg": True, "eog": bool(man["has_eog"].all()), "emg": bool(man["has_emg"].all())}
+    signals, missing = {}, {}
+    for role in roles:
+        if not present[role]:
+            missing[role] = f"{epochs.label}: no {role.upper()} channel (zeros in the epochs)"
+            continue
+        x = data[:, ROLES.index(role), : int(EPOCH_S * TARGET_SFREQ)].reshape(-1)
+        signals[role] = (x, float(TARGET_SFREQ), role.upper())
+    ids = man["epoch"].to_numpy(np.int64)
+    starts = EPOCH_S * np.arange(len(ids))
+    joins = starts[1:][np.diff(ids) != 1]
+    return _Night(epochs.label, signals, ids, starts, man["onset"].to_numpy(float), joins, missing)
+
+
+def _quality(x: np.ndarray, sfreq: float, starts: np.ndarray) -> np.ndarray:
+    """Per epoch: usable (not flat, not clipped at the channel's extreme values)."""
+    n = int(round(EPOCH_S * sfreq))
+    idx = np.round(starts * sfreq).astype(np.int64)
+    windows = x[np.clip(idx[:, None] + np.arange(n), 0, len(x) - 1)]
+    flat = np.ptp(windows, axis=1) < setting("quality", "flat_ptp_uv")
+    at_rail = (windows >= x.max()) | (windows <= x.min())
+    clipped = at_rail.mean(axis=1) >= setting("quality", "clip_fraction")
+    return ~flat & ~clipped
+
+
+def _epoch_position(night: _Night, t: np.ndarray) -> np.ndarray:
+    """Row of the epoch holding each time (-1 outside every epoch)."""
+    pos = np.searchsorted(night.starts, t, side="right") - 1
+    inside = (pos >= 0) & (t < night.starts[np.clip(pos, 0, None)] + EPOCH_S)
+    return np.where(inside, pos, -1)
+
+
+def _place_events(night: _Night, events: pd.DataFrame) -> pd.DataFrame:
+    """Events on the recording's time axis, with their epoch; those outside every epoch or
+    across a join of non-consecutive epochs are dropped."""
+    on = events["onset"].to_numpy(float)
+    off = on + events["duration"].to_numpy(float)
+    pos = _epoch_position(night, on)
+    crosses = np.zeros(len(on), dtype=bool)
+    if len(night.joins):
+        k = np.searchsorted(night.joins, on, side="right")
+        crosses = (k < len(night.joins)) & (night.joins[np.clip(k, 0, len(night.joins) - 1)] < off)
+    keep = (pos >= 0) & ~crosses
+    out = events[keep].copy()
+    p = pos[keep]
+    out["onset"] = night.onsets[p] + (on[keep] - night.starts[p])
+    out["epoch"] = night.epoch_ids[p]
+    return out.reset_index(drop=True)
+
+
+def _per_epoch(night: _Night, seconds_t: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Mean of per-second values over each epoch (NaN where an epoch has none)."""
+    pos = _epoch_position(night, seconds_t + 0.5)
+    ok = pos >= 0
+    total = np.bincount(pos[ok], values[ok].astype(float), minlength=len(night.starts))
+    count = np.bincount(pos[ok], minlength=len(night.starts))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return total / count
+
+
+def epoch_coverage(epoch_onsets: np.ndarray, onset: np.ndarray, duration: np.ndarray) -> np.ndarray:
+    """Share of each 30-s epoch (given by its onset, sorted) covered by events no longer than an
+    epoch (overlapping events count twice; the result is capped at 1)."""
+    starts = np.asarray(epoch_onsets, dtype=float)
+    on = np.asarray(onset, dtype=float)
+    off = on + np.asarray(duration, dtype=float)
+    cover = np.zeros(len(starts))
+    first = np.searchsorted(starts, on, side="right") - 1
+    for shift in (0, 1):  # an event can run into the next epoch
+        p = first + shift
+        valid = (p >= 0) & (p < len(starts))
+        p = p[valid]
+        overlap = np.minimum(off[valid], starts[p] + EPOCH_S) - np.maximum(on[valid], starts[p])
+        np.add.at(cover, p, np.clip(overlap, 0, None) / EPOCH_S)
+    return np.clip(cover, 0, 1)
+
+
+def _window_count(event_onsets: np.ndarray, starts: np.ndarray, stops: np.ndarray) -> np.ndarray:
+    srt = np.sort(event_onsets)
+    return np.searchsorted(srt, stops, side="left") - np.searchsorted(srt, starts, side="left")
+
+
+class _Runner:
+    """Runs detectors, keeping their time and the reason when one cannot run."""
+
+    def __init__(self, strict: bool) -> None:
+        self.strict = strict
+        self.seconds: dict[str, float] = {}
+        self.failed: dict[str, str] = {}
+
+    def __call__(self, name: str, fn: Callable[[], object]):
+        start = time.perf_counter()
+        try:
+            return fn()
+        except DataError as err:
+            if self.strict:
+                raise
+            self.failed[name] = str(err)
+            return None
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+
+def detect_all(
+    source: Recording | Epochs, roles: tuple[str, ...] = ROLES, strict: bool = False
+) -> Detection:
+    """Run every detector whose channel is present; see :class:`Detection` for the output.
+
+    With ``strict`` a detector that cannot run (e.g. a sampling rate below its minimum) raises
+    its :class:`DataError` instead of being reported in ``not_evaluable``."""
+    night = (
+        _from_recording(source, roles)
+        if isinstance(source, Recording)
+        else _from_epochs(source, roles)
+    )
+    run = _Runner(strict)
+    n = len(night.starts)
+    ok = {r: np.zeros(n, dtype=bool) for r in ROLES}
+    for role, (x, fs, _) in night.signals.items():
+        ok[role] = _quality(np.asarray(x, dtype=np.float64), fs, night.starts)
+        if not ok[role].any():
+            night.missing[role] = f"{night.label}: {role.upper()} channel is flat or clipped"
+
+    ev_parts, table = [], pd.DataFrame({"epoch": night.epoch_ids, "onset": night.onsets})
+    eeg, eeg_fs, eeg_ch = night.signals["eeg"]
+    powers = run("band_power", lambda: det.band_powers(eeg, eeg_fs, eeg_ch))
+    per_second = {
+        "alpha": det.alpha_seconds,
+        "lamf": det.lamf_seconds,
+        "movement": det.movement_seconds,
+    }
+    if powers is not None:
+        t = powers["time"].to_numpy()
+        for band in ("delta", "theta", "alpha", "sigma", "beta", "rms"):
+            table[band if band == "rms" else f"{band}_power"] = _per_epoch(
+                night, t, powers[band].to_numpy()
+            )
+        for name, fn in per_second.items():
+            table[f"{name}_fraction"] = _per_epoch(night, t, fn(powers))
+    else:
+        for name in per_second:
+            run.failed[name] = run.failed["band_power"]
+
+    eeg_detectors = {
+        "alpha": det.detect_alpha,
+        "spindle": det.detect_spindles,
+        "kcomplex": det.detect_kcomplexes,
+        "slow_wave": det.detect_slow_waves,
+        "vertex": det.detect_vertex_waves,
+        "sawtooth": det.detect_sawtooth,
+        "arousal": det.detect_arousals,
+        "movement": det.detect_movements,
+    }
+    for name, fn in eeg_detectors.items():
+        ev_parts.append(run(name, lambda fn=fn: fn(eeg, eeg_fs, eeg_ch)))
+    if "eog" in night.signals:
+        eog, eog_fs, eog_ch = night.signals["eog"]
+        ev_parts.append(
+            run("eye_movements", lambda: det.detect_eye_movements(eog, eog_fs, eog_ch, eeg, eeg_fs))
+        )
+        ev_parts.append(
+            run("sem", lambda: det.detect_slow_eye_movements(eog, eog_fs, eog_ch, eeg, eeg_fs))
+        )
+    emg_rms = np.full(n, np.nan)
+    if "emg" in night.signals:
+        emg, emg_fs, emg_ch = night.signals["emg"]
+        per_sec = run("emg_tone", lambda: det.emg_seconds_rms(emg, emg_fs, emg_ch))
+        if per_sec is not None:
+            sec = np.arange(len(per_sec), dtype=float)
+            pos = _epoch_position(night, sec + 0.5)
+            frame = pd.DataFrame({"pos": pos, "rms": per_sec})[pos >= 0]
+            emg_rms[:] = frame.groupby("pos")["rms"].median().reindex(range(n)).to_numpy()
+            emg_rms[~ok["emg"]] = np.nan
+    table = pd.concat([table, det.emg_tone(emg_rms)], axis=1)
+
+    found = [e for e in ev_parts if e is not None and len(e)]
+    events = pd.concat(found, ignore_index=True) if found else det.events_frame("", "", [], [], [])
+    events = _place_events(night, events[list(EVENT_COLUMNS)])
+    events = events.sort_values(["onset", "kind"], ignore_index=True)
+    for kinds in DETECTOR_KINDS.values():
+        for kind in kinds:
+            table[f"n_{kind}"] = np.bincount(
+                np.searchsorted(night.epoch_ids, events.loc[events["kind"] == kind, "epoch"]),
+                minlength=n,
+            )
+    slow = events[events["kind"] == "slow_wave"]
+    table["sw_coverage"] = epoch_coverage(night.onsets, slow["onset"], slow["duration"])
+    for role in ROLES:
+        table[f"{role}_ok"] = ok[role]
+    for fraction in ("alpha_fraction", "lamf_fraction", "movement_fraction"):
+        if fraction not in table:
+            table[fraction] = np.nan
+    table = table.set_index("epoch")
+    events["epoch"] = events["epoch"].astype(np.int64)
+
+    criteria, reasons = _criteria(table, events, night, run.failed)
+    return Detection(
+        label=night.label,
+        epochs=table,
+        events=events,
+        criteria=criteria,
+        not_evaluable={**run.failed, **reasons},
+        seconds=run.seconds,
+    )
+
+
+def _local_criteria(table: pd.DataFrame, events: pd.DataFrame) -> dict[str, pd.Series]:
+    """What each rule asks of one epoch, from the epoch table (NaN inputs give False here;
+    not-evaluable epochs are blanked afterwards)."""
+    onset = table["onset"].to_numpy(float)
+    half = EPOCH_S / 2
+
+    def in_half_window(kind_events: pd.DataFrame) -> np.ndarray:
+        return _window_count(kind_events["onset"].to_numpy(float), onset - half, onset + half)
+
+    kcs = events[events["kind"] == "kcomplex"]
+    arousal_on = np.sort(events.loc[events["kind"] == "arousal", "onset"].to_numpy(float))
+    kc_end = (kcs["onset"] + kcs["duration"]).to_numpy(float)
+    # a K complex goes with an arousal that starts during it or within arousal_gap_s after it
+    first = np.searchsorted(arousal_on, kcs["onset"].to_numpy(float), side="left")
+    last = np.searchsorted(
+        arousal_on, kc_end + threshold("N2.kcomplex", "arousal_gap_s"), side="right"
+    )
+    free_kcs = kcs[last - first == 0]
+
+    alpha = table["alpha_fraction"].to_numpy(float)
+    lamf = table["lamf_fraction"].to_numpy(float)
+    movement = table["movement_fraction"].to_numpy(float)
+    low_tone = table["emg_low"].to_numpy(float) == 1
+    no_nrem_marks = (table["n_spindle"] == 0) & (table["n_kcomplex"] == 0)
+    eyes_open = (table["n_blink"] >= threshold("W.eyes", "min_blinks")) | (
+        table["n_rem"] >= threshold("W.eyes", "min_rems")
+    )
+    return {
+        "W.alpha": alpha > threshold("W.alpha", "min_epoch_fraction"),
+        "W.eyes": eyes_open & (table["emg_quantile"] >= threshold("W.eyes", "min_tone_quantile")),
+        "N1.lamf": (lamf > threshold("N1.lamf", "min_epoch_fraction"))
+        & (alpha <= threshold("W.alpha", "min_epoch_fraction")),
+        "N1.vertex": table["n_vertex"] >= threshold("N1.vertex", "min_count"),
+        "N1.sem": table["n_sem"] >= threshold("N1.sem", "min_count"),
+        "N2.spindle": in_half_window(events[events["kind"] == "spindle"])
+        >= threshold("N2.spindle", "min_count"),
+        "N2.kcomplex": in_half_window(free_kcs) >= threshold("N2.kcomplex", "min_count"),
+        "N2.cont": no_nrem_marks
+        & (table["n_arousal"] == 0)
+        & (movement <= threshold("major_body_movement", "min_epoch_fraction")),
+        "N2.arousal_end": table["n_arousal"] >= 1,
+        "N3.sw20": table["sw_coverage"] >= threshold("N3.sw20", "min_epoch_fraction"),
+        "R.rem": table["n_rem"] >= threshold("R.rem", "min_count"),
+        "R.atonia": pd.Series(low_tone, index=table.index),
+        "R.sawtooth": table["n_sawtooth"] >= threshold("R.sawtooth", "min_count"),
+        "R.cont": no_nrem_marks & low_tone & (lamf > threshold("N1.lamf", "min_epoch_fraction")),
+        "R.arousal_end": (table["n_arousal"] >= 1) | (movement > 0) | ~low_tone,
+        "arousal": table["n_arousal"] >= 1,
+        "major_body_movement": movement > threshold("major_body_movement", "min_epoch_fraction"),
+    }
+
+
+def _criteria(
+    table: pd.DataFrame, events: pd.DataFrame, night: _Night, failed: dict[str, str]
+) -> tuple[pd.DataFrame, dict[str, str]]:
+    local = _local_criteria(table, events)
+    out = pd.DataFrame(index=table.index)
+    reasons: dict[str, str] = {}
+    for rule_id, met in local.items():
+        rule = RULES[rule_id]
+        why = [night.missing[r] for r in rule.needs if r in night.missing]
+        why += [f"{d}: {failed[d]}" for d in rule.detectors if d in failed]
+        column = pd.Series(np.asarray(met, dtype=bool), index=table.index, dtype="boolean")
+        if why:
+            reasons[rule_id] = "; ".join(dict.fromkeys(why))
+            column[:] = pd.NA
+        else:
+            usable = np.logical_and.reduce([table[f"{r}_ok"].to_numpy() for r in rule.needs])
+            column[~usable] = pd.NA
+        out[rule_id] = column
+    return out, reasons

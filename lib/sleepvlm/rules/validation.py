@@ -1,0 +1,294 @@
+"""How well the rule detectors find waveforms: event-level precision, recall and F1 against the
+simulator's ground truth, and agreement and run time against YASA's detectors on the same data
+(simulated nights and the real excerpts).
+
+Matching rule (:func:`match_events`): a detected and a true event of the same kind match when
+their intervals overlap with an intersection-over-union of at least ``min_iou`` (0.2), or, for
+kinds scored by onset (eye movements, whose drawn duration includes the slow return to
+baseline that no scorer marks), when their onsets lie within ``onset_tol_s`` (0.3 s). Pairs are
+formed one-to-one, best first (highest IoU, or closest onset). True events that do not meet the
+AASM definition of their kind (slow waves under 75 µV p2p) are "don't care": a detection that
+matches one counts neither as a hit nor as a false alarm, and missing one is no miss. So is an
+unmatched detection that overlaps a true event listed in :data:`OVERLAP_DONT_CARE`: movement
+artefacts (AASM: stretches hidden by artefact are not scored) and, for slow waves, K complexes
+(which the manual counts as slow waves when they meet the slow-wave definition).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+
+import numpy as np
+import pandas as pd
+
+from sleepvlm.data.records import EVENT_COLUMNS, Recording
+from sleepvlm.rules import detectors as det
+from sleepvlm.rules.table import threshold
+
+#: How each kind is matched: by IoU (default) or by onset distance.
+MATCHING: dict[str, dict[str, float]] = {
+    "default": {"min_iou": 0.2},
+    "rem": {"onset_tol_s": 0.3},
+    "blink": {"onset_tol_s": 0.3},
+}
+
+
+#: True kinds under which an unmatched detection of a kind is neither hit nor false alarm.
+OVERLAP_DONT_CARE: dict[str, tuple[str, ...]] = {
+    "slow_wave": ("kcomplex", "artifact"),
+    "default": ("artifact",),
+}
+
+
+def matching_for(kind: str) -> dict[str, float]:
+    return MATCHING.get(kind, MATCHING["default"])
+
+
+def dont_care(truth: pd.DataFrame) -> np.ndarray:
+    """True events that fall short of their AASM definition (slow waves under 75 µV)."""
+    low_sw = (truth["kind"] == "slow_wave") & (
+        truth["amplitude"] < threshold("N3.sw20", "min_ptp_uv")
+    )
+    return low_sw.to_numpy()
+
+
+def _candidate_pairs(det_on, det_off, tru_on, tru_off, reach: float):
+    """All (detected, true) index pairs whose intervals come within ``reach`` s."""
+    order = np.argsort(tru_on)
+    tru_on_sorted = tru_on[order]
+    longest = float(np.max(tru_off - tru_on)) if len(tru_on) else 0.0
+    lo = np.searchsorted(tru_on_sorted, det_on - longest - reach, side="left")
+    hi = np.searchsorted(tru_on_sorted, det_off + reach, side="right")
+    counts = hi - lo
+    d = np.repeat(np.arange(len(det_on)), counts)
+    offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+    t = order[np.repeat(lo, counts) + offsets]
+    return d, t
+
+
+def match_events(
+    detected: pd.DataFrame,
+    truth: pd.DataFrame,
+    min_iou: float = 0.2,
+    onset_tol_s: float | None = None,
+) -> pd.DataFrame:
+    """One-to-one pairs between ``detected`` and ``truth`` rows (positional indices).
+
+    With ``onset_tol_s`` pairs need onsets within that many s (closest first); otherwise an
+    interval IoU of at least ``min_iou`` (largest first). Returns columns ``detected``,
+    ``truth``, ``iou`` and ``onset_diff`` (detected minus true onset, s)."""
+    columns = ["detected", "truth", "iou", "onset_diff"]
+    if len(detected) == 0 or len(truth) == 0:
+        return pd.DataFrame({c: pd.Series(dtype=float) for c in columns}).astype(
+            {"detected": int, "truth": int}
+        )
+    det_on = detected["onset"].to_numpy(float)
+    det_off = det_on + detected["duration"].to_numpy(float)
+    tru_on = truth["onset"].to_numpy(float)
+    tru_off = tru_on + truth["duration"].to_numpy(float)
+    reach = onset_tol_s or 0.0
+    d, t = _candidate_pairs(det_on, det_off, tru_on, tru_off, reach)
+    inter = np.clip(np.minimum(det_off[d], tru_off[t]) - np.maximum(det_on[d], tru_on[t]), 0, None)
+    union = np.maximum(det_off[d], tru_off[t]) - np.minimum(det_on[d], tru_on[t])
+    iou = inter / np.maximum(union, 1e-9)
+    diff = det_on[d] - tru_on[t]
+    if onset_tol_s is not None:
+        ok, score = np.abs(diff) <= onset_tol_s, -np.abs(diff)
+    else:
+        ok, score = iou >= min_iou, iou
+    d, t, iou, diff, score = d[ok], t[ok], iou[ok], diff[ok], score[ok]
+    used_d, used_t, keep = set(), set(), []
+    for k in np.argsort(-score, kind="stable"):  # greedy, best pair first
+        if d[k] not in used_d and t[k] not in used_t:
+            used_d.add(d[k])
+            used_t.add(t[k])
+            keep.append(k)
+    keep = np.array(sorted(keep, key=lambda k: d[k]), dtype=int)
+    return pd.DataFrame(
+        {"detected": d[keep], "truth": t[keep], "iou": iou[keep], "onset_diff": diff[keep]},
+        columns=columns,
+    )
+
+
+@dataclass
+class KindScore:
+    """Matching outcome of one kind: counts, scores, and the unmatched events themselves."""
+
+    kind: str
+    tp: int
+    fp: int
+    fn: int
+    ignored: int
+    missed: pd.DataFrame
+    false_alarms: pd.DataFrame
+
+    @property
+    def precision(self) -> float:
+        return self.tp / (self.tp + self.fp) if self.tp + self.fp else float("nan")
+
+    @property
+    def recall(self) -> float:
+        return self.tp / (self.tp + self.fn) if self.tp + self.fn else float("nan")
+
+    @property
+    def f1(self) -> float:
+        denominator = 2 * self.tp + self.fp + self.fn
+        return 2 * self.tp / denominator if denominator else float("nan")
+
+    def row(self) -> dict[str, float | int | str]:
+        return {
+            "kind": self.kind,
+            "n_truth": self.tp + self.fn,
+            "n_detected": self.tp + self.fp,
+            "tp": self.tp,
+            "fp": self.fp,
+            "fn": self.fn,
+            "ignored": self.ignored,
+            "precision": self.precision,
+            "recall": self.recall,
+            "f1": self.f1,
+        }
+
+
+def score_kind(detected: pd.DataFrame, truth: pd.DataFrame, kind: str) -> KindScore:
+    """Match the ``kind`` rows of both tables (see the module docstring for the rule)."""
+    d = detected[detected["kind"] == kind].reset_index(drop=True)
+    t = truth[truth["kind"] == kind].reset_index(drop=True)
+    pairs = match_events(d, t, **matching_for(kind))
+    ignore = dont_care(t)
+    hit = ~ignore[pairs["truth"].to_numpy(int)]
+    matched_d = np.zeros(len(d), bool)
+    matched_d[pairs["detected"].to_numpy(int)] = True
+    matched_t = np.zeros(len(t), bool)
+    matched_t[pairs["truth"].to_numpy(int)] = True
+    excused = ~matched_d & _overlaps(d, truth[truth["kind"].isin(_overlap_kinds(kind))])
+    return KindScore(
+        kind=kind,
+        tp=int(hit.sum()),
+        fp=int((~matched_d & ~excused).sum()),
+        fn=int((~matched_t & ~ignore).sum()),
+        ignored=int((~hit).sum() + excused.sum()),
+        missed=t[~matched_t & ~ignore],
+        false_alarms=d[~matched_d & ~excused],
+    )
+
+
+def _overlap_kinds(kind: str) -> tuple[str, ...]:
+    return OVERLAP_DONT_CARE.get(kind, OVERLAP_DONT_CARE["default"])
+
+
+def _overlaps(events: pd.DataFrame, regions: pd.DataFrame) -> np.ndarray:
+    """Whether each event's interval overlaps any of ``regions``."""
+    if len(events) == 0 or len(regions) == 0:
+        return np.zeros(len(events), dtype=bool)
+    on = events["onset"].to_numpy(float)
+    off = on + events["duration"].to_numpy(float)
+    r_on = regions["onset"].to_numpy(float)
+    r_off = r_on + regions["duration"].to_numpy(float)
+    order = np.argsort(r_on)
+    r_on, r_off = r_on[order], r_off[order]
+    # the regions starting before each event's end; one of them must end after its start
+    latest_end = np.maximum.accumulate(r_off)
+    k = np.searchsorted(r_on, off, side="left") - 1
+    return (k >= 0) & (latest_end[np.clip(k, 0, None)] > on)
+
+
+def event_scores(detected: pd.DataFrame, truth: pd.DataFrame, kinds) -> pd.DataFrame:
+    """Precision/recall/F1 per kind (one row each)."""
+    return pd.DataFrame([score_kind(detected, truth, k).row() for k in kinds])
+
+
+# --------------------------------------------------------------------------------------------
+# Our detectors and YASA's on the same channels
+# --------------------------------------------------------------------------------------------
+
+#: The kinds compared with YASA, and the role they are read on.
+YASA_KINDS: dict[str, str] = {"spindle": "eeg", "slow_wave": "eeg", "rem": "eog"}
+
+
+def _timed(fn: Callable[[], pd.DataFrame]) -> tuple[pd.DataFrame, float]:
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
+def ours(kind: str, x: np.ndarray, sfreq: float, channel: str) -> pd.DataFrame:
+    """Our detector of ``kind`` on one channel (eye movements without an EEG reference, as
+    YASA's REM detector has none either)."""
+    if kind == "spindle":
+        return det.detect_spindles(x, sfreq, channel)
+    if kind == "slow_wave":
+        return det.detect_slow_waves(x, sfreq, channel)
+    if kind == "kcomplex":
+        return det.detect_kcomplexes(x, sfreq, channel)
+    moves = det.detect_eye_movements(x, sfreq, channel)
+    return moves[moves["kind"] == "rem"].reset_index(drop=True)
+
+
+def yasa_events(kind: str, x: np.ndarray, sfreq: float, channel: str) -> pd.DataFrame:
+    """YASA's detector of ``kind`` with its defaults, as an events table.
+
+    YASA's REM detector needs two EOG channels (LOC, ROC) and keeps out-of-phase deflections;
+    with one EOG we give it the channel and its mirror image, i.e. perfectly conjugate eyes.
+    Slow-wave amplitude is YASA's ``PTP``; spindle amplitude its ``Amplitude`` (p2p of the
+    detrended signal); REM amplitude the absolute filtered value at the peak."""
+    import yasa  # imported here: slow to import, only needed for this comparison
+
+    data = np.asarray(x, dtype=np.float64)
+    if kind == "spindle":
+        res = yasa.spindles_detect(data, sfreq, ch_names=[channel], verbose="error")
+        cols = ("Start", "Duration", "Amplitude")
+    elif kind == "slow_wave":
+        res = yasa.sw_detect(data, sfreq, ch_names=[channel], verbose="error")
+        cols = ("Start", "Duration", "PTP")
+    else:
+        res = yasa.rem_detect(data, -data, sfreq, verbose="error")
+        cols = ("Start", "Duration", "LOCAbsValPeak")
+    if res is None:
+        return det.events_frame(kind, channel, [], [], [])
+    table = res.summary()
+    return det.events_frame(kind, channel, table[cols[0]], table[cols[1]], table[cols[2]])[
+        list(EVENT_COLUMNS)
+    ]
+
+
+def compare_with_yasa(rec: Recording, kinds=tuple(YASA_KINDS)) -> pd.DataFrame:
+    """Ours vs YASA on one simulated night: F1 against the ground truth and wall time.
+
+    One row per (kind, method) with precision, recall, F1, counts and ``seconds``."""
+    rows = []
+    for kind in kinds:
+        channel = rec.role(YASA_KINDS[kind])
+        x, sfreq = rec.signals[channel], rec.sfreq[channel]
+        for method, fn in (("ours", ours), ("yasa", yasa_events)):
+            events, seconds = _timed(partial(fn, kind, x, sfreq, channel))
+            row = score_kind(events, rec.events, kind).row()
+            rows.append({"record": rec.label, "method": method, **row, "seconds": seconds})
+    return pd.DataFrame(rows)
+
+
+def agreement(kind: str, x: np.ndarray, sfreq: float, channel: str) -> dict:
+    """Ours vs YASA on one channel without ground truth (the real excerpts).
+
+    Returns a summary row (counts, matched pairs, F1 of ours taking YASA as reference, times)
+    and the events each found that the other did not."""
+    mine, t_mine = _timed(lambda: ours(kind, x, sfreq, channel))
+    theirs, t_theirs = _timed(lambda: yasa_events(kind, x, sfreq, channel))
+    result = score_kind(mine, theirs, kind)
+    return {
+        "summary": {
+            "kind": kind,
+            "channel": channel,
+            "n_ours": len(mine),
+            "n_yasa": len(theirs),
+            "matched": result.tp,
+            "f1_vs_yasa": result.f1,
+            "seconds_ours": t_mine,
+            "seconds_yasa": t_theirs,
+        },
+        "only_ours": result.false_alarms,
+        "only_yasa": result.missed,
+    }

@@ -1,0 +1,172 @@
+"""Tests of detect_all: per-epoch criteria and their evidence, on Recordings and Epochs, with
+missing, flat, clipped or slowly sampled channels."""
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from sleepvlm.data.records import DataError, Recording
+from sleepvlm.rules.evidence import Detection, detect_all, epoch_coverage
+from sleepvlm.signal import epoch_recording
+
+CHANNELS = {"eeg": "C4-A1", "eog": "LOC-A2", "emg": "X1"}
+
+
+def pink(n, fs, sd, rng):
+    freqs = np.fft.rfftfreq(n, 1 / fs)
+    shape = np.where((freqs >= 0.5) & (freqs <= 40.0), 1 / np.sqrt(np.maximum(freqs, 0.5)), 0)
+    x = np.fft.irfft(
+        (rng.standard_normal(len(freqs)) + 1j * rng.standard_normal(len(freqs))) * shape, n
+    )
+    return x / x.std() * sd
+
+
+def night(fs=200.0, emg_fs=None, roles=("eeg", "eog", "emg"), n_epochs=5, seed=0):
+    """Epoch 0: a spindle at 5 s; epoch 1: 8 s of slow waves; epoch 2: 4 s of them;
+    epoch 3: a rapid eye movement at 100 s and atonia; epoch 4: background only."""
+    rng = np.random.default_rng(seed)
+    n = int(30 * n_epochs * fs)
+    t = np.arange(n) / fs
+    eeg = pink(n, fs, 4.0, rng)
+    spindle = (t >= 5) & (t < 6.2)
+    eeg += spindle * 20 * np.sin(2 * np.pi * 13 * t) * np.sin(np.pi * (t - 5) / 1.2) ** 2
+    eeg += ((t >= 40) & (t < 48)) * -75 * np.sin(2 * np.pi * (t - 40))
+    eeg += ((t >= 70) & (t < 74)) * -75 * np.sin(2 * np.pi * (t - 70))
+    eog = pink(n, fs, 3.0, rng)
+    step = t - 100.0
+    eog += 150 * (1 + np.tanh((step - 0.15) / 0.03)) / 2 * np.exp(-np.maximum(step - 0.15, 0))
+    emg_rate = emg_fs or fs
+    m = int(30 * n_epochs * emg_rate)
+    emg = rng.standard_normal(m) * np.where(np.arange(m) / emg_rate // 30 == 3, 1.0, 10.0)
+    signals = {"eeg": eeg, "eog": eog, "emg": emg}
+    rates = {"eeg": fs, "eog": fs, "emg": emg_rate}
+    return Recording(
+        dataset="test",
+        subject="s1",
+        night="n1",
+        signals={CHANNELS[r]: signals[r] for r in roles},
+        sfreq={CHANNELS[r]: rates[r] for r in roles},
+        stages=np.array(["N2"] * n_epochs, dtype=object),
+        roles={r: CHANNELS[r] for r in roles},
+        line_freq=50.0,
+    )
+
+
+@pytest.fixture(scope="module")
+def full() -> Detection:
+    return detect_all(night())
+
+
+def test_criteria_follow_planted_events(full):
+    c = full.criteria
+    assert c["N2.spindle"].tolist() == [True, False, False, False, False]
+    assert c["N3.sw20"].tolist() == [False, True, False, False, False]
+    assert c["R.rem"].tolist() == [False, False, False, True, False]
+    assert c["R.atonia"].tolist() == [False, False, False, True, False]
+    assert full.epochs["sw_coverage"].iloc[1] == pytest.approx(8 / 30, abs=0.04)
+    assert full.epochs["sw_coverage"].iloc[2] == pytest.approx(4 / 30, abs=0.04)
+    assert full.not_evaluable == {}
+    assert set(full.seconds) >= {"spindle", "slow_wave", "eye_movements", "emg_tone"}
+
+
+def test_rules_met_and_their_evidence(full):
+    assert {"N3.sw20"} <= set(full.rules_met(1))
+    evidence = full.evidence(1, "N3.sw20")
+    assert (evidence["kind"] == "slow_wave").all() and len(evidence) >= 7
+    assert evidence["onset"].between(39.5, 48.5).all()
+    spindles = full.evidence(1, "N2.spindle")  # the previous epoch's second half does not hold it
+    assert len(spindles) == 0 and len(full.evidence(0, "N2.spindle")) == 1
+    assert full.evidence(3, "R.rem")["onset"].iloc[0] == pytest.approx(100.1, abs=0.3)
+    assert full.evidence(3, "R.atonia").empty
+
+
+def test_coverage_rule_boundary():
+    onsets = np.array([0.0, 30.0])
+    six = epoch_coverage(onsets, np.arange(6.0), np.ones(6))
+    assert six.tolist() == [pytest.approx(0.2), 0.0]
+    spill = epoch_coverage(onsets, np.array([29.5]), np.array([1.0]))
+    assert spill.tolist() == [pytest.approx(0.5 / 30), pytest.approx(0.5 / 30)]
+
+
+def test_missing_eog_and_emg_leave_their_rules_not_evaluable():
+    result = detect_all(night(roles=("eeg",)))
+    for rule in ("R.rem", "R.atonia", "W.eyes", "N1.sem", "R.cont"):
+        assert result.criteria[rule].isna().all()
+        assert "no EOG" in result.not_evaluable[rule] or "no EMG" in result.not_evaluable[rule]
+    assert result.criteria["N3.sw20"].tolist() == [False, True, False, False, False]
+
+
+def test_flat_channel_reported_and_clipped_epochs_blanked():
+    rec = night()
+    rec.signals["LOC-A2"][:] = 0.0
+    eeg = rec.signals["C4-A1"]
+    fs = rec.sfreq["C4-A1"]
+    eeg[int(120 * fs) : int(150 * fs)] = np.clip(eeg[int(120 * fs) : int(150 * fs)], -2.0, 2.0)
+    eeg[int(121 * fs) : int(130 * fs) : 7] = eeg.max()  # epoch 4 often at the rail
+    result = detect_all(rec)
+    assert "flat" in result.not_evaluable["R.rem"]
+    assert result.criteria["R.rem"].isna().all()
+    assert result.criteria["N3.sw20"].isna().tolist() == [False, False, False, False, True]
+    assert result.epochs["eeg_ok"].tolist() == [True, True, True, True, False]
+
+
+def test_too_slow_emg_reported_or_raised():
+    rec = night(emg_fs=50.0)
+    result = detect_all(rec)
+    assert result.criteria["R.atonia"].isna().all()
+    assert (
+        "50 Hz" in result.not_evaluable["R.atonia"] and "99 Hz" in result.not_evaluable["emg_tone"]
+    )
+    assert result.criteria["N2.spindle"].notna().all()
+    with pytest.raises(DataError, match="'X1'.*50 Hz.*99 Hz"):
+        detect_all(rec, strict=True)
+
+
+def test_recording_shorter_than_an_epoch_raises():
+    rec = night()
+    short = Recording(
+        dataset="test", subject="s1", night="n1",
+        signals={c: x[: int(20 * rec.sfreq[c])] for c, x in rec.signals.items()},
+        sfreq=rec.sfreq, stages=np.array(["W"], dtype=object), roles=rec.roles,
+    )  # fmt: skip
+    with pytest.raises(DataError, match="no full 30-s epoch"):
+        detect_all(short)
+
+
+def test_epochs_input_matches_recording_and_drops_events_across_gaps():
+    rec = night(fs=200.0)
+    rec.stages[2] = "MOVE"  # leaves a gap between epochs 1 and 3
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        epochs = epoch_recording(rec)
+    result = detect_all(epochs)
+    assert result.criteria.index.tolist() == [0, 1, 3, 4]
+    assert result.criteria.loc[[1, 3], ["N3.sw20", "R.rem"]].values.tolist() == [
+        [True, False],
+        [False, True],
+    ]
+    assert result.events["epoch"].isin([0, 1, 3, 4]).all()
+
+
+def test_epochs_shorter_than_30_s_raise():
+    rec = night()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        epochs = epoch_recording(rec)
+    epochs.data = epochs.data[:, :, :2000]
+    with pytest.raises(DataError, match="shorter than 30 s"):
+        detect_all(epochs)
+
+
+def test_evidence_frame_columns(full):
+    assert list(full.events.columns) == [
+        "kind",
+        "channel",
+        "onset",
+        "duration",
+        "amplitude",
+        "epoch",
+    ]
+    assert isinstance(full.criteria["N3.sw20"].dtype, pd.BooleanDtype)
