@@ -57,9 +57,11 @@ def select_chapters(notebooks: list[Path], only: Iterable[str] | None) -> list[P
 
 
 def library_hash() -> str:
-    """Hash of every library source file: a library change reruns the chapters."""
+    """Hash of every library source and data file (code, prompt templates, registry): a library
+    change reruns the chapters."""
     package = Path(__file__).parent
-    return content_hash(*sorted(package.rglob("*.py")))
+    files = [p for p in package.rglob("*") if p.suffix in (".py", ".md", ".yaml") and p.is_file()]
+    return content_hash(*sorted(files))
 
 
 def run_key(notebook: Path, parameters: dict) -> str:
