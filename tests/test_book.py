@@ -101,9 +101,13 @@ def test_parameters_cell_follows_the_imports_and_comments_each_parameter():
                 assert "#" in line, f"{path.name}: parameter without a comment: {line!r}"
 
 
+FAKE_KEY = "sk-test-" + "0123456789abcdefghij0123456789"
+
+
 @pytest.mark.slow
-def test_smoke_book_builds_with_warnings_as_errors(tmp_path, monkeypatch):
+def test_smoke_book_builds_with_warnings_as_errors_and_leaks_no_key(tmp_path, monkeypatch):
     monkeypatch.setenv("SLEEPVLM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("OPENAI_API_KEY", FAKE_KEY)
     runs = run_book(smoke=True, build=tmp_path / "book", log=lambda _: None)
     assert {r.status for r in runs} == {"ran"}
     html = tmp_path / "book" / "_build" / "html"
@@ -111,3 +115,9 @@ def test_smoke_book_builds_with_warnings_as_errors(tmp_path, monkeypatch):
         page = (html / "book" / f"{run.chapter}.html").read_text()
         assert "Traceback" not in page
     assert (html / "index.html").is_file()
+    written = [p for p in tmp_path.rglob("*") if p.is_file() and p.suffix in TEXT_SUFFIXES]
+    leaks = [p for p in written if FAKE_KEY in p.read_text(errors="ignore")]
+    assert written and not leaks
+
+
+TEXT_SUFFIXES = {".ipynb", ".html", ".json", ".jsonl", ".csv", ".txt", ".md", ".log"}

@@ -9,6 +9,7 @@ from pathlib import Path
 import yaml
 
 from .models.server import add_serve_arguments, cmd_serve
+from .stage_cli import add_stage_parser
 
 
 def _parameters(pairs: list[list[str]] | None) -> dict:
@@ -99,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("-n", type=int, default=300, help="render: images; requests: requests")
     bench.add_argument("--concurrency", type=int, default=32, help="requests: in flight at once")
     bench.set_defaults(func=cmd_bench)
+
+    add_stage_parser(sub)
 
     serve = sub.add_parser("serve", help="serve the embedded models over the chat-completions API")
     add_serve_arguments(serve)
