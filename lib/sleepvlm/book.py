@@ -16,7 +16,7 @@ from pathlib import Path
 
 import nbformat
 
-from .cache import content_hash, project_root
+from .cache import content_hash, library_hash, project_root
 
 NOTEBOOKS = "notebooks"
 BOOK = "book"
@@ -56,15 +56,8 @@ def select_chapters(notebooks: list[Path], only: Iterable[str] | None) -> list[P
     return chosen
 
 
-def library_hash() -> str:
-    """Hash of every library source and data file (code, prompt templates, registry): a library
-    change reruns the chapters."""
-    package = Path(__file__).parent
-    files = [p for p in package.rglob("*") if p.suffix in (".py", ".md", ".yaml") and p.is_file()]
-    return content_hash(*sorted(files))
-
-
 def run_key(notebook: Path, parameters: dict) -> str:
+    """A chapter reruns when its notebook, its parameters or the library changed."""
     return content_hash(notebook, parameters, library_hash())
 
 

@@ -3,6 +3,7 @@ reuse each other's work and a rerun is cheap."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -41,3 +42,12 @@ def content_hash(*items: object, length: int = 16) -> str:
 def source_hash(*modules: object) -> str:
     """Hash of the source files of modules, so cached products follow code changes."""
     return content_hash(*(Path(m.__file__) for m in modules))
+
+
+@functools.cache
+def library_hash() -> str:
+    """Hash of every library source and data file (code, prompt templates, registry), taken
+    once per process."""
+    package = Path(__file__).parent
+    files = [p for p in package.rglob("*") if p.suffix in (".py", ".md", ".yaml") and p.is_file()]
+    return content_hash(*sorted(files))

@@ -2,6 +2,7 @@
 through one of four backends (OpenAI, OpenAI-compatible servers, local transformers, local
 Python callables), with a resumable request engine and an embedded chat-completions server."""
 
+from . import embedded  # noqa: F401  (registers the embedded models on import)
 from .backends import Completion, make_backend
 from .batch import build_batch_file, ingest_batch_results, read_batch_results
 from .engine import Engine, Response, RetryPolicy, RunSummary, summarize

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from ..cache import library_hash
 from .backends import Backend, Completion, make_backend
 from .errors import ModelError, TransientError
 from .messages import ChatRequest
@@ -144,7 +145,10 @@ class Engine:
 
     @property
     def model(self) -> str:
-        return f"{self.spec.backend}:{self.spec.model_id}"
+        """Identity of the answering model; a local model is code, so its version is the
+        library's source hash (a changed rule table must not replay stale answers)."""
+        name = f"{self.spec.backend}:{self.spec.model_id}"
+        return f"{name}@{library_hash()}" if self.spec.backend == "local" else name
 
     def key(self, request: ChatRequest) -> str:
         return response_key(self.model, request.prompt_hash, request.input_hash, self.decoding)

@@ -1,0 +1,551 @@
+"""One benchmark run: a model, a modality and a prompt variant on a dataset's class-balanced
+test sample, from inputs to a results record.
+
+:func:`run_experiment` draws the seeded class-balanced manifest of held-out subjects, builds
+each epoch's input (a fixed-scale PNG for ``image``, the expert feature description for
+``text``, the encoded signal for ``sequence``), fills the prompt, sends every request through
+the :class:`~sleepvlm.models.Engine` with the persistent response store (a killed run resumes,
+a finished one replays without a call), scores the first valid stage label of each answer
+(answers without one stay in the denominator as wrong) with subject-bootstrap intervals, and
+writes one results record naming the prompt, the sample, the model, its backend and decoding,
+and whether the data were simulated.
+
+A model is a registry name (:func:`sleepvlm.models.get_model`), or any OpenAI-compatible
+server given by ``base_url`` and a model id; keys are read only from the environment variable
+the registry (or ``api_key_env``) names.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from sleepvlm import text as text_features
+from sleepvlm.cache import cache_dir, content_hash, source_hash
+from sleepvlm.data.records import STAGES, DataError
+from sleepvlm.metrics import (
+    MODALITIES,
+    evaluate,
+    metrics_from_confusion,
+    predictions,
+    result_record,
+    write_result,
+)
+from sleepvlm.models import (
+    ChatRequest,
+    Engine,
+    Message,
+    ModelSpec,
+    ResponseStore,
+    load_registry,
+    summarize,
+    wire_images,
+)
+from sleepvlm.models import embedded as _embedded  # registers the embedded models
+from sleepvlm.prepare import PreparedDataset, balanced_test_manifest, prepare_dataset, sample_counts
+from sleepvlm.render import ImageOptions, render_dataset
+from sleepvlm.rules import detectors, evidence, table
+from sleepvlm.sequence import EncodedEpoch, SequenceConfig, encode_epoch
+from sleepvlm.splits import MANIFEST_KEY, manifest_hash
+
+PROMPT_VARIANTS: tuple[str, ...] = ("plain", "expert")
+#: Registry role of models that read ChatTS-style time-series inputs (arrays beside the text).
+TS_ROLE = "ts-llm"
+#: Columns of the per-epoch table returned by :func:`run_experiment`.
+EPOCH_COLUMNS: tuple[str, ...] = (
+    *MANIFEST_KEY,
+    "stage",
+    "request_id",
+    "answer",
+    "prediction",
+    "correct",
+    "cached",
+)
+EMBEDDED_MODELS = tuple(_embedded.EMBEDDED)
+
+
+class ExperimentError(DataError):
+    """A run that cannot be set up or completed as asked."""
+
+
+# --- models ------------------------------------------------------------------------------------
+
+
+def resolve_model(
+    model: str,
+    modality: str,
+    base_url: str | None = None,
+    model_id: str | None = None,
+    api_key_env: str | None = None,
+    registry: dict[str, ModelSpec] | None = None,
+) -> ModelSpec:
+    """The spec of ``model`` for ``modality``: a registry entry (sent to ``base_url`` when one
+    is given: e.g. an embedded model behind ``sleepvlm serve``), or, for a name the registry
+    lacks, the model ``model_id`` (default: ``model``) of the OpenAI-compatible server at
+    ``base_url``."""
+    registry = load_registry() if registry is None else registry
+    if model in registry:
+        spec = registry[model]
+        if base_url:
+            spec = spec.replace(
+                backend="openai_compatible",
+                base_url=base_url,
+                model_id=model_id or spec.model_id,
+                api_key_env=api_key_env or spec.api_key_env,
+            )
+    elif base_url:
+        spec = ModelSpec(
+            name=model,
+            backend="openai_compatible",
+            model_id=model_id or model,
+            modalities=(modality,),
+            base_url=base_url,
+            api_key_env=api_key_env,
+        )
+    else:
+        raise ExperimentError(
+            f"model {model!r} is not in the registry ({', '.join(sorted(registry))}); add it to "
+            "registry.yaml, or give base_url (and model_id) of an OpenAI-compatible server"
+        )
+    if modality not in spec.modalities:
+        raise ExperimentError(
+            f"model {model!r} takes {', '.join(spec.modalities)}, not {modality!r} inputs"
+        )
+    return spec
+
+
+def as_list(value: str | Sequence[str] | None) -> list[str]:
+    """A list from a list, a YAML/JSON list written as text (papermill ``-p`` passes text), or
+    comma-separated names."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        stripped = value.strip()
+        if stripped.startswith("["):
+            parsed = yaml.safe_load(stripped)
+            return [str(v) for v in parsed]
+        return [v.strip() for v in stripped.split(",") if v.strip()]
+    return [str(v) for v in value]
+
+
+# --- the sample --------------------------------------------------------------------------------
+
+
+def store_rows(prepared: PreparedDataset, sample: pd.DataFrame) -> np.ndarray:
+    """Row numbers in ``prepared.store`` of the sample's epochs (matched by subject, night and
+    epoch)."""
+    keys = ["subject", "night", "epoch"]
+    stored = prepared.store.manifest()
+    lookup = pd.Series(
+        np.arange(len(stored)),
+        index=pd.MultiIndex.from_frame(stored[keys].astype({"epoch": np.int64})),
+    )
+    wanted = pd.MultiIndex.from_frame(sample[keys].astype({"epoch": np.int64}))
+    rows = lookup.reindex(wanted)
+    if rows.isna().any():
+        missing = sample[rows.isna().to_numpy()].iloc[0]
+        raise ExperimentError(
+            f"{prepared.store.path}: epoch {missing['epoch']} of {missing['subject']}/"
+            f"{missing['night']} is in the manifest but not in the store; delete the manifest "
+            "and prepare the dataset again"
+        )
+    return rows.to_numpy(np.int64)
+
+
+def chance_floor(counts: dict[str, int]) -> pd.DataFrame:
+    """What answering without looking scores on a sample of ``counts`` epochs per stage:
+    uniform guessing (its expected confusion matrix) and always answering one stage (the most
+    frequent), as accuracy, macro-F1, macro recall and κ."""
+    n = np.array([counts.get(s, 0) for s in STAGES], dtype=float)
+    k = len(STAGES)
+    uniform = np.zeros((k, k + 1))
+    uniform[:, :k] = n[:, None] / k
+    best = int(np.argmax(n))
+    single = np.zeros((k, k + 1))
+    single[:, best] = n
+    rows = {}
+    for name, confusion in (("uniform guess", uniform), (f"always {STAGES[best]}", single)):
+        values = metrics_from_confusion(confusion)
+        rows[name] = {m: float(v) for m, v in values.items()}
+    return pd.DataFrame(rows).T
+
+
+# --- inputs ------------------------------------------------------------------------------------
+
+
+def image_inputs(
+    prepared: PreparedDataset, rows: np.ndarray, options: ImageOptions, executor=None
+) -> list[bytes]:
+    """PNG bytes of each epoch (drawn once into the image store, then read from it)."""
+    drawn = render_dataset(prepared.store, rows, executor=executor, options=options)
+    return [Path(p).read_bytes() for p in drawn["image"]]
+
+
+def feature_table(prepared: PreparedDataset, nights: list[tuple[str, str]], executor=None):
+    """Feature rows of whole nights (the detectors need the night around an epoch), cached
+    by store, nights and the source of the feature code."""
+    code = source_hash(text_features, evidence, detectors, table)
+    key = content_hash(prepared.store.path.name, sorted(nights), code)
+    path = cache_dir("features") / f"{prepared.dataset}-{key}.pkl"
+    if path.is_file():
+        return pd.read_pickle(path)
+    features = text_features.store_features(prepared.store, nights, executor)
+    partial = path.with_suffix(".part")
+    features.to_pickle(partial)
+    partial.replace(path)
+    return features
+
+
+def text_inputs(prepared: PreparedDataset, sample: pd.DataFrame, executor=None) -> list[str]:
+    """The expert feature description of each epoch of ``sample``."""
+    pairs = zip(sample["subject"].astype(str), sample["night"].astype(str), strict=True)
+    nights = sorted(set(pairs))
+    features = feature_table(prepared, nights, executor)
+    index = pd.MultiIndex.from_arrays(
+        [features["subject"].astype(str), features["night"].astype(str), features["epoch"]]
+    )
+    by_key = features.set_axis(index)
+    wanted = list(
+        zip(
+            sample["subject"].astype(str),
+            sample["night"].astype(str),
+            sample["epoch"].astype(int),
+            strict=True,
+        )
+    )
+    missing = [k for k in wanted if k not in by_key.index]
+    if missing:
+        raise ExperimentError(
+            f"{prepared.dataset}: no features for epochs {missing[:3]} (subject, night, epoch); "
+            "delete the cache's features folder and run again"
+        )
+    return [text_features.feature_text(by_key.loc[k]) for k in wanted]
+
+
+def sequence_format(spec: ModelSpec) -> str:
+    """``chatts`` (text with ``<ts><ts/>`` placeholders, arrays beside it) for time-series LLMs,
+    ``text`` (numbers inline) for every other model."""
+    return "chatts" if spec.role == TS_ROLE else "text"
+
+
+def sequence_inputs(
+    prepared: PreparedDataset, rows: np.ndarray, config: SequenceConfig, fmt: str
+) -> list[EncodedEpoch]:
+    """Each epoch encoded as ``config`` in format ``fmt``."""
+    data = prepared.store.read(rows).astype(np.float64)
+    return [encode_epoch(epoch, config, fmt) for epoch in data]
+
+
+# --- requests ----------------------------------------------------------------------------------
+
+
+def _wire_text(content) -> str:
+    if isinstance(content, str):
+        return content
+    return "\n\n".join(part["text"] for part in content if part.get("type") == "text")
+
+
+def chat_request(wire: list[dict], request_id: str, prompt_hash: str) -> ChatRequest:
+    """A request from chat-completions messages (as :func:`sleepvlm.text.render_prompt` makes
+    them). A turn's images go before its text, as the harness sends every image."""
+    messages = tuple(
+        Message(m["role"], _wire_text(m["content"]), tuple(wire_images([m]))) for m in wire
+    )
+    return ChatRequest(messages, id=request_id, prompt_hash=prompt_hash)
+
+
+def build_requests(
+    modality: str,
+    variant: str,
+    inputs: Sequence,
+    ids: Sequence[str],
+) -> tuple[list[ChatRequest], text_features.Prompt]:
+    """One request per input with the prompt ``<modality>_<variant>`` (its hash keys every
+    stored answer)."""
+    prompt = text_features.load_prompt(modality, variant)
+    field = text_features.INPUT_FIELD[modality]
+    requests = []
+    for value, request_id in zip(inputs, ids, strict=True):
+        if isinstance(value, EncodedEpoch) and value.format == "chatts":
+            raise ExperimentError(
+                "ChatTS inputs carry arrays beside the text, and the harness's chat messages "
+                "hold text and images only: send EncodedEpoch.chatts_inputs() to ChatTS's "
+                "vLLM entry point, or run ChatTS with the text format (model role other than "
+                f"{TS_ROLE!r})"
+            )
+        wire = text_features.render_prompt(prompt, **{field: value})
+        requests.append(chat_request(wire, request_id, prompt.sha256[:16]))
+    return requests, prompt
+
+
+def _responses_path(folder: Path, spec: ModelSpec) -> Path:
+    return folder / (re.sub(r"[^A-Za-z0-9._-]+", "-", spec.name) + ".jsonl")
+
+
+# --- the run -----------------------------------------------------------------------------------
+
+
+def run_experiment(
+    dataset: str,
+    modality: str,
+    prompt_variant: str,
+    model: str,
+    data_dir: str | Path | None = None,
+    cohort_size: str = "full",
+    seed: int = 0,
+    count_scale: float = 1.0,
+    results_dir: str | Path | None = "results",
+    store_dir: str | Path | None = None,
+    concurrency: int = 8,
+    executor=None,
+    base_url: str | None = None,
+    model_id: str | None = None,
+    api_key_env: str | None = None,
+    counts: dict[str, int] | None = None,
+    image_context: int = 0,
+    sequence_config: SequenceConfig | None = None,
+    decoding: dict | None = None,
+    timeout_s: float = 120.0,
+    progress: bool = False,
+    registry: dict[str, ModelSpec] | None = None,
+) -> tuple[dict, pd.DataFrame]:
+    """Run ``model`` on the ``modality`` inputs of ``dataset``'s class-balanced test sample
+    with the ``prompt_variant`` prompt; returns the results record (also written to
+    ``results_dir`` unless None) and one row per epoch (:data:`EPOCH_COLUMNS`).
+
+    The sample has the paper's counts per stage times ``count_scale`` (or ``counts``), drawn
+    with ``seed`` from the held-out subjects. Answers are kept in ``store_dir`` (default: the
+    cache's ``responses``), one JSONL file per model: a rerun asks only for what is missing.
+    A request that still fails after the engine's retries is not scored: the run raises
+    :class:`ExperimentError` (the answers obtained are kept; run again to retry the rest).
+    ``registry`` replaces the packaged model registry (e.g. one loaded from your own file).
+    """
+    if modality not in MODALITIES:
+        raise ExperimentError(f"modality {modality!r} is not one of {MODALITIES}")
+    if prompt_variant not in PROMPT_VARIANTS:
+        raise ExperimentError(f"prompt variant {prompt_variant!r} is not one of {PROMPT_VARIANTS}")
+    spec = resolve_model(model, modality, base_url, model_id, api_key_env, registry)
+    prepared = prepare_dataset(dataset, data_dir, cohort_size=cohort_size, executor=executor)
+    counts = counts or sample_counts(dataset, count_scale)
+    sample = balanced_test_manifest(prepared, counts, seed=seed)
+    rows = store_rows(prepared, sample)
+    ids = [f"{dataset}/{s}/{n}/{e}" for s, n, e in sample[["subject", "night", "epoch"]].values]
+
+    if modality == "image":
+        options = ImageOptions(context=image_context)
+        inputs: Sequence = image_inputs(prepared, rows, options, executor)
+        input_settings = asdict(options)
+    elif modality == "text":
+        inputs = text_inputs(prepared, sample, executor)
+        input_settings = {"features": sorted(text_features.FEATURES)}
+    else:
+        fmt = sequence_format(spec)
+        sequence_config = sequence_config or SequenceConfig()
+        inputs = sequence_inputs(prepared, rows, sequence_config, fmt)
+        input_settings = {"format": fmt, **asdict(sequence_config)}
+    requests, prompt = build_requests(modality, prompt_variant, inputs, ids)
+
+    folder = Path(store_dir) if store_dir else cache_dir("responses")
+    engine = Engine(
+        spec,
+        ResponseStore(_responses_path(folder, spec)),
+        concurrency=concurrency,
+        decoding=decoding,
+        timeout_s=timeout_s,
+        progress=progress,
+        seed=seed,
+    )
+    start = time.perf_counter()
+    responses = engine.run(requests)
+    elapsed = time.perf_counter() - start
+    summary = summarize(responses)
+    if summary.failed:
+        first = next(r for r in responses if not r.ok)
+        raise ExperimentError(
+            f"{spec.name}: {summary.failed} of {summary.n} requests failed after retries "
+            f"(first: {first.error}); {summary.called} new answers are stored, so running "
+            "again asks only for the rest"
+        )
+
+    answers = [r.text for r in responses]
+    truth = sample["stage"].tolist()
+    evaluation = evaluate(truth, answers, subjects=sample["subject"].tolist(), seed=seed)
+    record = result_record(
+        dataset=dataset,
+        modality=modality,
+        prompt=prompt_variant,
+        model=spec.name,
+        backend=spec.backend,
+        model_id=spec.model_id,
+        data="simulated" if prepared.simulated else "real",
+        evaluation=evaluation,
+        manifest_hash=manifest_hash(sample),
+        prompt_hash=prompt.sha256,
+        decoding=engine.decoding,
+    )
+    record.update(
+        {
+            "prompt_version": prompt.version,
+            "role": spec.role,
+            "base_url": spec.base_url,
+            "parse_rate": evaluation["parse_rate"],
+            "seed": seed,
+            "cohort_size": cohort_size if prepared.simulated else None,
+            "counts": counts,
+            "source": prepared.source,
+            "inputs": input_settings,
+            "run": {
+                **asdict(summary),
+                "seconds": round(elapsed, 3),
+                "requests_per_s": summary.called / elapsed if summary.called else None,
+            },
+        }
+    )
+    json.dumps(record, allow_nan=False)  # a record that cannot be written fails here, not later
+    if results_dir is not None:
+        write_result(record, results_dir)
+
+    frame = sample[[*MANIFEST_KEY, "stage"]].copy()
+    frame["request_id"] = ids
+    frame["answer"] = answers
+    frame["prediction"] = predictions(answers)
+    frame["correct"] = frame["prediction"] == frame["stage"]
+    frame["cached"] = [r.cached for r in responses]
+    return record, frame[list(EPOCH_COLUMNS)]
+
+
+# --- many runs, and the tables of a chapter ----------------------------------------------------
+
+#: Registry roles whose models a modality's chapter lists (besides the floors it ran).
+CHAPTER_ROLES: dict[str, tuple[str, ...]] = {
+    "image": ("vlm",),
+    "text": ("text-llm", "vlm"),
+    "sequence": ("ts-llm", "text-llm", "vlm"),
+}
+#: Notebook of each modality's chapter (for the commands that fill its missing rows).
+CHAPTERS: dict[str, str] = {
+    "image": "07_image_experiment",
+    "text": "08_text_experiment",
+    "sequence": "09_sequence_experiment",
+}
+SUMMARY_COLUMNS: tuple[str, ...] = (
+    "accuracy",
+    "macro_f1",
+    "macro_recall",
+    "kappa",
+    "parse_rate",
+)
+
+
+def run_grid(
+    datasets: Sequence[str],
+    modality: str,
+    models: Sequence[str],
+    prompt_variants: Sequence[str] = PROMPT_VARIANTS,
+    **kwargs,
+) -> tuple[list[dict], dict[tuple[str, str, str], pd.DataFrame]]:
+    """:func:`run_experiment` for every dataset x model x prompt variant; the records and the
+    per-epoch tables by (dataset, model, variant)."""
+    records, frames = [], {}
+    for dataset in datasets:
+        for model in models:
+            for variant in prompt_variants:
+                record, frame = run_experiment(dataset, modality, variant, model, **kwargs)
+                records.append(record)
+                frames[(dataset, model, variant)] = frame
+    return records, frames
+
+
+def results_table(records: Sequence[dict]) -> pd.DataFrame:
+    """One row per run: the summary metrics in percent with their subject-bootstrap 95 %
+    intervals, the parse rate and the run's size."""
+    rows = []
+    for r in records:
+        row = {
+            "dataset": r["dataset"],
+            "model": r["model"],
+            "prompt": r["prompt"],
+            "data": r["data"],
+            "n": r["n"],
+        }
+        for name in SUMMARY_COLUMNS:
+            value = r["parse_rate"] if name == "parse_rate" else r["metrics"][name]
+            scale = 1 if name == "kappa" else 100
+            row[name] = None if value is None else value * scale
+            if name in ("accuracy", "macro_f1"):
+                low, high = r["metrics"].get("ci95", {}).get(name, [None, None])
+                row[f"{name}_ci"] = "—" if low is None else f"{100 * low:.1f}–{100 * high:.1f}"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def rerun_command(modality: str, model: str, dataset: str, open_model: bool) -> str:
+    """The papermill command that fills a missing row of a modality's chapter with a real
+    dataset (paths are placeholders to replace)."""
+    chapter = CHAPTERS[modality]
+    command = (
+        f"papermill notebooks/{chapter}.ipynb {chapter}.out.ipynb -p models '[\"{model}\"]' "
+        f"-p dataset {dataset} -p data_dir /path/to/{dataset}"
+    )
+    return command + (" -p base_url http://host:8000/v1" if open_model else "")
+
+
+def not_run_rows(
+    modality: str, ran: Sequence[str], datasets: Sequence[str], registry=None
+) -> pd.DataFrame:
+    """The registry's models of this modality's roles that were not run: "not run", and the
+    command that runs each (open models need the URL of their OpenAI-compatible server)."""
+    registry = load_registry() if registry is None else registry
+    rows = []
+    for name, spec in registry.items():
+        if name in ran or spec.role not in CHAPTER_ROLES[modality]:
+            continue
+        if modality not in spec.modalities or spec.backend == "local":
+            continue
+        for dataset in datasets:
+            rows.append(
+                {
+                    "dataset": dataset,
+                    "model": name,
+                    "role": spec.role,
+                    "status": "not run",
+                    "command": rerun_command(
+                        modality, name, dataset, spec.backend == "openai_compatible"
+                    ),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+__all__ = [
+    "CHAPTERS",
+    "CHAPTER_ROLES",
+    "EMBEDDED_MODELS",
+    "EPOCH_COLUMNS",
+    "ExperimentError",
+    "PROMPT_VARIANTS",
+    "as_list",
+    "build_requests",
+    "chance_floor",
+    "chat_request",
+    "feature_table",
+    "image_inputs",
+    "not_run_rows",
+    "rerun_command",
+    "resolve_model",
+    "results_table",
+    "run_experiment",
+    "run_grid",
+    "sequence_format",
+    "sequence_inputs",
+    "store_rows",
+    "text_inputs",
+]

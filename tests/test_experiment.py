@@ -1,0 +1,141 @@
+"""End-to-end runs of the experiment runner on a tiny simulated cohort: every modality through
+the real engine, response store and scoring; replay without calls; invalid answers kept in
+the denominator; served and in-process answers identical; no key in anything written."""
+
+import json
+
+import numpy as np
+import pytest
+
+from sleepvlm import experiment
+from sleepvlm.data.cohort import COHORT_SIZES, CohortSize
+from sleepvlm.data.records import STAGES
+from sleepvlm.metrics import INVALID, read_results
+from sleepvlm.models import ModelSpec, load_registry, register_local_model, running_server
+from sleepvlm.models.secrets import KEY_PATTERN
+from sleepvlm.prepare import prepare_dataset
+
+DATASET = "dcsm"
+FAKE_KEY = "sk-test-0123456789abcdefABCDEF"
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    """A tiny cohort in its own cache, and per-stage counts its test split can supply."""
+    root = tmp_path_factory.mktemp("experiment")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SLEEPVLM_CACHE", str(root / "cache"))
+        mp.setitem(COHORT_SIZES, "tiny", CohortSize(subjects=3, hours=0.75))
+        prepared = prepare_dataset(DATASET, cohort_size="tiny")
+        available = prepared.manifest.query("split == 'test'")["stage"].value_counts()
+        counts = {s: int(min(3, available.get(s, 0))) for s in STAGES}
+        yield {"root": root, "prepared": prepared, "counts": counts}
+
+
+def _run(cohort, modality, model, **kwargs):
+    kwargs.setdefault("results_dir", cohort["root"] / "results")
+    return experiment.run_experiment(
+        DATASET, modality, "plain", model, cohort_size="tiny", counts=cohort["counts"], **kwargs
+    )
+
+
+@pytest.mark.parametrize("modality", ["image", "text", "sequence"])
+def test_each_modality_runs_end_to_end_and_writes_a_record(cohort, modality):
+    record, frame = _run(cohort, modality, "chance")
+    n = sum(cohort["counts"].values())
+    assert record["n"] == len(frame) == n and record["modality"] == modality
+    assert record["data"] == "simulated" and record["backend"] == "local"
+    assert len(record["prompt_hash"]) == 64 and record["manifest_hash"]
+    assert record["decoding"] == {"temperature": 0}
+    assert frame["stage"].value_counts().to_dict() == {
+        s: c for s, c in cohort["counts"].items() if c
+    }
+    assert record["metrics"]["accuracy"] == pytest.approx(frame["correct"].mean())
+    written = read_results(cohort["root"] / "results")
+    assert ((written["modality"] == modality) & (written["model"] == "chance")).sum() == 1
+
+
+def test_a_rerun_replays_every_answer_without_a_call(cohort):
+    first, a = _run(cohort, "text", "majority")
+    again, b = _run(cohort, "text", "majority")
+    assert again["run"]["called"] == 0 and again["run"]["cached"] == len(b)
+    assert b["cached"].all() and a["answer"].tolist() == b["answer"].tolist()
+    assert again["metrics"] == first["metrics"]
+
+
+def test_answers_without_a_label_stay_in_the_denominator(cohort):
+    def mumbling(messages):
+        # a stage for every other request, prose without a label for the rest
+        return "N2" if len(json.dumps(messages)) % 2 else "I would need more context."
+
+    register_local_model("mumbling", mumbling, replace=True)
+    registry = load_registry() | {
+        "mumbling": ModelSpec("mumbling", "local", "mumbling", ("text",), role="floor")
+    }
+    record, frame = _run(cohort, "text", "mumbling", registry=registry, results_dir=None)
+    invalid = (frame["prediction"] == INVALID).sum()
+    assert 0 < invalid < len(frame)
+    assert record["invalid"] == invalid and record["parse_rate"] == 1 - invalid / len(frame)
+    n2 = ((frame["prediction"] == "N2") & (frame["stage"] == "N2")).sum()
+    assert record["metrics"]["accuracy"] == pytest.approx(n2 / len(frame))
+
+
+def test_served_answers_equal_in_process_answers(cohort):
+    with running_server() as server:
+        for model in ("chance", "rule-reader"):
+            _, local = _run(cohort, "text", model, results_dir=None)
+            record, served = _run(cohort, "text", model, base_url=server.url, results_dir=None)
+            assert record["backend"] == "openai_compatible" and record["run"]["called"] > 0
+            assert served["answer"].tolist() == local["answer"].tolist()
+        assert server.hits > 0
+
+
+def test_a_key_from_the_environment_is_never_written(cohort, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", FAKE_KEY)
+    with running_server() as server:
+        record, _ = _run(
+            cohort, "image", "chance", base_url=server.url, api_key_env="OPENAI_API_KEY"
+        )
+    assert record["run"]["called"] > 0
+    written = [
+        p for p in cohort["root"].rglob("*") if p.suffix in (".json", ".jsonl", ".csv", ".pkl")
+    ]
+    assert any(p.suffix == ".jsonl" for p in written)
+    for path in written:
+        content = path.read_bytes().decode("utf-8", errors="ignore")
+        assert FAKE_KEY not in content and not KEY_PATTERN.search(content), path
+
+
+def test_unknown_models_and_wrong_modalities_are_explained(cohort):
+    with pytest.raises(experiment.ExperimentError, match="not in the registry"):
+        _run(cohort, "text", "no-such-model")
+    with pytest.raises(experiment.ExperimentError, match="not 'image'"):
+        _run(cohort, "image", "rule-reader")
+    with pytest.raises(experiment.ExperimentError, match="ChatTS inputs carry arrays"):
+        _run(cohort, "sequence", "chatts-14b")
+
+
+def test_chance_floor_of_a_balanced_set():
+    floor = experiment.chance_floor({s: 100 for s in STAGES})
+    assert floor.loc["uniform guess", "accuracy"] == pytest.approx(0.2)
+    assert floor.loc["uniform guess", "macro_f1"] == pytest.approx(0.2)
+    assert floor.loc["uniform guess", "kappa"] == pytest.approx(0.0)
+    always = floor.loc["always W"]
+    assert always["accuracy"] == pytest.approx(0.2)
+    assert always["macro_f1"] == pytest.approx(2 * 0.2 / 1.2 / 5)
+    uneven = experiment.chance_floor({"W": 10, "N1": 10, "N2": 30, "N3": 10, "REM": 40})
+    assert uneven.loc["always REM", "accuracy"] == pytest.approx(0.4)
+
+
+def test_lists_come_from_papermill_text_or_lists():
+    assert experiment.as_list('["gpt-4o", "chance"]') == ["gpt-4o", "chance"]
+    assert experiment.as_list("chance, majority") == ["chance", "majority"]
+    assert experiment.as_list(("a",)) == ["a"] and experiment.as_list(None) == []
+
+
+def test_store_rows_point_at_the_sampled_epochs(cohort):
+    prepared = cohort["prepared"]
+    sample = prepared.manifest.query("split == 'test'").sample(5, random_state=0)
+    rows = experiment.store_rows(prepared, sample.reset_index(drop=True))
+    stored = prepared.store.manifest().iloc[rows]
+    assert np.array_equal(stored["epoch"].to_numpy(), sample["epoch"].to_numpy())
