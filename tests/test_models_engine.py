@@ -270,3 +270,16 @@ def test_summary_counts_tokens_and_cost():
     assert summary.new_cost_usd == pytest.approx(0.001)
     rs[1].cost_usd = None
     assert summarize(rs).cost_usd is None
+
+
+def test_blocking_run_works_inside_a_running_event_loop(tmp_path):
+    """A notebook kernel already runs an event loop; the blocking call must still work there."""
+
+    async def notebook_cell(server):
+        return make_engine(server, tmp_path / "r.jsonl").run(requests(3))
+
+    with running_server() as server:
+        answers = asyncio.run(notebook_cell(server))
+        assert server.hits == 3
+    assert [r.request_id for r in answers] == ["epoch-0", "epoch-1", "epoch-2"]
+    assert all(r.ok for r in answers)

@@ -14,6 +14,7 @@ import asyncio
 import random
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -154,8 +155,14 @@ class Engine:
         return response_key(self.model, request.prompt_hash, request.input_hash, self.decoding)
 
     def run(self, requests: Sequence[ChatRequest]) -> list[Response]:
-        """Blocking :meth:`arun` (from plain scripts; in a running loop use ``await arun``)."""
-        return asyncio.run(self.arun(requests))
+        """Blocking :meth:`arun`, callable from plain scripts and from a notebook, whose kernel
+        already runs an event loop in this thread (then the run gets a thread of its own)."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(self.arun(requests))
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            return pool.submit(asyncio.run, self.arun(requests)).result()
 
     async def arun(self, requests: Sequence[ChatRequest]) -> list[Response]:
         """One response per request, in order; stored answers are reused, not asked again."""
