@@ -15,8 +15,8 @@ import pandas as pd
 from .channels import pick_roles
 from .edf import looks_like_volts, require_file
 from .hypnogram import align_hypnogram, annotations_to_epochs, encode_stages, map_stages, runs
-from .records import EPOCH_S, CorruptFileError, DataError, Recording, file_sha256
-from .sidecar import attach_sidecars, write_sidecars
+from .records import EPOCH_S, CorruptFileError, DataError, Recording
+from .sidecar import loaded_recording, write_sidecars
 
 DATASET = "dcsm"
 LINE_FREQ = 50.0
@@ -93,7 +93,8 @@ def load_dcsm(
     labels, unknown = map_stages(codes, DATASET, str(ids_path))
     duration = min(len(signals[c]) / sfreq[c] for c in signals)
     labels, offset = align_hypnogram(labels, duration, offset, str(ids_path))
-    rec = Recording(
+    return loaded_recording(
+        psg_path,
         dataset=DATASET,
         subject=folder.name,
         night="1",
@@ -102,12 +103,9 @@ def load_dcsm(
         stages=labels,
         roles=roles,
         hypnogram_offset=offset,
-        source=str(psg_path),
-        source_hash=file_sha256(psg_path),
         line_freq=LINE_FREQ,
         unknown_codes=unknown,
     )
-    return attach_sidecars(rec, psg_path)
 
 
 def _number(x: float) -> str:

@@ -12,8 +12,8 @@ import numpy as np
 
 from .edf import open_edf, read_roles, require_file, write_edf
 from .hypnogram import align_hypnogram, encode_stages, map_stages
-from .records import DataError, Recording, file_sha256
-from .sidecar import attach_sidecars, write_sidecars
+from .records import DataError, Recording
+from .sidecar import loaded_recording, write_sidecars
 
 DATASET = "isruc"
 LINE_FREQ = 50.0
@@ -77,7 +77,8 @@ def load_isruc(
         hypnograms.append(align_hypnogram(labels, duration, 0.0, str(path))[0])
         unknown.append(counts)
     subject, night = subject_and_night(rec_path)
-    rec = Recording(
+    return loaded_recording(
+        rec_path,
         dataset=DATASET,
         subject=subject,
         night=night,
@@ -85,13 +86,10 @@ def load_isruc(
         sfreq=sfreq,
         stages=hypnograms[0],
         roles=roles,
-        source=str(rec_path),
-        source_hash=file_sha256(rec_path),
         line_freq=LINE_FREQ,
         other_scorers={f"scorer{i}": h for i, h in enumerate(hypnograms[1:], start=2)},
         unknown_codes=unknown[0],
     )
-    return attach_sidecars(rec, rec_path)
 
 
 def write_scorer(path: Path, labels: np.ndarray, source: str) -> Path:

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from .edf import edf_annotations, hypnogram_shift, open_edf, read_roles, write_edf
 from .hypnogram import align_hypnogram, annotations_to_epochs, encode_stages, map_stages
-from .records import EPOCH_S, DataError, Recording, file_sha256
-from .sidecar import attach_sidecars, write_sidecars
+from .records import EPOCH_S, DataError, Recording
+from .sidecar import loaded_recording, write_sidecars
 
 DATASET = "mass"
 LINE_FREQ = 60.0
@@ -52,7 +52,8 @@ def load_mass(
     duration = min(len(signals[c]) / sfreq[c] for c in signals)
     offset += hypnogram_shift(psg, base)
     labels, offset = align_hypnogram(labels, duration, offset, str(base_path))
-    rec = Recording(
+    return loaded_recording(
+        psg_path,
         dataset=DATASET,
         subject=subject_of(psg_path),
         night="1",
@@ -61,12 +62,9 @@ def load_mass(
         stages=labels,
         roles=roles,
         hypnogram_offset=offset,
-        source=str(psg_path),
-        source_hash=file_sha256(psg_path),
         line_freq=LINE_FREQ,
         unknown_codes=unknown,
     )
-    return attach_sidecars(rec, psg_path)
 
 
 def mass_subject(rec: Recording) -> str:

@@ -14,8 +14,8 @@ from xml.sax.saxutils import escape
 
 from .edf import open_edf, read_roles, require_file, write_edf
 from .hypnogram import align_hypnogram, annotations_to_epochs, encode_stages, map_stages, runs
-from .records import EPOCH_S, CorruptFileError, DataError, Recording, file_sha256
-from .sidecar import attach_sidecars, write_sidecars
+from .records import EPOCH_S, CorruptFileError, DataError, Recording
+from .sidecar import loaded_recording, write_sidecars
 
 DATASET = "shhs"
 LINE_FREQ = 60.0
@@ -92,7 +92,8 @@ def load_shhs(
     duration = min(len(signals[c]) / sfreq[c] for c in signals)
     labels, offset = align_hypnogram(labels, duration, offset, str(xml_path))
     subject, night = subject_and_night(edf_path)
-    rec = Recording(
+    return loaded_recording(
+        edf_path,
         dataset=DATASET,
         subject=subject,
         night=night,
@@ -101,12 +102,9 @@ def load_shhs(
         stages=labels,
         roles=roles,
         hypnogram_offset=offset,
-        source=str(edf_path),
-        source_hash=file_sha256(edf_path),
         line_freq=LINE_FREQ,
         unknown_codes=unknown,
     )
-    return attach_sidecars(rec, edf_path)
 
 
 def _element(tag: str, value: object) -> str:

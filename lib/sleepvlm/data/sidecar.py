@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .records import EVENT_COLUMNS, CorruptFileError, Recording
+from .records import EVENT_COLUMNS, CorruptFileError, Recording, file_sha256
 
 #: Column of the truth file with the true stage; loaders put it in ``other_scorers["truth"]``.
 TRUTH = "truth"
@@ -71,3 +71,10 @@ def attach_sidecars(rec: Recording, signal_path: str | Path) -> Recording:
         rec.other_scorers.update(read_truth(truth_path))
         rec.simulated = True
     return rec
+
+
+def loaded_recording(signal_path: str | Path, **fields) -> Recording:
+    """The :class:`Recording` a loader read from ``signal_path``: the file and its SHA-256 as
+    source, and the ground-truth sidecars beside it attached when there are any."""
+    rec = Recording(source=str(signal_path), source_hash=file_sha256(signal_path), **fields)
+    return attach_sidecars(rec, signal_path)

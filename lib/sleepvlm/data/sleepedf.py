@@ -9,8 +9,8 @@ from pathlib import Path
 
 from .edf import edf_annotations, hypnogram_shift, open_edf, read_roles, write_edf
 from .hypnogram import align_hypnogram, annotations_to_epochs, encode_stages, map_stages, runs
-from .records import EPOCH_S, DataError, Recording, file_sha256
-from .sidecar import attach_sidecars, write_sidecars
+from .records import EPOCH_S, DataError, Recording
+from .sidecar import loaded_recording, write_sidecars
 
 DATASET = "sleepedf"
 LINE_FREQ = 50.0
@@ -44,7 +44,8 @@ def load_sleepedf(
     offset += hypnogram_shift(psg, hypnogram)
     labels, offset = align_hypnogram(labels, duration, offset, str(hypnogram_path))
     subject, night = subject_and_night(psg_path)
-    rec = Recording(
+    return loaded_recording(
+        psg_path,
         dataset=DATASET,
         subject=subject,
         night=night,
@@ -53,12 +54,9 @@ def load_sleepedf(
         stages=labels,
         roles=roles,
         hypnogram_offset=offset,
-        source=str(psg_path),
-        source_hash=file_sha256(psg_path),
         line_freq=LINE_FREQ,
         unknown_codes=unknown,
     )
-    return attach_sidecars(rec, psg_path)
 
 
 def file_stem(rec: Recording) -> str:
