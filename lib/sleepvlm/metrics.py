@@ -54,7 +54,7 @@ INVALID = "invalid"
 PRED_LABELS: tuple[str, ...] = (*STAGES, INVALID)
 SUMMARY_METRICS = ("accuracy", "macro_f1", "macro_recall", "kappa")
 DATA_KINDS = ("simulated", "real")
-MODALITIES = ("image", "text", "sequence")
+MODALITIES = ("image", "text", "sequence", "signal")  # signal: supervised baselines
 
 
 class MetricsError(DataError):
