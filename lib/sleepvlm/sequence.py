@@ -34,6 +34,7 @@ from scipy import signal as sps
 from scipy import stats
 
 from sleepvlm.data.records import EPOCH_S, ROLES, DataError
+from sleepvlm.rules.table import BANDS as RULE_BANDS
 from sleepvlm.signal import EPOCH_SAMPLES, FLAT_PTP_UV, TARGET_SFREQ
 
 #: Rates (Hz) offered by default, highest first; each divides :data:`TARGET_SFREQ`.
@@ -53,14 +54,8 @@ SYMBOL_RANGE_UV: dict[str, float] = {"eeg": 200.0, "eog": 300.0, "emg": 50.0}
 SYMBOL_SCALE_UV: dict[str, float] = {"eeg": 25.0, "eog": 25.0, "emg": 5.0}
 #: Bin kinds of the symbolic encoding.
 BIN_KINDS: tuple[str, ...] = ("uniform", "gaussian")
-#: AASM frequency bands (Hz) whose power :func:`information_kept` compares.
-AASM_BANDS: dict[str, tuple[float, float]] = {
-    "delta": (0.5, 2.0),
-    "theta": (4.0, 7.0),
-    "alpha": (8.0, 12.0),
-    "sigma": (11.0, 16.0),
-    "beta": (16.0, 30.0),
-}
+#: Frequency bands (Hz) whose power :func:`information_kept` compares: the rule table's.
+AASM_BANDS: dict[str, tuple[float, float]] = RULE_BANDS
 #: Tokenizer families of :func:`count_tokens` and the models that use them.
 TOKENIZER_FAMILIES: dict[str, str] = {
     "single_digit": "Qwen2 / Qwen2.5 (ChatTS-14B's base, Qwen2.5-VL): one token per digit",

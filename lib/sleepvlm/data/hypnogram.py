@@ -58,27 +58,20 @@ STAGE_TABLES: dict[str, dict[str, str]] = {
     "shhs_profusion": _PROFUSION,
 }
 
+_RK_EDF_WRITE = {
+    "W": "Sleep stage W",
+    "N1": "Sleep stage 1",
+    "N2": "Sleep stage 2",
+    "N3": "Sleep stage 3",
+    "REM": "Sleep stage R",
+    UNKNOWN: "Sleep stage ?",
+}
+
 #: Label → code each writer uses (N3 as R&K stage 3 where the format is R&K).
 WRITE_CODES: dict[str, dict[str, str]] = {
-    "sleepedf": {
-        "W": "Sleep stage W",
-        "N1": "Sleep stage 1",
-        "N2": "Sleep stage 2",
-        "N3": "Sleep stage 3",
-        "REM": "Sleep stage R",
-        UNKNOWN: "Sleep stage ?",
-        MOVEMENT: "Movement time",
-    },
+    "sleepedf": {**_RK_EDF_WRITE, MOVEMENT: "Movement time"},
     # MASS has no movement code; movement is written as unscored.
-    "mass": {
-        "W": "Sleep stage W",
-        "N1": "Sleep stage 1",
-        "N2": "Sleep stage 2",
-        "N3": "Sleep stage 3",
-        "REM": "Sleep stage R",
-        UNKNOWN: "Sleep stage ?",
-        MOVEMENT: "Sleep stage ?",
-    },
+    "mass": {**_RK_EDF_WRITE, MOVEMENT: "Sleep stage ?"},
     # DCSM has no movement code; movement is written as UNKNOWN.
     "dcsm": {
         "W": "W",
