@@ -80,6 +80,8 @@ def _write(tmp_path, entries):
         ({"backend": "openai", "model_id": "m", "api_key_env": "sk-abc123"}, "not hold a key"),
         ({"backend": "local", "model_id": "m", "api_key": "x"}, "unknown fields"),
         ({"backend": "local", "model_id": "m", "role": "oracle"}, "role"),
+        ({"backend": "local", "model_id": "m", "image": {"dpi": 300}}, "image takes"),
+        ({"backend": "local", "model_id": "m", "image": {"width": "wide"}}, "image takes"),
     ],
 )
 def test_bad_registry_entries_are_refused(tmp_path, entry, message):

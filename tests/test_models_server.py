@@ -1,8 +1,10 @@
-"""Tests of the embedded chat-completions server and the local models it serves."""
+"""Tests of the embedded chat-completions server and the local models it serves, ChatTS
+time-series parts included."""
 
 import subprocess
 import sys
 
+import numpy as np
 import openai
 import pytest
 
@@ -11,6 +13,7 @@ from sleepvlm.models import (
     Engine,
     Faults,
     ModelError,
+    ModelSpec,
     get_model,
     local_model_names,
     majority_model,
@@ -19,7 +22,7 @@ from sleepvlm.models import (
     user_request,
 )
 from sleepvlm.models.local import chance
-from sleepvlm.models.messages import to_openai_messages
+from sleepvlm.models.messages import to_openai_messages, wire_timeseries
 
 
 @pytest.fixture(scope="module")
@@ -117,3 +120,51 @@ def test_fault_script_is_validated_and_latency_applied():
         assert info.value.response.headers["retry-after"] == "0.05"
         assert info.value.response.elapsed.total_seconds() >= 0.2
         assert server.hits == 1
+
+
+def test_chatts_series_reach_a_served_model_intact_over_http(tmp_path):
+    received = []
+
+    def series_reader(messages):
+        received.append(wire_timeseries(messages))
+        return "N2"
+
+    register_local_model("series-reader", series_reader, replace=True)
+    series = np.random.default_rng(3).normal(0, 40, (3, 1000)) / 7  # long decimals
+    text = "EEG: <ts><ts/>; EOG: <ts><ts/>; EMG: <ts><ts/>. Stage?"
+    request = user_request(text, system="Score sleep.", timeseries=series, id="e1")
+    with running_server() as server:
+        spec = ModelSpec(
+            name="chatts-like",
+            backend="openai_compatible",
+            model_id="series-reader",
+            base_url=server.url,
+            modalities=("sequence",),
+            role="ts-llm",
+        )
+        [response] = Engine(spec, tmp_path / "r.jsonl", progress=False).run([request])
+        assert response.ok and response.text == "N2" and server.hits == 1
+        # in-process, the same callable sees the same series
+        local = spec.replace(backend="local", base_url=None)
+        [in_process] = Engine(local, tmp_path / "l.jsonl", progress=False).run([request])
+    assert in_process.text == "N2" and len(received) == 2
+    for seen in received:
+        assert np.array_equal(np.array(seen), series)  # every float, bit for bit
+
+
+def test_a_malformed_timeseries_part_is_a_400_not_a_model_call():
+    register_local_model("series-counter", lambda m: str(len(wire_timeseries(m))), replace=True)
+    bad = {"type": "timeseries", "timeseries": {"data": "file:///etc/passwd"}}
+    with running_server() as server:
+        client = openai.OpenAI(api_key="unused", base_url=server.url, max_retries=0)
+        with pytest.raises(
+            openai.BadRequestError, match="timeseries part must hold its values inline"
+        ):
+            client.chat.completions.create(
+                model="series-counter", messages=[{"role": "user", "content": [bad]}]
+            )
+        good = {"type": "timeseries", "timeseries": {"data": [1, 2.5]}}
+        reply = client.chat.completions.create(
+            model="series-counter", messages=[{"role": "user", "content": [good, good]}]
+        )
+    assert reply.choices[0].message.content == "2"

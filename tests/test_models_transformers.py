@@ -1,15 +1,46 @@
-"""Tests of the local transformers backend. The generation test builds a tiny random model
-and tokenizer on disk (no download) and is skipped while transformers is not installed."""
+"""Tests of the local transformers backend on tiny random models built on disk (no download):
+a text-only Llama and a Qwen2-VL / Qwen2.5-VL that reads an epoch image, through the engine
+on the CPU."""
 
 import importlib.util
+import json
 
+import numpy as np
 import pytest
 
 from sleepvlm.models import Engine, ModelError, ModelSpec, user_request
-from sleepvlm.models.backends import TransformersBackend, to_hf_messages
+from sleepvlm.models.backends import TransformersBackend, load_processor, to_hf_messages
+from sleepvlm.models.tiny import TINY_MAX_PIXELS, build_tiny_text_model, build_tiny_vlm
+from sleepvlm.render import render_png
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 16
-HAS_TRANSFORMERS = importlib.util.find_spec("transformers") is not None
+
+
+@pytest.fixture(scope="module")
+def text_model(tmp_path_factory):
+    return build_tiny_text_model(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="module")
+def vlm(tmp_path_factory):
+    return build_tiny_vlm(tmp_path_factory.mktemp("tiny-qwen2-vl"))
+
+
+@pytest.fixture(scope="module")
+def epoch_png():
+    """A 448 x 224 epoch image of random signals, as the image experiments send."""
+    epoch = np.random.default_rng(0).normal(0, 20, (3, 3000))
+    return render_png(epoch)
+
+
+def _spec(folder, max_tokens=4):
+    return ModelSpec(
+        name="tiny",
+        backend="transformers",
+        model_id=str(folder),
+        modalities=("image", "text"),
+        decoding={"temperature": 0, "max_tokens": max_tokens},
+    )
 
 
 def test_hf_messages_put_one_image_placeholder_per_image_before_the_text():
@@ -25,66 +56,99 @@ def test_hf_messages_put_one_image_placeholder_per_image_before_the_text():
     assert text_only == [{"role": "user", "content": "Stage?"}]
 
 
-@pytest.mark.skipif(HAS_TRANSFORMERS, reason="transformers is installed")
-def test_missing_transformers_is_a_clear_error(tmp_path):
+def test_missing_transformers_is_a_clear_error(tmp_path, monkeypatch):
+    find_spec = importlib.util.find_spec
+
+    def without_transformers(name, *args, **kwargs):
+        return None if name == "transformers" else find_spec(name, *args, **kwargs)
+
+    monkeypatch.setattr(importlib.util, "find_spec", without_transformers)
     spec = ModelSpec(name="local-vlm", backend="transformers", model_id=str(tmp_path))
-    with pytest.raises(ModelError, match="needs .*transformers: pip install"):
-        Engine(spec, tmp_path / "r.jsonl", progress=False).run([user_request("x")])
-    with pytest.raises(ModelError, match="needs .*transformers"):
+    responses = Engine(spec, tmp_path / "r.jsonl", progress=False)
+    with pytest.raises(ModelError, match="needs transformers: pip install"):
+        responses.run([user_request("x")])
+    with pytest.raises(ModelError, match="needs transformers"):
         TransformersBackend(str(tmp_path))
 
 
-@pytest.fixture
-def tiny_model_dir(tmp_path):
-    """A 2-layer random Llama with a word-level tokenizer and a chat template."""
-    tokenizers = pytest.importorskip("tokenizers")
-    transformers = pytest.importorskip("transformers")
-    words = ["<pad>", "<unk>", "<s>", "</s>", "user", "assistant", "system", "W", "N1", "N2"]
-    words += ["N3", "REM", "Stage?", ":"]
-    tokenizer = tokenizers.Tokenizer(
-        tokenizers.models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>")
-    )
-    tokenizer.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
-    fast = transformers.PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer,
-        unk_token="<unk>",
-        pad_token="<pad>",
-        bos_token="<s>",
-        eos_token="</s>",
-    )
-    fast.chat_template = (
-        "{% for m in messages %}{{ m['role'] }} : {{ m['content'] }} {% endfor %}"
-        "{% if add_generation_prompt %}assistant : {% endif %}"
-    )
-    config = transformers.LlamaConfig(
-        vocab_size=len(words),
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        bos_token_id=2,
-        eos_token_id=3,
-        pad_token_id=0,
-    )
-    transformers.set_seed(0)
-    transformers.LlamaForCausalLM(config).save_pretrained(tmp_path / "tiny")
-    fast.save_pretrained(tmp_path / "tiny")
-    return tmp_path / "tiny"
-
-
-@pytest.mark.skipif(not HAS_TRANSFORMERS, reason="transformers is not installed")
-def test_transformers_backend_generates_greedily_on_cpu(tiny_model_dir, tmp_path):
-    spec = ModelSpec(
-        name="tiny",
-        backend="transformers",
-        model_id=str(tiny_model_dir),
-        decoding={"temperature": 0, "max_tokens": 4},
-    )
+def test_transformers_backend_generates_greedily_on_cpu(text_model, tmp_path):
     requests = [user_request("Stage?", system="N2"), user_request("Stage? W")]
-    first = Engine(spec, tmp_path / "a.jsonl", device="cpu", progress=False).run(requests)
-    again = Engine(spec, tmp_path / "b.jsonl", device="cpu", progress=False).run(requests)
+    first = Engine(_spec(text_model), tmp_path / "a.jsonl", device="cpu", progress=False)
+    again = Engine(_spec(text_model), tmp_path / "b.jsonl", device="cpu", progress=False)
+    first, again = first.run(requests), again.run(requests)
     assert all(r.ok and isinstance(r.text, str) for r in first)
     assert [r.text for r in first] == [r.text for r in again]  # greedy: deterministic
     assert all(0 < r.completion_tokens <= 4 and r.prompt_tokens > 0 for r in first)
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl"])
+def test_tiny_vlm_folder_loads_like_a_checkpoint(tmp_path, family):
+    folder = build_tiny_vlm(tmp_path / family, family=family)
+    config = json.loads((folder / "config.json").read_text())
+    assert config["model_type"] == family and config["vision_config"]["depth"] == 1
+    processor = load_processor(str(folder))
+    assert processor.image_processor.size["longest_edge"] == TINY_MAX_PIXELS
+    prompt = processor.apply_chat_template(
+        to_hf_messages(user_request("Stage?", images=(PNG,)).messages, multimodal=True),
+        add_generation_prompt=True,
+        tokenize=False,
+    )
+    assert prompt == (
+        "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>Stage?<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
+
+
+def test_vlm_reads_an_epoch_image_and_answers_deterministically(vlm, epoch_png, tmp_path):
+    request = user_request("Stage?", images=(epoch_png,), system="Score sleep.")
+    answers = [
+        Engine(_spec(vlm, 5), tmp_path / f"{i}.jsonl", device="cpu", progress=False).run([request])[
+            0
+        ]
+        for i in range(2)
+    ]
+    assert all(a.ok and a.error is None for a in answers)
+    assert answers[0].text == answers[1].text and answers[0].text.strip()
+    # The 448 x 224 image shrinks to 112 x 56 pixels: 8 x 4 patches, 8 tokens after the merge.
+    text_only = Engine(_spec(vlm, 5), tmp_path / "t.jsonl", device="cpu", progress=False)
+    no_image = text_only.run([user_request("Stage?", system="Score sleep.")])[0]
+    assert answers[0].prompt_tokens - no_image.prompt_tokens == 8 + 2  # + vision start/end
+    assert 0 < answers[0].completion_tokens <= 5
+
+
+def test_vlm_answer_depends_on_the_image(vlm, epoch_png):
+    import asyncio
+
+    backend = TransformersBackend(str(vlm), device="cpu")
+    flat = render_png(np.zeros((3, 3000)))
+    decoding = {"temperature": 0, "max_tokens": 6}
+
+    async def answer(png):
+        completion = await backend.complete(
+            user_request("Stage?", images=(png,)).messages, decoding, 60
+        )
+        return completion.text
+
+    assert asyncio.run(answer(epoch_png)) != asyncio.run(answer(flat))
+
+
+def test_time_series_are_refused_with_advice(text_model):
+    import asyncio
+
+    backend = TransformersBackend(str(text_model), device="cpu")
+    messages = user_request("EEG: <ts><ts/>", timeseries=[[1.0, 2.0]]).messages
+    with pytest.raises(ModelError, match="sends no time series"):
+        asyncio.run(backend.complete(messages, {"temperature": 0}, 60))
+
+
+def test_a_missing_model_folder_is_a_clear_error(tmp_path):
+    import asyncio
+
+    backend = TransformersBackend(str(tmp_path / "nowhere"), device="cpu")
+    with pytest.raises(ModelError, match="cannot load a model"):
+        asyncio.run(backend.complete(user_request("x").messages, {"temperature": 0}, 60))
+
+
+def test_unknown_tiny_family_is_refused(tmp_path):
+    with pytest.raises(ModelError, match="not one of"):
+        build_tiny_vlm(tmp_path, family="llava")

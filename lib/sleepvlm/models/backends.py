@@ -147,7 +147,8 @@ class TransformersBackend:
     """A local Hugging Face model folder (or hub id already in the local cache), greedy when
     temperature is 0. ``torch`` and ``transformers`` are imported on first use; generation runs
     one request at a time in a worker thread and cannot be interrupted, so the engine's
-    per-request timeout does not apply to it."""
+    per-request timeout does not apply to it. Vision-language models get every input their
+    processor makes (pixel values, grid sizes, Qwen2-VL's ``mm_token_type_ids``...)."""
 
     def __init__(self, model_dir: str, device: str = "auto"):
         missing = [m for m in ("torch", "transformers") if importlib.util.find_spec(m) is None]
@@ -169,14 +170,14 @@ class TransformersBackend:
         device = self.device
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        processor = transformers.AutoProcessor.from_pretrained(self.model_dir)
         try:
-            model_class = transformers.AutoModelForImageTextToText
-            model = model_class.from_pretrained(self.model_dir, torch_dtype="auto")
-        except ValueError:
-            model = transformers.AutoModelForCausalLM.from_pretrained(
-                self.model_dir, torch_dtype="auto"
-            )
+            model = _load_model(transformers, self.model_dir)
+            processor = load_processor(self.model_dir)
+        except (OSError, ValueError) as err:
+            raise ModelError(
+                f"{self.model_dir}: cannot load a model from it ({err}); give the folder of a "
+                "saved model (config, weights, tokenizer or processor)"
+            ) from err
         self._model = model.to(device).eval()
         self._processor = processor
 
@@ -184,6 +185,11 @@ class TransformersBackend:
         import torch
         from PIL import Image
 
+        if any(m.timeseries for m in messages):
+            raise ModelError(
+                f"{self.model_dir}: the transformers backend sends no time series; serve a "
+                "time-series model (ChatTS) behind an OpenAI-compatible server instead"
+            )
         if self._model is None:
             self._load()
         processor, model = self._processor, self._model
@@ -230,6 +236,48 @@ class TransformersBackend:
 
     async def aclose(self) -> None:
         return None
+
+
+def _load_model(transformers, model_dir: str):
+    """The vision-language model in ``model_dir``, or its causal language model."""
+    try:
+        return transformers.AutoModelForImageTextToText.from_pretrained(model_dir, dtype="auto")
+    except ValueError:  # not a vision-language architecture
+        return transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype="auto")
+
+
+def load_processor(model_dir: str):
+    """``AutoProcessor`` of ``model_dir``; where torchvision is missing, processors that also
+    take videos (Qwen2-VL, Qwen2.5-VL: their video processors need torchvision, whose PyPI
+    wheels need the CUDA build of torch) load without their video part (:func:`image_only`):
+    the harness sends images only."""
+    import transformers
+    from transformers.models.auto.processing_auto import PROCESSOR_MAPPING
+
+    if importlib.util.find_spec("torchvision") is None:
+        config = transformers.AutoConfig.from_pretrained(model_dir)
+        processor_class = PROCESSOR_MAPPING.get(type(config), None)
+        if processor_class is not None and "video_processor" in processor_class.get_attributes():
+            return image_only(processor_class).from_pretrained(model_dir)
+    return transformers.AutoProcessor.from_pretrained(model_dir)
+
+
+def image_only(processor_class: type) -> type:
+    """``processor_class`` without its video processor. A processor's parts are the arguments
+    of its ``__init__``, so a subclass whose ``__init__`` has no ``video_processor`` neither
+    loads nor checks one; it keeps the class name, so it saves as the original."""
+
+    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+        processor_class.__init__(
+            self,
+            image_processor=image_processor,
+            tokenizer=tokenizer,
+            video_processor=None,
+            chat_template=chat_template,
+            **kwargs,
+        )
+
+    return type(processor_class.__name__, (processor_class,), {"__init__": __init__})
 
 
 def to_hf_messages(messages: tuple[Message, ...], multimodal: bool) -> list[dict]:

@@ -19,7 +19,9 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from tqdm.auto import tqdm
+# The plain text bar: tqdm.auto picks the widget bar in notebooks, which warns
+# "IProgress not found" where ipywidgets is absent (executed chapters).
+from tqdm.std import tqdm
 
 from ..cache import library_hash
 from .backends import Backend, Completion, make_backend

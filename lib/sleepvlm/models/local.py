@@ -1,4 +1,5 @@
-"""Local "models": Python callables that take chat-completions messages and return the answer
+"""Local "models": Python callables that take chat-completions messages (text, image and ChatTS
+time-series parts, as sent: see :mod:`sleepvlm.models.messages`) and return the answer
 text. They run in-process (backend ``local``) or behind ``sleepvlm serve``; both paths call the
 same function on the same messages, so they give the same answers.
 

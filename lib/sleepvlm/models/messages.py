@@ -1,12 +1,15 @@
-"""Model-agnostic chat requests: messages of text with optional images, their OpenAI wire
-form, and the hashes that key every stored response."""
+"""Model-agnostic chat requests: messages of text with optional images or time series, their
+OpenAI wire form, and the hashes that key every stored response."""
 
 from __future__ import annotations
 
+import array
 import base64
 import binascii
 import hashlib
 import json
+import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from .errors import ModelError
@@ -14,16 +17,21 @@ from .errors import ModelError
 ROLES = ("system", "user", "assistant")
 #: File signatures of the image formats every backend accepts.
 _IMAGE_SIGNATURES = {b"\x89PNG\r\n\x1a\n": "image/png", b"\xff\xd8\xff": "image/jpeg"}
+#: Where each series goes in the text of a ChatTS turn (one per series, in order).
+TS_PLACEHOLDER = "<ts><ts/>"
 
 
 @dataclass(frozen=True)
 class Message:
     """One chat turn: text and, for vision models, encoded images (PNG or JPEG bytes) shown
-    before the text."""
+    before the text; for time-series models (ChatTS), ``timeseries``: one sequence of floats
+    per :data:`TS_PLACEHOLDER` in the text, in order (any iterables of numbers, e.g. numpy
+    arrays, kept as tuples of floats so that a message stays hashable)."""
 
     role: str
     text: str
     images: tuple[bytes, ...] = ()
+    timeseries: tuple[tuple[float, ...], ...] = ()
 
     def __post_init__(self):
         if self.role not in ROLES:
@@ -31,6 +39,29 @@ class Message:
         object.__setattr__(self, "images", tuple(self.images))
         for image in self.images:
             image_mime(image)
+        object.__setattr__(self, "timeseries", as_timeseries(self.timeseries))
+        placeholders = self.text.count(TS_PLACEHOLDER)
+        if self.timeseries and placeholders != len(self.timeseries):
+            raise ModelError(
+                f"{self.role} message has {len(self.timeseries)} time series but "
+                f"{placeholders} {TS_PLACEHOLDER} placeholders: write one per series, in order"
+            )
+
+
+def as_timeseries(series: Iterable[Iterable[float]]) -> tuple[tuple[float, ...], ...]:
+    """Series as tuples of finite floats; an empty or non-finite series is an error."""
+    converted = []
+    for i, values in enumerate(series):
+        try:
+            floats = tuple(float(v) for v in values)
+        except (TypeError, ValueError) as err:
+            raise ModelError(f"time series {i} is not a sequence of numbers: {err}") from err
+        if not floats or not all(math.isfinite(v) for v in floats):
+            raise ModelError(
+                f"time series {i} is empty or holds NaN/inf values: fill or drop them first"
+            )
+        converted.append(floats)
+    return tuple(converted)
 
 
 @dataclass(frozen=True)
@@ -58,11 +89,16 @@ class ChatRequest:
 
 
 def user_request(
-    text: str, images: tuple[bytes, ...] = (), system: str = "", id: str = "", prompt_hash=""
+    text: str,
+    images: tuple[bytes, ...] = (),
+    system: str = "",
+    id: str = "",
+    prompt_hash="",
+    timeseries: Iterable[Iterable[float]] = (),
 ) -> ChatRequest:
     """A request of one user turn, preceded by a system turn when ``system`` is given."""
     messages = [Message("system", system)] if system else []
-    messages.append(Message("user", text, tuple(images)))
+    messages.append(Message("user", text, tuple(images), timeseries))
     return ChatRequest(tuple(messages), id=id, prompt_hash=prompt_hash)
 
 
@@ -76,6 +112,13 @@ def hash_messages(messages: tuple[Message, ...]) -> str:
         digest.update(json.dumps([message.role, message.text, len(message.images)]).encode())
         for image in message.images:
             digest.update(hashlib.sha256(image).digest())
+        # Only turns with series add to the hash, so the keys of stored text and image
+        # answers stay as they were.
+        if message.timeseries:
+            digest.update(json.dumps(["timeseries", len(message.timeseries)]).encode())
+            for series in message.timeseries:
+                digest.update(json.dumps(len(series)).encode())
+                digest.update(array.array("d", series).tobytes())
     return digest.hexdigest()[:16]
 
 
@@ -90,10 +133,11 @@ def image_mime(image: bytes) -> str:
 
 
 def to_openai_messages(messages: tuple[Message, ...]) -> list[dict]:
-    """The chat-completions form: images as base64 data URLs before the turn's text."""
+    """The chat-completions form: images as base64 data URLs before the turn's text, time
+    series after it as ChatTS's server takes them (:func:`timeseries_part`)."""
     wire = []
     for message in messages:
-        if not message.images:
+        if not message.images and not message.timeseries:
             wire.append({"role": message.role, "content": message.text})
             continue
         parts = [
@@ -107,8 +151,22 @@ def to_openai_messages(messages: tuple[Message, ...]) -> list[dict]:
             for image in message.images
         ]
         parts.append({"type": "text", "text": message.text})
+        parts.extend(timeseries_part(series) for series in message.timeseries)
         wire.append({"role": message.role, "content": parts})
     return wire
+
+
+def timeseries_part(series: tuple[float, ...]) -> dict:
+    """One series as a content part of ChatTS's OpenAI-compatible vLLM server.
+
+    ChatTS's README ("OpenAI API Compatible Server") points to NetManAIOps/ChatTS issue #11:
+    serve with the ``timeseries`` branch of github.com/xiez22/vllm, whose
+    ``vllm/entrypoints/chat_utils.py`` (``ChatCompletionContentPartTimeSeriesParam``) takes
+    ``{"type": "timeseries", "timeseries": {"data": [floats]}}``, one part per series; each
+    fills the next ``<ts><ts/>`` of the prompt, as ``multi_modal_data["timeseries"]`` does
+    offline.
+    """
+    return {"type": "timeseries", "timeseries": {"data": list(series)}}
 
 
 def wire_text(messages: list[dict]) -> str:
@@ -142,6 +200,28 @@ def wire_images(messages: list[dict]) -> list[bytes]:
             except binascii.Error as err:
                 raise ModelError(f"image data URL is not valid base64: {err}") from err
     return images
+
+
+def wire_timeseries(messages: list[dict]) -> list[list[float]]:
+    """The time series of chat-completions messages (ChatTS parts), in order."""
+    found = []
+    for message in messages:
+        content = message.get("content")
+        if not isinstance(content, list):
+            continue
+        for part in content:
+            if part.get("type") != "timeseries":
+                continue
+            data = (part.get("timeseries") or {}).get("data")
+            if not isinstance(data, list) or not all(
+                isinstance(v, int | float) and not isinstance(v, bool) for v in data
+            ):
+                raise ModelError(
+                    "a timeseries part must hold its values inline as "
+                    '{"timeseries": {"data": [numbers]}}; URLs and nested lists are not read'
+                )
+            found.append([float(v) for v in data])
+    return found
 
 
 def hash_wire_messages(messages: list[dict]) -> str:

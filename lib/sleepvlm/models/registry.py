@@ -26,7 +26,10 @@ _FIELDS = {
     "api_key_env",
     "price",
     "role",
+    "image",
 }
+#: Image options a model may fix (those it was trained on); the rest keep the benchmark's.
+IMAGE_FIELDS = ("width", "height", "context")
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,7 @@ class ModelSpec:
     api_key_env: str | None = None
     price: dict | None = None
     role: str = "vlm"
+    image: dict | None = None  # image options the model needs (see IMAGE_FIELDS)
 
     def __post_init__(self):
         object.__setattr__(self, "modalities", tuple(self.modalities))
@@ -80,6 +84,12 @@ def _validate(spec: ModelSpec) -> None:
         raise RegistryError(
             f"{where}: api_key_env must name an environment variable, not hold a key"
         )
+    if spec.image is not None and (
+        not isinstance(spec.image, dict)
+        or set(spec.image) - set(IMAGE_FIELDS)
+        or any(not isinstance(v, int) for v in spec.image.values())
+    ):
+        raise RegistryError(f"{where}: image takes integer {', '.join(IMAGE_FIELDS)} only")
     if spec.price is not None:
         if set(spec.price) != {"input", "output"} or any(
             not isinstance(v, int | float) or v < 0 for v in spec.price.values()

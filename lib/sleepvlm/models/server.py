@@ -1,6 +1,7 @@
 """An embedded chat-completions server (``sleepvlm serve``) for the local models of
 :mod:`sleepvlm.models.local`: ``POST /v1/chat/completions`` and ``GET /v1/models``, so the
-OpenAI client, vLLM-style tooling and the engine reach them like any hosted model.
+OpenAI client, vLLM-style tooling and the engine reach them like any hosted model. Messages
+may carry images and ChatTS time-series parts; the models get them as sent.
 
 It can also misbehave on purpose (:class:`Faults`: latency, 429 with ``Retry-After``, 500s,
 stalls past the client's timeout, malformed answers), which is how the engine's retries and
@@ -21,7 +22,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from .errors import ModelError
 from .local import local_model, local_model_names, majority_model, register_local_model
-from .messages import hash_wire_messages
+from .messages import hash_wire_messages, wire_timeseries
 
 #: What a hit can be made to do: answer, or fail in one of the ways real servers fail.
 FAULT_KINDS = ("ok", "429", "500", "timeout", "malformed", "empty")
@@ -122,6 +123,13 @@ class _Handler(BaseHTTPRequestHandler):
             name, messages = body["model"], body["messages"]
         except (json.JSONDecodeError, KeyError, TypeError) as err:
             self._error(400, f"expected JSON with 'model' and 'messages': {err}", "invalid_request")
+            return
+        try:
+            # Time series (ChatTS's content parts) reach the model inline, as sent; a malformed
+            # part is the client's error, as on ChatTS's own server.
+            wire_timeseries(messages)
+        except (ModelError, AttributeError, TypeError) as err:
+            self._error(400, f"bad content part: {err}", "invalid_request")
             return
         if name not in local_model_names():
             self._error(404, f"model {name!r} not served; see GET /v1/models", "model_not_found")
