@@ -47,3 +47,10 @@ CHATTS_14B: dict[str, dict[str, float]] = {
     "shhs": {"accuracy": 18.95, "macro_f1": 18.33, "macro_recall": 20.53},
     "isruc": {"accuracy": 21.52, "macro_f1": 21.02, "macro_recall": 21.41},
 }
+
+#: SleepVLM, Cohen's kappa of its stages against the scorers': on the held-out subjects of the
+#: cohort it was trained on (MASS-SS1, within center) and on an external cohort it never saw
+#: (ZUAMHCS).
+SLEEPVLM_KAPPA: dict[str, float] = {"mass_ss1": 0.767, "zuamhcs": 0.743}
+#: The cohort SleepVLM was trained on (the within-center key of :data:`SLEEPVLM_KAPPA`).
+SLEEPVLM_TRAINED_ON = "mass_ss1"
