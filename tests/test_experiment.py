@@ -12,8 +12,10 @@ from sleepvlm.data.cohort import COHORT_SIZES, CohortSize
 from sleepvlm.data.records import STAGES
 from sleepvlm.metrics import INVALID, read_results
 from sleepvlm.models import ModelSpec, load_registry, register_local_model, running_server
+from sleepvlm.models.messages import TS_PLACEHOLDER, wire_timeseries
 from sleepvlm.models.secrets import KEY_PATTERN
 from sleepvlm.prepare import prepare_dataset
+from sleepvlm.sequence import SequenceConfig, encode_epoch
 
 DATASET = "dcsm"
 FAKE_KEY = "sk-" + "test-0123456789abcdefABCDEF"  # assembled: no key-like literal in git
@@ -111,8 +113,6 @@ def test_unknown_models_and_wrong_modalities_are_explained(cohort):
         _run(cohort, "text", "no-such-model")
     with pytest.raises(experiment.ExperimentError, match="not 'image'"):
         _run(cohort, "image", "rule-reader")
-    with pytest.raises(experiment.ExperimentError, match="ChatTS inputs carry arrays"):
-        _run(cohort, "sequence", "chatts-14b")
 
 
 def test_chance_floor_of_a_balanced_set():
@@ -139,3 +139,51 @@ def test_store_rows_point_at_the_sampled_epochs(cohort):
     rows = experiment.store_rows(prepared, sample.reset_index(drop=True))
     stored = prepared.store.manifest().iloc[rows]
     assert np.array_equal(stored["epoch"].to_numpy(), sample["epoch"].to_numpy())
+
+
+def test_chatts_inputs_send_their_arrays_beside_the_text():
+    epochs = np.random.default_rng(1).normal(0, 25, (2, 3, 3000))
+    config = SequenceConfig()
+    encoded = [encode_epoch(e, config, "chatts") for e in epochs]
+    requests, prompt = experiment.build_requests("sequence", "plain", encoded, ["a", "b"])
+    for request, epoch in zip(requests, encoded, strict=True):
+        system, user = request.messages
+        assert system.timeseries == () and user.text.count(TS_PLACEHOLDER) == 3
+        assert np.array_equal(np.array(user.timeseries), np.array(epoch.timeseries))
+        assert request.prompt_hash == prompt.sha256[:16]
+    assert requests[0].input_hash != requests[1].input_hash
+    # same text, other arrays: another input, another stored answer
+    assert requests[0].messages[1].text == requests[1].messages[1].text
+    text_format = [encode_epoch(e, config, "text") for e in epochs]
+    plain, _ = experiment.build_requests("sequence", "plain", text_format, ["a", "b"])
+    assert all(m.timeseries == () for r in plain for m in r.messages)
+
+
+def test_series_without_placeholders_in_the_prompt_are_refused():
+    wire = [{"role": "user", "content": "Stage?"}]
+    with pytest.raises(experiment.ExperimentError, match="no <ts><ts/> in the prompt"):
+        experiment.chat_request(wire, "e1", "p", timeseries=[[1.0, 2.0]])
+
+
+def test_a_ts_llm_runs_on_sequences_with_its_arrays_served(cohort):
+    received = []
+
+    def chatts_stand_in(messages):
+        received.append(wire_timeseries(messages))
+        return "N2"
+
+    register_local_model("chatts-stand-in", chatts_stand_in, replace=True)
+    with running_server() as server:
+        record, frame = _run(
+            cohort,
+            "sequence",
+            "chatts-14b",
+            base_url=server.url,
+            model_id="chatts-stand-in",
+            results_dir=None,
+        )
+    assert record["role"] == "ts-llm" and record["inputs"]["format"] == "chatts"
+    assert record["run"]["called"] == len(frame) == len(received)
+    length = SequenceConfig().length
+    assert all(len(series) == 3 and {len(s) for s in series} == {length} for series in received)
+    assert (frame["prediction"] == "N2").all()

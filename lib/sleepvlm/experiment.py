@@ -50,6 +50,7 @@ from sleepvlm.models import (
     wire_images,
 )
 from sleepvlm.models import embedded as _embedded  # registers the embedded models
+from sleepvlm.models.messages import TS_PLACEHOLDER
 from sleepvlm.prepare import PreparedDataset, balanced_test_manifest, prepare_dataset, sample_counts
 from sleepvlm.render import ImageOptions, render_dataset
 from sleepvlm.rules import detectors, evidence, table
@@ -253,11 +254,32 @@ def _wire_text(content) -> str:
     return "\n\n".join(part["text"] for part in content if part.get("type") == "text")
 
 
-def chat_request(wire: list[dict], request_id: str, prompt_hash: str) -> ChatRequest:
+def chat_request(
+    wire: list[dict],
+    request_id: str,
+    prompt_hash: str,
+    timeseries: Sequence[Sequence[float]] = (),
+) -> ChatRequest:
     """A request from chat-completions messages (as :func:`sleepvlm.text.render_prompt` makes
-    them). A turn's images go before its text, as the harness sends every image."""
+    them). A turn's images go before its text, as the harness sends every image; the
+    ``timeseries`` (a ChatTS input's arrays) go with the turn whose text holds their
+    ``<ts><ts/>`` placeholders."""
+    carrier = next(
+        (i for i, m in enumerate(wire) if TS_PLACEHOLDER in _wire_text(m["content"])), None
+    )
+    if timeseries and carrier is None:
+        raise ExperimentError(
+            f"request {request_id}: {len(timeseries)} time series but no {TS_PLACEHOLDER} in "
+            "the prompt; put the ChatTS text (EncodedEpoch.text) in the prompt's input field"
+        )
     messages = tuple(
-        Message(m["role"], _wire_text(m["content"]), tuple(wire_images([m]))) for m in wire
+        Message(
+            m["role"],
+            _wire_text(m["content"]),
+            tuple(wire_images([m])),
+            timeseries if i == carrier else (),
+        )
+        for i, m in enumerate(wire)
     )
     return ChatRequest(messages, id=request_id, prompt_hash=prompt_hash)
 
@@ -267,22 +289,26 @@ def build_requests(
     variant: str,
     inputs: Sequence,
     ids: Sequence[str],
+    prompt: text_features.Prompt | None = None,
 ) -> tuple[list[ChatRequest], text_features.Prompt]:
-    """One request per input with the prompt ``<modality>_<variant>`` (its hash keys every
-    stored answer)."""
-    prompt = text_features.load_prompt(modality, variant)
+    """One request per input with the prompt ``<modality>_<variant>``, or ``prompt`` (a
+    variant of that template; its hash keys every stored answer). A ChatTS-format
+    :class:`EncodedEpoch` sends its arrays beside its text, one series per channel."""
+    template = text_features.load_prompt(modality, variant)
+    if prompt is None:
+        prompt = template
+    elif (prompt.modality, prompt.variant) != (modality, variant):
+        raise ExperimentError(
+            f"prompt {prompt.name} is not a variant of {template.name}; derive it from "
+            f"load_prompt({modality!r}, {variant!r})"
+        )
     field = text_features.INPUT_FIELD[modality]
     requests = []
     for value, request_id in zip(inputs, ids, strict=True):
-        if isinstance(value, EncodedEpoch) and value.format == "chatts":
-            raise ExperimentError(
-                "ChatTS inputs carry arrays beside the text, and the harness's chat messages "
-                "hold text and images only: send EncodedEpoch.chatts_inputs() to ChatTS's "
-                "vLLM entry point, or run ChatTS with the text format (model role other than "
-                f"{TS_ROLE!r})"
-            )
         wire = text_features.render_prompt(prompt, **{field: value})
-        requests.append(chat_request(wire, request_id, prompt.sha256[:16]))
+        chatts = isinstance(value, EncodedEpoch) and value.format == "chatts"
+        timeseries = value.timeseries if chatts else ()
+        requests.append(chat_request(wire, request_id, prompt.sha256[:16], timeseries))
     return requests, prompt
 
 
@@ -316,6 +342,7 @@ def run_experiment(
     timeout_s: float = 120.0,
     progress: bool = False,
     registry: dict[str, ModelSpec] | None = None,
+    prompt: text_features.Prompt | None = None,
 ) -> tuple[dict, pd.DataFrame]:
     """Run ``model`` on the ``modality`` inputs of ``dataset``'s class-balanced test sample
     with the ``prompt_variant`` prompt; returns the results record (also written to
@@ -327,6 +354,9 @@ def run_experiment(
     A request that still fails after the engine's retries is not scored: the run raises
     :class:`ExperimentError` (the answers obtained are kept; run again to retry the rest).
     ``registry`` replaces the packaged model registry (e.g. one loaded from your own file).
+    ``prompt`` replaces the ``<modality>_<prompt_variant>`` template by a variant of it (e.g.
+    from :mod:`sleepvlm.failures`): its answers are stored under its own hash, and the record's
+    ``prompt`` is ``<prompt_variant>-<first 8 of its hash>`` so it never replaces the template's.
     """
     if modality not in MODALITIES:
         raise ExperimentError(f"modality {modality!r} is not one of {MODALITIES}")
@@ -351,7 +381,14 @@ def run_experiment(
         sequence_config = sequence_config or SequenceConfig()
         inputs = sequence_inputs(prepared, rows, sequence_config, fmt)
         input_settings = {"format": fmt, **asdict(sequence_config)}
-    requests, prompt = build_requests(modality, prompt_variant, inputs, ids)
+    requests, prompt = build_requests(modality, prompt_variant, inputs, ids, prompt)
+    template = text_features.load_prompt(modality, prompt_variant)
+    # A variant's record never replaces the template's: its name carries its hash.
+    prompt_name = (
+        prompt_variant
+        if prompt.sha256 == template.sha256
+        else f"{prompt_variant}-{prompt.sha256[:8]}"
+    )
 
     folder = Path(store_dir) if store_dir else cache_dir("responses")
     engine = Engine(
@@ -381,7 +418,7 @@ def run_experiment(
     record = result_record(
         dataset=dataset,
         modality=modality,
-        prompt=prompt_variant,
+        prompt=prompt_name,
         model=spec.name,
         backend=spec.backend,
         model_id=spec.model_id,
@@ -435,6 +472,7 @@ CHAPTERS: dict[str, str] = {
     "image": "07_image_experiment",
     "text": "08_text_experiment",
     "sequence": "09_sequence_experiment",
+    "signal": "10_baselines",  # the supervised baselines, trained and scored per center
 }
 SUMMARY_COLUMNS: tuple[str, ...] = (
     "accuracy",
@@ -487,14 +525,28 @@ def results_table(records: Sequence[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def rerun_command(modality: str, model: str, dataset: str, open_model: bool) -> str:
+def rerun_command(
+    modality: str,
+    model: str,
+    dataset: str,
+    open_model: bool = False,
+    prompt_variant: str | None = None,
+) -> str:
     """The papermill command that fills a missing row of a modality's chapter with a real
-    dataset (paths are placeholders to replace)."""
+    dataset (paths are placeholders to replace); ``prompt_variant`` runs that prompt only.
+    ``signal`` rows (the supervised baselines) are filled by chapter 10, which trains and scores
+    both baselines on the dataset."""
     chapter = CHAPTERS[modality]
-    command = (
-        f"papermill notebooks/{chapter}.ipynb {chapter}.out.ipynb -p models '[\"{model}\"]' "
-        f"-p dataset {dataset} -p data_dir /path/to/{dataset}"
-    )
+    command = f"papermill notebooks/{chapter}.ipynb {chapter}.out.ipynb"
+    if modality == "signal":
+        # Chapter 10 takes a dict of folders, which papermill's -p would pass as a string.
+        return (
+            command
+            + f" -y '{{datasets: [{dataset}], data_dirs: {{{dataset}: /path/to/{dataset}}}}}'"
+        )
+    command += f" -p models '[\"{model}\"]' -p dataset {dataset} -p data_dir /path/to/{dataset}"
+    if prompt_variant:
+        command += f" -p prompt_variants '[\"{prompt_variant}\"]'"
     return command + (" -p base_url http://host:8000/v1" if open_model else "")
 
 
