@@ -51,7 +51,13 @@ from sleepvlm.models import (
 )
 from sleepvlm.models import embedded as _embedded  # registers the embedded models
 from sleepvlm.models.messages import TS_PLACEHOLDER
-from sleepvlm.prepare import PreparedDataset, balanced_test_manifest, prepare_dataset, sample_counts
+from sleepvlm.prepare import (
+    PreparedDataset,
+    balanced_test_manifest,
+    prepare_dataset,
+    sample_counts,
+    store_rows,
+)
 from sleepvlm.render import ImageOptions, render_dataset
 from sleepvlm.rules import detectors, evidence, table
 from sleepvlm.sequence import EncodedEpoch, SequenceConfig, encode_epoch
@@ -138,27 +144,6 @@ def as_list(value: str | Sequence[str] | None) -> list[str]:
 
 
 # --- the sample --------------------------------------------------------------------------------
-
-
-def store_rows(prepared: PreparedDataset, sample: pd.DataFrame) -> np.ndarray:
-    """Row numbers in ``prepared.store`` of the sample's epochs (matched by subject, night and
-    epoch)."""
-    keys = ["subject", "night", "epoch"]
-    stored = prepared.store.manifest()
-    lookup = pd.Series(
-        np.arange(len(stored)),
-        index=pd.MultiIndex.from_frame(stored[keys].astype({"epoch": np.int64})),
-    )
-    wanted = pd.MultiIndex.from_frame(sample[keys].astype({"epoch": np.int64}))
-    rows = lookup.reindex(wanted)
-    if rows.isna().any():
-        missing = sample[rows.isna().to_numpy()].iloc[0]
-        raise ExperimentError(
-            f"{prepared.store.path}: epoch {missing['epoch']} of {missing['subject']}/"
-            f"{missing['night']} is in the manifest but not in the store; delete the manifest "
-            "and prepare the dataset again"
-        )
-    return rows.to_numpy(np.int64)
 
 
 def chance_floor(counts: dict[str, int]) -> pd.DataFrame:
@@ -370,7 +355,8 @@ def run_experiment(
     ids = [f"{dataset}/{s}/{n}/{e}" for s, n, e in sample[["subject", "night", "epoch"]].values]
 
     if modality == "image":
-        options = ImageOptions(context=image_context)
+        # A model trained on other images (e.g. SleepVLM-mini) gets the images it knows.
+        options = ImageOptions(**{"context": image_context, **(spec.image or {})})
         inputs: Sequence = image_inputs(prepared, rows, options, executor)
         input_settings = asdict(options)
     elif modality == "text":

@@ -9,13 +9,14 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from . import signal
 from .cache import cache_dir, content_hash, source_hash
 from .data import formats
 from .data.cohort import build_cohort, cohort_key
-from .data.records import STAGES
+from .data.records import STAGES, DataError
 from .paper import BALANCED_COUNTS
 from .pipeline import EpochStore, SerialExecutor, preprocess_dataset
 from .splits import assign_splits, balanced_sample, write_manifest
@@ -85,3 +86,24 @@ def balanced_test_manifest(
     name = f"{prepared.dataset}-{content_hash(prepared.store.path.name, counts, seed)}.csv"
     write_manifest(sample, cache_dir("manifests") / name)
     return sample
+
+
+def store_rows(prepared: PreparedDataset, sample: pd.DataFrame) -> np.ndarray:
+    """Row numbers in ``prepared.store`` of the sample's epochs (matched by subject, night and
+    epoch)."""
+    keys = ["subject", "night", "epoch"]
+    stored = prepared.store.manifest()
+    lookup = pd.Series(
+        np.arange(len(stored)),
+        index=pd.MultiIndex.from_frame(stored[keys].astype({"epoch": np.int64})),
+    )
+    wanted = pd.MultiIndex.from_frame(sample[keys].astype({"epoch": np.int64}))
+    rows = lookup.reindex(wanted)
+    if rows.isna().any():
+        missing = sample[rows.isna().to_numpy()].iloc[0]
+        raise DataError(
+            f"{prepared.store.path}: epoch {missing['epoch']} of {missing['subject']}/"
+            f"{missing['night']} is in the manifest but not in the store; delete the manifest "
+            "and prepare the dataset again"
+        )
+    return rows.to_numpy(np.int64)

@@ -13,9 +13,12 @@ complex near it is read as N1 or W. That is the point of it: what a perfectly ob
 model could get from these lines alone, by the book. A prompt without a feature description
 (an image or a sequence) gets an answer without a stage label, scored as invalid.
 
+``sleepvlm-mini`` is the small rule-grounded VLM of :mod:`sleepvlm.explain`, trained here; it
+answers the first image of a request with the last model trained (chapter 11), loaded on the
+first request.
+
 The built-in floors ``chance`` and ``majority`` live in :mod:`sleepvlm.models.local`. Each
-embedded model is one entry of :data:`EMBEDDED` (plus its entry in ``registry.yaml``); a
-later model, e.g. a small VLM, is added the same way.
+embedded model is one entry of :data:`EMBEDDED` (plus its entry in ``registry.yaml``).
 """
 
 from __future__ import annotations
@@ -216,6 +219,13 @@ def rule_reader(messages: list[dict]) -> str:
     return stage or NO_FEATURES_ANSWER
 
 
+def sleepvlm_mini() -> LocalModel:
+    """SleepVLM-mini as served (imported on first use: it needs torch and transformers)."""
+    from sleepvlm.explain.train import ServedMini
+
+    return ServedMini()
+
+
 @dataclass(frozen=True)
 class EmbeddedModel:
     """An embedded model: its callable (``factory()`` builds it on registration), the
@@ -233,7 +243,33 @@ EMBEDDED: dict[str, EmbeddedModel] = {
         modalities=("text",),
         summary="applies the AASM rule table to the numbers of an expert feature description",
     ),
+    "sleepvlm-mini": EmbeddedModel(
+        factory=lambda: _LazyModel(sleepvlm_mini),
+        modalities=("image",),
+        summary="a small rule-grounded VLM trained here (sleepvlm.explain, chapter 11)",
+    ),
 }
+
+
+class _LazyModel:
+    """A model built on its first request (registration happens on import, which must stay
+    light), with the built model's ``version`` passed through."""
+
+    def __init__(self, build: Callable[[], LocalModel]):
+        self._build = build
+        self._model: LocalModel | None = None
+
+    def _get(self) -> LocalModel:
+        if self._model is None:
+            self._model = self._build()
+        return self._model
+
+    def __call__(self, messages: list[dict]) -> str:
+        return self._get()(messages)
+
+    def version(self) -> str:
+        version = getattr(self._get(), "version", None)
+        return version() if version else ""
 
 
 def register_embedded() -> list[str]:

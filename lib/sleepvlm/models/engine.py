@@ -26,6 +26,7 @@ from tqdm.std import tqdm
 from ..cache import library_hash
 from .backends import Backend, Completion, make_backend
 from .errors import ModelError, TransientError
+from .local import local_model
 from .messages import ChatRequest
 from .registry import ModelSpec
 from .secrets import redact
@@ -149,9 +150,13 @@ class Engine:
     @property
     def model(self) -> str:
         """Identity of the answering model; a local model is code, so its version is the
-        library's source hash (a changed rule table must not replay stale answers)."""
+        library's source hash (a changed rule table must not replay stale answers), plus the
+        ``version()`` a trained local model reports (its weights)."""
         name = f"{self.spec.backend}:{self.spec.model_id}"
-        return f"{name}@{library_hash()}" if self.spec.backend == "local" else name
+        if self.spec.backend != "local":
+            return name
+        version = getattr(local_model(self.spec.model_id), "version", None)
+        return f"{name}@{library_hash()}" + (f"+{version()}" if version else "")
 
     def key(self, request: ChatRequest) -> str:
         return response_key(self.model, request.prompt_hash, request.input_hash, self.decoding)

@@ -1,0 +1,243 @@
+"""Automatic scores of a rationale against the epoch's annotation, as proxies of the three
+expert ratings of SleepVLM (factual accuracy, evidence comprehensiveness, logical coherence).
+
+* **Factual precision**: share of the events an answer cites (kind, channel role, time) that
+  match an event of that kind and role in the epoch, overlapping it within ``tolerance_s``
+  (true events on simulated nights, detected ones on real nights). None without a claim.
+* **Comprehensiveness**: share of the decisive evidence (the events the reference answer
+  cites, :func:`~sleepvlm.explain.annotations.decisive_evidence`) that the answer covers: for
+  each kind, as many distinct evidence events of that kind as the reference cites, matched one
+  to one. None when the reference cites no event (the stage is read from the background).
+* **Rule recall**: share of the annotation's rule IDs the answer cites.
+* **Coherence**: share of the answer's statements that hang together with its stage: each cited
+  rule must exist in the rule table and support the predicted stage, each claimed event must be
+  evidence for some rule of that stage. 0 when the answer names no stage but cites something;
+  None when it cites neither rule nor event.
+
+These are checks against ground truth, not expert judgement; the summary maps each to 1-5 as
+``1 + 4 x score`` only so that it can be set beside the paper's expert ratings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from sleepvlm.explain.annotations import (
+    RULE_EVIDENCE,
+    AnnotationError,
+    Claim,
+    EpochAnnotation,
+    Evidence,
+    ParsedAnswer,
+    decisive_evidence,
+    parse_answer,
+    supported_stages,
+)
+from sleepvlm.rules.table import RULES
+
+#: Summary entries: (column, name of the expert rating it stands in for).
+PROXIES: tuple[tuple[str, str], ...] = (
+    ("precision", "factual accuracy"),
+    ("comprehensiveness", "evidence comprehensiveness"),
+    ("coherence", "logical coherence"),
+)
+PROXY_NOTE = (
+    "automatic proxy computed against ground-truth (simulated) or detected (real) events; "
+    "scale_1_5 = 1 + 4 x score, for setting beside the paper's expert ratings (> 4/5), "
+    "not an expert rating"
+)
+
+
+@dataclass
+class AnswerScore:
+    """Scores of one answer against one epoch's annotation (see the module docstring)."""
+
+    predicted: str | None
+    stage_correct: bool
+    n_claims: int
+    n_grounded: int
+    precision: float | None
+    n_decisive: int
+    n_decisive_cited: int
+    comprehensiveness: float | None
+    rule_recall: float | None
+    coherence: float | None
+    ungrounded: list[Claim] = field(default_factory=list)
+    unknown_rules: list[str] = field(default_factory=list)
+    off_stage_rules: list[str] = field(default_factory=list)
+    off_stage_claims: list[Claim] = field(default_factory=list)
+    n_unparsed: int = 0
+
+    def row(self) -> dict:
+        """The score as flat columns (claims as text)."""
+        return {
+            "predicted": self.predicted,
+            "stage_correct": self.stage_correct,
+            "n_claims": self.n_claims,
+            "n_grounded": self.n_grounded,
+            "precision": self.precision,
+            "n_decisive": self.n_decisive,
+            "n_decisive_cited": self.n_decisive_cited,
+            "comprehensiveness": self.comprehensiveness,
+            "rule_recall": self.rule_recall,
+            "coherence": self.coherence,
+            "ungrounded": [c.describe() for c in self.ungrounded],
+            "unknown_rules": list(self.unknown_rules),
+            "off_stage_rules": list(self.off_stage_rules),
+            "off_stage_claims": [c.describe() for c in self.off_stage_claims],
+            "n_unparsed": self.n_unparsed,
+        }
+
+
+def _matches(claim: Claim, event: Evidence, tolerance_s: float) -> bool:
+    return (
+        claim.kind == event.kind
+        and claim.role == event.role
+        and claim.start_s - tolerance_s <= event.end_s
+        and claim.end_s + tolerance_s >= event.start_s
+    )
+
+
+def _grounded(claim: Claim, annotation: EpochAnnotation, tolerance_s: float) -> bool:
+    events = [*annotation.evidence, *annotation.other_events]
+    return any(_matches(claim, e, tolerance_s) for e in events)
+
+
+def _covered(claims: Sequence[Claim], annotation: EpochAnnotation, tolerance_s: float) -> int:
+    """Decisive events covered: per (kind, role), distinct evidence events matched one to one
+    by claims (nearest centre first), capped at the number the reference cites."""
+    decisive = decisive_evidence(annotation)
+    covered = 0
+    for kind, role in dict.fromkeys((e.kind, e.role) for e in decisive):
+        events = [e for e in annotation.evidence if (e.kind, e.role) == (kind, role)]
+        free = list(range(len(events)))
+        matched = 0
+        for claim in claims:
+            hits = [i for i in free if _matches(claim, events[i], tolerance_s)]
+            if hits:
+                centre = (claim.start_s + claim.end_s) / 2
+                best = min(
+                    hits, key=lambda i: abs((events[i].start_s + events[i].end_s) / 2 - centre)
+                )
+                free.remove(best)
+                matched += 1
+        needed = sum((e.kind, e.role) == (kind, role) for e in decisive)
+        covered += min(matched, needed)
+    return covered
+
+
+def _share(part: int, whole: int) -> float | None:
+    return part / whole if whole else None
+
+
+def score_answer(
+    parsed: ParsedAnswer | str, annotation: EpochAnnotation, tolerance_s: float = 1.0
+) -> AnswerScore:
+    """Score one answer (parsed, or its text) against the annotation of its epoch."""
+    if isinstance(parsed, str) or parsed is None:
+        parsed = parse_answer(parsed)
+    if tolerance_s < 0:
+        raise AnnotationError(f"tolerance_s must be >= 0 s, got {tolerance_s}")
+    claims = parsed.claims
+    grounded = [c for c in claims if _grounded(c, annotation, tolerance_s)]
+    decisive = decisive_evidence(annotation)
+    cited = _covered(claims, annotation, tolerance_s) if decisive else 0
+    unknown = [r for r in parsed.rules if r not in RULES]
+    stage = parsed.stage
+    off_rules = [r for r in parsed.rules if r in RULES and stage not in supported_stages(r)]
+    stage_kinds = {
+        k
+        for r in RULES
+        if stage is not None and stage in supported_stages(r)
+        for k in RULE_EVIDENCE[r]
+    }
+    off_claims = [c for c in claims if c.kind not in stage_kinds]
+    statements = len(parsed.rules) + len(claims)
+    coherent = statements - len(unknown) - len(off_rules) - len(off_claims)
+    return AnswerScore(
+        predicted=stage,
+        stage_correct=stage == annotation.stage,
+        n_claims=len(claims),
+        n_grounded=len(grounded),
+        precision=_share(len(grounded), len(claims)),
+        n_decisive=len(decisive),
+        n_decisive_cited=cited,
+        comprehensiveness=_share(cited, len(decisive)),
+        rule_recall=_share(len(set(parsed.rules) & set(annotation.rules)), len(annotation.rules)),
+        coherence=_share(coherent, statements),
+        ungrounded=[c for c in claims if c not in grounded],
+        unknown_rules=unknown,
+        off_stage_rules=off_rules,
+        off_stage_claims=off_claims,
+        n_unparsed=len(parsed.unparsed),
+    )
+
+
+def score_answers(
+    answers: Sequence[ParsedAnswer | str | None],
+    annotations: Sequence[EpochAnnotation],
+    tolerance_s: float = 1.0,
+) -> pd.DataFrame:
+    """One row per epoch: its identity, scored stage and :meth:`AnswerScore.row` columns.
+    ``answers[i]`` (parsed or text; None counts as an answer without content) belongs to
+    ``annotations[i]`` (align them with :func:`~sleepvlm.explain.annotations.select`)."""
+    if len(answers) != len(annotations):
+        raise AnnotationError(
+            f"{len(answers)} answers for {len(annotations)} annotations; give one answer per "
+            "annotated epoch, in the same order"
+        )
+    rows = [
+        {
+            "dataset": a.dataset,
+            "subject": a.subject,
+            "night": a.night,
+            "epoch": a.epoch,
+            "stage": a.stage,
+            "source": a.source,
+            **score_answer(answer, a, tolerance_s).row(),
+        }
+        for answer, a in zip(answers, annotations, strict=True)
+    ]
+    return pd.DataFrame(rows)
+
+
+def _mean_entry(values: pd.Series) -> dict:
+    values = pd.to_numeric(values, errors="coerce").dropna()
+    mean = float(values.mean()) if len(values) else None
+    return {
+        "mean": mean,
+        "n": int(len(values)),
+        "scale_1_5": None if mean is None else 1 + 4 * mean,
+    }
+
+
+def faithfulness_summary(frame: pd.DataFrame) -> dict:
+    """Means of the scores of :func:`score_answers` (with how many epochs each is defined on)
+    and their 1-5 mapping, labelled as an automatic proxy of the paper's expert ratings."""
+    needed = [c for c, _ in PROXIES] + ["rule_recall", "stage_correct", "ungrounded"]
+    missing = [c for c in needed if c not in frame]
+    if missing or frame.empty:
+        raise AnnotationError(
+            f"faithfulness_summary needs the rows of score_answers; missing columns {missing}"
+            if missing
+            else "faithfulness_summary got no scored answers"
+        )
+    out: dict = {"n_epochs": int(len(frame))}
+    for column, rating in PROXIES:
+        out[column] = {"rating": rating, **_mean_entry(frame[column])}
+    out["rule_recall"] = _mean_entry(frame["rule_recall"])
+    out["stage_accuracy"] = float(np.mean(frame["stage_correct"].astype(bool)))
+    out["share_with_ungrounded_claims"] = float(np.mean([len(u) > 0 for u in frame["ungrounded"]]))
+    out["note"] = PROXY_NOTE
+    return out
+
+
+def ungrounded_claims(
+    text: str | None, annotation: EpochAnnotation, tolerance_s: float = 1.0
+) -> list[Claim]:
+    """The events a free-text answer of any model cites that are not in the epoch."""
+    return score_answer(parse_answer(text), annotation, tolerance_s).ungrounded

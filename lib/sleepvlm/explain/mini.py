@@ -1,0 +1,500 @@
+"""SleepVLM-mini: a small generative vision-language model (the Qwen2-VL architecture of
+transformers, built from a config, about a million parameters) that reads a fixed-scale epoch
+image with its neighbours and writes the stage, the AASM rule IDs and the evidence.
+
+Trained from scratch on this machine in the two phases of SleepVLM: *perception* (describe the
+waveforms of the scored epoch: per-segment dominant EEG band and amplitudes, and the events in
+it) then *grounding* (answer with stage, rules and evidence as
+:func:`sleepvlm.explain.annotations.answer_text` writes them). The tokenizer is a word-level
+vocabulary trained with ``tokenizers`` on the target texts. A trained model is a Hugging Face
+folder (``save_pretrained`` of model, tokenizer and image processor, plus ``sleepvlm_mini.json``
+with its settings and training log); the same code fine-tunes a pretrained Qwen2-VL-family
+folder with LoRA (peft) when one is given.
+
+Torch and transformers are imported when a model is built or loaded, not on import.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import random
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from queue import Empty, Queue
+
+import numpy as np
+
+from sleepvlm.data.records import STAGES, DataError
+from sleepvlm.render import ImageOptions
+from sleepvlm.rules.table import BANDS, RULES
+from sleepvlm.signal import TARGET_SFREQ
+
+PHASES: tuple[str, ...] = ("perception", "grounding")
+#: The instruction of each phase: the whole user text the model is trained and served with.
+INSTRUCTIONS: dict[str, str] = {
+    "perception": "Describe the waveforms of the centre epoch.",
+    "grounding": "Score the centre epoch by the AASM rules: stage, rules, evidence.",
+}
+IM_START, IM_END = "<|im_start|>", "<|im_end|>"
+VISION_START, VISION_END = "<|vision_start|>", "<|vision_end|>"
+IMAGE_PAD, VIDEO_PAD = "<|image_pad|>", "<|video_pad|>"
+PAD, UNK = "<pad>", "<unk>"
+SPECIAL_TOKENS: tuple[str, ...] = (
+    PAD,
+    UNK,
+    IM_START,
+    IM_END,
+    VISION_START,
+    VISION_END,
+    IMAGE_PAD,
+    VIDEO_PAD,
+)
+#: Segments of the scored epoch described in the perception phase (seconds each).
+SEGMENT_S = 5
+#: Peak-to-peak amplitude bounds (µV) of the levels 0-4 written in the perception phase.
+AMPLITUDE_LEVELS: dict[str, tuple[float, ...]] = {
+    "eeg": (25.0, 50.0, 100.0, 150.0),
+    "eog": (25.0, 75.0, 150.0, 300.0),
+    "emg": (5.0, 10.0, 20.0, 40.0),
+}
+SETTINGS_FILE = "sleepvlm_mini.json"
+IGNORE = -100  # label of tokens the loss skips (prompt, image, padding)
+
+
+class MiniError(DataError):
+    """SleepVLM-mini cannot be built, trained or loaded as asked."""
+
+
+@dataclass(frozen=True)
+class MiniConfig:
+    """Architecture, input and training settings of SleepVLM-mini."""
+
+    image_width: int = 896  # the scored epoch and one neighbour each side, ~10 px/s each
+    image_height: int = 224
+    context: int = 1  # neighbouring epochs drawn on each side
+    vision_depth: int = 2
+    vision_dim: int = 96
+    text_dim: int = 128
+    text_layers: int = 2
+    heads: int = 4
+    perception_steps: int = 300
+    grounding_steps: int = 900
+    batch_size: int = 8
+    learning_rate: float = 1e-3
+    warmup_steps: int = 30
+    max_new_tokens: int = 64
+    seed: int = 0
+
+    def image_options(self) -> ImageOptions:
+        return ImageOptions(width=self.image_width, height=self.image_height, context=self.context)
+
+
+@dataclass
+class Example:
+    """One training or test epoch: its image (PNG) and the target text of each phase."""
+
+    image: bytes
+    targets: dict[str, str]
+    key: tuple = ()
+
+
+@dataclass
+class TrainingLog:
+    """Loss per step and wall time per phase."""
+
+    loss: dict[str, list[float]] = field(default_factory=lambda: {p: [] for p in PHASES})
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+# --- perception targets ------------------------------------------------------------------------
+
+
+def _level(value: float, bounds: tuple[float, ...]) -> int:
+    return int(np.searchsorted(bounds, value))
+
+
+def dominant_band(x: np.ndarray, sfreq: float = TARGET_SFREQ) -> str:
+    """The AASM band that stands out most in ``x``: mean power per Hz times the band's centre
+    frequency, which flattens the 1/f fall of EEG power (without it delta always wins)."""
+    spectrum = np.abs(np.fft.rfft(x - x.mean())) ** 2
+    freqs = np.fft.rfftfreq(len(x), 1 / sfreq)
+    weighted = {
+        band: spectrum[(freqs >= lo) & (freqs < hi)].mean() * (lo + hi) / 2
+        for band, (lo, hi) in BANDS.items()
+    }
+    return max(weighted, key=weighted.get)
+
+
+def waveform_description(epoch: np.ndarray, events: Sequence[str] = ()) -> str:
+    """The perception target of one (3, 3000) epoch at 100 Hz: per 5-s segment the dominant
+    EEG band and the amplitude level (0-4) of EEG, EOG and EMG, then the events given
+    (already written as text, e.g. ``"spindle EEG 12-13"``)."""
+    step = int(SEGMENT_S * TARGET_SFREQ)
+    words = []
+    for start in range(0, epoch.shape[1], step):
+        seg = epoch[:, start : start + step]
+        words.append(f"t{start // int(TARGET_SFREQ)}")
+        words.append(dominant_band(seg[0]))
+        for i, role in enumerate(("eeg", "eog", "emg")):
+            amplitude = np.ptp(seg[i]) if role != "emg" else 2 * seg[i].std()
+            words.append(f"{role}{_level(float(amplitude), AMPLITUDE_LEVELS[role])}")
+    words.append("events:")
+    words.extend(f"{e} ;" for e in events) if events else words.append("none")
+    return " ".join(words)
+
+
+# --- tokenizer, image processor, model ---------------------------------------------------------
+
+
+def vocabulary_texts() -> list[str]:
+    """Words every SleepVLM-mini vocabulary holds, whatever its training texts: stages, rule
+    IDs, whole seconds, the instructions."""
+    return [
+        " ".join(STAGES),
+        " ".join(RULES),
+        " ".join(str(s) for s in range(31)),
+        *INSTRUCTIONS.values(),
+        "user assistant",
+    ]
+
+
+def train_tokenizer(texts: Sequence[str]):
+    """A word-level tokenizer (whitespace-split words; special tokens of Qwen2-VL's chat layout)
+    trained on ``texts`` and :func:`vocabulary_texts`."""
+    import tokenizers
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = tokenizers.Tokenizer(models.WordLevel(unk_token=UNK))
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer.decoder = decoders.WordPiece(prefix="##", cleanup=False)  # joins words by spaces
+    trainer = trainers.WordLevelTrainer(special_tokens=list(SPECIAL_TOKENS), min_frequency=1)
+    tokenizer.train_from_iterator([*vocabulary_texts(), *texts], trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        unk_token=UNK,
+        pad_token=PAD,
+        eos_token=IM_END,
+        additional_special_tokens=list(SPECIAL_TOKENS[2:]),
+    )
+
+
+def image_processor(config: MiniConfig):
+    """Qwen2-VL's image processor fixed to the training image size (no resizing)."""
+    from transformers import Qwen2VLImageProcessor
+
+    pixels = config.image_width * config.image_height
+    return Qwen2VLImageProcessor(min_pixels=pixels, max_pixels=pixels)
+
+
+def build_model(tokenizer, config: MiniConfig):
+    """A randomly initialised Qwen2-VL of ``config``'s size with ``tokenizer``'s vocabulary."""
+    import transformers
+
+    ids = tokenizer.convert_tokens_to_ids
+    head_dim = config.text_dim // config.heads
+    # M-RoPE splits each head's rotary half into temporal, height and width sections.
+    half = head_dim // 2
+    section = [half - 2 * (half // 3), half // 3, half // 3]
+    model_config = transformers.Qwen2VLConfig(
+        text_config={
+            "vocab_size": len(tokenizer),
+            "hidden_size": config.text_dim,
+            "intermediate_size": 2 * config.text_dim,
+            "num_hidden_layers": config.text_layers,
+            "num_attention_heads": config.heads,
+            "num_key_value_heads": config.heads,
+            "max_position_embeddings": 4096,
+            "rope_scaling": {"type": "mrope", "mrope_section": section},
+            "bos_token_id": ids(IM_START),
+            "eos_token_id": ids(IM_END),
+            "pad_token_id": ids(PAD),
+        },
+        vision_config={
+            "depth": config.vision_depth,
+            "embed_dim": config.vision_dim,
+            "hidden_size": config.text_dim,
+            "num_heads": config.heads,
+            "mlp_ratio": 2,
+            "patch_size": 14,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+        },
+        image_token_id=ids(IMAGE_PAD),
+        video_token_id=ids(VIDEO_PAD),
+        vision_start_token_id=ids(VISION_START),
+        vision_end_token_id=ids(VISION_END),
+        bos_token_id=ids(IM_START),
+        eos_token_id=ids(IM_END),
+        pad_token_id=ids(PAD),
+    )
+    transformers.set_seed(config.seed)
+    return transformers.Qwen2VLForConditionalGeneration(model_config)
+
+
+# --- batches -----------------------------------------------------------------------------------
+
+
+def _rgb(png: bytes):
+    from PIL import Image
+
+    with Image.open(io.BytesIO(png)) as image:
+        return image.convert("RGB")
+
+
+def prompt_text(instruction: str, n_image_tokens: int) -> str:
+    """The chat layout of Qwen2-VL, one image, up to the assistant's turn."""
+    return (
+        f"{IM_START} user {VISION_START} {IMAGE_PAD * n_image_tokens} {VISION_END} "
+        f"{instruction} {IM_END} {IM_START} assistant"
+    )
+
+
+def image_tokens(grid_thw, merge: int = 2) -> list[int]:
+    """Tokens each image takes in the text after the vision tower merges ``merge``² patches."""
+    return [int(t * h * w) // (merge * merge) for t, h, w in grid_thw.tolist()]
+
+
+def make_batch(tokenizer, processor, pngs: Sequence[bytes], instruction: str, targets=None):
+    """Model inputs of a batch; with ``targets``, labels for the target tokens only (right
+    padding, for training), else left padding (for generation)."""
+    import torch
+
+    vision = processor(images=[_rgb(p) for p in pngs], return_tensors="pt")
+    counts = image_tokens(vision["image_grid_thw"])
+    prompts = [prompt_text(instruction, n) for n in counts]
+    if targets is None:
+        tokenizer.padding_side = "left"
+        encoded = tokenizer(prompts, return_tensors="pt", padding=True)
+        labels = None
+    else:
+        tokenizer.padding_side = "right"
+        texts = [f"{p} {t} {IM_END}" for p, t in zip(prompts, targets, strict=True)]
+        encoded = tokenizer(texts, return_tensors="pt", padding=True)
+        prompt_lengths = [len(tokenizer(p)["input_ids"]) for p in prompts]
+        labels = encoded["input_ids"].clone()
+        for row, length in enumerate(prompt_lengths):
+            labels[row, :length] = IGNORE
+        labels[encoded["attention_mask"] == 0] = IGNORE
+    batch = {
+        "input_ids": encoded["input_ids"],
+        "attention_mask": encoded["attention_mask"],
+        "pixel_values": vision["pixel_values"],
+        "image_grid_thw": vision["image_grid_thw"],
+        # transformers 5 marks which text positions hold image tokens (1) for Qwen2-VL.
+        "mm_token_type_ids": (
+            encoded["input_ids"] == tokenizer.convert_tokens_to_ids(IMAGE_PAD)
+        ).to(torch.long),
+    }
+    if labels is not None:
+        batch["labels"] = labels
+    return batch
+
+
+# --- training ----------------------------------------------------------------------------------
+
+
+def _schedule(step: int, total: int, warmup: int) -> float:
+    """Linear warmup, then cosine decay to a tenth of the peak."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def train_phase(
+    model,
+    tokenizer,
+    processor,
+    examples: Sequence[Example],
+    phase: str,
+    steps: int,
+    config: MiniConfig,
+    device: str = "cpu",
+    log: TrainingLog | None = None,
+    max_seconds: float | None = None,
+    progress: Callable[[int, float], None] | None = None,
+) -> TrainingLog:
+    """``steps`` optimizer steps of next-token loss on the ``phase`` targets of ``examples``
+    (batches drawn without replacement, reshuffled each pass; seeded). Stops early after
+    ``max_seconds`` of wall time."""
+    import torch
+
+    if phase not in PHASES:
+        raise MiniError(f"phase {phase!r} is not one of {PHASES}")
+    if not examples:
+        raise MiniError(f"no training examples for the {phase} phase")
+    log = log or TrainingLog()
+    model.to(device).train()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=0.01)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: _schedule(s, steps, config.warmup_steps)
+    )
+    rng = random.Random(f"{config.seed}-{phase}")
+    order: list[int] = []
+    instruction = INSTRUCTIONS[phase]
+    start = time.perf_counter()
+    for step in range(steps):
+        if len(order) < config.batch_size:
+            order = list(range(len(examples)))
+            rng.shuffle(order)
+        chosen = [examples[order.pop()] for _ in range(min(config.batch_size, len(examples)))]
+        batch = make_batch(
+            tokenizer,
+            processor,
+            [e.image for e in chosen],
+            instruction,
+            [e.targets[phase] for e in chosen],
+        )
+        loss = model(**{k: v.to(device) for k, v in batch.items()}).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        log.loss[phase].append(float(loss.detach()))
+        if progress:
+            progress(step, log.loss[phase][-1])
+        if max_seconds is not None and time.perf_counter() - start > max_seconds:
+            break
+    log.seconds[phase] = log.seconds.get(phase, 0.0) + time.perf_counter() - start
+    return log
+
+
+def add_lora(model, rank: int = 8, alpha: int = 16, dropout: float = 0.05):
+    """Wrap ``model`` with LoRA adapters (peft) on the attention and MLP projections of the
+    language model; only the adapters (and the vision-language merger) are trained."""
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(
+        r=rank,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)",
+        modules_to_save=["merger"],
+    )
+    return get_peft_model(model, lora)
+
+
+# --- saving, loading, answering ----------------------------------------------------------------
+
+
+def save(model, tokenizer, processor, folder: str | Path, settings: dict) -> Path:
+    """Save a trained model as a Hugging Face folder (LoRA adapters merged into the weights),
+    with ``settings`` (config, data, training log) in :data:`SETTINGS_FILE`."""
+    folder = Path(folder)
+    partial = folder.with_name(folder.name + ".part")
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    model.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    processor.save_pretrained(partial)
+    (partial / SETTINGS_FILE).write_text(json.dumps(settings, indent=1, default=str))
+    if folder.exists():
+        import shutil
+
+        shutil.rmtree(folder)
+    partial.replace(folder)
+    return folder
+
+
+@dataclass
+class MiniModel:
+    """A loaded SleepVLM-mini (or any Qwen2-VL-family folder with a tokenizer and image
+    processor) that answers epoch images."""
+
+    model: object
+    tokenizer: object
+    processor: object
+    settings: dict
+    device: str = "cpu"
+
+    @classmethod
+    def load(cls, folder: str | Path, device: str = "cpu") -> MiniModel:
+        """A SleepVLM-mini folder, or a pretrained Qwen2-VL-family folder (a base to fine-tune)."""
+        import transformers
+
+        folder = Path(folder)
+        if not (folder / "config.json").is_file():
+            raise MiniError(
+                f"{folder} holds no model (config.json missing): train one with "
+                "sleepvlm.explain.train_mini or run chapter 11 (sleepvlm book --only 11)"
+            )
+        settings_path = folder / SETTINGS_FILE
+        settings = json.loads(settings_path.read_text()) if settings_path.is_file() else {}
+        model = transformers.AutoModelForImageTextToText.from_pretrained(folder)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+        processor = transformers.AutoImageProcessor.from_pretrained(folder)
+        return cls(model.to(device).eval(), tokenizer, processor, settings, device)
+
+    def generate(self, pngs: Sequence[bytes], phase: str = "grounding") -> list[str]:
+        """Greedy answers for a batch of epoch images."""
+        import torch
+
+        max_new = self.settings.get("config", {}).get("max_new_tokens", 64)
+        batch = make_batch(self.tokenizer, self.processor, pngs, INSTRUCTIONS[phase])
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        with torch.inference_mode():
+            output = self.model.generate(
+                **batch,
+                max_new_tokens=max_new,
+                do_sample=False,
+                eos_token_id=self.tokenizer.convert_tokens_to_ids(IM_END),
+                pad_token_id=self.tokenizer.convert_tokens_to_ids(PAD),
+            )
+        new = output[:, batch["input_ids"].shape[1] :]
+        return [t.strip() for t in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
+
+    def answer_all(self, pngs: Sequence[bytes], batch_size: int = 16) -> list[str]:
+        answers = []
+        for start in range(0, len(pngs), batch_size):
+            answers.extend(self.generate(pngs[start : start + batch_size]))
+        return answers
+
+
+class BatchingAnswerer:
+    """Serves a :class:`MiniModel` to concurrent callers: requests arriving while a batch runs
+    are answered together in the next one, so the harness's concurrent requests share the
+    model's batched generation."""
+
+    def __init__(self, model: MiniModel, max_batch: int = 16, wait_s: float = 0.01):
+        self.model = model
+        self.max_batch = max_batch
+        self.wait_s = wait_s
+        self._queue: Queue = Queue()
+        self._worker = threading.Thread(target=self._serve, daemon=True)
+        self._worker.start()
+
+    def __call__(self, png: bytes) -> str:
+        done: Future = Future()
+        self._queue.put((png, done))
+        return done.result()
+
+    def _serve(self) -> None:
+        while True:
+            waiting = [self._queue.get()]
+            deadline = time.monotonic() + self.wait_s
+            while len(waiting) < self.max_batch:
+                try:
+                    waiting.append(self._queue.get(timeout=max(0.0, deadline - time.monotonic())))
+                except Empty:
+                    break
+            try:
+                answers = self.model.generate([png for png, _ in waiting])
+            except Exception as err:  # handed to each caller; the server keeps serving
+                for _, done in waiting:
+                    done.set_exception(err)
+                continue
+            for (_, done), answer in zip(waiting, answers, strict=True):
+                done.set_result(answer)
+
+
+def settings_of(config: MiniConfig, **extra) -> dict:
+    return {"config": asdict(config), **extra}

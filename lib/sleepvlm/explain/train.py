@@ -1,0 +1,215 @@
+"""Training SleepVLM-mini on a prepared dataset, cached by content, and finding the trained
+model to serve.
+
+:func:`train_mini` draws a class-balanced sample of the training subjects' epochs, renders
+each with its neighbours at the model's fixed scale, writes both phases' targets (the
+waveform description, and the answer built from the epoch's rule annotation: ground-truth
+events on simulated nights, detected events on real ones), trains the tokenizer and the model,
+and saves the folder under the cache keyed by data, settings and code; a second call returns
+the saved folder. The folder of the last model trained with ``make_default`` is the one the
+embedded ``sleepvlm-mini`` model serves (``$SLEEPVLM_MINI_DIR`` overrides it).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import pandas as pd
+
+from sleepvlm import render
+from sleepvlm.cache import cache_dir, content_hash, source_hash
+from sleepvlm.data.records import STAGES
+from sleepvlm.models.messages import wire_images
+from sleepvlm.prepare import PreparedDataset, prepare_dataset, store_rows
+from sleepvlm.splits import balanced_sample
+
+from . import annotations, mini
+from .mini import Example, MiniConfig, MiniError
+
+#: Environment variable naming the model folder ``sleepvlm-mini`` serves.
+MODEL_DIR_ENV = "SLEEPVLM_MINI_DIR"
+DEFAULT_POINTER = "sleepvlm-mini-default.txt"
+
+
+def build_examples(
+    prepared: PreparedDataset, sample: pd.DataFrame, config: MiniConfig, executor=None
+) -> list[Example]:
+    """Images and both phases' targets of the epochs of ``sample``."""
+    rows = store_rows(prepared, sample)
+    drawn = render.render_dataset(
+        prepared.store, rows, options=config.image_options(), executor=executor
+    )
+    epochs = prepared.store.read(rows)
+    nights = zip(sample["subject"].astype(str), sample["night"].astype(str), strict=True)
+    found = annotations.annotate_store(prepared, set(nights), executor=executor)
+    examples = []
+    for annotation, image, epoch in zip(
+        annotations.select(found, sample), drawn["image"], epochs, strict=True
+    ):
+        events = [e.text() for e in annotation.evidence]
+        targets = {
+            "perception": mini.waveform_description(epoch, events),
+            "grounding": annotations.answer_text(annotation),
+        }
+        examples.append(Example(Path(image).read_bytes(), targets, annotation.key))
+    return examples
+
+
+def training_sample(
+    prepared: PreparedDataset, per_class: int, seed: int = 0, split: str = "train"
+) -> pd.DataFrame:
+    """``per_class`` epochs of each stage (fewer when the split holds fewer) from ``split``."""
+    pool = prepared.manifest[prepared.manifest["split"] == split]
+    available = pool["stage"].value_counts()
+    counts = {s: min(per_class, int(available.get(s, 0))) for s in STAGES}
+    return balanced_sample(prepared.manifest, counts, split=split, seed=seed)
+
+
+def model_key(
+    prepared: PreparedDataset, config: MiniConfig, per_class: int, base_model_dir=None
+) -> str:
+    code = source_hash(mini, annotations, render)
+    base = str(base_model_dir) if base_model_dir else None
+    return content_hash(prepared.store.path.name, asdict(config), per_class, code, base)
+
+
+def train_mini(
+    dataset: str = "dcsm",
+    data_dir: str | Path | None = None,
+    cohort_size: str = "full",
+    config: MiniConfig | None = None,
+    per_class: int = 800,
+    device: str = "cpu",
+    max_seconds: float | None = None,
+    executor=None,
+    make_default: bool = True,
+    progress: bool = False,
+    base_model_dir: str | Path | None = None,
+) -> Path:
+    """Train SleepVLM-mini on ``dataset``'s training subjects (both phases) and save it; the
+    saved folder when this data, config and code were trained before.
+
+    With ``base_model_dir`` (a pretrained Qwen2-VL-family folder, e.g. Qwen2.5-VL-3B-Instruct
+    with its tokenizer and image processor), the same two phases fine-tune LoRA adapters on it
+    instead of training a small model from scratch (use ``device="cuda"``). ``max_seconds``
+    caps the wall time: a quarter for perception, the rest for grounding."""
+    import torch
+
+    config = config or MiniConfig()
+    prepared = prepare_dataset(dataset, data_dir, cohort_size=cohort_size, executor=executor)
+    key = model_key(prepared, config, per_class, base_model_dir)
+    folder = cache_dir("models") / f"sleepvlm-mini-{dataset}-{key}"
+    if not (folder / mini.SETTINGS_FILE).is_file():
+        torch.manual_seed(config.seed)
+        started = time.perf_counter()
+        sample = training_sample(prepared, per_class, seed=config.seed)
+        examples = build_examples(prepared, sample, config, executor)
+        model, tokenizer, processor = _starting_point(examples, config, base_model_dir)
+        log = train_phases(
+            model, tokenizer, processor, examples, config, device, max_seconds, progress
+        )
+        settings = mini.settings_of(
+            config,
+            dataset=dataset,
+            simulated=prepared.simulated,
+            source=prepared.source,
+            base_model=str(base_model_dir) if base_model_dir else None,
+            per_class=per_class,
+            n_examples=len(examples),
+            train_subjects=sorted(sample["subject"].astype(str).unique()),
+            device=device,
+            seconds=time.perf_counter() - started,
+            log={"loss": log.loss, "seconds": log.seconds},
+            parameters=sum(p.numel() for p in model.parameters()),
+        )
+        mini.save(model, tokenizer, processor, folder, settings)
+    if make_default:
+        (cache_dir("models") / DEFAULT_POINTER).write_text(str(folder))
+    return folder
+
+
+def _starting_point(examples: list[Example], config: MiniConfig, base_model_dir):
+    """A new small model with a tokenizer trained on the targets, or a base with LoRA."""
+    if base_model_dir is None:
+        tokenizer = mini.train_tokenizer([e.targets[p] for e in examples for p in mini.PHASES])
+        return mini.build_model(tokenizer, config), tokenizer, mini.image_processor(config)
+    base = mini.MiniModel.load(base_model_dir)
+    return mini.add_lora(base.model), base.tokenizer, base.processor
+
+
+def train_phases(
+    model, tokenizer, processor, examples, config, device="cpu", max_seconds=None, progress=False
+) -> mini.TrainingLog:
+    """Perception, then grounding, on the same examples."""
+    log = mini.TrainingLog()
+    budget = {"perception": None, "grounding": None}
+    if max_seconds is not None:
+        budget = {"perception": max_seconds / 4, "grounding": 3 * max_seconds / 4}
+    steps = {"perception": config.perception_steps, "grounding": config.grounding_steps}
+    for phase in mini.PHASES:
+        if steps[phase]:
+            mini.train_phase(
+                model,
+                tokenizer,
+                processor,
+                examples,
+                phase,
+                steps[phase],
+                config,
+                device,
+                log,
+                budget[phase],
+                _printer(phase) if progress else None,
+            )
+    return log
+
+
+def _printer(phase: str):
+    def report(step: int, loss: float) -> None:
+        if step % 50 == 0:
+            print(f"{phase} step {step}: loss {loss:.3f}", flush=True)
+
+    return report
+
+
+def default_model_dir() -> Path:
+    """The model folder ``sleepvlm-mini`` serves: ``$SLEEPVLM_MINI_DIR``, else the last one
+    trained with ``make_default``."""
+    if os.environ.get(MODEL_DIR_ENV):
+        return Path(os.environ[MODEL_DIR_ENV])
+    pointer = cache_dir("models") / DEFAULT_POINTER
+    if not pointer.is_file():
+        raise MiniError(
+            "no SleepVLM-mini has been trained here: run chapter 11 (sleepvlm book --only 11), "
+            f"call sleepvlm.explain.train_mini(), or set {MODEL_DIR_ENV} to a model folder"
+        )
+    return Path(pointer.read_text().strip())
+
+
+#: Answer to a request without an image (no stage label in it: scored as invalid).
+NO_IMAGE_ANSWER = "No epoch image in the request; SleepVLM-mini reads images only."
+
+
+@functools.cache
+def _answerer(folder: Path) -> mini.BatchingAnswerer:
+    return mini.BatchingAnswerer(mini.MiniModel.load(folder))
+
+
+class ServedMini:
+    """The embedded ``sleepvlm-mini`` model: answers the first image of a request with the
+    model in :func:`default_model_dir` (loaded once, concurrent requests batched). It was
+    trained with one instruction and is given that one whatever the request's text says."""
+
+    def __call__(self, messages: list[dict]) -> str:
+        images = wire_images(messages)
+        if not images:
+            return NO_IMAGE_ANSWER
+        return _answerer(default_model_dir())(images[0])
+
+    def version(self) -> str:
+        """Names the trained weights, so stored answers of another model are never replayed."""
+        return default_model_dir().name

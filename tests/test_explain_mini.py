@@ -1,0 +1,197 @@
+"""SleepVLM-mini on a tiny configuration: targets, tokenizer, training lowers the loss, the
+saved folder loads and answers the same, the embedded server serves it, LoRA on a base."""
+
+import concurrent.futures
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from sleepvlm.explain import mini, train
+from sleepvlm.models import Engine, get_model, load_registry, running_server, user_request
+from sleepvlm.render import render_png
+
+TINY = mini.MiniConfig(
+    image_width=224,
+    image_height=112,
+    context=1,
+    vision_depth=1,
+    vision_dim=32,
+    text_dim=32,
+    text_layers=1,
+    heads=2,
+    perception_steps=4,
+    grounding_steps=12,
+    batch_size=4,
+    learning_rate=3e-3,
+    warmup_steps=2,
+    max_new_tokens=12,
+)
+ANSWERS = {
+    "W": "Stage: W. Rules: W.alpha. Evidence: alpha rhythm.",
+    "N3": "Stage: N3. Rules: N3.sw20. Evidence: slow wave on EEG at 3-5 s.",
+}
+
+
+def _epoch(stage: str, seed: int) -> np.ndarray:
+    """A (3, 3000) epoch: alpha at 10 Hz for W, large 1-Hz waves for N3."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(3000) / 100
+    eeg = (
+        30 * np.sin(2 * np.pi * 10 * t) if stage == "W" else 120 * np.sin(2 * np.pi * 1 * t)
+    ) + rng.normal(0, 5, 3000)
+    return np.stack([eeg, rng.normal(0, 10, 3000), rng.normal(0, 3, 3000)])
+
+
+@pytest.fixture(scope="module")
+def examples():
+    out = []
+    for i in range(8):
+        stage = "W" if i % 2 else "N3"
+        window = [_epoch(stage, 10 * i + k) for k in range(3)]
+        png = render_png(window[1], window[0], window[2], options=TINY.image_options())
+        targets = {"perception": mini.waveform_description(window[1]), "grounding": ANSWERS[stage]}
+        out.append(mini.Example(png, targets, ("tiny", str(i), "1", i)))
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained(examples, tmp_path_factory):
+    """A tiny model trained a few steps in both phases and saved."""
+    torch.manual_seed(0)
+    texts = [e.targets[p] for e in examples for p in mini.PHASES]
+    tokenizer = mini.train_tokenizer(texts)
+    processor = mini.image_processor(TINY)
+    model = mini.build_model(tokenizer, TINY)
+    log = train.train_phases(model, tokenizer, processor, examples, TINY)
+    folder = tmp_path_factory.mktemp("mini") / "model"
+    mini.save(model, tokenizer, processor, folder, mini.settings_of(TINY, log=log.loss))
+    return folder, log
+
+
+def test_waveform_description_reads_band_amplitude_and_events():
+    text = mini.waveform_description(_epoch("W", 0), ["spindle on EEG at 12-14 s"])
+    words = text.split()
+    assert words[:5] == ["t0", "alpha", "eeg2", "eog1", "emg1"]
+    assert words.count("alpha") == 6  # every 5-s segment
+    assert text.endswith("events: spindle on EEG at 12-14 s ;")
+    slow = mini.waveform_description(_epoch("N3", 0)).split()
+    assert slow[1] == "delta" and slow[2] == "eeg4"
+    assert slow[-1] == "none"
+
+
+def test_tokenizer_round_trips_answers_and_knows_every_rule():
+    tokenizer = mini.train_tokenizer(list(ANSWERS.values()))
+    for answer in ANSWERS.values():
+        ids = tokenizer(answer)["input_ids"]
+        assert tokenizer.unk_token_id not in ids
+        assert tokenizer.decode(ids) == answer
+    assert tokenizer.unk_token_id not in tokenizer("N2.spindle R.rem 29")["input_ids"]
+
+
+def test_batches_mask_everything_but_the_target(examples):
+    tokenizer = mini.train_tokenizer([e.targets["grounding"] for e in examples])
+    processor = mini.image_processor(TINY)
+    pngs = [e.image for e in examples[:2]]
+    batch = mini.make_batch(tokenizer, processor, pngs, "Score.", [ANSWERS["W"], ANSWERS["N3"]])
+    image_tokens = batch["mm_token_type_ids"].sum(dim=1)
+    # 224x112 px: 16x8 patches of 14 px, merged 2x2 -> 32 image tokens per image
+    assert image_tokens.tolist() == [32, 32]
+    kept = [tokenizer.decode(row[row != mini.IGNORE]) for row in batch["labels"]]
+    assert kept == [f"{ANSWERS['W']} {mini.IM_END}", f"{ANSWERS['N3']} {mini.IM_END}"]
+    generation = mini.make_batch(tokenizer, processor, pngs, "Score.")
+    assert "labels" not in generation
+    assert (generation["input_ids"][:, -1] == generation["input_ids"][0, -1]).all()  # left pad
+
+
+def test_training_lowers_the_loss_in_both_phases(trained):
+    _, log = trained
+    for phase in mini.PHASES:
+        losses = log.loss[phase]
+        assert len(losses) == {"perception": 4, "grounding": 12}[phase]
+        assert np.mean(losses[-3:]) < losses[0]
+
+
+def test_saved_model_loads_and_answers_deterministically(trained, examples):
+    folder, _ = trained
+    settings = json.loads((folder / mini.SETTINGS_FILE).read_text())
+    assert settings["config"]["vision_dim"] == TINY.vision_dim
+    model = mini.MiniModel.load(folder)
+    pngs = [e.image for e in examples[:3]]
+    first = model.generate(pngs)
+    assert first == model.generate(pngs)
+    assert all(isinstance(a, str) for a in first)
+    assert model.generate(pngs[:1]) == first[:1]  # padding does not change an answer
+
+
+def test_batching_answerer_gives_each_caller_its_own_answer(trained, examples):
+    model = mini.MiniModel.load(trained[0])
+    pngs = [e.image for e in examples]
+    alone = model.generate(pngs)
+    answerer = mini.BatchingAnswerer(model, max_batch=4, wait_s=0.05)
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        together = list(pool.map(answerer, pngs))
+    assert together == alone
+
+
+def test_missing_model_folder_is_a_clear_error(tmp_path, monkeypatch):
+    with pytest.raises(mini.MiniError, match="config.json missing.*chapter 11"):
+        mini.MiniModel.load(tmp_path)
+    monkeypatch.delenv(train.MODEL_DIR_ENV, raising=False)
+    monkeypatch.setenv("SLEEPVLM_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(mini.MiniError, match="no SleepVLM-mini has been trained"):
+        train.default_model_dir()
+
+
+def test_served_model_answers_images_through_the_harness(trained, examples, monkeypatch, tmp_path):
+    folder, _ = trained
+    monkeypatch.setenv(train.MODEL_DIR_ENV, str(folder))
+    direct = mini.MiniModel.load(folder).generate([e.image for e in examples[:4]])
+    requests = [user_request("Stage?", images=(e.image,)) for e in examples[:4]]
+    requests.append(user_request("Stage? (no image)"))
+    with running_server() as server:
+        spec = get_model("sleepvlm-mini", base_url=server.url, backend="openai_compatible")
+        answers = Engine(spec, tmp_path / "r.jsonl", concurrency=4, progress=False).run(requests)
+    assert [a.text for a in answers[:4]] == direct
+    assert answers[4].text == train.NO_IMAGE_ANSWER
+    local = Engine(get_model("sleepvlm-mini"), tmp_path / "l.jsonl", progress=False)
+    assert folder.name in local.model  # stored answers are keyed by the weights served
+
+
+def test_registry_image_options_are_the_models(trained):
+    spec = load_registry()["sleepvlm-mini"]
+    options = mini.MiniConfig().image_options()
+    assert spec.image == {
+        "width": options.width,
+        "height": options.height,
+        "context": options.context,
+    }
+
+
+def test_lora_fine_tunes_a_base_of_the_same_family(trained, examples, tmp_path):
+    base = mini.MiniModel.load(trained[0])
+    model = mini.add_lora(base.model)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n or "merger" in n for n in trainable)
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if "embed_tokens" in n}
+    grounding_only = dataclasses.replace(TINY, perception_steps=0, grounding_steps=8)
+    log = train.train_phases(model, base.tokenizer, base.processor, examples, grounding_only)
+    assert np.mean(log.loss["grounding"][-3:]) < log.loss["grounding"][0]
+    for name, before in frozen.items():
+        assert torch.equal(dict(model.named_parameters())[name], before)
+    folder = mini.save(model, base.tokenizer, base.processor, tmp_path / "lora", {"lora": True})
+    merged = mini.MiniModel.load(folder)
+    assert not any("lora_" in n for n, _ in merged.model.named_parameters())
+    assert merged.generate([examples[0].image]) == mini.MiniModel.load(folder).generate(
+        [examples[0].image]
+    )
+
+
+def test_unknown_phase_and_empty_examples_are_refused(trained):
+    model = mini.MiniModel.load(trained[0])
+    with pytest.raises(mini.MiniError, match="phase 'pretraining'"):
+        mini.train_phase(model.model, model.tokenizer, model.processor, [], "pretraining", 1, TINY)
+    with pytest.raises(mini.MiniError, match="no training examples"):
+        mini.train_phase(model.model, model.tokenizer, model.processor, [], "grounding", 1, TINY)
