@@ -29,4 +29,4 @@ smoke: install
 	$(BIN)/sleepvlm book --smoke --build-dir _smoke
 
 clean:
-	rm -rf _build _smoke book/*.ipynb book/_runs
+	rm -rf _build _smoke book/*.ipynb book/_runs book/build_log.md

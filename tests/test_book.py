@@ -1,18 +1,27 @@
+import html
 import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
 
 import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from sleepvlm.book import (
+    RUN_COMMAND_TAG,
     BookError,
     chapter_notebooks,
     dirty_notebooks,
     execute_chapter,
+    rerun_command,
     run_book,
     select_chapters,
 )
-from sleepvlm.cache import project_root
+from sleepvlm.cache import library_hash, project_root
 
 KERNEL = {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}
 
@@ -47,6 +56,10 @@ def test_execute_skip_and_rerun_on_new_parameters(tiny_chapter, tmp_path):
     assert first.status == "ran"
     out = nbformat.read(build / "book" / "01_tiny.ipynb", as_version=4)
     assert out.cells[-1].outputs[0]["text"].strip() == "9"
+    assert RUN_COMMAND_TAG in out.cells[1].metadata.tags  # right under the title
+    assert "papermill notebooks/01_tiny.ipynb out.ipynb -p value 3" in out.cells[1].source
+    source = nbformat.read(tiny_chapter, as_version=4)
+    assert not any(RUN_COMMAND_TAG in c.metadata.get("tags", []) for c in source.cells)
     assert execute_chapter(tiny_chapter, build, {"value": 3}).status == "skipped"
     assert execute_chapter(tiny_chapter, build, {"value": 4}).status == "ran"
     assert execute_chapter(tiny_chapter, build, {"value": 4}, force=True).status == "ran"
@@ -101,23 +114,135 @@ def test_parameters_cell_follows_the_imports_and_comments_each_parameter():
                 assert "#" in line, f"{path.name}: parameter without a comment: {line!r}"
 
 
-FAKE_KEY = "sk-test-" + "0123456789abcdefghij0123456789"
+def test_rerun_command_leaves_out_defaults_and_keeps_types(tmp_path):
+    nb = write_notebook(
+        tmp_path / "07_x.ipynb",
+        [
+            new_markdown_cell("# X"),
+            parameters_cell(
+                'dataset: str = ""  # one dataset\nseed: int = 0  # seed\n'
+                "models: list = ['chance']  # models\nsmoke: bool = False  # tiny run"
+            ),
+        ],
+    )
+    params = {"smoke": False, "dataset": "dcsm", "seed": 0, "models": ["a b"], "tag": "1"}
+    assert rerun_command(nb, params) == (
+        "papermill notebooks/07_x.ipynb out.ipynb -p dataset dcsm "
+        """-y 'models: ["a b"]' -r tag 1"""
+    )
+
+
+def fake_project(root, chapters: dict[str, str]):
+    """A project whose chapters are one parameters cell and one code cell each."""
+    (root / "notebooks").mkdir(parents=True)
+    for name, code in chapters.items():
+        write_notebook(
+            root / "notebooks" / f"{name}.ipynb",
+            [
+                new_markdown_cell(f"# {name}"),
+                parameters_cell('marks: str = ""  # folder'),
+                new_code_cell(code),
+            ],
+        )
+    return root
+
+
+def count_run(name):
+    return f"import pathlib\nwith open(pathlib.Path(marks) / '{name}', 'a') as f:\n    f.write('x')"
+
+
+def wait_for(path, seconds=60.0):
+    deadline = time.monotonic() + seconds
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.2)
+
+
+def test_book_killed_in_the_second_chapter_resumes_without_rerunning_the_first(
+    tmp_path, monkeypatch
+):
+    # both processes see one library version, even while the library is being edited
+    monkeypatch.setattr("sleepvlm.book.library_hash", lambda: "pinned")
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    (marks / "slow").touch()
+    slow_second = (
+        count_run("02")
+        + "\nimport time\nwhile (pathlib.Path(marks) / 'slow').exists():\n    time.sleep(0.2)"
+    )
+    root = fake_project(
+        tmp_path / "project", {"01_first": count_run("01"), "02_second": slow_second}
+    )
+    params = {"marks": str(marks)}
+    script = (
+        "import sleepvlm.book as book\n"
+        "book.library_hash = lambda: 'pinned'\n"
+        f"book.run_book(root={str(root)!r}, parameters={params!r}, html=False)"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=root, start_new_session=True)
+    try:
+        wait_for(marks / "02")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    (marks / "slow").unlink()  # the kernel left behind exits when it sees its parent gone
+    assert (root / "book" / "01_first.ipynb").is_file()
+    assert not (root / "book" / "02_second.ipynb").exists()
+
+    runs = run_book(root=root, parameters=params, html=False, log=lambda _: None)
+    assert [(r.chapter, r.status) for r in runs] == [("01_first", "skipped"), ("02_second", "ran")]
+    assert (marks / "01").read_text() == "x"  # executed once, before the kill
+    assert (root / "book" / "02_second.ipynb").is_file()
+    log = (root / "book" / "build_log.md").read_text()
+    assert "| 01_first | skipped |" in log and "| 02_second | ran |" in log
+
+
+def test_failing_chapter_stops_the_book_and_keeps_earlier_chapters(tmp_path):
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    root = fake_project(
+        tmp_path / "project",
+        {
+            "01_ok": count_run("01"),
+            "02_bad": "raise ValueError('bad input in chapter two')",
+            "03_after": count_run("03"),
+        },
+    )
+    with pytest.raises(BookError, match=r"02_bad failed in cell \[3\].*ValueError: bad input"):
+        run_book(root=root, parameters={"marks": str(marks)}, html=False, log=lambda _: None)
+    assert (root / "book" / "01_ok.ipynb").is_file()
+    assert not (marks / "03").exists() and not (root / "book" / "03_after.ipynb").exists()
+    log = (root / "book" / "build_log.md").read_text()
+    assert "| 01_ok | ran |" in log and "| 02_bad | failed |" in log
+    assert "| 03_after | not run | — |" in log
+    assert "papermill notebooks/01_ok.ipynb out.ipynb -p smoke False -p marks" in log
 
 
 @pytest.mark.slow
-def test_smoke_book_builds_with_warnings_as_errors_and_leaks_no_key(tmp_path, monkeypatch):
-    monkeypatch.setenv("SLEEPVLM_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("OPENAI_API_KEY", FAKE_KEY)
-    runs = run_book(smoke=True, build=tmp_path / "book", log=lambda _: None)
-    assert {r.status for r in runs} == {"ran"}
-    html = tmp_path / "book" / "_build" / "html"
-    for run in runs:
-        page = (html / "book" / f"{run.chapter}.html").read_text()
+def test_smoke_book_builds_with_warnings_as_errors_and_leaks_no_key(smoke_book):
+    assert {r.status for r in smoke_book.runs} == {"ran"}
+    for run in smoke_book.runs:
+        page = (smoke_book.html / "book" / f"{run.chapter}.html").read_text()
         assert "Traceback" not in page
-    assert (html / "index.html").is_file()
-    written = [p for p in tmp_path.rglob("*") if p.is_file() and p.suffix in TEXT_SUFFIXES]
-    leaks = [p for p in written if FAKE_KEY in p.read_text(errors="ignore")]
+        text = html.unescape(re.sub(r"<[^>]+>", "", page))  # the code is split into tokens
+        assert f"papermill notebooks/{run.chapter}.ipynb out.ipynb -p smoke True" in text
+        # launch buttons are plain links to the repository, nothing fetched at build time
+        assert "https://mybinder.org/v2/gh/sleepvlm/sleepvlm/main?urlpath=" in page
+        colab = "https://colab.research.google.com/github/sleepvlm/sleepvlm/blob/main/book/"
+        assert f"{colab}{run.chapter}.ipynb" in page
+    assert (smoke_book.html / "index.html").is_file()
+    written = [p for p in smoke_book.base.rglob("*") if p.is_file() and p.suffix in TEXT_SUFFIXES]
+    leaks = [p for p in written if smoke_book.key in p.read_text(errors="ignore")]
     assert written and not leaks
+
+
+@pytest.mark.slow
+def test_smoke_book_has_its_build_log_and_teaching_pages(smoke_book):
+    log = (smoke_book.html / "book" / "build_log.html").read_text()
+    for run in smoke_book.runs:
+        assert f"<td><p>{run.chapter}</p></td>\n<td><p>ran</p></td>" in log
+    assert library_hash() in log
+    assert (smoke_book.html / "book" / "teaching.html").is_file()
 
 
 TEXT_SUFFIXES = {".ipynb", ".html", ".json", ".jsonl", ".csv", ".txt", ".md", ".log"}

@@ -4,14 +4,19 @@ renders ``_build/html`` without executing anything, warnings as errors."""
 
 from __future__ import annotations
 
+import ast
 import json
+import os
+import platform
+import shlex
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import nbformat
@@ -24,6 +29,9 @@ RUNS = "_runs"
 #: Files at the top of the project that Jupyter Book needs beside book/.
 BOOK_FILES = ("_config.yml", "_toc.yml", "references.bib")
 KERNEL = "python3"
+BUILD_LOG = "build_log.md"
+#: Tag of the cell that book.py adds to each executed chapter with its papermill command.
+RUN_COMMAND_TAG = "run-command"
 
 
 class BookError(RuntimeError):
@@ -37,6 +45,18 @@ class ChapterRun:
     seconds: float
     key: str
     parameters: dict
+    finished: str = ""  # UTC time the run ended (ISO 8601)
+    machine: str = field(default_factory=lambda: machine_description())
+    library: str = field(default_factory=lambda: library_hash())
+
+
+def machine_description() -> str:
+    """What the timings were measured on: architecture, system and CPU cores."""
+    return f"{platform.machine()} {platform.system()}, {os.cpu_count()} cores"
+
+
+def now_utc() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def chapter_notebooks(root: Path) -> list[Path]:
@@ -104,7 +124,8 @@ def execute_chapter(
         except papermill.PapermillExecutionError as err:
             failed = record.with_suffix(".failed.ipynb")
             shutil.copyfile(partial, failed)
-            run = ChapterRun(notebook.stem, "failed", time.perf_counter() - start, key, parameters)
+            seconds = time.perf_counter() - start
+            run = ChapterRun(notebook.stem, "failed", seconds, key, parameters, now_utc())
             record.write_text(json.dumps(asdict(run), indent=1))
             raise BookError(
                 f"chapter {notebook.stem} failed in cell [{err.exec_count}] (execution count in "
@@ -112,10 +133,65 @@ def execute_chapter(
                 f"{err.evalue}\nThe executed notebook with the error is {failed}; "
                 "earlier chapters are kept."
             ) from None
+        add_run_command_cell(partial, rerun_command(notebook, parameters))
         shutil.move(partial, out)
-    run = ChapterRun(notebook.stem, "ran", time.perf_counter() - start, key, parameters)
+    run = ChapterRun(notebook.stem, "ran", time.perf_counter() - start, key, parameters, now_utc())
     record.write_text(json.dumps(asdict(run), indent=1))
     return run
+
+
+def notebook_defaults(notebook: Path) -> dict:
+    """The literal default values of the notebook's ``parameters`` cell."""
+    nb = nbformat.read(notebook, as_version=4)
+    cell = next((c for c in nb.cells if "parameters" in c.metadata.get("tags", [])), None)
+    defaults = {}
+    for node in ast.parse(cell.source if cell else "").body:
+        target = node.target if isinstance(node, ast.AnnAssign) else None
+        if isinstance(node, ast.Assign) and len(node.targets) == 1:
+            target = node.targets[0]
+        if isinstance(target, ast.Name) and node.value is not None:
+            try:
+                defaults[target.id] = ast.literal_eval(node.value)
+            except (ValueError, TypeError, SyntaxError):
+                continue  # computed defaults cannot be compared; the value is always passed
+    return defaults
+
+
+def papermill_option(name: str, value: object) -> str:
+    """One papermill CLI option that passes ``value`` with its type (``-p`` guesses types
+    from the text, so strings it would misread go raw and containers go as YAML)."""
+    from papermill.cli import _resolve_type
+
+    if isinstance(value, bool | int | float) or value is None:
+        return f"-p {name} {value}"
+    if isinstance(value, str):
+        flag = "-p" if _resolve_type(value) == value else "-r"
+        return f"{flag} {name} {shlex.quote(value)}"
+    return f"-y {shlex.quote(f'{name}: {json.dumps(value)}')}"
+
+
+def rerun_command(notebook: Path, parameters: dict) -> str:
+    """The papermill command that reruns a chapter with ``parameters`` (values equal to the
+    notebook's defaults left out), from the project root."""
+    defaults = notebook_defaults(notebook)
+    options = [
+        papermill_option(name, value)
+        for name, value in parameters.items()
+        if name not in defaults or defaults[name] != value
+    ]
+    return " ".join(["papermill", f"{NOTEBOOKS}/{notebook.name}", "out.ipynb", *options])
+
+
+def add_run_command_cell(executed: Path, command: str) -> None:
+    """Put the chapter's papermill command under its title (the first cell) in the executed
+    notebook, so that every page says how to rerun it."""
+    nb = nbformat.read(executed, as_version=4)
+    cell = nbformat.v4.new_markdown_cell(
+        f"Run this chapter:\n\n```bash\n{command}\n```", metadata={"tags": [RUN_COMMAND_TAG]}
+    )
+    titled = nb.cells and nb.cells[0].cell_type == "markdown"
+    nb.cells.insert(1 if titled else 0, cell)
+    nbformat.write(nb, executed)
 
 
 def copy_book_sources(root: Path, build: Path) -> None:
@@ -125,6 +201,66 @@ def copy_book_sources(root: Path, build: Path) -> None:
         shutil.copyfile(root / name, build / name)
     for page in (root / BOOK).glob("*.md"):
         shutil.copyfile(page, build / BOOK / page.name)
+
+
+def read_record(build: Path, chapter: str) -> dict | None:
+    path = build / BOOK / RUNS / f"{chapter}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def markdown_cell_text(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def build_log_markdown(root: Path, build: Path, statuses: dict[str, str]) -> str:
+    """The build log page: per chapter its status in this build and, from its run record,
+    the seconds, parameters, time and machine of its last execution."""
+    rows, commands, total = [], [], 0.0
+    for notebook in chapter_notebooks(root):
+        chapter = notebook.stem
+        record = read_record(build, chapter) or {}
+        status = statuses.get(chapter, "not run")
+        if "seconds" in record:
+            total += record["seconds"]
+            seconds = f"{record['seconds']:.1f}"
+            params = f"`{markdown_cell_text(json.dumps(record['parameters']))}`"
+            when = f"{record.get('finished', '?')} ({record.get('machine', '?')})"
+            commands.append((chapter, rerun_command(notebook, record["parameters"])))
+        else:
+            seconds = params = when = "—"
+        rows.append(f"| {chapter} | {status} | {seconds} | {params} | {when} |")
+    lines = [
+        "# Build log",
+        "",
+        "How the chapters of this build were executed, written by `sleepvlm book` from the run",
+        f"records in `{BOOK}/{RUNS}/`. A *skipped* chapter was unchanged (same notebook,",
+        "parameters and library) and keeps the output and timing of its last run.",
+        "",
+        f"- built: {now_utc()}",
+        f"- machine: {machine_description()}",
+        f"- library hash: `{library_hash()}`",
+        f"- total of the chapters' recorded times: {total:.1f} s ({total / 60:.1f} min)",
+        "",
+        "| chapter | status | seconds | parameters | last run (machine) |",
+        "|---|---|---:|---|---|",
+        *rows,
+        "",
+        "## Rerunning a chapter",
+        "",
+        "From the project root, with the parameters of this build (parameters equal to the",
+        "notebook's defaults are left out):",
+        "",
+    ]
+    for chapter, command in commands:
+        lines += [f"{chapter}:", "", "```bash", command, "```", ""]
+    return "\n".join(lines)
+
+
+def write_build_log(root: Path, build: Path, statuses: dict[str, str]) -> Path:
+    path = build / BOOK / BUILD_LOG
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(build_log_markdown(root, build, statuses))
+    return path
 
 
 def build_html(build: Path) -> Path:
@@ -145,18 +281,28 @@ def run_book(
     force: bool = False,
     html: bool = True,
     log=print,
+    root: Path | None = None,
 ) -> list[ChapterRun]:
-    """Execute the selected chapters (all by default) and build the HTML book in ``build``."""
-    root = project_root()
+    """Execute the selected chapters (all by default) of the project at ``root`` (this one by
+    default), write the build log and build the HTML book in ``build``."""
+    root = Path(root or project_root()).resolve()
     build = Path(build or root).resolve()
     if build != root:
         copy_book_sources(root, build)
     params = {"smoke": smoke, **(parameters or {})}
+    chapters = select_chapters(chapter_notebooks(root), only)
+    statuses = {nb.stem: "not selected" for nb in chapter_notebooks(root)}
+    statuses.update({nb.stem: "not run" for nb in chapters})
     runs = []
-    for notebook in select_chapters(chapter_notebooks(root), only):
-        run = execute_chapter(notebook, build, params, force=force)
-        log(f"{run.chapter}: {run.status} ({run.seconds:.1f} s)")
-        runs.append(run)
+    try:
+        for notebook in chapters:
+            statuses[notebook.stem] = "failed"  # until it finishes
+            run = execute_chapter(notebook, build, params, force=force)
+            statuses[notebook.stem] = run.status
+            log(f"{run.chapter}: {run.status} ({run.seconds:.1f} s)")
+            runs.append(run)
+    finally:
+        log(f"build log: {write_build_log(root, build, statuses)}")
     if html:
         log(f"HTML: {build_html(build)}")
     return runs

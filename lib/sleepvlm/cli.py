@@ -44,6 +44,19 @@ def cmd_check_notebooks(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+def cmd_teach(args: argparse.Namespace) -> int:
+    from .teach import TeachError, write_teaching_versions
+
+    try:
+        paths = write_teaching_versions(args.chapter, out=args.out)
+    except TeachError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    for kind, path in paths.items():
+        print(f"{kind}: {path}")
+    return 0
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     from .data.cohort import build_cohort
 
@@ -86,6 +99,13 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-notebooks", help="fail if notebook sources carry outputs")
     check.add_argument("folder", nargs="?", default="notebooks")
     check.set_defaults(func=cmd_check_notebooks)
+
+    teach = sub.add_parser(
+        "teach", help="write a chapter's student (no solutions) and instructor versions"
+    )
+    teach.add_argument("chapter", metavar="CHAPTER", help="chapter number (03) or name")
+    teach.add_argument("--out", type=Path, help="folder (default: _build/teach)")
+    teach.set_defaults(func=cmd_teach)
 
     sim = sub.add_parser(
         "simulate", help="write the simulated cohort in the real datasets' formats"
