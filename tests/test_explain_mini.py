@@ -9,8 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from sleepvlm.explain import mini, train
+from sleepvlm.data.dcsm import write_dcsm
+from sleepvlm.data.simulate import simulate_night
+from sleepvlm.explain import faithfulness, mini, train
 from sleepvlm.models import Engine, get_model, load_registry, running_server, user_request
+from sleepvlm.prepare import prepare_dataset
 from sleepvlm.render import render_png
 
 TINY = mini.MiniConfig(
@@ -195,3 +198,51 @@ def test_unknown_phase_and_empty_examples_are_refused(trained):
         mini.train_phase(model.model, model.tokenizer, model.processor, [], "pretraining", 1, TINY)
     with pytest.raises(mini.MiniError, match="no training examples"):
         mini.train_phase(model.model, model.tokenizer, model.processor, [], "grounding", 1, TINY)
+
+
+def test_chapter_defaults_train_the_model_the_library_trains_by_default():
+    """Chapters 07 and 12 call train_mini with its defaults, chapter 11 with its parameters:
+    equal defaults mean one model is trained and cached, not two."""
+    import inspect
+
+    import nbformat
+
+    from sleepvlm.cache import project_root
+
+    notebook = nbformat.read(project_root() / "notebooks" / "11_sleepvlm_mini.ipynb", 4)
+    cell = next(c for c in notebook.cells if "parameters" in c.metadata.get("tags", []))
+    values: dict = {}
+    exec(cell.source, values)
+    defaults = inspect.signature(train.train_mini).parameters
+    config = mini.MiniConfig()
+    assert values["per_class"] == defaults["per_class"].default
+    assert values["train_nights"] == defaults["max_nights"].default
+    assert values["perception_steps"] == config.perception_steps
+    assert values["grounding_steps"] == config.grounding_steps
+    assert values["seed"] == config.seed
+
+
+@pytest.fixture
+def prepared(monkeypatch, tmp_path):
+    """Three half-hour simulated DCSM nights, prepared into an epoch store."""
+    monkeypatch.setenv("SLEEPVLM_CACHE", str(tmp_path / "cache"))
+    for subject in (0, 1, 3):
+        write_dcsm(simulate_night("dcsm", subject, hours=0.5), tmp_path / "dcsm")
+    return prepare_dataset("dcsm", data_dir=tmp_path / "dcsm")
+
+
+def test_training_examples_pair_each_image_with_both_targets(prepared):
+    sample = train.training_sample(prepared, per_class=3, seed=0, max_nights=1, split="train")
+    assert sample["subject"].nunique() == 1
+    assert (sample["stage"].value_counts() <= 3).all()
+    examples = train.build_examples(prepared, sample, TINY)
+    assert len(examples) == len(sample)
+    for example, stage in zip(examples, sample["stage"], strict=True):
+        assert example.image.startswith(b"\x89PNG")
+        assert example.targets["grounding"].startswith(f"Stage: {stage}. Rules: ")
+        assert example.targets["perception"].startswith("t0 ")
+    scores = faithfulness.score_run(
+        prepared, sample.assign(answer=[e.targets["grounding"] for e in examples])
+    )
+    assert (scores["stage_correct"]).all()
+    assert scores["precision"].dropna().eq(1.0).all()  # the references cite only true events

@@ -322,12 +322,14 @@ def run_experiment(
     api_key_env: str | None = None,
     counts: dict[str, int] | None = None,
     image_context: int = 0,
+    image: dict | None = None,
     sequence_config: SequenceConfig | None = None,
     decoding: dict | None = None,
     timeout_s: float = 120.0,
     progress: bool = False,
     registry: dict[str, ModelSpec] | None = None,
     prompt: text_features.Prompt | None = None,
+    extra: dict | None = None,
 ) -> tuple[dict, pd.DataFrame]:
     """Run ``model`` on the ``modality`` inputs of ``dataset``'s class-balanced test sample
     with the ``prompt_variant`` prompt; returns the results record (also written to
@@ -342,6 +344,8 @@ def run_experiment(
     ``prompt`` replaces the ``<modality>_<prompt_variant>`` template by a variant of it (e.g.
     from :mod:`sleepvlm.failures`): its answers are stored under its own hash, and the record's
     ``prompt`` is ``<prompt_variant>-<first 8 of its hash>`` so it never replaces the template's.
+    ``image`` overrides image options (e.g. ``{"autoscale": True}``) after the model's own.
+    ``extra`` fields are added to the record (e.g. ``train_dataset`` of a trained model).
     """
     if modality not in MODALITIES:
         raise ExperimentError(f"modality {modality!r} is not one of {MODALITIES}")
@@ -356,7 +360,7 @@ def run_experiment(
 
     if modality == "image":
         # A model trained on other images (e.g. SleepVLM-mini) gets the images it knows.
-        options = ImageOptions(**{"context": image_context, **(spec.image or {})})
+        options = ImageOptions(**{"context": image_context, **(spec.image or {}), **(image or {})})
         inputs: Sequence = image_inputs(prepared, rows, options, executor)
         input_settings = asdict(options)
     elif modality == "text":
@@ -432,6 +436,7 @@ def run_experiment(
             },
         }
     )
+    record.update(extra or {})
     json.dumps(record, allow_nan=False)  # a record that cannot be written fails here, not later
     if results_dir is not None:
         write_result(record, results_dir)

@@ -54,3 +54,7 @@ CHATTS_14B: dict[str, dict[str, float]] = {
 SLEEPVLM_KAPPA: dict[str, float] = {"mass_ss1": 0.767, "zuamhcs": 0.743}
 #: The cohort SleepVLM was trained on (the within-center key of :data:`SLEEPVLM_KAPPA`).
 SLEEPVLM_TRAINED_ON = "mass_ss1"
+
+#: SleepVLM, expert ratings of its rationales (1-5 scale): the mean of each criterion (factual
+#: accuracy, evidence comprehensiveness, logical coherence) lies above this value.
+SLEEPVLM_RATING_ABOVE: float = 4.0

@@ -33,8 +33,11 @@ from sleepvlm.explain.annotations import (
     EpochAnnotation,
     Evidence,
     ParsedAnswer,
+    annotate_store,
+    answer_text,
     decisive_evidence,
     parse_answer,
+    select,
     supported_stages,
 )
 from sleepvlm.rules.table import RULES
@@ -241,3 +244,35 @@ def ungrounded_claims(
 ) -> list[Claim]:
     """The events a free-text answer of any model cites that are not in the epoch."""
     return score_answer(parse_answer(text), annotation, tolerance_s).ungrounded
+
+
+def night_keys(frame: pd.DataFrame) -> pd.Series:
+    """The (subject, night) pair of each row of ``frame``."""
+    pairs = zip(frame["subject"].astype(str), frame["night"].astype(str), strict=True)
+    return pd.Series(list(pairs), index=frame.index, dtype=object)
+
+
+def nights_of(frame: pd.DataFrame, max_nights: int | None = None, seed: int = 0) -> list:
+    """The (subject, night) pairs of ``frame``, or a seeded choice of ``max_nights`` of them."""
+    nights = sorted(set(night_keys(frame)))
+    if max_nights is not None and len(nights) > max_nights:
+        chosen = np.random.default_rng(seed).choice(len(nights), max_nights, replace=False)
+        nights = [nights[i] for i in sorted(chosen)]
+    return nights
+
+
+def score_run(
+    prepared, frame: pd.DataFrame, max_nights: int | None = None, seed: int = 0, executor=None
+) -> pd.DataFrame:
+    """Scores of the answers of one run (the per-epoch table of
+    :func:`sleepvlm.experiment.run_experiment`, with ``answer``) against the rule annotations
+    of their nights; only the epochs of ``max_nights`` nights when given (annotating a night
+    runs every detector on it)."""
+    nights = nights_of(frame, max_nights, seed)
+    found = annotate_store(prepared, nights, executor=executor)
+    keep = frame[night_keys(frame).isin(nights)]
+    chosen = select(found, keep.assign(dataset=prepared.dataset))
+    scores = score_answers(keep["answer"].tolist(), chosen)
+    scores["answer"] = keep["answer"].to_numpy()
+    scores["reference"] = [answer_text(a) for a in chosen]
+    return scores

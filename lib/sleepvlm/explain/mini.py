@@ -20,6 +20,7 @@ import io
 import json
 import math
 import random
+import shutil
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -83,6 +84,7 @@ class MiniConfig:
     text_dim: int = 128
     text_layers: int = 2
     heads: int = 4
+    patch_size: int = 14  # pixels per side of a vision patch (Qwen2-VL's own is 14)
     perception_steps: int = 300
     grounding_steps: int = 900
     batch_size: int = 8
@@ -187,10 +189,14 @@ def train_tokenizer(texts: Sequence[str]):
 
 def image_processor(config: MiniConfig):
     """Qwen2-VL's image processor fixed to the training image size (no resizing)."""
-    from transformers import Qwen2VLImageProcessor
+    # The PIL implementation: the default one needs torchvision, which does not import beside
+    # this torch build.
+    from transformers import Qwen2VLImageProcessorPil
 
     pixels = config.image_width * config.image_height
-    return Qwen2VLImageProcessor(min_pixels=pixels, max_pixels=pixels)
+    return Qwen2VLImageProcessorPil(
+        min_pixels=pixels, max_pixels=pixels, patch_size=config.patch_size
+    )
 
 
 def build_model(tokenizer, config: MiniConfig):
@@ -222,7 +228,7 @@ def build_model(tokenizer, config: MiniConfig):
             "hidden_size": config.text_dim,
             "num_heads": config.heads,
             "mlp_ratio": 2,
-            "patch_size": 14,
+            "patch_size": config.patch_size,
             "spatial_merge_size": 2,
             "temporal_patch_size": 2,
         },
@@ -389,6 +395,9 @@ def add_lora(model, rank: int = 8, alpha: int = 16, dropout: float = 0.05):
 def save(model, tokenizer, processor, folder: str | Path, settings: dict) -> Path:
     """Save a trained model as a Hugging Face folder (LoRA adapters merged into the weights),
     with ``settings`` (config, data, training log) in :data:`SETTINGS_FILE`."""
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
     folder = Path(folder)
     partial = folder.with_name(folder.name + ".part")
     if hasattr(model, "merge_and_unload"):
@@ -398,8 +407,6 @@ def save(model, tokenizer, processor, folder: str | Path, settings: dict) -> Pat
     processor.save_pretrained(partial)
     (partial / SETTINGS_FILE).write_text(json.dumps(settings, indent=1, default=str))
     if folder.exists():
-        import shutil
-
         shutil.rmtree(folder)
     partial.replace(folder)
     return folder
@@ -429,9 +436,10 @@ class MiniModel:
             )
         settings_path = folder / SETTINGS_FILE
         settings = json.loads(settings_path.read_text()) if settings_path.is_file() else {}
+        transformers.utils.logging.disable_progress_bar()  # no bars in executed chapters
         model = transformers.AutoModelForImageTextToText.from_pretrained(folder)
         tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
-        processor = transformers.AutoImageProcessor.from_pretrained(folder)
+        processor = transformers.Qwen2VLImageProcessorPil.from_pretrained(folder)
         return cls(model.to(device).eval(), tokenizer, processor, settings, device)
 
     def generate(self, pngs: Sequence[bytes], phase: str = "grounding") -> list[str]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -27,9 +28,15 @@ from sleepvlm.models.messages import wire_images
 from sleepvlm.prepare import PreparedDataset, prepare_dataset, store_rows
 from sleepvlm.splits import balanced_sample
 
-from . import annotations, mini
+from . import annotations, faithfulness, mini
 from .mini import Example, MiniConfig, MiniError
 
+#: Settings of :func:`train_mini` for the book's smoke build: seconds, not a useful model.
+SMOKE = {
+    "config": MiniConfig(perception_steps=2, grounding_steps=4),
+    "per_class": 12,
+    "max_nights": 2,
+}
 #: Environment variable naming the model folder ``sleepvlm-mini`` serves.
 MODEL_DIR_ENV = "SLEEPVLM_MINI_DIR"
 DEFAULT_POINTER = "sleepvlm-mini-default.txt"
@@ -60,21 +67,27 @@ def build_examples(
 
 
 def training_sample(
-    prepared: PreparedDataset, per_class: int, seed: int = 0, split: str = "train"
+    prepared: PreparedDataset,
+    per_class: int,
+    seed: int = 0,
+    max_nights: int | None = None,
+    split: str = "train",
 ) -> pd.DataFrame:
-    """``per_class`` epochs of each stage (fewer when the split holds fewer) from ``split``."""
+    """``per_class`` epochs of each stage (fewer when the nights hold fewer) from ``split``,
+    from a seeded choice of ``max_nights`` of its nights when given (every training night is
+    annotated, which runs the detectors on it)."""
     pool = prepared.manifest[prepared.manifest["split"] == split]
+    nights = faithfulness.nights_of(pool, max_nights, seed)
+    pool = pool[faithfulness.night_keys(pool).isin(nights)]
     available = pool["stage"].value_counts()
     counts = {s: min(per_class, int(available.get(s, 0))) for s in STAGES}
-    return balanced_sample(prepared.manifest, counts, split=split, seed=seed)
+    return balanced_sample(pool, counts, split=split, seed=seed)
 
 
-def model_key(
-    prepared: PreparedDataset, config: MiniConfig, per_class: int, base_model_dir=None
-) -> str:
+def model_key(prepared: PreparedDataset, config: MiniConfig, sample, base_model_dir=None) -> str:
     code = source_hash(mini, annotations, render)
     base = str(base_model_dir) if base_model_dir else None
-    return content_hash(prepared.store.path.name, asdict(config), per_class, code, base)
+    return content_hash(prepared.store.path.name, asdict(config), sample, code, base)
 
 
 def train_mini(
@@ -83,6 +96,7 @@ def train_mini(
     cohort_size: str = "full",
     config: MiniConfig | None = None,
     per_class: int = 800,
+    max_nights: int | None = 8,
     device: str = "cpu",
     max_seconds: float | None = None,
     executor=None,
@@ -101,12 +115,12 @@ def train_mini(
 
     config = config or MiniConfig()
     prepared = prepare_dataset(dataset, data_dir, cohort_size=cohort_size, executor=executor)
-    key = model_key(prepared, config, per_class, base_model_dir)
+    key = model_key(prepared, config, (per_class, max_nights), base_model_dir)
     folder = cache_dir("models") / f"sleepvlm-mini-{dataset}-{key}"
     if not (folder / mini.SETTINGS_FILE).is_file():
         torch.manual_seed(config.seed)
         started = time.perf_counter()
-        sample = training_sample(prepared, per_class, seed=config.seed)
+        sample = training_sample(prepared, per_class, config.seed, max_nights)
         examples = build_examples(prepared, sample, config, executor)
         model, tokenizer, processor = _starting_point(examples, config, base_model_dir)
         log = train_phases(
@@ -119,6 +133,7 @@ def train_mini(
             source=prepared.source,
             base_model=str(base_model_dir) if base_model_dir else None,
             per_class=per_class,
+            max_nights=max_nights,
             n_examples=len(examples),
             train_subjects=sorted(sample["subject"].astype(str).unique()),
             device=device,
@@ -194,21 +209,35 @@ def default_model_dir() -> Path:
 NO_IMAGE_ANSWER = "No epoch image in the request; SleepVLM-mini reads images only."
 
 
-@functools.cache
+_ANSWERERS: dict[Path, mini.BatchingAnswerer] = {}
+_LOADING = threading.Lock()
+
+
 def _answerer(folder: Path) -> mini.BatchingAnswerer:
-    return mini.BatchingAnswerer(mini.MiniModel.load(folder))
+    # Concurrent first requests must load the model once (transformers' lazy imports are not
+    # safe to race either).
+    with _LOADING:
+        if folder not in _ANSWERERS:
+            _ANSWERERS[folder] = mini.BatchingAnswerer(mini.MiniModel.load(folder))
+        return _ANSWERERS[folder]
+
+
+@functools.lru_cache(maxsize=65536)
+def _answer(folder: Path, png: bytes) -> str:
+    return _answerer(folder)(png)
 
 
 class ServedMini:
     """The embedded ``sleepvlm-mini`` model: answers the first image of a request with the
     model in :func:`default_model_dir` (loaded once, concurrent requests batched). It was
-    trained with one instruction and is given that one whatever the request's text says."""
+    trained with one instruction and is given that one whatever the request's text says, so
+    an image already answered (under another prompt) is answered from memory."""
 
     def __call__(self, messages: list[dict]) -> str:
         images = wire_images(messages)
         if not images:
             return NO_IMAGE_ANSWER
-        return _answerer(default_model_dir())(images[0])
+        return _answer(default_model_dir(), images[0])
 
     def version(self) -> str:
         """Names the trained weights, so stored answers of another model are never replayed."""
