@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from sleepvlm import experiment
 from sleepvlm.data.dcsm import write_dcsm
 from sleepvlm.data.simulate import simulate_night
 from sleepvlm.explain import faithfulness, mini, train
@@ -161,6 +162,9 @@ def test_served_model_answers_images_through_the_harness(trained, examples, monk
     assert answers[4].text == train.NO_IMAGE_ANSWER
     local = Engine(get_model("sleepvlm-mini"), tmp_path / "l.jsonl", progress=False)
     assert folder.name in local.model  # stored answers are keyed by the weights served
+    info = experiment.local_model_info(get_model("sleepvlm-mini"))
+    assert info["model_folder"] == folder.name  # results records name the weights too
+    assert experiment.local_model_info(get_model("chance")) == {}
 
 
 def test_registry_image_options_are_the_models(trained):

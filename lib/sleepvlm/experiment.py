@@ -50,6 +50,7 @@ from sleepvlm.models import (
     wire_images,
 )
 from sleepvlm.models import embedded as _embedded  # registers the embedded models
+from sleepvlm.models.local import local_model
 from sleepvlm.models.messages import TS_PLACEHOLDER
 from sleepvlm.prepare import (
     PreparedDataset,
@@ -297,6 +298,15 @@ def build_requests(
     return requests, prompt
 
 
+def local_model_info(spec: ModelSpec) -> dict:
+    """What a trained local model reports of itself for the record (its ``info()``, e.g. the
+    center it was trained on); nothing for other models."""
+    if spec.backend != "local":
+        return {}
+    info = getattr(local_model(spec.model_id), "info", None)
+    return info() if info else {}
+
+
 def _responses_path(folder: Path, spec: ModelSpec) -> Path:
     return folder / (re.sub(r"[^A-Za-z0-9._-]+", "-", spec.name) + ".jsonl")
 
@@ -436,6 +446,7 @@ def run_experiment(
             },
         }
     )
+    record.update(local_model_info(spec))
     record.update(extra or {})
     json.dumps(record, allow_nan=False)  # a record that cannot be written fails here, not later
     if results_dir is not None:

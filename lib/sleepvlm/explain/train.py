@@ -13,6 +13,7 @@ embedded ``sleepvlm-mini`` model serves (``$SLEEPVLM_MINI_DIR`` overrides it).
 from __future__ import annotations
 
 import functools
+import json
 import os
 import threading
 import time
@@ -242,3 +243,12 @@ class ServedMini:
     def version(self) -> str:
         """Names the trained weights, so stored answers of another model are never replayed."""
         return default_model_dir().name
+
+    def info(self) -> dict:
+        """What a results record says of the served model: where it learnt, which weights."""
+        settings = json.loads((default_model_dir() / mini.SETTINGS_FILE).read_text())
+        return {
+            "train_dataset": settings.get("dataset"),
+            "model_folder": default_model_dir().name,
+            "train_seconds": settings.get("seconds"),
+        }

@@ -253,7 +253,7 @@ EMBEDDED: dict[str, EmbeddedModel] = {
 
 class _LazyModel:
     """A model built on its first request (registration happens on import, which must stay
-    light), with the built model's ``version`` passed through."""
+    light), with the built model's ``version`` and ``info`` passed through."""
 
     def __init__(self, build: Callable[[], LocalModel]):
         self._build = build
@@ -270,6 +270,10 @@ class _LazyModel:
     def version(self) -> str:
         version = getattr(self._get(), "version", None)
         return version() if version else ""
+
+    def info(self) -> dict:
+        info = getattr(self._get(), "info", None)
+        return info() if info else {}
 
 
 def register_embedded() -> list[str]:
