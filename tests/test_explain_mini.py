@@ -49,16 +49,21 @@ def _epoch(stage: str, seed: int) -> np.ndarray:
     return np.stack([eeg, rng.normal(0, 10, 3000), rng.normal(0, 3, 3000)])
 
 
-@pytest.fixture(scope="module")
-def examples():
+def make_examples(n: int = 8) -> list[mini.Example]:
+    """``n`` rendered windows, alternately N3 and W, with both phases' targets."""
     out = []
-    for i in range(8):
+    for i in range(n):
         stage = "W" if i % 2 else "N3"
         window = [_epoch(stage, 10 * i + k) for k in range(3)]
         png = render_png(window[1], window[0], window[2], options=TINY.image_options())
         targets = {"perception": mini.waveform_description(window[1]), "grounding": ANSWERS[stage]}
         out.append(mini.Example(png, targets, ("tiny", str(i), "1", i)))
     return out
+
+
+@pytest.fixture(scope="module")
+def examples():
+    return make_examples()
 
 
 @pytest.fixture(scope="module")

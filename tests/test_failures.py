@@ -434,3 +434,22 @@ def test_an_image_prompt_variant_still_sends_the_image(cohort):
         DATASET, "image", "plain", "sees-image", store_dir=store, **kwargs
     )
     assert (base["answer"] == "N1").all()
+
+
+def test_ungrounded_in_run_annotates_the_chosen_nights(cohort):
+    from sleepvlm.explain.annotations import annotate_store, answer_text, select
+
+    prepared = prepare_dataset(DATASET, cohort_size="tiny")
+    epochs = prepared.manifest.query("split == 'test'").head(12)
+    truth = select(
+        annotate_store(prepared, {(s, n) for s, n in epochs[["subject", "night"]].values}), epochs
+    )
+    answers = [answer_text(a) for a in truth]
+    answers[0] += " Also a spindle on EEG at 29 s."
+    table = failures.ungrounded_in_run(
+        prepared, epochs.assign(prediction=epochs["stage"], answer=answers)
+    )
+    assert len(table) == 12
+    summary = failures.ungrounded_summary(table)
+    assert summary["invented events"] >= 1 and summary["answers"] == 12
+    assert summary["cited events"] == table["n_claims"].sum() > summary["invented events"]

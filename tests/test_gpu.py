@@ -10,9 +10,8 @@ import torch
 
 from sleepvlm.baselines import predict_manifest, train_baseline
 from sleepvlm.explain import mini, train
-from sleepvlm.render import render_png
 from test_baselines import _config, _prepared
-from test_explain_mini import ANSWERS, TINY, _epoch
+from test_explain_mini import TINY, make_examples
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
 
@@ -33,13 +32,7 @@ def test_baselines_train_and_predict_on_cuda(model, tmp_path, monkeypatch):
 
 
 def test_sleepvlm_mini_trains_and_answers_on_cuda(tmp_path):
-    examples = []
-    for i in range(8):
-        stage = "W" if i % 2 else "N3"
-        window = [_epoch(stage, 10 * i + k) for k in range(3)]
-        png = render_png(window[1], window[0], window[2], options=TINY.image_options())
-        targets = {"perception": mini.waveform_description(window[1]), "grounding": ANSWERS[stage]}
-        examples.append(mini.Example(png, targets))
+    examples = make_examples()
     tokenizer = mini.train_tokenizer([e.targets[p] for e in examples for p in mini.PHASES])
     processor = mini.image_processor(TINY)
     model = mini.build_model(tokenizer, TINY)

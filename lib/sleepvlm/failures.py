@@ -324,6 +324,32 @@ def ungrounded_explanations(
     return pd.concat([epochs[keep].reset_index(drop=True), pd.DataFrame(rows)], axis=1)
 
 
+def ungrounded_in_run(
+    prepared, epochs: pd.DataFrame, max_nights: int | None = None, seed: int = 0
+) -> pd.DataFrame:
+    """:func:`ungrounded_explanations` of one run's per-epoch table, on the epochs of a seeded
+    choice of ``max_nights`` of its nights (all by default), annotated on the way (annotating a
+    night runs every detector on it)."""
+    from sleepvlm.explain.annotations import annotate_store
+    from sleepvlm.explain.faithfulness import night_keys, nights_of
+
+    nights = nights_of(epochs, max_nights, seed)
+    part = epochs[night_keys(epochs).isin(nights)].assign(dataset=prepared.dataset)
+    return ungrounded_explanations(part, annotate_store(prepared, nights))
+
+
+def ungrounded_summary(table: pd.DataFrame) -> dict:
+    """Totals of an :func:`ungrounded_explanations` table: answers, cited events, invented
+    events and the share of answers with at least one invented event."""
+    _require(table, ("n_claims", "n_ungrounded"), "ungrounded_explanations table")
+    return {
+        "answers": len(table),
+        "cited events": int(table["n_claims"].sum()),
+        "invented events": int(table["n_ungrounded"].sum()),
+        "answers with an invented event": float((table["n_ungrounded"] > 0).mean()),
+    }
+
+
 # --- prompt anchoring --------------------------------------------------------------------------
 
 

@@ -11,6 +11,7 @@ so the next run tries them again.
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 import time
 from collections.abc import Sequence
@@ -147,11 +148,12 @@ class Engine:
         self.device = device
         self._rng = random.Random(seed)
 
-    @property
+    @functools.cached_property
     def model(self) -> str:
         """Identity of the answering model; a local model is code, so its version is the
         library's source hash (a changed rule table must not replay stale answers), plus the
-        ``version()`` a trained local model reports (its weights)."""
+        ``version()`` a trained local model reports (its weights). Found once per engine: every
+        request's key uses it."""
         name = f"{self.spec.backend}:{self.spec.model_id}"
         if self.spec.backend != "local":
             return name
