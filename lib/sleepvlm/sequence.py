@@ -350,18 +350,20 @@ def decode_text(text: str, config: SequenceConfig) -> dict[str, np.ndarray]:
 
 # The GPT-2-style pre-tokenizer pattern shared by Qwen2, cl100k/o200k and Llama 3, written with
 # the stdlib re (letters = [^\W\d_]): digit runs, words with one leading non-letter character,
-# punctuation runs with an optional leading space, newlines, other whitespace.
+# punctuation runs with an optional leading space, newlines, other whitespace. Non-capturing, so
+# findall counts pre-tokens in C (sequence prompts hold thousands of them).
 _PRETOKEN = re.compile(
-    r"(?P<digits>\d+)"
-    r"|(?P<word>(?:[^\w\r\n]|_)?[^\W\d_]+)"
-    r"|(?P<punct> ?(?:[^\w\s]|_)+[\r\n]*)"
-    r"|(?P<newline>\s*[\r\n]+)"
-    r"|(?P<space>\s+)"
+    r"\d+"
+    r"|(?:[^\w\r\n]|_)?[^\W\d_]+"
+    r"| ?(?:[^\w\s]|_)+[\r\n]*"
+    r"|\s*[\r\n]+"
+    r"|\s+"
 )
+_DIGIT_RUN = re.compile(r"\d+")
 
 
-def count_tokens(text: str, family: str = "single_digit") -> int:
-    """Rule-based **estimate** of the tokens ``text`` costs in a tokenizer ``family``.
+def token_counts(text: str) -> dict[str, int]:
+    """Rule-based **estimates** of the tokens ``text`` costs in each tokenizer family.
 
     No tokenizer is downloaded here; the rules follow the pre-tokenizers of the two common
     families (:data:`TOKENIZER_FAMILIES`) and are exact for digits, separators and signs:
@@ -375,18 +377,22 @@ def count_tokens(text: str, family: str = "single_digit") -> int:
       token. The last rule is approximate (long or non-ASCII words can take several), but words
       occur only in the short channel headers.
     """
+    # A maximal digit run is always one pre-token (no other alternative consumes digits).
+    runs = _DIGIT_RUN.findall(text)
+    others = len(_PRETOKEN.findall(text)) - len(runs)
+    return {
+        "single_digit": others + sum(map(len, runs)),
+        "three_digit": others + sum((len(r) + 2) // 3 for r in runs),
+    }
+
+
+def count_tokens(text: str, family: str = "single_digit") -> int:
+    """:func:`token_counts` of ``text`` in one tokenizer ``family``."""
     if family not in TOKENIZER_FAMILIES:
         raise SequenceError(
             f"tokenizer family {family!r} unknown; use {', '.join(TOKENIZER_FAMILIES)}"
         )
-    total = 0
-    for match in _PRETOKEN.finditer(text):
-        if match.lastgroup == "digits":
-            n = len(match.group())
-            total += n if family == "single_digit" else math.ceil(n / 3)
-        else:
-            total += 1
-    return total
+    return token_counts(text)[family]
 
 
 def chatts_series_tokens(length: int) -> int:
@@ -448,7 +454,7 @@ def _flags(x: np.ndarray, config: SequenceConfig) -> dict[str, list[str]]:
 
 def _token_estimates(text: str, values: list[np.ndarray], fmt: str) -> dict[str, int]:
     if fmt != "chatts":
-        return {family: count_tokens(text, family) for family in TOKENIZER_FAMILIES}
+        return token_counts(text)
     prefixes = "".join(chatts_value_prefix(v) for v in values)
     patches = sum(chatts_series_tokens(len(v)) for v in values)
     # ChatTS is built on Qwen2.5, so only the single-digit family applies.

@@ -85,8 +85,10 @@ class MiniConfig:
     text_layers: int = 2
     heads: int = 4
     patch_size: int = 14  # pixels per side of a vision patch (Qwen2-VL's own is 14)
-    perception_steps: int = 300
-    grounding_steps: int = 900
+    # Frames per patch: Qwen2-VL repeats a still image into 2; one halves the patch embedding.
+    temporal_patch_size: int = 1
+    perception_steps: int = 200
+    grounding_steps: int = 700
     batch_size: int = 8
     learning_rate: float = 1e-3
     warmup_steps: int = 30
@@ -195,7 +197,10 @@ def image_processor(config: MiniConfig):
 
     pixels = config.image_width * config.image_height
     return Qwen2VLImageProcessorPil(
-        min_pixels=pixels, max_pixels=pixels, patch_size=config.patch_size
+        min_pixels=pixels,
+        max_pixels=pixels,
+        patch_size=config.patch_size,
+        temporal_patch_size=config.temporal_patch_size,
     )
 
 
@@ -230,7 +235,7 @@ def build_model(tokenizer, config: MiniConfig):
             "mlp_ratio": 2,
             "patch_size": config.patch_size,
             "spatial_merge_size": 2,
-            "temporal_patch_size": 2,
+            "temporal_patch_size": config.temporal_patch_size,
         },
         image_token_id=ids(IMAGE_PAD),
         video_token_id=ids(VIDEO_PAD),
