@@ -60,3 +60,25 @@ def test_paper_counts_scale_for_smoke_builds_and_shortfall_is_explained(tiny):
     prepared = prepare_dataset("shhs", cohort_size=tiny)
     with pytest.raises(DataError, match="use a larger cohort"):
         balanced_test_manifest(prepared, sample_counts("shhs"))
+
+
+def test_generating_stages_are_the_simulators_and_bound_agreement(tiny):
+    prepared = prepare_dataset("dcsm", cohort_size=tiny)
+    sample = prepared.manifest.query("split == 'test'").reset_index(drop=True)
+    truth = prepare.generating_stages(prepared, sample)
+    assert len(truth) == len(sample) and set(truth) <= set(prepare.STAGES)
+    # The scorer errs on some epochs (as humans do) but agrees on most.
+    agreement = (truth == sample["stage"].to_numpy()).mean()
+    assert 0.6 < agreement < 1.0
+    night = sample.iloc[0]
+    rec = simulate_night("dcsm", int(str(night["subject"]).split("-s")[-1]), hours=1.0)
+    assert truth[0] == rec.other_scorers["truth"][int(night["epoch"])]
+
+
+def test_generating_stages_of_a_real_dataset_are_refused(tiny, tmp_path):
+    folder = tmp_path / "my_dcsm"
+    for subject in range(3):
+        write_dcsm(simulate_night("dcsm", subject, hours=0.5), folder)
+    prepared = prepare_dataset("dcsm", data_dir=folder)
+    with pytest.raises(DataError, match="real dataset has no generating stage"):
+        prepare.generating_stages(prepared, prepared.manifest)

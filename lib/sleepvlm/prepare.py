@@ -107,3 +107,34 @@ def store_rows(prepared: PreparedDataset, sample: pd.DataFrame) -> np.ndarray:
             "and prepare the dataset again"
         )
     return rows.to_numpy(np.int64)
+
+
+def generating_stages(prepared: PreparedDataset, sample: pd.DataFrame) -> np.ndarray:
+    """The stage the simulator generated each epoch of ``sample`` in (read from the truth
+    sidecars of the simulated nights).
+
+    The scorer's label departs from it on ambiguous epochs and by scorer error, as a human
+    scorer's does, so agreement between the two is the ceiling of any model scored against the
+    labels. Real recordings have no generating stage."""
+    if not prepared.simulated:
+        raise DataError(
+            f"{prepared.source}: a real dataset has no generating stage; the label ceiling is "
+            "only known on the simulated cohort"
+        )
+    entries = {
+        (e["subject"], e["night"]): e for e in formats.discover(prepared.dataset, prepared.source)
+    }
+    out = np.empty(len(sample), dtype=object)
+    nights = pd.DataFrame(
+        {"subject": sample["subject"].astype(str), "night": sample["night"].astype(str)}
+    )
+    positions = nights.reset_index(drop=True).groupby(["subject", "night"]).indices
+    for (subject, night), at in positions.items():
+        truth = formats.load_entry(entries[(subject, night)]).other_scorers.get("truth")
+        if truth is None:
+            raise DataError(
+                f"{prepared.source}: night {subject}/{night} has no truth sidecar; rebuild the "
+                "simulated cohort (delete its cache folder)"
+            )
+        out[at] = np.asarray(truth, dtype=object)[sample["epoch"].to_numpy()[at].astype(int)]
+    return out
