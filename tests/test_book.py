@@ -9,6 +9,7 @@ import time
 
 import nbformat
 import pytest
+import yaml
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from sleepvlm.book import (
@@ -226,9 +227,10 @@ def test_smoke_book_builds_with_warnings_as_errors_and_leaks_no_key(smoke_book):
         assert "Traceback" not in page
         text = html.unescape(re.sub(r"<[^>]+>", "", page))  # the code is split into tokens
         assert f"papermill notebooks/{run.chapter}.ipynb out.ipynb -p smoke True" in text
-        # launch buttons are plain links to the repository, nothing fetched at build time
-        assert "https://mybinder.org/v2/gh/sleepvlm/sleepvlm/main?urlpath=" in page
-        colab = "https://colab.research.google.com/github/sleepvlm/sleepvlm/blob/main/book/"
+        # launch buttons are plain links to the executed chapters the book workflow pushes to
+        # the `executed` branch; nothing is fetched at build time
+        assert "https://mybinder.org/v2/gh/sleepvlm/sleepvlm/executed?urlpath=" in page
+        colab = "https://colab.research.google.com/github/sleepvlm/sleepvlm/blob/executed/book/"
         assert f"{colab}{run.chapter}.ipynb" in page
     assert (smoke_book.html / "index.html").is_file()
     written = [p for p in smoke_book.base.rglob("*") if p.is_file() and p.suffix in TEXT_SUFFIXES]
@@ -243,6 +245,16 @@ def test_smoke_book_has_its_build_log_and_teaching_pages(smoke_book):
         assert f"<td><p>{run.chapter}</p></td>\n<td><p>ran</p></td>" in log
     assert library_hash() in log
     assert (smoke_book.html / "book" / "teaching.html").is_file()
+
+
+def test_launch_buttons_open_the_branch_the_book_workflow_publishes():
+    root = project_root()
+    branch = yaml.safe_load((root / "_config.yml").read_text())["repository"]["branch"]
+    workflow = yaml.safe_load((root / ".github" / "workflows" / "book.yml").read_text())
+    script = "\n".join(step.get("run", "") for step in workflow["jobs"]["build"]["steps"])
+    assert "git add -f book/*.ipynb" in script
+    assert f"git checkout -B {branch}" in script and f"git push -f origin {branch}" in script
+    assert workflow["permissions"]["contents"] == "write"
 
 
 TEXT_SUFFIXES = {".ipynb", ".html", ".json", ".jsonl", ".csv", ".txt", ".md", ".log"}
