@@ -372,6 +372,19 @@ def test_sleepvlm_mini_within_and_across_centers(tmp_path):
     assert rows["shhs"] == "not run"  # across centers: the SleepVLM table only
 
 
+def test_sleepvlm_runs_that_differ_only_in_prompt_share_a_row(tmp_path):
+    mini = dict(model=report.SLEEPVLM_MINI, backend="local", dataset="dcsm", train_dataset="dcsm")
+    counts = paper.BALANCED_COUNTS["dcsm"]
+    write(tmp_path, diagonal(counts, 0.8), prompt="plain", **mini)
+    write(tmp_path, diagonal(counts, 0.8), prompt="expert", **mini)
+    write(tmp_path, diagonal(counts, 0.6), prompt="anchored", **mini)
+    table = report.sleepvlm_table(report.load_records(tmp_path))
+    measured = table[table["status"] == "measured"].set_index("prompt")
+    assert sorted(measured.index) == ["anchored", "expert, plain"]
+    assert measured.loc["expert, plain", "kappa"] > measured.loc["anchored", "kappa"]
+    assert measured.loc["expert, plain", "record_id"].count(",") == 1
+
+
 def test_provenance_names_where_a_number_comes_from(tmp_path):
     _, record = write(tmp_path, diagonal(SMALL), seed=3, base_url="http://127.0.0.1:8000/v1")
     facts = report.provenance(record)

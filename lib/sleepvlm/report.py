@@ -756,11 +756,38 @@ def _setting(trained: str | None, tested: str) -> str:
     return "within center" if trained == tested else "external"
 
 
+def _merge_prompts(rows: list[dict]) -> list[dict]:
+    """One row per run that differs from another only in its prompt, with equal scores."""
+    same = (
+        "setting",
+        "trained on",
+        "tested on",
+        "input",
+        "data",
+        "n",
+        "kappa",
+        "accuracy",
+        "macro_f1",
+    )
+    merged: dict[tuple, dict] = {}
+    for row in rows:
+        key = tuple(row.get(k) for k in same)
+        if key in merged:
+            first = merged[key]
+            first["prompt"] = ", ".join(sorted({*first["prompt"].split(", "), row["prompt"]}))
+            first["record_id"] = f"{first['record_id']}, {row['record_id']}"
+        else:
+            merged[key] = dict(row)
+    return list(merged.values())
+
+
 def sleepvlm_table(records: pd.DataFrame) -> pd.DataFrame:
     """SleepVLM's agreement within its training center and on an external cohort (the
     paper's κ), beside SleepVLM-mini's measured κ, accuracy and macro-F1 on every center it was
     tested on (records of model :data:`SLEEPVLM_MINI`; the training center from the record's
-    ``train_dataset``). A setting without a record is "not run", with the command."""
+    ``train_dataset``). Runs on the same data that differ only in the prompt and score the same
+    (SleepVLM-mini reads the image, not the instruction) share one row listing their prompts.
+    A setting without a record is "not run", with the command."""
     rows = [
         {
             "setting": _setting(paper.SLEEPVLM_TRAINED_ON, cohort),
@@ -793,6 +820,7 @@ def sleepvlm_table(records: pd.DataFrame) -> pd.DataFrame:
                 "record_id": r["record_id"],
             }
         )
+    rows = rows[: len(paper.SLEEPVLM_KAPPA)] + _merge_prompts(rows[len(paper.SLEEPVLM_KAPPA) :])
     measured = {row["setting"] for row in rows if row["status"] == "measured"}
     for setting in ("within center", "external"):
         if setting not in measured:
