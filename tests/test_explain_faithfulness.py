@@ -155,6 +155,19 @@ def test_score_table_and_summary(n2):
         faithfulness_summary(frame.drop(columns="coherence"))
 
 
+def test_summary_table_has_one_column_per_center_on_the_proxy_scale(n2):
+    good = score_answers([answer_text(n2)] * 2, [n2, n2])
+    mixed = score_answers(
+        [answer_text(n2), "Stage: N2. Evidence: spindle on EEG at 25 s."], [n2, n2]
+    )
+    table = faithfulness.summary_table({"dcsm": good, "shhs": mixed})
+    assert list(table.columns) == ["dcsm", "shhs"]
+    assert table.loc["factual accuracy (1–5)", "dcsm"] == 5.0
+    assert table.loc["factual accuracy (1–5)", "shhs"] == 3.0
+    assert table.loc["answers with an invented event", "shhs"] == 0.5
+    assert table.loc["epochs scored"].tolist() == [2, 2]
+
+
 def test_reference_answers_of_a_simulated_night_score_one_and_shifted_ones_do_not():
     annotations = annotate_night(simulate_night("shhs", 0, hours=0.5))
     reference = score_answers([answer_text(a) for a in annotations], annotations)

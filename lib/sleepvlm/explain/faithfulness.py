@@ -20,7 +20,7 @@ These are checks against ground truth, not expert judgement; the summary maps ea
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -237,6 +237,23 @@ def faithfulness_summary(frame: pd.DataFrame) -> dict:
     out["share_with_ungrounded_claims"] = float(np.mean([len(u) > 0 for u in frame["ungrounded"]]))
     out["note"] = PROXY_NOTE
     return out
+
+
+def summary_table(scored: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
+    """:func:`faithfulness_summary` of each center's scored answers, one column per center: the
+    three criteria on the 1-5 proxy scale (empty where no epoch defines one), rule recall,
+    stage accuracy, the share of answers citing an event that is not there, epochs scored."""
+    columns = {}
+    for name, frame in scored.items():
+        s = faithfulness_summary(frame)
+        columns[name] = {
+            **{f"{s[c]['rating']} (1–5)": s[c]["scale_1_5"] for c, _ in PROXIES},
+            "rule recall": s["rule_recall"]["mean"],
+            "stage accuracy": s["stage_accuracy"],
+            "answers with an invented event": s["share_with_ungrounded_claims"],
+            "epochs scored": s["n_epochs"],
+        }
+    return pd.DataFrame(columns, dtype=float)
 
 
 def ungrounded_claims(
