@@ -283,3 +283,20 @@ def test_blocking_run_works_inside_a_running_event_loop(tmp_path):
         assert server.hits == 3
     assert [r.request_id for r in answers] == ["epoch-0", "epoch-1", "epoch-2"]
     assert all(r.ok for r in answers)
+
+
+def test_a_local_model_gets_as_many_calls_in_flight_as_the_concurrency(tmp_path):
+    import threading
+
+    in_flight = 12  # above asyncio's default thread count on a small machine (cores + 4)
+    barrier = threading.Barrier(in_flight, timeout=10)
+
+    def batching(messages):
+        barrier.wait()  # returns only once `in_flight` calls are waiting together
+        return "N2"
+
+    register_local_model("batching", batching, replace=True)
+    spec = ModelSpec(name="batching", backend="local", model_id="batching", concurrency=in_flight)
+    engine = Engine(spec, tmp_path / "r.jsonl", concurrency=spec.concurrency, progress=False)
+    answers = engine.run(requests(in_flight))
+    assert all(r.ok and r.text == "N2" for r in answers)

@@ -50,6 +50,7 @@ from sleepvlm.models import (
     wire_images,
 )
 from sleepvlm.models import embedded as _embedded  # registers the embedded models
+from sleepvlm.models.engine import DEFAULT_CONCURRENCY
 from sleepvlm.models.local import local_model
 from sleepvlm.models.messages import TS_PLACEHOLDER
 from sleepvlm.prepare import (
@@ -325,7 +326,7 @@ def run_experiment(
     count_scale: float = 1.0,
     results_dir: str | Path | None = "results",
     store_dir: str | Path | None = None,
-    concurrency: int = 8,
+    concurrency: int | None = None,
     executor=None,
     base_url: str | None = None,
     model_id: str | None = None,
@@ -356,6 +357,8 @@ def run_experiment(
     ``prompt`` is ``<prompt_variant>-<first 8 of its hash>`` so it never replaces the template's.
     ``image`` overrides image options (e.g. ``{"autoscale": True}``) after the model's own.
     ``extra`` fields are added to the record (e.g. ``train_dataset`` of a trained model).
+    ``concurrency`` (requests in flight) defaults to the model's registry entry, else
+    :data:`~sleepvlm.models.engine.DEFAULT_CONCURRENCY`.
     """
     if modality not in MODALITIES:
         raise ExperimentError(f"modality {modality!r} is not one of {MODALITIES}")
@@ -394,7 +397,7 @@ def run_experiment(
     engine = Engine(
         spec,
         ResponseStore(_responses_path(folder, spec)),
-        concurrency=concurrency,
+        concurrency=concurrency or spec.concurrency or DEFAULT_CONCURRENCY,
         decoding=decoding,
         timeout_s=timeout_s,
         progress=progress,

@@ -477,7 +477,7 @@ class BatchingAnswerer:
     are answered together in the next one, so the harness's concurrent requests share the
     model's batched generation."""
 
-    def __init__(self, model: MiniModel, max_batch: int = 16, wait_s: float = 0.01):
+    def __init__(self, model: MiniModel, max_batch: int = 64, wait_s: float = 0.01):
         self.model = model
         self.max_batch = max_batch
         self.wait_s = wait_s

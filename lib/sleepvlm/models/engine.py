@@ -33,6 +33,9 @@ from .registry import ModelSpec
 from .secrets import redact
 from .store import ResponseStore, response_key
 
+#: Requests in flight when neither the caller nor the model's registry entry says otherwise.
+DEFAULT_CONCURRENCY = 8
+
 
 @dataclass(frozen=True)
 class RetryPolicy:
@@ -128,7 +131,7 @@ class Engine:
         spec: ModelSpec,
         store: ResponseStore | str | Path,
         *,
-        concurrency: int = 8,
+        concurrency: int = DEFAULT_CONCURRENCY,
         timeout_s: float = 120.0,
         retry: RetryPolicy = RetryPolicy(),
         decoding: dict | None = None,
@@ -193,6 +196,11 @@ class Engine:
     async def _call_all(self, todo: dict[str, ChatRequest], fresh: dict, n_unique: int) -> None:
         backend = make_backend(self.spec, device=self.device)
         semaphore = asyncio.Semaphore(self.concurrency)
+        # Local models and fsync run in the loop's default threads: as many as requests in
+        # flight (asyncio's own default is a few per core, which would cap a batching model).
+        asyncio.get_running_loop().set_default_executor(
+            ThreadPoolExecutor(max_workers=self.concurrency + 1)
+        )
         bar = tqdm(
             total=n_unique,
             initial=n_unique - len(todo),

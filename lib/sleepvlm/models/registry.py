@@ -27,6 +27,7 @@ _FIELDS = {
     "price",
     "role",
     "image",
+    "concurrency",
 }
 #: Image options a model may fix (those it was trained on); the rest keep the benchmark's.
 IMAGE_FIELDS = ("width", "height", "context")
@@ -46,6 +47,8 @@ class ModelSpec:
     price: dict | None = None
     role: str = "vlm"
     image: dict | None = None  # image options the model needs (see IMAGE_FIELDS)
+    # Requests in flight by default; a local model that batches them wants many.
+    concurrency: int | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "modalities", tuple(self.modalities))
@@ -90,6 +93,10 @@ def _validate(spec: ModelSpec) -> None:
         or any(not isinstance(v, int) for v in spec.image.values())
     ):
         raise RegistryError(f"{where}: image takes integer {', '.join(IMAGE_FIELDS)} only")
+    if spec.concurrency is not None and (
+        not isinstance(spec.concurrency, int) or spec.concurrency < 1
+    ):
+        raise RegistryError(f"{where}: concurrency must be a positive integer")
     if spec.price is not None:
         if set(spec.price) != {"input", "output"} or any(
             not isinstance(v, int | float) or v < 0 for v in spec.price.values()
