@@ -13,6 +13,8 @@ import yaml
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from sleepvlm.book import (
+    META,
+    NEEDS,
     RUN_COMMAND_TAG,
     BookError,
     chapter_notebooks,
@@ -133,11 +135,12 @@ def test_rerun_command_leaves_out_defaults_and_keeps_types(tmp_path):
     )
 
 
-def fake_project(root, chapters: dict[str, str]):
-    """A project whose chapters are one parameters cell and one code cell each."""
+def fake_project(root, chapters: dict[str, str], needs: dict[str, list[str]] | None = None):
+    """A project whose chapters are one parameters cell and one code cell each; ``needs``
+    declares the chapters some of them wait for."""
     (root / "notebooks").mkdir(parents=True)
     for name, code in chapters.items():
-        write_notebook(
+        path = write_notebook(
             root / "notebooks" / f"{name}.ipynb",
             [
                 new_markdown_cell(f"# {name}"),
@@ -145,6 +148,10 @@ def fake_project(root, chapters: dict[str, str]):
                 new_code_cell(code),
             ],
         )
+        if needs and name in needs:
+            nb = nbformat.read(path, as_version=4)
+            nb.metadata[META] = {NEEDS: needs[name]}
+            nbformat.write(nb, path)
     return root
 
 
@@ -217,6 +224,61 @@ def test_failing_chapter_stops_the_book_and_keeps_earlier_chapters(tmp_path):
     assert "| 01_ok | ran |" in log and "| 02_bad | failed |" in log
     assert "| 03_after | not run | — |" in log
     assert "papermill notebooks/01_ok.ipynb out.ipynb -p smoke False -p marks" in log
+
+
+def meets(me, other):
+    """Chapter code that marks ``me`` and fails unless ``other`` runs at the same time."""
+    return count_run(me) + (
+        f"\nimport time\nfor _ in range(300):\n    if (pathlib.Path(marks) / '{other}').exists():"
+        "\n        break\n    time.sleep(0.1)\nelse:\n    raise RuntimeError('ran alone')"
+    )
+
+
+def test_chapters_run_side_by_side_once_the_chapters_they_need_are_done(tmp_path):
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    after_both = "import os\nassert sorted(os.listdir(marks)) == ['01', '02', '03']"
+    root = fake_project(
+        tmp_path / "project",
+        {
+            "01_first": count_run("01"),
+            "02_left": meets("02", "03") + "\nassert (pathlib.Path(marks) / '01').exists()",
+            "03_right": meets("03", "02"),
+            "04_last": after_both,
+        },
+        needs={"02_left": ["01"], "03_right": ["01"]},
+    )
+    runs = run_book(root=root, parameters={"marks": str(marks)}, html=False, jobs=2, log=print)
+    assert {r.chapter: r.status for r in runs} == {
+        "01_first": "ran",
+        "02_left": "ran",
+        "03_right": "ran",
+        "04_last": "ran",
+    }
+    assert runs[-1].chapter == "04_last"
+    assert "up to 2 at once" in (root / "book" / "build_log.md").read_text()
+
+
+def test_a_failure_among_parallel_chapters_lets_the_others_finish_and_starts_none(tmp_path):
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    root = fake_project(
+        tmp_path / "project",
+        {
+            "01_first": count_run("01"),
+            "02_bad": "import time\ntime.sleep(1)\nraise ValueError('bad input in chapter two')",
+            "03_slow": count_run("03") + "\nimport time\ntime.sleep(3)",
+            "04_after": count_run("04"),
+        },
+        needs={"02_bad": ["01"], "03_slow": ["01"]},
+    )
+    with pytest.raises(BookError, match=r"02_bad failed.*ValueError: bad input"):
+        run_book(root=root, parameters={"marks": str(marks)}, html=False, jobs=2, log=print)
+    assert (root / "book" / "03_slow.ipynb").is_file()
+    assert not (marks / "04").exists()
+    log = (root / "book" / "build_log.md").read_text()
+    assert "| 02_bad | failed |" in log and "| 03_slow | ran |" in log
+    assert "| 04_after | not run |" in log
 
 
 @pytest.mark.slow

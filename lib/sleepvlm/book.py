@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import json
+import multiprocessing
 import os
 import platform
 import shlex
@@ -14,7 +15,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,6 +32,10 @@ RUNS = "_runs"
 BOOK_FILES = ("_config.yml", "_toc.yml", "references.bib")
 KERNEL = "python3"
 BUILD_LOG = "build_log.md"
+#: Notebook metadata (``metadata.sleepvlm.needs``): the chapters, by number, whose results a
+#: chapter reads; a chapter that names none waits for every chapter before it.
+META = "sleepvlm"
+NEEDS = "needs"
 #: Tag of the cell that book.py adds to each executed chapter with its papermill command.
 RUN_COMMAND_TAG = "run-command"
 
@@ -140,6 +146,83 @@ def execute_chapter(
     return run
 
 
+def chapter_needs(notebook: Path, chapters: list[Path]) -> set[str]:
+    """The chapters among ``chapters`` (stems) that must finish before ``notebook`` starts."""
+    declared = nbformat.read(notebook, as_version=4).metadata.get(META, {}).get(NEEDS)
+    earlier = [c.stem for c in chapters if c.stem < notebook.stem]
+    if declared is None:
+        return set(earlier)
+    return {c for c in earlier if c in declared or c.split("_")[0] in declared}
+
+
+def _execute_sharing_cores(
+    notebook: Path, build: Path, parameters: dict, force: bool, threads: int
+) -> ChapterRun:
+    # The chapter's kernel inherits this: chapters running side by side share the cores
+    # instead of each starting a thread per core.
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    return execute_chapter(notebook, build, parameters, force=force)
+
+
+def _execute_logged(notebook, build, parameters, statuses, force, log) -> ChapterRun:
+    statuses[notebook.stem] = "failed"  # until it finishes
+    run = execute_chapter(notebook, build, parameters, force=force)
+    statuses[notebook.stem] = run.status
+    log(f"{run.chapter}: {run.status} ({run.seconds:.1f} s)")
+    return run
+
+
+def execute_chapters(
+    chapters: list[Path],
+    build: Path,
+    parameters: dict,
+    statuses: dict[str, str],
+    force: bool = False,
+    jobs: int = 1,
+    log: Callable[[str], None] = print,
+) -> list[ChapterRun]:
+    """Execute ``chapters`` in order, up to ``jobs`` at once, each once the chapters it needs
+    (:func:`chapter_needs`) have run. After a failure no chapter starts; those running finish,
+    then the first failure is raised. ``statuses`` is kept up to date for the build log."""
+    if jobs < 1:
+        raise BookError(f"jobs must be at least 1, got {jobs}")
+    if jobs == 1:  # in this process: a killed build leaves no chapter running behind it
+        return [_execute_logged(nb, build, parameters, statuses, force, log) for nb in chapters]
+    needs = {nb.stem: chapter_needs(nb, chapters) for nb in chapters}
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    pending, running, finished = list(chapters), {}, set()
+    runs: list[ChapterRun] = []
+    failure: Exception | None = None
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+        while pending or running:
+            ready = [nb for nb in pending if needs[nb.stem] <= finished]
+            for notebook in ready[: jobs - len(running)] if failure is None else []:
+                pending.remove(notebook)
+                statuses[notebook.stem] = "failed"  # until it finishes
+                job = pool.submit(
+                    _execute_sharing_cores, notebook, build, parameters, force, threads
+                )
+                running[job] = notebook
+            if not running:
+                break  # a failure left chapters that need it unstarted
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for job in done:
+                notebook = running.pop(job)
+                try:
+                    run = job.result()
+                except Exception as err:  # raised once the running chapters have finished
+                    failure = failure or err
+                    continue
+                statuses[notebook.stem] = run.status
+                finished.add(notebook.stem)
+                runs.append(run)
+                log(f"{run.chapter}: {run.status} ({run.seconds:.1f} s)")
+    if failure is not None:
+        raise failure
+    return runs
+
+
 def notebook_defaults(notebook: Path) -> dict:
     """The literal default values of the notebook's ``parameters`` cell."""
     nb = nbformat.read(notebook, as_version=4)
@@ -212,9 +295,12 @@ def markdown_cell_text(text: str) -> str:
     return text.replace("|", "\\|")
 
 
-def build_log_markdown(root: Path, build: Path, statuses: dict[str, str]) -> str:
-    """The build log page: per chapter its status in this build and, from its run record,
-    the seconds, parameters, time and machine of its last execution."""
+def build_log_markdown(
+    root: Path, build: Path, statuses: dict[str, str], wall_seconds: float, jobs: int = 1
+) -> str:
+    """The build log page: the wall time of this build and, per chapter, its status in this
+    build and, from its run record, the seconds, parameters, time and machine of its last
+    execution."""
     rows, commands, total = [], [], 0.0
     for notebook in chapter_notebooks(root):
         chapter = notebook.stem
@@ -239,6 +325,8 @@ def build_log_markdown(root: Path, build: Path, statuses: dict[str, str]) -> str
         f"- built: {now_utc()}",
         f"- machine: {machine_description()}",
         f"- library hash: `{library_hash()}`",
+        f"- wall time of this build's chapters: {wall_seconds:.1f} s ({wall_seconds / 60:.1f} min),"
+        f" up to {jobs} at once",
         f"- total of the chapters' recorded times: {total:.1f} s ({total / 60:.1f} min)",
         "",
         "| chapter | status | seconds | parameters | last run (machine) |",
@@ -256,10 +344,12 @@ def build_log_markdown(root: Path, build: Path, statuses: dict[str, str]) -> str
     return "\n".join(lines)
 
 
-def write_build_log(root: Path, build: Path, statuses: dict[str, str]) -> Path:
+def write_build_log(
+    root: Path, build: Path, statuses: dict[str, str], wall_seconds: float, jobs: int = 1
+) -> Path:
     path = build / BOOK / BUILD_LOG
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(build_log_markdown(root, build, statuses))
+    path.write_text(build_log_markdown(root, build, statuses, wall_seconds, jobs))
     return path
 
 
@@ -282,9 +372,11 @@ def run_book(
     html: bool = True,
     log=print,
     root: Path | None = None,
+    jobs: int = 1,
 ) -> list[ChapterRun]:
     """Execute the selected chapters (all by default) of the project at ``root`` (this one by
-    default), write the build log and build the HTML book in ``build``."""
+    default), up to ``jobs`` at once, write the build log and build the HTML book in
+    ``build``."""
     root = Path(root or project_root()).resolve()
     build = Path(build or root).resolve()
     if build != root:
@@ -293,16 +385,12 @@ def run_book(
     chapters = select_chapters(chapter_notebooks(root), only)
     statuses = {nb.stem: "not selected" for nb in chapter_notebooks(root)}
     statuses.update({nb.stem: "not run" for nb in chapters})
-    runs = []
+    start = time.perf_counter()
     try:
-        for notebook in chapters:
-            statuses[notebook.stem] = "failed"  # until it finishes
-            run = execute_chapter(notebook, build, params, force=force)
-            statuses[notebook.stem] = run.status
-            log(f"{run.chapter}: {run.status} ({run.seconds:.1f} s)")
-            runs.append(run)
+        runs = execute_chapters(chapters, build, params, statuses, force, jobs, log)
     finally:
-        log(f"build log: {write_build_log(root, build, statuses)}")
+        wall = time.perf_counter() - start
+        log(f"build log: {write_build_log(root, build, statuses, wall, jobs)}")
     if html:
         log(f"HTML: {build_html(build)}")
     return runs

@@ -28,6 +28,7 @@ def cmd_book(args: argparse.Namespace) -> int:
             build=args.build_dir,
             force=args.force,
             html=not args.no_html,
+            jobs=args.jobs,
         )
     except BookError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -94,6 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
     book.add_argument("--build-dir", type=Path, help="build somewhere else than the project")
     book.add_argument("--force", action="store_true", help="rerun chapters even if unchanged")
     book.add_argument("--no-html", action="store_true", help="execute only; skip Jupyter Book")
+    book.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="chapters executed at once (each waits for the chapters it needs)",
+    )
     book.set_defaults(func=cmd_book)
 
     check = sub.add_parser("check-notebooks", help="fail if notebook sources carry outputs")
