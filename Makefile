@@ -23,7 +23,7 @@ test: lint
 	$(BIN)/pytest
 
 book: install
-	$(BIN)/sleepvlm book
+	$(BIN)/sleepvlm book --jobs 2
 
 smoke: install
 	$(BIN)/sleepvlm book --smoke --build-dir _smoke

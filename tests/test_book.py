@@ -20,6 +20,7 @@ from sleepvlm.book import (
     chapter_notebooks,
     dirty_notebooks,
     execute_chapter,
+    notebook_defaults,
     rerun_command,
     run_book,
     select_chapters,
@@ -307,6 +308,12 @@ def test_smoke_book_has_its_build_log_and_teaching_pages(smoke_book):
         assert f"<td><p>{run.chapter}</p></td>\n<td><p>ran</p></td>" in log
     assert library_hash() in log
     assert (smoke_book.html / "book" / "teaching.html").is_file()
+
+
+def test_every_chapter_draws_one_share_of_the_papers_counts():
+    defaults = [notebook_defaults(nb) for nb in chapter_notebooks(project_root())]
+    shares = {d["count_scale"] for d in defaults if "count_scale" in d}
+    assert len([d for d in defaults if "count_scale" in d]) >= 7 and len(shares) == 1
 
 
 def test_launch_buttons_open_the_branch_the_book_workflow_publishes():
