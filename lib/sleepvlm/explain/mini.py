@@ -84,11 +84,14 @@ class MiniConfig:
     text_dim: int = 128
     text_layers: int = 2
     heads: int = 4
-    patch_size: int = 14  # pixels per side of a vision patch (Qwen2-VL's own is 14)
+    # Pixels per side of a vision patch. Qwen2-VL's own is 14; on these images 28 reached the
+    # same kappa as 14 and 16 in a fixed training time with a quarter of the patches, so it
+    # trains and answers about three times faster.
+    patch_size: int = 28
     # Frames per patch: Qwen2-VL repeats a still image into 2; one halves the patch embedding.
     temporal_patch_size: int = 1
-    perception_steps: int = 200
-    grounding_steps: int = 700
+    perception_steps: int = 400
+    grounding_steps: int = 1600
     batch_size: int = 8
     learning_rate: float = 1e-3
     warmup_steps: int = 30
