@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import nbformat
 import pytest
@@ -24,6 +25,7 @@ from sleepvlm.book import (
     rerun_command,
     run_book,
     select_chapters,
+    start_order,
 )
 from sleepvlm.cache import library_hash, project_root
 
@@ -327,3 +329,17 @@ def test_launch_buttons_open_the_branch_the_book_workflow_publishes():
 
 
 TEXT_SUFFIXES = {".ipynb", ".html", ".json", ".jsonl", ".csv", ".txt", ".md", ".log"}
+
+
+def test_chapters_that_others_wait_for_start_first():
+    needs = {
+        "02_a": {"01_x"},
+        "03_b": {"01_x"},
+        "04_c": {"03_b"},
+        "05_d": {"04_c"},
+        "06_e": {"01_x", "02_a", "03_b", "04_c", "05_d"},
+    }
+    ready = [Path(f"{stem}.ipynb") for stem in ("02_a", "03_b")]
+    assert [p.stem for p in start_order(ready, needs)] == ["03_b", "02_a"]
+    level = [Path(f"{stem}.ipynb") for stem in ("06_e", "02_a")]
+    assert [p.stem for p in start_order(level, needs)] == ["02_a", "06_e"]

@@ -155,6 +155,20 @@ def chapter_needs(notebook: Path, chapters: list[Path]) -> set[str]:
     return {c for c in earlier if c in declared or c.split("_")[0] in declared}
 
 
+def start_order(ready: list[Path], needs: dict[str, set[str]]) -> list[Path]:
+    """``ready`` chapters, those that more chapters wait for (directly or not) first, so the
+    longest chain of the build starts as early as it can; otherwise in chapter order."""
+
+    def waiting_on(stem: str) -> int:
+        found, frontier = set(), {stem}
+        while frontier:
+            frontier = {c for c, n in needs.items() if n & frontier} - found
+            found |= frontier
+        return len(found)
+
+    return sorted(ready, key=lambda nb: (-waiting_on(nb.stem), nb.stem))
+
+
 def _execute_sharing_cores(
     notebook: Path, build: Path, parameters: dict, force: bool, threads: int
 ) -> ChapterRun:
@@ -196,7 +210,7 @@ def execute_chapters(
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
         while pending or running:
-            ready = [nb for nb in pending if needs[nb.stem] <= finished]
+            ready = start_order([nb for nb in pending if needs[nb.stem] <= finished], needs)
             for notebook in ready[: jobs - len(running)] if failure is None else []:
                 pending.remove(notebook)
                 statuses[notebook.stem] = "failed"  # until it finishes
