@@ -800,8 +800,9 @@ def sleepvlm_table(records: pd.DataFrame) -> pd.DataFrame:
         for cohort, kappa in paper.SLEEPVLM_KAPPA.items()
     ]
     mini = records[records["model"] == SLEEPVLM_MINI]
+    measured_rows = []
     for _, r in mini.iterrows():
-        rows.append(
+        measured_rows.append(
             {
                 "setting": _setting(r["train_dataset"], r["dataset"]),
                 "model": SLEEPVLM_MINI,
@@ -820,7 +821,7 @@ def sleepvlm_table(records: pd.DataFrame) -> pd.DataFrame:
                 "record_id": r["record_id"],
             }
         )
-    rows = rows[: len(paper.SLEEPVLM_KAPPA)] + _merge_prompts(rows[len(paper.SLEEPVLM_KAPPA) :])
+    rows += _merge_prompts(measured_rows)
     measured = {row["setting"] for row in rows if row["status"] == "measured"}
     for setting in ("within center", "external"):
         if setting not in measured:
