@@ -16,6 +16,7 @@ from sleepvlm.models.messages import TS_PLACEHOLDER, wire_timeseries
 from sleepvlm.models.secrets import KEY_PATTERN
 from sleepvlm.prepare import prepare_dataset
 from sleepvlm.sequence import SequenceConfig, encode_epoch
+from sleepvlm.splits import nights_of
 
 DATASET = "dcsm"
 FAKE_KEY = "sk-" + "test-0123456789abcdefABCDEF"  # assembled: no key-like literal in git
@@ -55,6 +56,18 @@ def test_each_modality_runs_end_to_end_and_writes_a_record(cohort, modality):
     assert record["metrics"]["accuracy"] == pytest.approx(frame["correct"].mean())
     written = read_results(cohort["root"] / "results")
     assert ((written["modality"] == modality) & (written["model"] == "chance")).sum() == 1
+
+
+def test_whole_nights_score_every_epoch_of_the_chosen_test_nights(cohort):
+    record, frame = _run(cohort, "text", "majority", whole_nights=1, results_dir=None)
+    test = cohort["prepared"].manifest.query("split == 'test'")
+    (subject, night), *more = frame[["subject", "night"]].drop_duplicates().itertuples(index=False)
+    assert not more and record["whole_nights"] == 1 and record["counts"] is None
+    night_epochs = test[(test["subject"] == subject) & (test["night"] == night)]["epoch"]
+    assert frame["epoch"].tolist() == sorted(night_epochs.tolist())
+    assert record["n"] == len(frame)
+    every, _ = _run(cohort, "text", "majority", whole_nights=99, results_dir=None)
+    assert every["n"] == len(test) and every["whole_nights"] == len(nights_of(test))
 
 
 def test_a_rerun_replays_every_answer_without_a_call(cohort):

@@ -3,7 +3,6 @@ the reference answers of a simulated night and the same answers with shifted tim
 
 import re
 
-import pandas as pd
 import pytest
 
 from sleepvlm.data.simulate import simulate_night
@@ -185,13 +184,3 @@ def test_reference_answers_of_a_simulated_night_score_one_and_shifted_ones_do_no
 
     moved = score_answers([shifted(answer_text(a)) for a in annotations], annotations)
     assert faithfulness_summary(moved)["precision"]["mean"] < 0.8
-
-
-def test_nights_of_chooses_a_seeded_subset_and_night_keys_follow_rows():
-    frame = pd.DataFrame({"subject": ["a", "a", "b", "c", "d"], "night": ["1", "1", "1", "2", "1"]})
-    assert faithfulness.nights_of(frame) == [("a", "1"), ("b", "1"), ("c", "2"), ("d", "1")]
-    two = faithfulness.nights_of(frame, max_nights=2, seed=3)
-    assert len(two) == 2 and two == faithfulness.nights_of(frame, max_nights=2, seed=3)
-    assert set(two) <= set(faithfulness.nights_of(frame))
-    kept = frame[faithfulness.night_keys(frame).isin([("a", "1")])]
-    assert kept.index.tolist() == [0, 1]

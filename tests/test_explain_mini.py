@@ -21,6 +21,7 @@ TINY = mini.MiniConfig(
     image_width=224,
     image_height=112,
     context=1,
+    chin_reference_uv=0.0,  # the hand-made windows below have no night to scale against
     vision_depth=1,
     vision_dim=32,
     text_dim=32,
@@ -180,6 +181,7 @@ def test_registry_image_options_are_the_models(trained):
         "width": options.width,
         "height": options.height,
         "context": options.context,
+        "chin_reference_uv": options.chin_reference_uv,
     }
 
 

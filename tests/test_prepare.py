@@ -1,5 +1,6 @@
 import pandas as pd
 import pytest
+from sklearn.metrics import cohen_kappa_score
 
 from sleepvlm import prepare
 from sleepvlm.data.cohort import COHORT_SIZES, CohortSize
@@ -73,6 +74,10 @@ def test_generating_stages_are_the_simulators_and_bound_agreement(tiny):
     night = sample.iloc[0]
     rec = simulate_night("dcsm", int(str(night["subject"]).split("-s")[-1]), hours=1.0)
     assert truth[0] == rec.other_scorers["truth"][int(night["epoch"])]
+    ceiling = prepare.label_ceiling(prepared, sample)
+    labels = sample["stage"].astype(str)
+    assert ceiling == pytest.approx(cohen_kappa_score(labels, truth.astype(str)))
+    assert 0.4 < ceiling < 1.0
 
 
 def test_generating_stages_of_a_real_dataset_are_refused(tiny, tmp_path):
@@ -82,3 +87,4 @@ def test_generating_stages_of_a_real_dataset_are_refused(tiny, tmp_path):
     prepared = prepare_dataset("dcsm", data_dir=folder)
     with pytest.raises(DataError, match="real dataset has no generating stage"):
         prepare.generating_stages(prepared, prepared.manifest)
+    assert prepare.label_ceiling(prepared, prepared.manifest) is None

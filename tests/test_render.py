@@ -1,6 +1,7 @@
 """Tests of the epoch images: fixed scales, reference band, clipping, gaps, context, the parity
 of the fast renderer with the matplotlib reference, and the content-addressed image store."""
 
+import dataclasses
 import io
 import struct
 import warnings
@@ -258,6 +259,36 @@ def test_render_dataset_draws_neighbours_from_the_store(night, tmp_path):
     assert open(table["image"].iloc[1], "rb").read() == render.render_png(
         data[2], data[1], data[3], context=1
     )
+
+
+def test_a_night_drawn_against_its_chin_level_looks_the_same_at_any_chin_gain(night, tmp_path):
+    epochs = subset(night, 12)
+    louder = dataclasses.replace(epochs, data=epochs.data * np.array([1, 1, 1.7])[:, None])
+    relative = {"context": 1, "chin_reference_uv": 2.0}
+    quiet_night = render.render_dataset(epochs, [3, 7], tmp_path / "a", **relative)
+    loud_night = render.render_dataset(louder, [3, 7], tmp_path / "b", **relative)
+    read = [[open(p, "rb").read() for p in t["image"]] for t in (quiet_night, loud_night)]
+    assert read[0] == read[1]
+    levels = [render.night_chin_levels(e)["chin_uv"].item() for e in (epochs, louder)]
+    assert levels[1] == pytest.approx(1.7 * levels[0])
+    as_recorded = render.render_dataset(louder, [3, 7], tmp_path / "c", context=1)
+    assert [open(p, "rb").read() for p in as_recorded["image"]] != read[1]
+
+
+def test_chin_level_is_the_median_epoch_rms_and_skips_missing_chin():
+    rng = np.random.default_rng(0)
+    emg = rng.normal(0, 1, (5, EPOCH_SAMPLES)) * np.array([1, 2, 3, 4, 100])[:, None]
+    assert render.chin_level(emg) == pytest.approx(3, rel=0.05)
+    emg[4] = np.nan
+    assert render.chin_level(emg) == pytest.approx(2.5, rel=0.05)
+    assert np.isnan(render.chin_level(np.full((2, EPOCH_SAMPLES), np.nan)))
+
+
+def test_one_epoch_cannot_be_drawn_against_its_night(night):
+    with pytest.raises(DataError, match="render whole nights with render_dataset"):
+        render.render_png(night.data[0], chin_reference_uv=2.0)
+    with pytest.raises(ValueError, match="chin_reference_uv"):
+        render.ImageOptions(chin_reference_uv=-1)
 
 
 def test_serial_and_dask_give_the_same_image_files(night, tmp_path):

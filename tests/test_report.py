@@ -385,6 +385,19 @@ def test_sleepvlm_runs_that_differ_only_in_prompt_share_a_row(tmp_path):
     assert measured.loc["expert, plain", "record_id"].count(",") == 1
 
 
+def test_sleepvlm_table_keeps_whole_nights_apart_from_the_balanced_sample(tmp_path):
+    mini = dict(model=report.SLEEPVLM_MINI, backend="local", dataset="dcsm", train_dataset="dcsm")
+    write(tmp_path, diagonal(paper.BALANCED_COUNTS["dcsm"], 0.8), **mini)
+    nights = {"W": 150, "N1": 60, "N2": 450, "N3": 120, "REM": 180}  # a night's stage shares
+    write(tmp_path, diagonal(nights, 0.8), manifest="n" * 16, whole_nights=3, **mini)
+    table = report.sleepvlm_table(report.load_records(tmp_path))
+    measured = table[table["status"] == "measured"].set_index("epochs")
+    assert sorted(measured.index) == ["class-balanced sample", report.WHOLE_NIGHTS]
+    assert measured.loc[report.WHOLE_NIGHTS, "n"] == sum(nights.values())
+    published = table[table["status"] == "paper"]
+    assert set(published["epochs"]) == {report.WHOLE_NIGHTS}
+
+
 def test_provenance_names_where_a_number_comes_from(tmp_path):
     _, record = write(tmp_path, diagonal(SMALL), seed=3, base_url="http://127.0.0.1:8000/v1")
     facts = report.provenance(record)

@@ -2,6 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from sleepvlm import splits
 from sleepvlm.data.records import STAGES, DataError
 from sleepvlm.paper import BALANCED_COUNTS
 from sleepvlm.splits import (
@@ -86,3 +87,13 @@ def test_missing_manifest_says_which_chapter_makes_it(tmp_path):
 def test_paper_counts_sum_to_the_paper_totals():
     totals = {ds: sum(c.values()) for ds, c in BALANCED_COUNTS.items()}
     assert totals == {"dcsm": 2702, "shhs": 2390, "isruc": 2249}
+
+
+def test_nights_of_chooses_a_seeded_subset_and_night_keys_follow_rows():
+    frame = pd.DataFrame({"subject": ["a", "a", "b", "c", "d"], "night": ["1", "1", "1", "2", "1"]})
+    assert splits.nights_of(frame) == [("a", "1"), ("b", "1"), ("c", "2"), ("d", "1")]
+    two = splits.nights_of(frame, max_nights=2, seed=3)
+    assert len(two) == 2 and two == splits.nights_of(frame, max_nights=2, seed=3)
+    assert set(two) <= set(splits.nights_of(frame))
+    kept = frame[splits.night_keys(frame).isin([("a", "1")])]
+    assert kept.index.tolist() == [0, 1]

@@ -59,11 +59,12 @@ from sleepvlm.prepare import (
     prepare_dataset,
     sample_counts,
     store_rows,
+    test_night_manifest,
 )
 from sleepvlm.render import ImageOptions, render_dataset
 from sleepvlm.rules import detectors, evidence, table
 from sleepvlm.sequence import EncodedEpoch, SequenceConfig, encode_epoch
-from sleepvlm.splits import MANIFEST_KEY, manifest_hash
+from sleepvlm.splits import MANIFEST_KEY, manifest_hash, nights_of
 
 PROMPT_VARIANTS: tuple[str, ...] = ("plain", "expert")
 #: Registry role of models that read ChatTS-style time-series inputs (arrays beside the text).
@@ -332,6 +333,7 @@ def run_experiment(
     model_id: str | None = None,
     api_key_env: str | None = None,
     counts: dict[str, int] | None = None,
+    whole_nights: int | None = None,
     image_context: int = 0,
     image: dict | None = None,
     sequence_config: SequenceConfig | None = None,
@@ -347,8 +349,11 @@ def run_experiment(
     ``results_dir`` unless None) and one row per epoch (:data:`EPOCH_COLUMNS`).
 
     The sample has the paper's counts per stage times ``count_scale`` (or ``counts``), drawn
-    with ``seed`` from the held-out subjects. Answers are kept in ``store_dir`` (default: the
-    cache's ``responses``), one JSONL file per model: a rerun asks only for what is missing.
+    with ``seed`` from the held-out subjects; with ``whole_nights`` it is instead every epoch of
+    that many held-out nights (a seeded choice; all when there are fewer), as the SleepVLM
+    paper scores its model, and the record's ``counts`` is None. Answers are kept in
+    ``store_dir`` (default: the cache's ``responses``), one JSONL file per model: a rerun asks
+    only for what is missing.
     A request that still fails after the engine's retries is not scored: the run raises
     :class:`ExperimentError` (the answers obtained are kept; run again to retry the rest).
     ``registry`` replaces the packaged model registry (e.g. one loaded from your own file).
@@ -366,8 +371,11 @@ def run_experiment(
         raise ExperimentError(f"prompt variant {prompt_variant!r} is not one of {PROMPT_VARIANTS}")
     spec = resolve_model(model, modality, base_url, model_id, api_key_env, registry)
     prepared = prepare_dataset(dataset, data_dir, cohort_size=cohort_size, executor=executor)
-    counts = counts or sample_counts(dataset, count_scale)
-    sample = balanced_test_manifest(prepared, counts, seed=seed)
+    if whole_nights is None:
+        counts = counts or sample_counts(dataset, count_scale)
+        sample = balanced_test_manifest(prepared, counts, seed=seed)
+    else:
+        counts, sample = None, test_night_manifest(prepared, whole_nights, seed)
     rows = store_rows(prepared, sample)
     ids = [f"{dataset}/{s}/{n}/{e}" for s, n, e in sample[["subject", "night", "epoch"]].values]
 
@@ -440,6 +448,7 @@ def run_experiment(
             "seed": seed,
             "cohort_size": cohort_size if prepared.simulated else None,
             "counts": counts,
+            "whole_nights": None if whole_nights is None else len(nights_of(sample)),
             "source": prepared.source,
             "inputs": input_settings,
             "run": {

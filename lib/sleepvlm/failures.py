@@ -48,6 +48,7 @@ from sleepvlm.metrics import (
     metrics_from_confusion,
     subject_confusions,
 )
+from sleepvlm.splits import night_keys, nights_of
 from sleepvlm.text import Prompt, load_prompt
 
 #: Columns that identify an epoch across a per-epoch table and a feature table.
@@ -331,7 +332,6 @@ def ungrounded_in_run(
     choice of ``max_nights`` of its nights (all by default), annotated on the way (annotating a
     night runs every detector on it)."""
     from sleepvlm.explain.annotations import annotate_store
-    from sleepvlm.explain.faithfulness import night_keys, nights_of
 
     nights = nights_of(epochs, max_nights, seed)
     part = epochs[night_keys(epochs).isin(nights)].assign(dataset=prepared.dataset)

@@ -17,9 +17,10 @@ from .cache import cache_dir, content_hash, source_hash
 from .data import formats
 from .data.cohort import build_cohort, cohort_key
 from .data.records import STAGES, DataError
+from .metrics import classification_metrics
 from .paper import BALANCED_COUNTS
 from .pipeline import EpochStore, SerialExecutor, preprocess_dataset
-from .splits import assign_splits, balanced_sample, write_manifest
+from .splits import assign_splits, balanced_sample, night_keys, nights_of, write_manifest
 
 SPLIT_SEED = 0  # the subject split is fixed; the sample's seed is a chapter parameter
 
@@ -88,6 +89,18 @@ def balanced_test_manifest(
     return sample
 
 
+def test_night_manifest(
+    prepared: PreparedDataset, max_nights: int | None = None, seed: int = 0
+) -> pd.DataFrame:
+    """Every scored epoch of the held-out subjects' nights (the SleepVLM paper's protocol), or
+    of a seeded choice of ``max_nights`` of them, in recording order."""
+    pool = prepared.manifest[prepared.manifest["split"] == "test"]
+    if pool.empty:
+        raise DataError(f"{prepared.source}: no test nights (too few subjects to split)")
+    chosen = pool[night_keys(pool).isin(nights_of(pool, max_nights, seed))]
+    return chosen.sort_values(["subject", "night", "epoch"], kind="stable")
+
+
 def store_rows(prepared: PreparedDataset, sample: pd.DataFrame) -> np.ndarray:
     """Row numbers in ``prepared.store`` of the sample's epochs (matched by subject, night and
     epoch)."""
@@ -138,3 +151,13 @@ def generating_stages(prepared: PreparedDataset, sample: pd.DataFrame) -> np.nda
             )
         out[at] = np.asarray(truth, dtype=object)[sample["epoch"].to_numpy()[at].astype(int)]
     return out
+
+
+def label_ceiling(prepared: PreparedDataset, sample: pd.DataFrame) -> float | None:
+    """Cohen's κ of the scored labels of ``sample`` against the stages the simulator generated:
+    what a model that recovered every generating stage would score. None for a real dataset,
+    which has no generating stage (there, agreement between expert scorers plays this role)."""
+    if not prepared.simulated:
+        return None
+    generated = generating_stages(prepared, sample)
+    return classification_metrics(sample["stage"].tolist(), generated.tolist())["kappa"]

@@ -20,6 +20,7 @@ from __future__ import annotations
 import io
 import os
 import sys
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from functools import lru_cache
@@ -68,6 +69,8 @@ LANE_SHARES: dict[str, float] = {"eeg": 0.44, "eog": 0.28, "emg": 0.28}
 #: Under autoscale (demonstration only) a lane spans this many standard deviations of the
 #: epoch's own channel on each side: per-epoch z-scoring, as many deep-learning pipelines do.
 AUTOSCALE_SD = 3.0
+#: Manifest columns that name a night.
+NIGHT_KEYS = ["dataset", "subject", "night"]
 #: zlib level of the PNG writer; fixed so that the bytes are reproducible.
 PNG_COMPRESS_LEVEL = 1
 
@@ -104,6 +107,10 @@ class ImageOptions:
     context: int = 0  # neighbouring epochs drawn on each side of the scored one
     grayscale: bool = False
     autoscale: bool = False  # lanes at ±3 SD of the epoch: only to show why it is not used
+    # µV RMS at which the night's median chin EMG is drawn (0: as recorded). The AASM reads
+    # chin tone against the whole recording, and chin EMG levels differ more between labs
+    # (electrodes, filters, amplifier noise) than between sleep stages.
+    chin_reference_uv: float = 0.0
 
     def __post_init__(self) -> None:
         if not (200 <= self.width <= 4000 and 100 <= self.height <= 2000):
@@ -114,6 +121,11 @@ class ImageOptions:
             raise ValueError(f"line_width must be 1-8 px, got {self.line_width}")
         if not 0 <= self.context <= 3:
             raise ValueError(f"context must be 0-3 epochs on each side, got {self.context}")
+        if not 0 <= self.chin_reference_uv <= SCALES["emg"].limit_uv:
+            raise ValueError(
+                f"chin_reference_uv must be 0 (as recorded) to {SCALES['emg'].limit_uv:g} µV, "
+                f"got {self.chin_reference_uv}"
+            )
 
 
 def image_options(options: ImageOptions | None = None, **kwargs: Any) -> ImageOptions:
@@ -242,6 +254,8 @@ def _lane_labels(role: str, options: ImageOptions) -> list[tuple[str, tuple[int,
     labels = [(role.upper(), COLOURS[role]), (_scale_text(role, options), COLOURS["text"])]
     if role == "eeg" and not options.autoscale:
         labels.append((f"±{REFERENCE_BAND_UV:g} µV", COLOURS["band_edge"]))
+    if role == "emg" and options.chin_reference_uv:
+        labels.append((f"night {options.chin_reference_uv:g} µV", COLOURS["text"]))
     return labels
 
 
@@ -437,6 +451,16 @@ def _rasterize(window: np.ndarray, options: ImageOptions) -> np.ndarray:
     return indices
 
 
+def _single_epoch_options(options: ImageOptions | None, kwargs: dict) -> ImageOptions:
+    opts = image_options(options, **kwargs)
+    if opts.chin_reference_uv:
+        raise DataError(
+            "chin_reference_uv draws the chin EMG against its night's level, which one epoch "
+            "does not give: render whole nights with render_dataset"
+        )
+    return opts
+
+
 def render_image(
     epoch: Any,
     before: Any = None,
@@ -450,7 +474,7 @@ def render_image(
     ``epoch`` is (3, 3000) µV at 100 Hz in (EEG, EOG, EMG) order; ``before``/``after`` are
     the neighbouring epochs drawn when ``context`` > 0. Options: :class:`ImageOptions`.
     """
-    opts = image_options(options, **kwargs)
+    opts = _single_epoch_options(options, kwargs)
     window = epoch_window(epoch, before, after, opts.context, sfreq)
     return palette(opts)[_rasterize(window, opts)]
 
@@ -476,7 +500,7 @@ def render_png(
     **kwargs: Any,
 ) -> bytes:
     """PNG bytes of the fast renderer (indexed colour, or 8-bit grey); same input, same bytes."""
-    opts = image_options(options, **kwargs)
+    opts = _single_epoch_options(options, kwargs)
     window = epoch_window(epoch, before, after, opts.context, sfreq)
     return _encode(_rasterize(window, opts), opts)
 
@@ -748,19 +772,68 @@ def _source_access(source: Any) -> tuple[pd.DataFrame, Any]:
 def _neighbour_rows(manifest: pd.DataFrame, rows: np.ndarray, context: int) -> np.ndarray:
     """(n, 2·context+1) manifest rows of each epoch's window; -1 where a neighbour is absent
     (excluded, or outside the night)."""
-    keys = ["dataset", "subject", "night"]
     lookup = pd.Series(
         np.arange(len(manifest)),
-        index=pd.MultiIndex.from_frame(manifest[[*keys, "epoch"]].astype({"epoch": np.int64})),
+        index=pd.MultiIndex.from_frame(
+            manifest[[*NIGHT_KEYS, "epoch"]].astype({"epoch": np.int64})
+        ),
     )
     chosen = manifest.iloc[rows]
+    nights = [chosen[k].to_numpy() for k in NIGHT_KEYS]
     columns = []
     for offset in range(-context, context + 1):
-        wanted = pd.MultiIndex.from_arrays(
-            [*(chosen[k].to_numpy() for k in keys), chosen["epoch"].to_numpy(np.int64) + offset]
-        )
+        wanted = pd.MultiIndex.from_arrays([*nights, chosen["epoch"].to_numpy(np.int64) + offset])
         columns.append(lookup.reindex(wanted).fillna(-1).to_numpy(np.int64))
     return np.stack(columns, axis=1)
+
+
+def _assemble_windows(read: Any, windows_rows: np.ndarray) -> np.ndarray:
+    """(n, 2·context+1, 3, 3000) float64 windows of manifest rows (NaN where -1)."""
+    wanted = np.unique(windows_rows[windows_rows >= 0])
+    data = read(wanted).astype(np.float64)
+    position = {int(r): i for i, r in enumerate(wanted)}
+    windows = np.full((*windows_rows.shape, len(ROLES), EPOCH_SAMPLES), np.nan)
+    for (n, slot), row in np.ndenumerate(windows_rows):
+        if row >= 0:
+            windows[n, slot] = data[position[int(row)]]
+    return windows
+
+
+def chin_level(emg: np.ndarray) -> float:
+    """Median over epochs of the chin EMG RMS (µV) of (n, 3000) epochs (NaN if none has EMG)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # epochs or nights without chin EMG
+        return float(np.nanmedian(np.nanstd(emg, axis=1)))
+
+
+def _night_ids(manifest: pd.DataFrame) -> np.ndarray:
+    return manifest[NIGHT_KEYS].astype(str).agg("/".join, axis=1).to_numpy()
+
+
+def night_chin_levels(source: Any, rows: Sequence[int] | np.ndarray | None = None) -> pd.DataFrame:
+    """:func:`chin_level` (µV) of each night of ``source`` (an EpochStore or Epochs) that holds
+    one of ``rows`` (all by default), over every epoch of that night: one row per night."""
+    manifest, read = _source_access(source)
+    ids = _night_ids(manifest)
+    wanted = np.unique(ids if rows is None else ids[np.asarray(rows, dtype=np.int64)])
+    emg = ROLES.index("emg")
+    levels = []
+    for night in wanted:
+        members = np.flatnonzero(ids == night)
+        first = manifest.iloc[members[0]]
+        level = chin_level(read(members)[:, emg].astype(np.float64))
+        levels.append({**{k: first[k] for k in NIGHT_KEYS}, "chin_uv": level, "id": night})
+    return pd.DataFrame(levels, columns=[*NIGHT_KEYS, "chin_uv", "id"])
+
+
+def _chin_gains(source: Any, rows: np.ndarray, reference_uv: float) -> np.ndarray:
+    """Gain of the chin EMG of each row: ``reference_uv`` over its night's :func:`chin_level`
+    (1 for a night without chin EMG)."""
+    levels = night_chin_levels(source, rows).set_index("id")["chin_uv"]
+    manifest, _ = _source_access(source)
+    level = levels.reindex(_night_ids(manifest)[rows]).to_numpy()
+    usable = np.isfinite(level) & (level > 0)
+    return np.where(usable, reference_uv / np.where(usable, level, 1.0), 1.0)
 
 
 def _pending_batches(
@@ -770,19 +843,16 @@ def _pending_batches(
     root: Path,
     options: ImageOptions,
     batch_size: int,
+    chin_gains: np.ndarray | None = None,
 ) -> Iterator[tuple[list[str], np.ndarray]]:
-    """Batches of windows whose images are not in the store yet; names every row on the way."""
+    """Batches of windows whose images are not in the store yet (chin EMG times ``chin_gains``
+    when given); names every row on the way."""
     for start in range(0, len(windows_rows), batch_size):
-        block = windows_rows[start : start + batch_size]
-        wanted = np.unique(block[block >= 0])  # never empty: the scored epoch is always there
-        data = read(wanted).astype(np.float64)
-        position = {int(r): i for i, r in enumerate(wanted)}
         names, windows = [], []
-        for row_window in block:
-            window = np.full((len(row_window), len(ROLES), EPOCH_SAMPLES), np.nan)
-            for slot, row in enumerate(row_window):
-                if row >= 0:
-                    window[slot] = data[position[int(row)]]
+        block = _assemble_windows(read, windows_rows[start : start + batch_size])
+        if chin_gains is not None:
+            block[:, :, ROLES.index("emg")] *= chin_gains[start : start + batch_size, None, None]
+        for window in block:
             name = image_name(window, options)
             names_out.append(name)
             if not image_path(root, name).exists():
@@ -824,9 +894,12 @@ def render_dataset(
         raise IndexError(f"rows must lie in [0, {len(manifest)}), got {rows.min()}..{rows.max()}")
     root = Path(out_dir) if out_dir else cache_dir("images")
     windows_rows = _neighbour_rows(manifest, rows, opts.context)
+    gains = None
+    if opts.chin_reference_uv:
+        gains = _chin_gains(source, rows, opts.chin_reference_uv)
     names: list[str] = []
     rendered: set[str] = set()
-    batches = _pending_batches(read, windows_rows, names, root, opts, batch_size)
+    batches = _pending_batches(read, windows_rows, names, root, opts, batch_size, gains)
     for done_names, pngs in (executor or SerialExecutor()).imap(_RenderBatch(opts), batches):
         for name, png in zip(done_names, pngs, strict=True):
             _write_atomically(image_path(root, name), png)

@@ -51,6 +51,8 @@ UNKNOWN_SAMPLE = "unknown"
 #: sample to count as the paper's class-balanced one (a scaled-down draw rounds its counts;
 #: whole test nights, about half N2, are far beyond it).
 BALANCED_TOLERANCE = 0.05
+#: The epochs the SleepVLM paper scored (every epoch of its test recordings).
+WHOLE_NIGHTS = "whole test nights"
 
 #: Groups of the main table, in order.
 GROUPS: tuple[str, ...] = (
@@ -756,10 +758,15 @@ def _setting(trained: str | None, tested: str) -> str:
     return "within center" if trained == tested else "external"
 
 
+def _epochs(sample: str) -> str:
+    return {BALANCED: "class-balanced sample", NOT_BALANCED: WHOLE_NIGHTS}.get(sample, sample)
+
+
 def _merge_prompts(rows: list[dict]) -> list[dict]:
     """One row per run that differs from another only in its prompt, with equal scores."""
     same = (
         "setting",
+        "epochs",
         "trained on",
         "tested on",
         "input",
@@ -785,15 +792,17 @@ def sleepvlm_table(records: pd.DataFrame) -> pd.DataFrame:
     """SleepVLM's agreement within its training center and on an external cohort (the
     paper's κ), beside SleepVLM-mini's measured κ, accuracy and macro-F1 on every center it was
     tested on (records of model :data:`SLEEPVLM_MINI`; the training center from the record's
-    ``train_dataset``). Runs on the same data that differ only in the prompt and score the same
-    (SleepVLM-mini reads the image, not the instruction) share one row listing their prompts.
-    A setting without a record is "not run", with the command."""
+    ``train_dataset``), on the class-balanced sample or on whole test nights (``epochs``; the
+    paper scored whole recordings). Runs on the same data that differ only in the prompt and
+    score the same (SleepVLM-mini reads the image, not the instruction) share one row listing
+    their prompts. A setting without a record is "not run", with the command."""
     rows = [
         {
             "setting": _setting(paper.SLEEPVLM_TRAINED_ON, cohort),
             "model": "SleepVLM (paper)",
             "trained on": paper.SLEEPVLM_TRAINED_ON,
             "tested on": cohort,
+            "epochs": WHOLE_NIGHTS,
             "status": "paper",
             "kappa": kappa,
         }
@@ -808,6 +817,7 @@ def sleepvlm_table(records: pd.DataFrame) -> pd.DataFrame:
                 "model": SLEEPVLM_MINI,
                 "trained on": r["train_dataset"],
                 "tested on": r["dataset"],
+                "epochs": _epochs(r["sample"]),
                 "input": r["modality"],
                 "prompt": r["prompt"],
                 "status": "measured",
@@ -838,6 +848,7 @@ def sleepvlm_table(records: pd.DataFrame) -> pd.DataFrame:
         "model",
         "trained on",
         "tested on",
+        "epochs",
         "input",
         "prompt",
         "status",

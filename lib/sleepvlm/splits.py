@@ -71,6 +71,21 @@ def balanced_sample(
     return pd.concat(parts).sort_values(MANIFEST_KEY).reset_index(drop=True)
 
 
+def night_keys(frame: pd.DataFrame) -> pd.Series:
+    """The (subject, night) pair of each row of ``frame``."""
+    pairs = zip(frame["subject"].astype(str), frame["night"].astype(str), strict=True)
+    return pd.Series(list(pairs), index=frame.index, dtype=object)
+
+
+def nights_of(frame: pd.DataFrame, max_nights: int | None = None, seed: int = 0) -> list:
+    """The (subject, night) pairs of ``frame``, or a seeded choice of ``max_nights`` of them."""
+    nights = sorted(set(night_keys(frame)))
+    if max_nights is not None and len(nights) > max_nights:
+        chosen = np.random.default_rng(seed).choice(len(nights), max_nights, replace=False)
+        nights = [nights[i] for i in sorted(chosen)]
+    return nights
+
+
 def stage_table(manifest: pd.DataFrame, by: str = "dataset") -> pd.DataFrame:
     """Epoch counts per stage (columns in STAGES order) and a Total column."""
     table = pd.crosstab(manifest[by], manifest["stage"]).reindex(columns=list(STAGES), fill_value=0)

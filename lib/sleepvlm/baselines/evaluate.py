@@ -13,7 +13,7 @@ import torch
 
 from ..data.records import STAGES
 from ..metrics import SUMMARY_METRICS, evaluate, result_record
-from ..prepare import PreparedDataset
+from ..prepare import PreparedDataset, test_night_manifest
 from ..splits import manifest_hash
 from .data import ordered_rows, read_rows
 from .models import BaselineError
@@ -80,7 +80,7 @@ def sample_rows(prepared: PreparedDataset, sample: pd.DataFrame) -> pd.DataFrame
 
 def test_nights(prepared: PreparedDataset) -> pd.DataFrame:
     """Every epoch of the test subjects' nights."""
-    return prepared.manifest[prepared.manifest["split"] == "test"]
+    return test_night_manifest(prepared)
 
 
 def _evaluate(manifest: pd.DataFrame, predicted: pd.Series, n_boot: int) -> dict:

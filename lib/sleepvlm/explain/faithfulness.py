@@ -41,6 +41,7 @@ from sleepvlm.explain.annotations import (
     supported_stages,
 )
 from sleepvlm.rules.table import RULES
+from sleepvlm.splits import night_keys, nights_of
 
 #: Summary entries: (column, name of the expert rating it stands in for).
 PROXIES: tuple[tuple[str, str], ...] = (
@@ -261,21 +262,6 @@ def ungrounded_claims(
 ) -> list[Claim]:
     """The events a free-text answer of any model cites that are not in the epoch."""
     return score_answer(parse_answer(text), annotation, tolerance_s).ungrounded
-
-
-def night_keys(frame: pd.DataFrame) -> pd.Series:
-    """The (subject, night) pair of each row of ``frame``."""
-    pairs = zip(frame["subject"].astype(str), frame["night"].astype(str), strict=True)
-    return pd.Series(list(pairs), index=frame.index, dtype=object)
-
-
-def nights_of(frame: pd.DataFrame, max_nights: int | None = None, seed: int = 0) -> list:
-    """The (subject, night) pairs of ``frame``, or a seeded choice of ``max_nights`` of them."""
-    nights = sorted(set(night_keys(frame)))
-    if max_nights is not None and len(nights) > max_nights:
-        chosen = np.random.default_rng(seed).choice(len(nights), max_nights, replace=False)
-        nights = [nights[i] for i in sorted(chosen)]
-    return nights
 
 
 def score_run(

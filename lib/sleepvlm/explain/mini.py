@@ -79,6 +79,10 @@ class MiniConfig:
     image_width: int = 896  # the scored epoch and one neighbour each side, ~10 px/s each
     image_height: int = 224
     context: int = 1  # neighbouring epochs drawn on each side
+    # The chin EMG drawn against its night (its median RMS at this many µV): trained on one
+    # center's absolute chin level, the model called other centers' sleep with a louder chin
+    # (another amplifier, filter, noise floor) wake.
+    chin_reference_uv: float = 2.0
     vision_depth: int = 2
     vision_dim: int = 96
     text_dim: int = 128
@@ -99,7 +103,12 @@ class MiniConfig:
     seed: int = 0
 
     def image_options(self) -> ImageOptions:
-        return ImageOptions(width=self.image_width, height=self.image_height, context=self.context)
+        return ImageOptions(
+            width=self.image_width,
+            height=self.image_height,
+            context=self.context,
+            chin_reference_uv=self.chin_reference_uv,
+        )
 
 
 @dataclass

@@ -30,7 +30,7 @@ _FIELDS = {
     "concurrency",
 }
 #: Image options a model may fix (those it was trained on); the rest keep the benchmark's.
-IMAGE_FIELDS = ("width", "height", "context")
+IMAGE_FIELDS = ("width", "height", "context", "chin_reference_uv")
 
 
 @dataclass(frozen=True)
@@ -90,9 +90,9 @@ def _validate(spec: ModelSpec) -> None:
     if spec.image is not None and (
         not isinstance(spec.image, dict)
         or set(spec.image) - set(IMAGE_FIELDS)
-        or any(not isinstance(v, int) for v in spec.image.values())
+        or any(isinstance(v, bool) or not isinstance(v, int | float) for v in spec.image.values())
     ):
-        raise RegistryError(f"{where}: image takes integer {', '.join(IMAGE_FIELDS)} only")
+        raise RegistryError(f"{where}: image takes numbers for {', '.join(IMAGE_FIELDS)} only")
     if spec.concurrency is not None and (
         not isinstance(spec.concurrency, int) or spec.concurrency < 1
     ):
