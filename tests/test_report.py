@@ -396,6 +396,11 @@ def test_sleepvlm_table_keeps_whole_nights_apart_from_the_balanced_sample(tmp_pa
     assert measured.loc[report.WHOLE_NIGHTS, "n"] == sum(nights.values())
     published = table[table["status"] == "paper"]
     assert set(published["epochs"]) == {report.WHOLE_NIGHTS}
+    kappa, epochs = report.mini_kappa(table)
+    assert epochs == report.WHOLE_NIGHTS
+    assert kappa["within center"] == pytest.approx(measured.loc[report.WHOLE_NIGHTS, "kappa"])
+    balanced_only = table[table["epochs"] != report.WHOLE_NIGHTS]
+    assert report.mini_kappa(balanced_only)[1] == "class-balanced sample"
 
 
 def test_provenance_names_where_a_number_comes_from(tmp_path):

@@ -807,7 +807,17 @@ def chin_level(emg: np.ndarray) -> float:
 
 
 def _night_ids(manifest: pd.DataFrame) -> np.ndarray:
-    return manifest[NIGHT_KEYS].astype(str).agg("/".join, axis=1).to_numpy()
+    parts = [manifest[k].astype(str) for k in NIGHT_KEYS]
+    return (parts[0] + "/" + parts[1] + "/" + parts[2]).to_numpy()
+
+
+def _chin_levels(read: Any, ids: np.ndarray, nights: np.ndarray) -> dict[str, float]:
+    """:func:`chin_level` of each of ``nights`` (ids of :func:`_night_ids`), over all its epochs."""
+    emg = ROLES.index("emg")
+    return {
+        night: chin_level(read(np.flatnonzero(ids == night))[:, emg].astype(np.float64))
+        for night in nights
+    }
 
 
 def night_chin_levels(source: Any, rows: Sequence[int] | np.ndarray | None = None) -> pd.DataFrame:
@@ -816,22 +826,19 @@ def night_chin_levels(source: Any, rows: Sequence[int] | np.ndarray | None = Non
     manifest, read = _source_access(source)
     ids = _night_ids(manifest)
     wanted = np.unique(ids if rows is None else ids[np.asarray(rows, dtype=np.int64)])
-    emg = ROLES.index("emg")
-    levels = []
-    for night in wanted:
-        members = np.flatnonzero(ids == night)
-        first = manifest.iloc[members[0]]
-        level = chin_level(read(members)[:, emg].astype(np.float64))
-        levels.append({**{k: first[k] for k in NIGHT_KEYS}, "chin_uv": level, "id": night})
-    return pd.DataFrame(levels, columns=[*NIGHT_KEYS, "chin_uv", "id"])
+    levels = _chin_levels(read, ids, wanted)
+    first = manifest.iloc[[int(np.argmax(ids == night)) for night in wanted]][NIGHT_KEYS]
+    table = first.assign(chin_uv=[levels[night] for night in wanted], id=wanted)
+    return table.reset_index(drop=True)
 
 
-def _chin_gains(source: Any, rows: np.ndarray, reference_uv: float) -> np.ndarray:
+def _chin_gains(manifest: pd.DataFrame, read: Any, rows: np.ndarray, reference_uv: float):
     """Gain of the chin EMG of each row: ``reference_uv`` over its night's :func:`chin_level`
     (1 for a night without chin EMG)."""
-    levels = night_chin_levels(source, rows).set_index("id")["chin_uv"]
-    manifest, _ = _source_access(source)
-    level = levels.reindex(_night_ids(manifest)[rows]).to_numpy()
+    ids = _night_ids(manifest)
+    of_rows = ids[rows]
+    levels = _chin_levels(read, ids, np.unique(of_rows))
+    level = np.array([levels[night] for night in of_rows])
     usable = np.isfinite(level) & (level > 0)
     return np.where(usable, reference_uv / np.where(usable, level, 1.0), 1.0)
 
@@ -896,7 +903,7 @@ def render_dataset(
     windows_rows = _neighbour_rows(manifest, rows, opts.context)
     gains = None
     if opts.chin_reference_uv:
-        gains = _chin_gains(source, rows, opts.chin_reference_uv)
+        gains = _chin_gains(manifest, read, rows, opts.chin_reference_uv)
     names: list[str] = []
     rendered: set[str] = set()
     batches = _pending_batches(read, windows_rows, names, root, opts, batch_size, gains)

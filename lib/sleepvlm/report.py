@@ -869,6 +869,16 @@ def sleepvlm_table(records: pd.DataFrame) -> pd.DataFrame:
     ).reset_index(drop=True)
 
 
+def mini_kappa(sleep: pd.DataFrame) -> tuple[pd.Series, str]:
+    """Mean κ of SleepVLM-mini per setting (within center, external) in a
+    :func:`sleepvlm_table`, and which epochs it is on: the whole-night runs where there are any
+    (the paper scored whole recordings), else the class-balanced ones."""
+    measured = sleep[sleep["status"] == "measured"]
+    on_nights = measured[measured["epochs"] == WHOLE_NIGHTS]
+    runs, epochs = (on_nights, WHOLE_NIGHTS) if len(on_nights) else (measured, _epochs(BALANCED))
+    return runs.groupby("setting")["kappa"].mean(), epochs
+
+
 __all__ = [
     "BALANCED",
     "GROUPS",
@@ -885,6 +895,7 @@ __all__ = [
     "differences_table",
     "expected_rows",
     "load_records",
+    "mini_kappa",
     "main_table",
     "paper_shares",
     "provenance",
