@@ -28,6 +28,7 @@ from sleepvlm.book import (
     start_order,
 )
 from sleepvlm.cache import library_hash, project_root
+from sleepvlm.environment import lock_hash
 
 KERNEL = {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}
 
@@ -309,6 +310,7 @@ def test_smoke_book_has_its_build_log_and_teaching_pages(smoke_book):
     for run in smoke_book.runs:
         assert f"<td><p>{run.chapter}</p></td>\n<td><p>ran</p></td>" in log
     assert library_hash() in log
+    assert lock_hash() and lock_hash() in log  # the dependency lock the chapters ran with
     assert (smoke_book.html / "book" / "teaching.html").is_file()
 
 

@@ -11,7 +11,8 @@ import pytest
 import yaml
 
 from sleepvlm import paper, report
-from sleepvlm.data.records import STAGES, DataError
+from sleepvlm.cache import project_root
+from sleepvlm.data.records import STAGES, DataError, file_sha256
 from sleepvlm.metrics import evaluate, result_record, write_result
 from sleepvlm.models import ModelSpec
 
@@ -315,6 +316,7 @@ def test_differences_come_from_the_record_fields(tmp_path):
         backend="local",
         decoding={"width": 8, "channels": ["eeg"]},
         library_version="0.0.1",
+        lock="0" * 64,
     )
     records = report.load_records(tmp_path)
     table = report.main_table(records, datasets=["isruc"], registry=REGISTRY)
@@ -334,6 +336,8 @@ def test_differences_come_from_the_record_fields(tmp_path):
     baseline = diffs.loc["deepsleepnet"]["reasons"]
     assert any("width 8, channels eeg" in r for r in baseline)
     assert any("sleepvlm 0.0.1" in r for r in baseline)
+    assert any(r.startswith(f"made with another dependency lock ({'0' * 16}") for r in baseline)
+    assert not any("dependency lock" in r for r in vlm["reasons"])  # made with this lock
 
     scaled = {s: max(1, round(c * 0.01)) for s, c in counts.items()}
     _, small = write(tmp_path, diagonal(scaled), dataset="isruc", prompt="trained-on-dcsm")
@@ -410,6 +414,8 @@ def test_provenance_names_where_a_number_comes_from(tmp_path):
     assert facts["data"] == "simulated" and facts["seed"] == 3
     assert facts["prompt_hash"] == "p" * 16 and facts["manifest_hash"] == "m" * 16
     assert facts["library_version"] == record["library_version"]
+    assert record["lock"] == file_sha256(project_root() / "requirements.lock")
+    assert facts["lock"] == record["lock"][:16]
     assert facts["created"] == record["created"]
     records = report.load_records(tmp_path)
     table = report.provenance_table(records)

@@ -24,6 +24,7 @@ from pathlib import Path
 import nbformat
 
 from .cache import content_hash, library_hash, project_root
+from .environment import LOCK_FILE, lock_hash
 
 NOTEBOOKS = "notebooks"
 BOOK = "book"
@@ -32,6 +33,7 @@ RUNS = "_runs"
 BOOK_FILES = ("_config.yml", "_toc.yml", "references.bib")
 KERNEL = "python3"
 BUILD_LOG = "build_log.md"
+NO_LOCK = "none (not installed from the lock)"
 #: Notebook metadata (``metadata.sleepvlm.needs``): the chapters, by number, whose results a
 #: chapter reads; a chapter that names none waits for every chapter before it.
 META = "sleepvlm"
@@ -54,6 +56,7 @@ class ChapterRun:
     finished: str = ""  # UTC time the run ended (ISO 8601)
     machine: str = field(default_factory=lambda: machine_description())
     library: str = field(default_factory=lambda: library_hash())
+    lock: str | None = field(default_factory=lambda: lock_hash())
 
 
 def machine_description() -> str:
@@ -84,7 +87,7 @@ def select_chapters(notebooks: list[Path], only: Iterable[str] | None) -> list[P
 
 def run_key(notebook: Path, parameters: dict) -> str:
     """A chapter reruns when its notebook, its parameters or the library changed."""
-    return content_hash(notebook, parameters, library_hash())
+    return content_hash(notebook, parameters, library_hash(), lock_hash())
 
 
 def dirty_notebooks(folder: Path) -> list[str]:
@@ -339,6 +342,7 @@ def build_log_markdown(
         f"- built: {now_utc()}",
         f"- machine: {machine_description()}",
         f"- library hash: `{library_hash()}`",
+        f"- dependency lock (`{LOCK_FILE}`, SHA-256): `{lock_hash() or NO_LOCK}`",
         f"- wall time of this build's chapters: {wall_seconds:.1f} s ({wall_seconds / 60:.1f} min),"
         f" up to {jobs} at once",
         f"- total of the chapters' recorded times: {total:.1f} s ({total / 60:.1f} min)",

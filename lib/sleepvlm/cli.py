@@ -45,6 +45,18 @@ def cmd_check_notebooks(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+def cmd_check_lock(args: argparse.Namespace) -> int:
+    from .environment import LockError, installed_drift, lock_disagreements
+
+    try:
+        problems = lock_disagreements() + installed_drift()
+    except LockError as err:
+        problems = [str(err)]
+    for line in problems:
+        print(line, file=sys.stderr)
+    return 1 if problems else 0
+
+
 def cmd_teach(args: argparse.Namespace) -> int:
     from .teach import TeachError, write_teaching_versions
 
@@ -106,6 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-notebooks", help="fail if notebook sources carry outputs")
     check.add_argument("folder", nargs="?", default="notebooks")
     check.set_defaults(func=cmd_check_notebooks)
+
+    lock = sub.add_parser(
+        "check-lock",
+        help="fail unless requirements.lock agrees with pyproject.toml and the installed packages",
+    )
+    lock.set_defaults(func=cmd_check_lock)
 
     teach = sub.add_parser(
         "teach", help="write a chapter's student (no solutions) and instructor versions"

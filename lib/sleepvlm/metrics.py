@@ -46,6 +46,7 @@ from sklearn.metrics import (
 
 import sleepvlm
 from sleepvlm.data.records import STAGES, CorruptFileError, DataError
+from sleepvlm.environment import lock_hash
 from sleepvlm.models.secrets import redact
 
 #: The prediction of an answer without a valid stage label (counted as wrong).
@@ -332,6 +333,7 @@ def result_record(
         "decoding": decoding,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "library_version": sleepvlm.__version__,
+        "lock": lock_hash(),
     }
 
 

@@ -30,6 +30,7 @@ import pandas as pd
 import sleepvlm
 from sleepvlm import paper
 from sleepvlm.data.records import STAGES, DataError
+from sleepvlm.environment import lock_hash
 from sleepvlm.experiment import EMBEDDED_MODELS, PROMPT_VARIANTS, rerun_command
 from sleepvlm.metrics import SUMMARY_METRICS
 from sleepvlm.models import load_registry
@@ -313,6 +314,7 @@ PROVENANCE_FIELDS: tuple[str, ...] = (
     "decoding",
     "created",
     "library_version",
+    "lock",
 )
 
 
@@ -325,6 +327,7 @@ def provenance(record: dict) -> dict:
         trained_on=train_dataset(record),
         prompt_hash=_short(record.get("prompt_hash")),
         manifest_hash=_short(record.get("manifest_hash")),
+        lock=_short(record.get("lock")),
         decoding=json.dumps(decoding, sort_keys=True) if decoding is not None else None,
     )
     return values
@@ -402,6 +405,11 @@ def differences(record: dict, registry=None) -> list[str]:
     version = record.get("library_version")
     if version and version != sleepvlm.__version__:
         reasons.append(f"written by sleepvlm {version} (this is {sleepvlm.__version__})")
+    lock = record.get("lock")
+    if lock and lock_hash() and lock != lock_hash():
+        reasons.append(
+            f"made with another dependency lock ({_short(lock)}, this is {_short(lock_hash())})"
+        )
     return reasons
 
 
