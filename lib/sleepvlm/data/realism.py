@@ -20,6 +20,12 @@ from scipy import signal
 
 from sleepvlm.data.edf import edf_annotations, open_edf
 from sleepvlm.data.hypnogram import annotations_to_epochs, map_stages
+from sleepvlm.data.nights import (
+    checked_labels,
+    sleep_period,
+    stage_share_by_part,
+    transition_matrix,
+)
 from sleepvlm.data.records import (
     EPOCH_S,
     EXCLUDED_LABELS,
@@ -233,35 +239,19 @@ def hypnogram_stats(labels) -> dict:
     stage-to-stage probabilities between consecutive scored epochs, DataFrame), ``sleep_onset``
     (epoch index of the first sleep epoch or None), and, over the sleep period (first to last
     sleep epoch), ``n3_first_half`` / ``rem_first_half``: the fraction of that stage's epochs
-    falling in the first half (N3 should be > 0.5, REM < 0.5)."""
-    labels = np.asarray(labels, dtype=object).astype(str)
-    bad = sorted(set(labels) - set(STAGES) - set(EXCLUDED_LABELS))
-    if bad:
-        raise DataError(f"hypnogram_stats: unknown stage labels {bad}; map them to {STAGES}")
-    scored = np.isin(labels, STAGES)
-    n_scored = int(scored.sum())
+    falling in the first half (N3 should be > 0.5, REM < 0.5). The fuller set of standard
+    statistics is :func:`sleepvlm.data.nights.night_statistics`."""
+    labels = checked_labels(labels, source="hypnogram_stats")
+    n_scored = int(np.isin(labels, STAGES).sum())
     if n_scored == 0:
         raise DataError("hypnogram_stats: the hypnogram has no scored (W/N1/N2/N3/REM) epoch")
     shares = {s: float((labels == s).sum() / n_scored) for s in STAGES}
-    trans = pd.DataFrame(
-        0.0, index=pd.Index(STAGES, name="from"), columns=pd.Index(STAGES, name="to")
-    )
-    pair = scored[:-1] & scored[1:]
-    for a, b in zip(labels[:-1][pair], labels[1:][pair], strict=True):
-        trans.loc[a, b] += 1
-    trans = trans.div(trans.sum(axis=1).replace(0, np.nan), axis=0)
-    asleep = np.flatnonzero(np.isin(labels, STAGES[1:]))
-    out = {"shares": shares, "transitions": trans, "n_epochs": n_scored}
-    if len(asleep):
-        first, last = asleep[0], asleep[-1]
-        mid = (first + last + 1) / 2
-        idx = np.arange(len(labels))
-        for stage, key in (("N3", "n3_first_half"), ("REM", "rem_first_half")):
-            sel = labels == stage
-            out[key] = float((sel & (idx < mid)).sum() / sel.sum()) if sel.any() else None
-        out["sleep_onset"] = int(first)
-    else:
-        out.update(n3_first_half=None, rem_first_half=None, sleep_onset=None)
+    out = {"shares": shares, "transitions": transition_matrix(labels), "n_epochs": n_scored}
+    period = sleep_period(labels)
+    for stage, key in (("N3", "n3_first_half"), ("REM", "rem_first_half")):
+        halves = None if period is None else stage_share_by_part(labels, stage, period, 2)
+        out[key] = None if halves is None else halves[0]
+    out["sleep_onset"] = None if period is None else period[0]
     return out
 
 
@@ -281,7 +271,7 @@ def real_hypnograms(margin_min: float = 30.0) -> dict:
     path = real_excerpt("sleepedf_SC4001EC-Hypnogram.edf")
     _, codes = annotations_to_epochs(edf_annotations(open_edf(path)), source=str(path))
     labels, _ = map_stages(codes, "sleepedf", source=str(path))
-    asleep = np.flatnonzero(np.isin(labels, STAGES[1:]))
+    first, last = sleep_period(labels)
     margin = int(margin_min * 60 / EPOCH_S)
-    out["sleepedf_SC4001"] = labels[max(asleep[0] - margin, 0) : asleep[-1] + margin + 1]
+    out["sleepedf_SC4001"] = labels[max(first - margin, 0) : last + margin + 1]
     return out
