@@ -1,10 +1,19 @@
-"""Tests of event matching and scoring on hand-made cases."""
+"""Tests of event matching and scoring on hand-made cases, and of the agreement with the DREAMS
+experts on the real excerpts."""
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from sleepvlm.rules.validation import event_scores, match_events, score_kind
+from sleepvlm.rules.validation import (
+    event_scores,
+    events_in_stages,
+    expert_agreement_table,
+    match_events,
+    ours,
+    score_kind,
+    union_of_experts,
+)
 
 
 def events(kind, rows):
@@ -63,3 +72,81 @@ def test_event_scores_table_and_empty_cases():
     table = event_scores(events("spindle", []), truth, ["spindle", "kcomplex"])
     assert table.set_index("kind").loc["spindle", "recall"] == 0.0
     assert np.isnan(table.set_index("kind").loc["kcomplex", "f1"])
+
+
+def test_union_of_experts_merges_overlapping_events():
+    a = events("spindle", [(10.0, 1.0, np.nan), (30.0, 0.5, np.nan), (50.0, 1.0, np.nan)])
+    b = events("spindle", [(10.5, 1.0, np.nan), (11.2, 1.0, np.nan), (31.0, 1.0, np.nan),
+                           (51.0, 1.0, np.nan)])  # fmt: skip
+    union = union_of_experts(a, b)
+    # 10-11, 10.5-11.5 and 11.2-12.2 chain into one; 30-30.5 and 31-32 stay apart; 50-51
+    # and 51-52 only touch
+    assert union["onset"].tolist() == [10.0, 30.0, 31.0, 50.0, 51.0]
+    assert union["duration"].tolist() == pytest.approx([2.2, 0.5, 1.0, 1.0, 1.0])
+    assert (union["kind"] == "spindle").all() and union["amplitude"].isna().all()
+    assert len(union_of_experts(a.iloc[:0], b.iloc[:0])) == 0
+
+
+def test_events_in_stages_keeps_onsets_in_the_chosen_steps():
+    labels = np.array(["W", "N2", "N3", "N1"], dtype=object)
+    found = events("spindle", [(4.9, 1.0, 20), (5.0, 1.0, 20), (14.9, 3.0, 20), (15.0, 1.0, 20),
+                               (25.0, 1.0, 20)])  # fmt: skip
+    kept = events_in_stages(found, labels, 5.0, ("N2", "N3"))
+    assert kept["onset"].tolist() == [5.0, 14.9]
+
+
+@pytest.fixture(scope="module")
+def dreams_tables():
+    return {region: expert_agreement_table(region=region) for region in ("all", "N2N3")}
+
+
+def rows(table, method, reference):
+    part = table[(table["method"] == method) & (table["reference"] == reference)]
+    return part.set_index("excerpt")
+
+
+def test_experts_mutual_agreement_matches_the_published_measurement(dreams_tables):
+    mutual = rows(dreams_tables["all"], "expert2", "expert1")
+    # SOURCES.md: by-event F1 of expert 2 against expert 1, one-to-one overlap matching
+    assert mutual.loc[[1, 2, 3, 4], "f1"].round(2).tolist() == [0.38, 0.62, 0.20, 0.17]
+    assert mutual.loc[[1, 2, 3, 4], "n_reference"].tolist() == [52, 60, 5, 44]
+
+
+def test_a_rate_the_detectors_refuse_is_reported_not_raised(dreams_tables):
+    table = dreams_tables["all"]
+    refused = table[table["n_detected"].isna()]
+    assert set(refused["excerpt"]) == {3}
+    assert set(refused["method"]) == {"ours", "yasa"}
+    assert refused["note"].str.startswith("not evaluable at 50 Hz").all()
+    # the experts' own agreement on excerpt 3 is still measured
+    assert rows(table, "expert2", "expert1").loc[3, "tp"] == 5
+
+
+def test_pooled_rows_sum_the_excerpts_every_method_ran_on(dreams_tables):
+    for table in dreams_tables.values():
+        for (method, reference), part in table.groupby(["method", "reference"]):
+            pooled = part.set_index("excerpt").loc["pooled"]
+            each = part.set_index("excerpt").loc[[1, 2, 4]]
+            for column in ("tp", "fp", "fn", "n_reference", "n_detected"):
+                assert pooled[column] == each[column].sum(), (method, reference, column)
+            assert pooled["f1"] == pytest.approx(
+                2 * pooled["tp"] / (2 * pooled["tp"] + pooled["fp"] + pooled["fn"])
+            )
+            assert pooled["note"] == "pooled over excerpts 1, 2, 4"
+
+
+def test_n2n3_region_drops_events_outside_n2_and_n3(dreams_tables):
+    every, n2n3 = (rows(dreams_tables[r], "ours", "expert1") for r in ("all", "N2N3"))
+    # expert 1 marked 36 of excerpt 4's 44 spindles in W and N1 steps
+    assert (every.loc[4, "n_reference"], n2n3.loc[4, "n_reference"]) == (44, 8)
+    assert (n2n3["n_detected"].drop(3) <= every["n_detected"].drop(3)).all()
+    union = rows(dreams_tables["N2N3"], "ours", "union")
+    assert (union["n_reference"] >= n2n3["n_reference"]).all()
+
+
+def test_agreement_table_takes_the_methods_and_checks_the_region():
+    table = expert_agreement_table((2,), methods={"mine": ours})
+    assert set(table["method"]) == {"expert2", "mine"}
+    assert set(table["reference"]) == {"expert1", "expert2", "union"}
+    with pytest.raises(ValueError, match="region 'N2' is not one of all, N2N3"):
+        expert_agreement_table((2,), region="N2")

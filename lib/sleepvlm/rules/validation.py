@@ -1,6 +1,7 @@
 """How well the rule detectors find waveforms: event-level precision, recall and F1 against the
-simulator's ground truth, and agreement and run time against YASA's detectors on the same data
-(simulated nights and the real excerpts).
+simulator's ground truth, agreement and run time against YASA's detectors on the same data
+(simulated nights and the real excerpts), and spindle agreement with the two human experts of the
+DREAMS Sleep Spindles excerpts (:func:`expert_agreement_table`).
 
 Matching rule (:func:`match_events`): a detected and a true event of the same kind match when
 their intervals overlap with an intersection-over-union of at least ``min_iou`` (0.2), or, for
@@ -24,7 +25,8 @@ from functools import partial
 import numpy as np
 import pandas as pd
 
-from sleepvlm.data.records import EVENT_COLUMNS, Recording
+from sleepvlm.data import dreams
+from sleepvlm.data.records import EVENT_COLUMNS, Recording, empty_events
 from sleepvlm.rules import detectors as det
 from sleepvlm.rules.table import threshold
 
@@ -292,3 +294,151 @@ def agreement(kind: str, x: np.ndarray, sfreq: float, channel: str) -> dict:
         "only_ours": result.false_alarms,
         "only_yasa": result.missed,
     }
+
+
+# --------------------------------------------------------------------------------------------
+# Against the two experts of the DREAMS Sleep Spindles database
+# --------------------------------------------------------------------------------------------
+
+#: Parts of an excerpt the agreement is measured on: all of it, or its N2 and N3 steps.
+REGIONS: dict[str, tuple[str, ...] | None] = {"all": None, "N2N3": ("N2", "N3")}
+#: Spindle detectors compared with the experts: name → function of (kind, x, sfreq, channel).
+SPINDLE_METHODS: dict[str, Callable[..., pd.DataFrame]] = {"ours": ours, "yasa": yasa_events}
+#: References each method is scored against: expert 1, expert 2, and their union.
+REFERENCES: tuple[str, ...] = ("expert1", "expert2", "union")
+
+
+def union_of_experts(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
+    """The events of both tables, those that overlap (also within one table) merged into one
+    event from the earliest onset to the latest end; amplitude NaN (the experts give none)."""
+    both = pd.concat([a, b], ignore_index=True).sort_values("onset", ignore_index=True)
+    if len(both) == 0:
+        return empty_events()
+    on = both["onset"].to_numpy(float)
+    off = on + both["duration"].to_numpy(float)
+    # an event opens a new group when it starts at or after every earlier event's end
+    reach = np.maximum.accumulate(off)
+    group = np.cumsum(np.r_[True, on[1:] >= reach[:-1]]) - 1
+    starts = pd.Series(on).groupby(group).min().to_numpy()
+    ends = pd.Series(off).groupby(group).max().to_numpy()
+    return det.events_frame(
+        "spindle", both["channel"].iloc[0], starts, ends - starts, np.full(len(starts), np.nan)
+    )
+
+
+def events_in_stages(
+    events: pd.DataFrame, labels: np.ndarray, step_s: float, stages: tuple[str, ...]
+) -> pd.DataFrame:
+    """The events whose onset falls in a step (of ``step_s`` s, labels from the signal start)
+    labelled one of ``stages``; an onset past the last step is out."""
+    step = np.floor(events["onset"].to_numpy(float) / step_s).astype(np.int64)
+    inside = step < len(labels)
+    keep = np.zeros(len(events), dtype=bool)
+    keep[inside] = np.isin(np.asarray(labels, dtype=object)[step[inside]], stages)
+    return events[keep].reset_index(drop=True)
+
+
+def _detect_or_reason(
+    method: Callable[..., pd.DataFrame], x: np.ndarray, sfreq: float, channel: str
+) -> tuple[pd.DataFrame | None, str]:
+    """(spindles, "") or (None, why the detector refused the signal)."""
+    try:
+        return method("spindle", x, sfreq, channel), ""
+    # a rate too low for a detector's filters is refused by our rate check (DataError, a
+    # ValueError) or by scipy/MNE filter design (ValueError: a band edge above Nyquist)
+    except ValueError as exc:
+        return None, f"not evaluable at {sfreq:g} Hz: {exc}"
+
+
+def _score_row(excerpt, method: str, reference: str, score: KindScore, note: str = "") -> dict:
+    row = score.row()
+    return {
+        "excerpt": excerpt,
+        "method": method,
+        "reference": reference,
+        "n_reference": row["n_truth"],
+        "n_detected": row["n_detected"],
+        **{k: row[k] for k in ("tp", "fp", "fn", "precision", "recall", "f1")},
+        "note": note,
+    }
+
+
+def _not_evaluable_row(excerpt: int, method: str, reference: str, n_ref: int, why: str) -> dict:
+    nan = float("nan")
+    return {
+        "excerpt": excerpt,
+        "method": method,
+        "reference": reference,
+        "n_reference": n_ref,
+        **dict.fromkeys(("n_detected", "tp", "fp", "fn", "precision", "recall", "f1"), nan),
+        "note": why,
+    }
+
+
+def _excerpt_rows(n: int, region: str, methods: dict[str, Callable]) -> list[dict]:
+    """Rows of one excerpt: each method against each reference, and expert 2 against 1."""
+    x, sfreq, channel = dreams.read_dreams_eeg(n)
+    experts = [dreams.read_dreams_spindles(n, e) for e in dreams.EXPERTS]
+    references = dict(zip(REFERENCES, [*experts, union_of_experts(*experts)], strict=True))
+    stages, labels = REGIONS[region], dreams.read_dreams_hypnogram(n)
+
+    def keep(events: pd.DataFrame) -> pd.DataFrame:
+        if stages is None:
+            return events
+        return events_in_stages(events, labels, dreams.HYPNOGRAM_STEP_S, stages)
+
+    references = {name: keep(events) for name, events in references.items()}
+    mutual = score_kind(references["expert2"], references["expert1"], "spindle")
+    rows = [_score_row(n, "expert2", "expert1", mutual)]
+    for method, fn in methods.items():
+        found, why = _detect_or_reason(fn, x, sfreq, channel)
+        for name, truth in references.items():
+            if found is None:
+                rows.append(_not_evaluable_row(n, method, name, len(truth), why))
+            else:
+                rows.append(_score_row(n, method, name, score_kind(keep(found), truth, "spindle")))
+    return rows
+
+
+def _pooled_rows(rows: pd.DataFrame) -> list[dict]:
+    """Counts summed over the excerpts on which every method ran, then precision, recall, F1
+    of the sums (micro average: each event weighs the same, whatever its excerpt)."""
+    refused = rows.loc[rows["n_detected"].isna(), "excerpt"].unique()
+    ran = rows[~rows["excerpt"].isin(refused)]
+    note = "pooled over excerpts " + ", ".join(map(str, sorted(ran["excerpt"].unique())))
+    pooled = []
+    for (method, reference), part in ran.groupby(["method", "reference"], sort=False):
+        tp, fp, fn = (int(part[c].sum()) for c in ("tp", "fp", "fn"))
+        score = KindScore("spindle", tp, fp, fn, 0, empty_events(), empty_events())
+        pooled.append(_score_row("pooled", method, reference, score, note))
+    return pooled
+
+
+def expert_agreement_table(
+    n_excerpts: tuple[int, ...] = dreams.EXCERPTS,
+    region: str = "all",
+    methods: dict[str, Callable[..., pd.DataFrame]] | None = None,
+) -> pd.DataFrame:
+    """Spindle detectors against the two DREAMS experts, per excerpt and pooled.
+
+    One row per (excerpt, method, reference): counts (``n_reference``, ``n_detected``, ``tp``,
+    ``fp``, ``fn``), precision, recall and F1 of the method taking the reference as truth, and a
+    ``note``. Methods are ``methods`` (default :data:`SPINDLE_METHODS`, run with their own
+    settings on the whole excerpt) and ``expert2`` scored against ``expert1``: the experts'
+    mutual agreement, the human reference a detector should reach (F1 is symmetric, so which
+    expert is the truth does not matter). References are expert 1, expert 2 and
+    :func:`union_of_experts`. Events match one to one by the module's rule (intervals with an
+    IoU of at least 0.2, best first); expert 2 marks nearly every spindle as 1 s long, so only
+    the onsets carry that expert's judgement. ``region="N2N3"`` keeps only events (detected and
+    expert) whose onset falls in a 5-s step the hypnogram scores N2 or N3 (S2, S3, S4). A
+    detector that refuses an excerpt's sampling rate gives NaN rows whose note says why; the
+    pooled rows sum the counts over the excerpts on which every method ran (their note lists
+    them).
+    """
+    if region not in REGIONS:
+        raise ValueError(f"region {region!r} is not one of {', '.join(REGIONS)}")
+    methods = SPINDLE_METHODS if methods is None else methods
+    rows = pd.DataFrame([r for n in n_excerpts for r in _excerpt_rows(n, region, methods)])
+    table = pd.concat([rows, pd.DataFrame(_pooled_rows(rows))], ignore_index=True)
+    table.insert(1, "region", region)
+    return table
