@@ -1,9 +1,21 @@
 import json
 
+import matplotlib.pyplot as plt
+import numpy as np
 import pytest
 
 from sleepvlm.data import cohort, formats
-from sleepvlm.data.cohort import COHORT_SIZES, CohortSize, build_cohort, cohort_key, cohort_nights
+from sleepvlm.data.cohort import (
+    COHORT_SIZES,
+    NO_EXAMPLE_NIGHTS,
+    CohortSize,
+    build_cohort,
+    cohort_key,
+    cohort_nights,
+    example_nights,
+    plot_example_hypnograms,
+)
+from sleepvlm.data.records import EPOCH_S, MOVEMENT, Recording
 
 
 @pytest.fixture
@@ -26,6 +38,9 @@ def test_cohort_is_written_in_each_centers_real_format_and_read_back(tiny, tmp_p
     assert (root / "dcsm" / cohort_nights(root, "dcsm")[0]["subject"] / "psg.h5").is_file()
     assert list((root / "shhs").rglob("*-nsrr.xml"))
     assert list((root / "isruc").rglob("*_2.txt"))
+    examples = example_nights(root, ["shhs", "dcsm"])
+    assert list(examples) == ["shhs", "dcsm"]
+    assert examples["dcsm"].subject == cohort_nights(root, "dcsm")[0]["subject"]
 
 
 def test_second_build_reuses_and_an_interrupted_build_resumes(tiny, tmp_path, monkeypatch):
@@ -48,3 +63,25 @@ def test_cohort_key_follows_size_and_seed(tiny):
     assert cohort_key(tiny, 0) != cohort_key("small", 0)
     with pytest.raises(ValueError, match="unknown cohort size 'huge'"):
         cohort_key("huge")
+
+
+def night(center: str, stages: list[str]) -> Recording:
+    return Recording(center, "s1", "1", signals={}, sfreq={}, stages=stages, simulated=True)
+
+
+def test_example_hypnograms_draw_each_night_with_wake_on_top():
+    stages = ["W", "N1", "N2", "N3", "REM", MOVEMENT]
+    fig = plot_example_hypnograms({"dcsm": night("dcsm", stages), "shhs": night("shhs", stages)})
+    assert [ax.get_ylabel() for ax in fig.axes] == ["dcsm", "shhs"]
+    for ax in fig.axes:
+        (line,) = ax.get_lines()
+        np.testing.assert_allclose(line.get_ydata(), [4, 3, 2, 1, 0, np.nan])  # movement: a gap
+        np.testing.assert_allclose(line.get_xdata(), np.arange(6) * EPOCH_S / 3600)  # hours
+        assert [t.get_text() for t in ax.get_yticklabels()] == ["REM", "N3", "N2", "N1", "W"]
+    plt.close(fig)
+
+
+def test_no_example_night_says_so_instead_of_drawing(capsys):
+    nights = example_nights(None, ["dcsm"])  # a chapter reading a real dataset has no cohort
+    assert nights == {} and plot_example_hypnograms(nights) is None
+    assert capsys.readouterr().out == NO_EXAMPLE_NIGHTS + "\n"

@@ -140,12 +140,6 @@ def test_chance_floor_of_a_balanced_set():
     assert uneven.loc["always REM", "accuracy"] == pytest.approx(0.4)
 
 
-def test_lists_come_from_papermill_text_or_lists():
-    assert experiment.as_list('["gpt-4o", "chance"]') == ["gpt-4o", "chance"]
-    assert experiment.as_list("chance, majority") == ["chance", "majority"]
-    assert experiment.as_list(("a",)) == ["a"] and experiment.as_list(None) == []
-
-
 def test_store_rows_point_at_the_sampled_epochs(cohort):
     prepared = cohort["prepared"]
     sample = prepared.manifest.query("split == 'test'").sample(5, random_state=0)

@@ -3,18 +3,19 @@ hand-made confusion matrices, malformed files, not-run rows with their commands,
 SleepVLM-mini within and across centers."""
 
 import json
+import shlex
 import warnings
 
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 
 from sleepvlm import paper, report
 from sleepvlm.cache import project_root
 from sleepvlm.data.records import STAGES, DataError, file_sha256
 from sleepvlm.metrics import evaluate, result_record, write_result
 from sleepvlm.models import ModelSpec
+from sleepvlm.params import as_dict, as_list
 
 REGISTRY = {
     "vlm-hosted": ModelSpec(
@@ -254,10 +255,9 @@ def test_main_table_shows_measured_beside_paper_and_commands_where_not_run(tmp_p
 
     missing = table.loc[("dcsm", "vlm-hosted", "image", "expert")]
     assert missing["status"] == "not run" and pd.isna(missing["accuracy"])
-    assert "-p models '[\"vlm-hosted\"]' -p dataset dcsm" in missing["command"]
+    assert "-p models vlm-hosted -p dataset dcsm" in missing["command"]
     assert (
-        "prompt_variants '[\"expert\"]'" in missing["command"]
-        and "base_url" not in missing["command"]
+        "-p prompt_variants expert" in missing["command"] and "base_url" not in missing["command"]
     )
     assert "base_url" in table.loc[("dcsm", "vlm-open", "image", "plain"), "command"]
     text = table.loc[("dcsm", "llm", "text", "expert"), "command"]
@@ -266,8 +266,10 @@ def test_main_table_shows_measured_beside_paper_and_commands_where_not_run(tmp_p
     assert chatts["paper_accuracy"] == f"{paper.CHATTS_14B['isruc']['accuracy']:.2f}"
     signal = table.loc[("shhs", "attnsleep", "signal", "trained-on-shhs"), "command"]
     assert signal.startswith("papermill notebooks/10_baselines.ipynb")
-    given = yaml.safe_load(signal.split(" -y ")[1].strip("'"))
-    assert given == {"datasets": ["shhs"], "data_dirs": {"shhs": "/path/to/shhs"}}
+    words = shlex.split(signal)
+    given = {words[i + 1]: words[i + 2] for i, word in enumerate(words) if word == "-p"}
+    assert as_list(given["datasets"], "datasets") == ["shhs"]
+    assert as_dict(given["data_dirs"], "data_dirs") == {"shhs": "/path/to/shhs"}
     mini = table.xs(("dcsm", report.SLEEPVLM_MINI), level=["dataset", "model"])
     assert mini["command"].tolist() == [report.SLEEPVLM_MINI_COMMAND]
 

@@ -26,7 +26,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from sleepvlm import text as text_features
 from sleepvlm.cache import cache_dir, content_hash, source_hash
@@ -130,20 +129,6 @@ def resolve_model(
             f"model {model!r} takes {', '.join(spec.modalities)}, not {modality!r} inputs"
         )
     return spec
-
-
-def as_list(value: str | Sequence[str] | None) -> list[str]:
-    """A list from a list, a YAML/JSON list written as text (papermill ``-p`` passes text), or
-    comma-separated names."""
-    if value is None:
-        return []
-    if isinstance(value, str):
-        stripped = value.strip()
-        if stripped.startswith("["):
-            parsed = yaml.safe_load(stripped)
-            return [str(v) for v in parsed]
-        return [v.strip() for v in stripped.split(",") if v.strip()]
-    return [str(v) for v in value]
 
 
 # --- the sample --------------------------------------------------------------------------------
@@ -553,14 +538,11 @@ def rerun_command(
     chapter = CHAPTERS[modality]
     command = f"papermill notebooks/{chapter}.ipynb {chapter}.out.ipynb"
     if modality == "signal":
-        # Chapter 10 takes a dict of folders, which papermill's -p would pass as a string.
-        return (
-            command
-            + f" -y '{{datasets: [{dataset}], data_dirs: {{{dataset}: /path/to/{dataset}}}}}'"
-        )
-    command += f" -p models '[\"{model}\"]' -p dataset {dataset} -p data_dir /path/to/{dataset}"
+        # Chapter 10 takes a folder per dataset (sleepvlm.params.as_dict reads the text).
+        return command + f" -p datasets {dataset} -p data_dirs '{{{dataset}: /path/to/{dataset}}}'"
+    command += f" -p models {model} -p dataset {dataset} -p data_dir /path/to/{dataset}"
     if prompt_variant:
-        command += f" -p prompt_variants '[\"{prompt_variant}\"]'"
+        command += f" -p prompt_variants {prompt_variant}"
     return command + (" -p base_url http://host:8000/v1" if open_model else "")
 
 
@@ -598,7 +580,6 @@ __all__ = [
     "EPOCH_COLUMNS",
     "ExperimentError",
     "PROMPT_VARIANTS",
-    "as_list",
     "build_requests",
     "chance_floor",
     "chat_request",

@@ -7,14 +7,21 @@ Every night is simulated (see :mod:`sleepvlm.data.simulate`); the cohort's folde
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import numpy as np
 import pandas as pd
 
 from ..cache import cache_dir, content_hash, source_hash
 from . import formats, simulate
+from .records import EPOCH_S, STAGES, Recording
 from .simulate import CENTERS, simulate_night
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 @dataclass(frozen=True)
@@ -30,6 +37,12 @@ COHORT_SIZES: dict[str, CohortSize] = {
     "full": CohortSize(subjects=45, hours=8.0),
 }
 COHORT_FILE = "cohort.json"
+
+#: What the data chapter says in place of the example hypnograms when it reads a real dataset.
+NO_EXAMPLE_NIGHTS = (
+    "No example hypnogram to draw: the examples are nights of the simulated cohort, and this run "
+    "reads a real dataset (data_dir) instead."
+)
 
 
 def cohort_spec(size: str, seed: int = 0) -> dict:
@@ -95,6 +108,36 @@ def build_cohort(size: str = "small", seed: int = 0, root=None, executor=None) -
 def cohort_nights(root: Path, center: str) -> list[dict]:
     """The nights of one simulated center, found as the real dataset's nights are found."""
     return formats.discover(center, Path(root) / center)
+
+
+def example_nights(root: Path | None, centers: Sequence[str]) -> dict[str, Recording]:
+    """The first night of each simulated center, read back by the loaders; none without a
+    cohort (``root`` is None when a chapter reads a real dataset instead)."""
+    if root is None:
+        return {}
+    return {center: formats.load_entry(cohort_nights(root, center)[0]) for center in centers}
+
+
+def plot_example_hypnograms(nights: Mapping[str, Recording]) -> Figure | None:
+    """The scored hypnogram of each night, one panel per center, time in hours, drawn with
+    pyplot (``plt.show()`` shows it). With no night (a real dataset), prints
+    :data:`NO_EXAMPLE_NIGHTS` instead of drawing empty axes."""
+    if not nights:
+        print(NO_EXAMPLE_NIGHTS)
+        return None
+    import matplotlib.pyplot as plt  # only the book draws; writing the cohort needs no pyplot
+
+    fig, axes = plt.subplots(len(nights), 1, figsize=(10, 1.6 * len(nights)), squeeze=False)
+    axes = axes[:, 0]
+    bottom_up = list(reversed(STAGES))  # so that W is drawn on top and REM at the bottom
+    for ax, (center, rec) in zip(axes, nights.items(), strict=True):
+        level = [bottom_up.index(s) if s in STAGES else np.nan for s in rec.stages]
+        ax.step(np.arange(len(level)) * EPOCH_S / 3600, level, where="post", lw=0.8)
+        ax.set_yticks(range(len(STAGES)), bottom_up)
+        ax.set_ylabel(center)
+    axes[-1].set_xlabel("time (h)")
+    fig.suptitle("Scored hypnograms of one simulated night per center")
+    return fig
 
 
 def center_table() -> pd.DataFrame:
