@@ -2,15 +2,27 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from sleepvlm.data.cohort import COHORT_SIZES
 from sleepvlm.data.realism import (
+    NIGHT_IQR_STATISTICS,
+    NIGHT_RANGE_STATISTICS,
+    REAL_NIGHT_GROUPS,
+    REAL_SCORER_KAPPA,
     hypnogram_stats,
+    night_structure_goals,
+    night_structure_table,
     real_excerpt_spectra,
     real_hypnograms,
+    real_scorer_panel,
+    real_single_scorer_nights,
+    scorer_agreement_summary,
+    simulated_scored_nights,
+    simulated_scorer_panel,
     stage_spectra,
     yasa_staging_agreement,
 )
 from sleepvlm.data.records import STAGES, DataError
-from sleepvlm.data.simulate import simulate_night
+from sleepvlm.data.simulate import CENTERS, simulate_night
 
 
 @pytest.fixture(scope="module")
@@ -103,3 +115,48 @@ def test_yasa_agreement_rejects_short_recordings():
     short.stages = short.stages[:5]
     with pytest.raises(DataError, match="at least 10 epochs"):
         yasa_staging_agreement(short)
+
+
+def test_night_structure_goals_read_the_real_quantiles():
+    real = {f"r{i}": i for i in range(1, 11)}  # statistic values 1 ... 10
+    rows = [{"group": "DOD-H", **dict.fromkeys(NIGHT_RANGE_STATISTICS, v)} for v in real.values()]
+    rows += [{"group": "inside", **dict.fromkeys(NIGHT_RANGE_STATISTICS, 5.0)}]
+    rows += [{"group": "edge", **dict.fromkeys(NIGHT_RANGE_STATISTICS, 2.5)}]
+    table = pd.DataFrame(rows)
+    goals = night_structure_goals(table, ["inside", "edge"], real=["DOD-H"])
+    assert goals.loc["inside", "met"].all()
+    edge = goals.loc["edge"]
+    # 2.5 lies inside the 10-90 % range (1.9-9.1) but below the 25 % quantile (3.25)
+    assert not edge.loc[list(NIGHT_IQR_STATISTICS), "met"].any()
+    assert edge.drop(index=list(NIGHT_IQR_STATISTICS))["met"].all()
+
+
+@pytest.fixture(scope="module")
+def cohort_night_table():
+    size = COHORT_SIZES["full"]
+    groups = {c: simulated_scored_nights(c, size.subjects, size.hours) for c in CENTERS}
+    groups.update({g: real_single_scorer_nights(w) for g, w in REAL_NIGHT_GROUPS.items()})
+    return night_structure_table(groups)
+
+
+def test_the_cohort_nights_are_structured_like_real_dod_nights(cohort_night_table):
+    assert (cohort_night_table["group"] == "DOD-H").sum() == 25 * 5
+    goals = night_structure_goals(cohort_night_table, list(CENTERS))
+    assert goals["met"].all(), goals[~goals["met"]]
+    # centers differ as populations do: ISRUC's patients sleep the most fragmented nights
+    medians = cohort_night_table.groupby("group")["stage_changes_per_h"].median()
+    assert medians["isruc"] > max(medians["dcsm"], medians["shhs"])
+
+
+def test_simulated_scorers_sit_in_the_real_scorers_range():
+    panels = {c: simulated_scorer_panel(c, 6, 8.0) for c in CENTERS}
+    panels["DOD-H"] = real_scorer_panel("h")
+    summary = scorer_agreement_summary(panels)
+    assert summary.loc["DOD-H", "pairwise κ mean"] == pytest.approx(0.703, abs=0.001)
+    low, high = REAL_SCORER_KAPPA
+    for center in CENTERS:
+        assert low <= summary.loc[center, "pairwise κ mean"] <= high, center
+        near, away = summary.loc[
+            center, ["disagreement near a change", "disagreement away from one"]
+        ]
+        assert near > 2 * away, center

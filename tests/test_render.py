@@ -24,7 +24,8 @@ T = np.arange(EPOCH_SAMPLES) / TARGET_SFREQ
 def night() -> Epochs:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", QualityWarning)
-        return epoch_recording(simulate_night("dcsm", 0, hours=1.0))
+        # long enough to hold REM: real REM latency is one to three hours
+        return epoch_recording(simulate_night("dcsm", 0, hours=3.0))
 
 
 def quiet_epoch(eeg=None, eog=None, emg=None) -> np.ndarray:

@@ -4,9 +4,16 @@ import pytest
 from scipy import signal
 from sklearn.metrics import cohen_kappa_score
 
+from sleepvlm.data.nights import statistics_table
 from sleepvlm.data.realism import hypnogram_stats
 from sleepvlm.data.records import EPOCH_S, EVENT_COLUMNS, EVENT_KINDS, STAGES, DataError
-from sleepvlm.data.simulate import CENTERS, SimulationError, simulate_hypnogram, simulate_night
+from sleepvlm.data.simulate import (
+    CENTERS,
+    SimulationError,
+    simulate_hypnogram,
+    simulate_night,
+    simulate_scoring,
+)
 from sleepvlm.rules.detectors import detect_slow_waves
 
 
@@ -71,25 +78,41 @@ def test_centers_differ_in_hardware():
 
 
 def test_hypnogram_population_structure():
-    shares, n1, n3_first, rem_first = [], [], [], []
+    shares, hypnograms = [], {}
     for i in range(40):
         rng = np.random.default_rng(i)
         hyp = simulate_hypnogram(rng, 960, age=rng.uniform(0.2, 0.8))
-        stats = hypnogram_stats(hyp)
-        shares.append(stats["shares"])
-        n1.append(np.sum(hyp == "N1"))
-        n3_first.append(stats["n3_first_half"])
-        rem_first.append(stats["rem_first_half"])
+        shares.append(hypnogram_stats(hyp)["shares"])
+        hypnograms[i] = hyp
         assert hyp[0] == "W"
     mean = pd.DataFrame(shares).mean()
-    assert 0.08 <= mean["W"] <= 0.16
-    assert 0.07 <= mean["N1"] <= 0.11
-    assert 0.43 <= mean["N2"] <= 0.53
+    assert 0.07 <= mean["W"] <= 0.16
+    assert 0.02 <= mean["N1"] <= 0.08  # generating stage; scorers add N1 at the boundaries
+    assert 0.45 <= mean["N2"] <= 0.60
     assert 0.10 <= mean["N3"] <= 0.19
     assert 0.16 <= mean["REM"] <= 0.24
-    assert np.mean(n1) >= 75
-    assert np.mean(n3_first) > 0.75  # N3 early
-    assert np.mean(rem_first) < 0.45  # REM late
+    median = statistics_table(hypnograms).median()
+    # real nights (DOD-H/DOD-O): REM about 1.5-2.5 h after sleep onset, N3 early but not all in
+    # the first cycle (median share in the first third 0.5-0.65)
+    assert 80 <= median["rem_latency_min"] <= 140
+    assert 0.5 <= median["n3_third_1"] <= 0.75
+    assert median["rem_third_3"] > median["rem_third_1"]
+
+
+def test_apnea_fragments_the_night_and_delays_rem():
+    def medians(apnea):
+        nights = {
+            i: simulate_hypnogram(np.random.default_rng(i), 960, age=0.4, apnea=apnea)
+            for i in range(25)
+        }
+        return statistics_table(nights).median()
+
+    healthy, patient = medians(0.0), medians(0.8)
+    assert patient["awakenings_per_h"] > 1.8 * healthy["awakenings_per_h"]
+    assert patient["stage_changes_per_h"] > 1.5 * healthy["stage_changes_per_h"]
+    assert patient["rem_latency_min"] > healthy["rem_latency_min"] + 15
+    assert patient["share_N3"] < healthy["share_N3"]
+    assert patient["sleep_efficiency"] < healthy["sleep_efficiency"]
 
 
 def test_older_subjects_have_less_n3_and_more_wake():
@@ -115,7 +138,9 @@ def test_every_event_kind_is_drawn_where_it_belongs(shhs_night):
     assert share_in("kcomplex", ["N2", "N3"]) > 0.85
     assert share_in("kcomplex", ["N3"]) == 0  # in N3 a K complex is listed as a slow wave
     assert share_in("slow_wave", ["N2", "N3"]) > 0.95
-    assert share_in("vertex", ["N1"]) > 0.5
+    # vertex waves mark N1, and appear too where N2, drowsy wake or REM carry N1 features
+    assert share_in("vertex", ["N1", "N2"]) > 0.8
+    assert share_in("vertex", ["N1"]) > 0.35
     assert share_in("rem", ["REM", "W"]) > 0.9
     assert share_in("sawtooth", ["REM"]) > 0.8
     assert share_in("alpha", ["W"]) > 0.6
@@ -228,9 +253,9 @@ def test_scorer_agreement_in_human_range(isruc_nights):
         s1 = rec.stages.astype(str)
         vs_truth.append(cohen_kappa_score(s1, rec.other_scorers["truth"].astype(str)))
         between.append(cohen_kappa_score(s1, rec.other_scorers["scorer2"].astype(str)))
-    assert 0.76 <= np.mean(vs_truth) <= 0.88
-    assert 0.70 <= np.mean(between) <= 0.84
-    assert np.mean(between) < np.mean(vs_truth)
+    # DOD's five scorers: pairwise kappa 0.63-0.77; each against the others' majority ~0.72-0.76
+    assert 0.60 <= np.mean(between) <= 0.77
+    assert 0.62 <= np.mean(vs_truth) <= 0.82
 
 
 def test_scorer_disagreement_sits_at_neighbouring_stages(isruc_nights):
@@ -268,3 +293,17 @@ def test_bad_arguments_raise_data_errors():
         simulate_night("dcsm", -1, hours=0.5)
     with pytest.raises(DataError, match="n_epochs"):
         simulate_hypnogram(np.random.default_rng(0), 0)
+
+
+def test_scoring_without_signals_gives_the_nights_own_labels(isruc_nights):
+    for rec in isruc_nights:
+        subject = int(rec.subject.rsplit("s", 1)[1])
+        hours = len(rec.stages) * 30 / 3600
+        truth, scorers = simulate_scoring("isruc", subject, hours=hours, n_scorers=4)
+        assert (truth == rec.other_scorers["truth"]).all()
+        assert (scorers[0] == rec.stages).all() and (
+            scorers[1] == rec.other_scorers["scorer2"]
+        ).all()
+        assert len(scorers) == 4
+    with pytest.raises(SimulationError, match="unknown simulated center"):
+        simulate_scoring("mass", 0)

@@ -6,11 +6,15 @@
 * :func:`stage_spectra` / :func:`real_excerpt_spectra` give per-stage Welch spectra of a
   recording and of the real excerpts kept in ``shared/data/real``.
 * :func:`hypnogram_stats` / :func:`real_hypnograms` compare night structure.
+* :func:`night_structure_goals` holds the simulated centers' whole-night statistics to the
+  real DOD nights, and :func:`scorer_agreement_summary` their simulated scorers to DOD's five
+  real scorers.
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from fractions import Fraction
 from pathlib import Path
 
@@ -21,9 +25,17 @@ from scipy import signal
 from sleepvlm.data.edf import edf_annotations, open_edf
 from sleepvlm.data.hypnogram import annotations_to_epochs, map_stages
 from sleepvlm.data.nights import (
+    DOD_SCORERS,
     checked_labels,
+    disagreement_near_transitions,
+    dod_hypnograms,
+    dod_scorers,
+    each_vs_rest_kappa,
+    pairwise_kappa,
+    scorer_confusion,
     sleep_period,
     stage_share_by_part,
+    statistics_table,
     transition_matrix,
 )
 from sleepvlm.data.records import (
@@ -35,6 +47,7 @@ from sleepvlm.data.records import (
     Recording,
 )
 from sleepvlm.data.registry import real_excerpt
+from sleepvlm.data.simulate import simulate_scoring
 
 #: Common rate at which YASA's features are computed (it resamples to it anyway).
 YASA_SFREQ = 100.0
@@ -275,3 +288,203 @@ def real_hypnograms(margin_min: float = 30.0) -> dict:
     margin = int(margin_min * 60 / EPOCH_S)
     out["sleepedf_SC4001"] = labels[max(first - margin, 0) : last + margin + 1]
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# Night structure and scorer disagreement against real nights (DOD-H, DOD-O)
+# --------------------------------------------------------------------------------------------
+
+#: Real night groups the simulated centers are held to: every DOD night as each of its five
+#: scorers scored it (a simulated night is scored by one scorer, so single scorers are the
+#: like-for-like comparison; the five-scorer consensus is smoother than any one scorer).
+REAL_NIGHT_GROUPS: dict[str, str] = {"DOD-H": "h", "DOD-O": "o"}
+#: Statistics whose simulated median must lie inside the real nights' 10-90 % range...
+NIGHT_RANGE_STATISTICS: tuple[str, ...] = (
+    "tst_min",
+    "sleep_efficiency",
+    "sleep_onset_latency_min",
+    "rem_latency_min",
+    "waso_min",
+    *(f"share_{s}" for s in STAGES[1:]),
+    "stage_changes_per_h",
+    "awakenings_per_h",
+    "n3_third_1",
+    "rem_third_3",
+    *(f"mean_bout_{s}_min" for s in STAGES),
+)
+#: ...and those that must lie inside the real interquartile range.
+NIGHT_IQR_STATISTICS: tuple[str, ...] = (
+    "rem_latency_min",
+    "n3_third_1",
+    "stage_changes_per_h",
+)
+#: Pairwise Cohen's kappa between two scorers of the same night, DOD-H and DOD-O together.
+REAL_SCORER_KAPPA = (0.63, 0.77)
+
+
+def real_single_scorer_nights(which: str) -> dict[str, np.ndarray]:
+    """Every night of DOD-H (``"h"``) or DOD-O (``"o"``) as each of its five scorers scored it
+    (``record/scorer_k``)."""
+    return {
+        f"{record}/scorer_{k}": labels
+        for k in range(1, len(DOD_SCORERS) + 1)
+        for record, labels in dod_hypnograms(which, scorer=k).items()
+    }
+
+
+def simulated_scored_nights(center: str, subjects: int, hours: float, seed: int = 0) -> dict:
+    """The scored hypnograms (scorer 1) of a center's simulated cohort nights, drawn without
+    their signals (:func:`~sleepvlm.data.simulate.simulate_scoring`; the same labels)."""
+    return {
+        f"{center}/s{s:03d}": simulate_scoring(center, s, seed=seed, hours=hours)[1][0]
+        for s in range(subjects)
+    }
+
+
+def night_structure_table(groups: dict[str, dict[str, np.ndarray]]) -> pd.DataFrame:
+    """:func:`~sleepvlm.data.nights.statistics_table` of each group's nights, one row per
+    night, with a ``group`` column."""
+    tables = [statistics_table(nights).assign(group=name) for name, nights in groups.items()]
+    return pd.concat(tables)
+
+
+def night_structure_goals(
+    table: pd.DataFrame, centers: Sequence[str], real: Sequence[str] = tuple(REAL_NIGHT_GROUPS)
+) -> pd.DataFrame:
+    """Each simulated center's median of each statistic beside the 10, 25, 75 and 90 %
+    quantiles of the real nights (groups ``real`` pooled): the goal is met when the median lies
+    inside the 10-90 % range, and for :data:`NIGHT_IQR_STATISTICS` inside the interquartile
+    range. One row per (center, statistic)."""
+    real_nights = table[table["group"].isin(real)]
+    quantiles = real_nights[list(NIGHT_RANGE_STATISTICS)].quantile([0.10, 0.25, 0.75, 0.90])
+    rows = []
+    for center in centers:
+        medians = table.loc[table["group"] == center, list(NIGHT_RANGE_STATISTICS)].median()
+        for stat in NIGHT_RANGE_STATISTICS:
+            q = quantiles[stat]
+            tight = stat in NIGHT_IQR_STATISTICS
+            low, high = (q[0.25], q[0.75]) if tight else (q[0.10], q[0.90])
+            rows.append(
+                {
+                    "center": center,
+                    "statistic": stat,
+                    "simulated median": medians[stat],
+                    "real 10 %": q[0.10],
+                    "real 25 %": q[0.25],
+                    "real 75 %": q[0.75],
+                    "real 90 %": q[0.90],
+                    "goal": "inside real 25-75 %" if tight else "inside real 10-90 %",
+                    "met": bool(low <= medians[stat] <= high),
+                }
+            )
+    return pd.DataFrame(rows).set_index(["center", "statistic"])
+
+
+def simulated_scorer_panel(
+    center: str, subjects: int, hours: float, n_scorers: int = 5, seed: int = 0
+) -> pd.DataFrame:
+    """``n_scorers`` simulated scorers of each of a center's cohort nights, one row per epoch
+    (columns ``night``, ``scorer_1`` …), the first being the cohort's own labels."""
+    frames = []
+    for s in range(subjects):
+        _, scored = simulate_scoring(center, s, seed=seed, hours=hours, n_scorers=n_scorers)
+        frame = pd.DataFrame({f"scorer_{k + 1}": labels for k, labels in enumerate(scored)})
+        frames.append(frame.assign(night=f"{center}/s{s:03d}"))
+    return pd.concat(frames, ignore_index=True)
+
+
+def real_scorer_panel(which: str) -> pd.DataFrame:
+    """The five DOD scorers of every night of DOD-H (``"h"``) or DOD-O (``"o"``), one row per
+    epoch scored by all five (columns ``night``, ``scorer_1`` …)."""
+    scorers = dod_scorers(which)
+    scored = scorers[list(DOD_SCORERS)].isin(STAGES).all(axis=1)
+    return scorers[scored].rename(columns={"record": "night"}).drop(columns="epoch")
+
+
+def scorer_agreement_summary(panels: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """How the scorers of each panel (one column per scorer, ``night`` column) disagree:
+    pairwise κ (min, mean, max), each scorer against the others' majority, scorer 1 against
+    scorer 2 on N1 and on the W→N1 and N3→N2 confusions, and the disagreement rate (any of
+    the scorers not unanimous) within one epoch of a consensus stage change and away from one.
+    """
+    rows = {}
+    for name, panel in panels.items():
+        scorers = panel.drop(columns="night")
+        kappa = pairwise_kappa(scorers)["kappa"]
+        confusion = scorer_confusion(scorers["scorer_1"], scorers["scorer_2"])
+        near = disagreement_near_transitions(scorers, window=1, nights=panel["night"])
+        rows[name] = {
+            "pairwise κ min": kappa.min(),
+            "pairwise κ mean": kappa.mean(),
+            "pairwise κ max": kappa.max(),
+            "each vs the others' majority κ": each_vs_rest_kappa(scorers)["kappa"].mean(),
+            "N1 agreed (N1→N1)": confusion.loc["N1", "N1"],
+            "N1→N2": confusion.loc["N1", "N2"],
+            "W→N1": confusion.loc["W", "N1"],
+            "N3→N2": confusion.loc["N3", "N2"],
+            "disagreement near a change": near["rate_near"],
+            "disagreement away from one": near["rate_away"],
+        }
+    return pd.DataFrame(rows).T
+
+
+#: The statistics chapter 01 draws side by side (the ones real sites differ in most).
+NIGHT_FIGURE_STATISTICS: dict[str, str] = {
+    "rem_latency_min": "REM latency (min)",
+    "stage_changes_per_h": "stage changes per hour of sleep",
+    "awakenings_per_h": "awakenings per hour of sleep",
+    "n3_third_1": "share of N3 in the first third",
+    "share_N1": "N1 share of sleep",
+    "mean_bout_N2_min": "mean N2 bout (min)",
+}
+
+
+def plot_night_structure(table: pd.DataFrame, statistics: dict[str, str] = NIGHT_FIGURE_STATISTICS):
+    """One box plot per statistic, one box per group (simulated centers and real groups, in
+    the table's order): distributions, not only medians."""
+    import matplotlib.pyplot as plt  # only the book draws
+
+    groups = list(dict.fromkeys(table["group"]))
+    fig, axes = plt.subplots(2, (len(statistics) + 1) // 2, figsize=(12, 6), squeeze=False)
+    for ax, (stat, title) in zip(axes.flat, statistics.items(), strict=False):
+        values = [table.loc[table["group"] == g, stat].dropna() for g in groups]
+        ax.boxplot(values, showfliers=False)
+        ax.set_xticks(range(1, len(groups) + 1), groups, rotation=30)
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_hypnograms(hypnograms: dict[str, np.ndarray], title: str):
+    """Hypnograms one above the other on the same time axis (hours from the first epoch)."""
+    import matplotlib.pyplot as plt  # only the book draws
+
+    fig, axes = plt.subplots(len(hypnograms), 1, figsize=(10, 1.4 * len(hypnograms)), sharex=True)
+    bottom_up = list(reversed(STAGES))  # W on top, REM at the bottom
+    for ax, (name, labels) in zip(np.atleast_1d(axes), hypnograms.items(), strict=True):
+        level = [bottom_up.index(s) if s in STAGES else np.nan for s in labels]
+        ax.step(np.arange(len(level)) * EPOCH_S / 3600, level, where="post", lw=0.8)
+        ax.set_yticks(range(len(STAGES)), bottom_up, fontsize=7)
+        ax.set_ylabel(name, fontsize=8)
+    np.atleast_1d(axes)[-1].set_xlabel("time (h)")
+    fig.suptitle(title)
+    return fig
+
+
+def plot_scorer_confusions(panels: dict[str, pd.DataFrame]):
+    """Scorer 1 against scorer 2 of each panel, row-normalised (rows: scorer 1's stage)."""
+    import matplotlib.pyplot as plt  # only the book draws
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.2), squeeze=False)
+    for ax, (name, panel) in zip(axes[0], panels.items(), strict=True):
+        confusion = scorer_confusion(panel["scorer_1"], panel["scorer_2"])
+        ax.imshow(confusion.to_numpy(), vmin=0, vmax=1, cmap="Blues")
+        for (i, j), value in np.ndenumerate(confusion.to_numpy()):
+            ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7)
+        ax.set_xticks(range(len(STAGES)), STAGES, fontsize=7)
+        ax.set_yticks(range(len(STAGES)), STAGES, fontsize=7)
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel("scorer 2")
+    axes[0, 0].set_ylabel("scorer 1")
+    fig.tight_layout()
+    return fig

@@ -24,6 +24,7 @@ from scipy import fft as sp_fft
 from scipy import signal
 
 from sleepvlm.data.records import EPOCH_S, EVENT_COLUMNS, STAGES, DataError, Recording
+from sleepvlm.data.scorers import ScoringHabits, simulate_scorers
 
 
 class SimulationError(DataError):
@@ -39,7 +40,10 @@ class CenterSpec:
     EMG; ``gain`` scales every channel (calibration error), ``noise_floor`` is the amplifier's
     white noise (µV RMS) and ``line_noise`` the mains amplitude (µV) on EEG/EOG (twice on EMG).
     ``frontal`` marks a frontal EEG derivation (more delta and eye artifact, less alpha).
-    ``age_mean`` is the center's mean age factor (0 young adult, 1 elderly).
+    ``age_mean`` is the center's mean age factor (0 young adult, 1 elderly); its people's
+    obstructive sleep apnea severity (0..1) is drawn from a beta distribution of mean
+    ``apnea_mean`` (higher ``apnea_concentration``: a more uniform population). ``habits`` are
+    how its scorers read the night (:class:`~sleepvlm.data.scorers.ScoringHabits`).
     """
 
     name: str
@@ -54,6 +58,9 @@ class CenterSpec:
     line_noise: float
     frontal: bool
     age_mean: float
+    apnea_mean: float
+    apnea_concentration: float
+    habits: ScoringHabits
     n_scorers: int = 1
 
 
@@ -71,6 +78,9 @@ CENTERS: dict[str, CenterSpec] = {
         line_noise=2.5,
         frontal=True,
         age_mean=0.45,
+        apnea_mean=0.25,
+        apnea_concentration=4.0,
+        habits=ScoringHabits(n1_readiness=0.8),
     ),
     "shhs": CenterSpec(
         name="shhs",
@@ -85,6 +95,9 @@ CENTERS: dict[str, CenterSpec] = {
         line_noise=3.0,
         frontal=False,
         age_mean=0.65,
+        apnea_mean=0.4,
+        apnea_concentration=5.0,
+        habits=ScoringHabits(n1_readiness=0.75, n3_readiness=1.3, wake_readiness=1.2),
     ),
     "isruc": CenterSpec(
         name="isruc",
@@ -99,6 +112,9 @@ CENTERS: dict[str, CenterSpec] = {
         line_noise=5.0,
         frontal=False,
         age_mean=0.5,
+        apnea_mean=0.55,
+        apnea_concentration=2.0,
+        habits=ScoringHabits(n1_readiness=1.0, n3_readiness=0.85, boundary_shift=2.5),
         n_scorers=2,
     ),
 }
@@ -138,19 +154,9 @@ _P = {n: i for i, n in enumerate(_PARAM_NAMES)}
 # 0.5-2 Hz cycles of 75 µV p2p (about 0.15 per epoch at this level, none at 95).
 _A2_CAP = 130.0
 
-# Inter-scorer confusions (where a scorer's error goes, given the generating stage), after the
-# AASM inter-scorer reliability program (Rosenberg & Van Hout 2013): W<->N1, N1<->N2, N2<->N3.
-_ERROR_TO = np.array(
-    [
-        [0.00, 0.80, 0.15, 0.00, 0.05],
-        [0.40, 0.00, 0.45, 0.00, 0.15],
-        [0.05, 0.55, 0.00, 0.35, 0.05],
-        [0.00, 0.05, 0.95, 0.00, 0.00],
-        [0.15, 0.50, 0.35, 0.00, 0.00],
-    ]
-)
-# Base probability that a scorer errs on an unambiguous epoch of each stage.
-_BASE_ERROR = np.array([0.05, 0.2, 0.045, 0.1, 0.03])
+# Share of the night in ambiguous stretches, and their mean length (epochs).
+AMBIGUOUS_SHARE = 0.5
+AMBIGUOUS_RUN = 8.0
 # Stage an ambiguous epoch drifts to (its neighbours on the depth axis).
 _AMBIGUOUS_PARTNERS = {
     "W": ("N1",),
@@ -170,22 +176,29 @@ def simulate_hypnogram(
     rng: np.random.Generator,
     n_epochs: int,
     age: float = 0.5,
+    apnea: float = 0.0,
     cycle_min: float = 90.0,
-    awakenings_per_hour: float | None = None,
 ) -> np.ndarray:
     """Generating ("true") stage of each 30-s epoch of one night, from lights-off.
 
-    Built cycle by cycle: a sleep-onset latency, then ~``cycle_min``-min NREM-REM cycles whose
-    N3 shrinks (and vanishes late) while REM lengthens, N1 at sleep onset and after each
-    awakening or REM period, brief awakenings and N1 intrusions (more with ``age``, 0..1, which
-    also reduces N3), and a final awakening. The result is cut or padded (wake) to ``n_epochs``.
+    Built cycle by cycle, as real nights are (DOD-H/DOD-O, Sleep-EDF; chapter 01 compares):
+    a sleep-onset latency (log-normal, longer with ``age``); N1 at sleep onset; a first NREM
+    period of about an hour and a half before the first REM period, which is sometimes skipped
+    (more often with ``apnea``), giving REM latency its long tail; ~``cycle_min``-min
+    NREM-REM cycles whose N3 declines over the night at a rate of the person's own (so N3 is
+    early but not all in the first cycle) while REM lengthens; and a final awakening. Both
+    ``age`` and ``apnea`` (0..1: obstructive sleep apnea severity) reduce N3; apnea fragments
+    N2 and REM with awakenings and shifts to N1 (respiratory arousals), age adds wake. The
+    result is cut or padded (wake) to ``n_epochs``.
     """
     if n_epochs < 1:
         raise SimulationError(f"simulate_hypnogram: n_epochs must be >= 1, got {n_epochs}")
     age = float(np.clip(age, 0.0, 1.0))
+    apnea = float(np.clip(apnea, 0.0, 1.0))
     per_min = 2  # epochs per minute
-    if awakenings_per_hour is None:
-        awakenings_per_hour = 0.8 + 1.6 * age
+    # per hour of sleep: awakenings, and shifts to N1 without waking
+    awakenings_per_hour = 0.9 + 1.2 * age + 3.5 * apnea
+    shifts_per_hour = 0.3 + 0.6 * age + 2.0 * apnea
     segments: list[tuple[str, int]] = []
 
     def add(stage: str, minutes: float) -> None:
@@ -193,62 +206,72 @@ def simulate_hypnogram(
         if n > 0:
             segments.append((stage, n))
 
-    def add_light(stage: str, minutes: float) -> None:
-        """A run of N2 or REM broken by brief awakenings and N1 intrusions."""
+    def awakening() -> None:
+        # most awakenings last a minute or two; a few are long (log-normal)
+        add("W", float(np.clip(rng.lognormal(np.log(1.0 + 1.0 * age), 0.8), 0.5, 40.0)))
+        add("N1", rng.uniform(0.5, 1.0))
+
+    def add_light(stage: str, minutes: float, breaks: float = 1.0) -> None:
+        """A run of N2 or REM broken by awakenings and shifts to N1 (``breaks`` times the
+        night's rates)."""
         n = int(round(minutes * per_min))
-        rate = awakenings_per_hour / 120.0
-        intrusion = (0.9 + 1.2 * age) / 120.0
+        rate = breaks * awakenings_per_hour / 120.0
+        shift = breaks * shifts_per_hour / 120.0
         while n > 0:
-            gap = int(rng.exponential(1.0 / (rate + intrusion))) + 1
+            gap = int(rng.exponential(1.0 / (rate + shift))) + 1
             take = min(gap, n)
             segments.append((stage, take))
             n -= take
             if n <= 0:
                 break
-            if rng.random() < rate / (rate + intrusion):
-                add("W", rng.uniform(0.5, 2.5 + 2.0 * age))
-                add("N1", rng.uniform(1.0, 3.0))
+            if rng.random() < rate / (rate + shift):
+                awakening()
             else:
-                add("N1", rng.uniform(0.5, 2.0))
+                add("N1", rng.uniform(0.5, 1.0))
+
+    def add_deep(minutes: float) -> None:
+        """N3, interrupted now and then by a minute or two of N2."""
+        pieces = int(rng.integers(1, 3 + int(2 * apnea)))
+        for k in range(pieces):
+            add("N3", minutes / pieces)
+            if k < pieces - 1:
+                add("N2", rng.uniform(0.5, 2.0))
 
     total_min = n_epochs / per_min
-    latency = float(np.clip(rng.lognormal(np.log(12 + 10 * age), 0.5), 3.0, 50.0))
-    add("W", latency)
-    add("N1", rng.uniform(2.0, 5.0))
-    if rng.random() < 0.4:  # a false start back to wake, typical of sleep onset
+    add("W", float(np.clip(rng.lognormal(np.log(12 + 8 * age), 0.7), 2.0, 90.0)))
+    add("N1", rng.uniform(1.5, 4.0))
+    if rng.random() < 0.3:  # a false start back to wake, typical of sleep onset
         add("W", rng.uniform(0.5, 2.0))
-        add("N1", rng.uniform(1.0, 3.0))
-    n3_first = rng.uniform(35.0, 55.0) * (1.15 - 0.75 * age)
+        add("N1", rng.uniform(1.0, 2.5))
+    n3_first = rng.uniform(25.0, 45.0) * (1.15 - 0.75 * age) * (1.0 - 0.5 * apnea)
+    n3_decline = rng.uniform(0.5, 0.85)  # share of N3 left from one cycle to the next
+    first_nrem = float(np.clip(rng.lognormal(np.log(80.0 + 20.0 * apnea), 0.25), 45.0, 200.0))
+    skip_first_rem = rng.random() < 0.15 + 0.3 * apnea
+    final_wake = rng.uniform(2.0, 12.0 + 10 * age)
     elapsed = sum(n for _, n in segments) / per_min
     cycle = 0
-    final_wake = rng.uniform(2.0, 12.0 + 10 * age)
     while elapsed < total_min - final_wake:
-        length = rng.normal(cycle_min, 10.0) * (0.85 if cycle == 0 else 1.0)
-        n3 = n3_first * 0.5**cycle * rng.uniform(0.7, 1.2)
+        nrem = first_nrem if cycle == 0 else rng.normal(cycle_min, 10.0) * 0.8
+        n3 = n3_first * n3_decline**cycle * rng.uniform(0.7, 1.2)
         n3 = n3 if n3 >= 4.0 else 0.0
-        rem = (
-            min(11.0 + 8.0 * cycle + rng.normal(0, 3.0), 45.0) if cycle > 0 else rng.uniform(5, 15)
-        )
-        n2 = max(length - n3 - rem, 15.0)
-        add_light("N2", n2 * (0.5 if n3 else 0.6))
+        n2 = max(nrem - n3, 15.0)
+        add_light("N2", n2 * 0.4)
         if n3:
-            # N3 runs are interrupted now and then by a minute of N2
-            pieces = rng.integers(1, 3)
-            for k in range(pieces):
-                add("N3", n3 / pieces)
-                if k < pieces - 1:
-                    add("N2", rng.uniform(0.5, 2.0))
-        add_light("N2", n2 * (0.5 if n3 else 0.4))
-        if rng.random() < 0.5:
-            add("N1", rng.uniform(0.5, 1.5))
-        add_light("REM", rem)
-        if rng.random() < 0.55:
-            add("W", rng.uniform(0.5, 3.0 + 3 * age))
-        add("N1", rng.uniform(1.0, 3.5))
+            add_deep(n3)
+        add_light("N2", n2 * 0.6)
+        if not (cycle == 0 and skip_first_rem):
+            rem = rng.uniform(5, 15) if cycle == 0 else min(15.0 + 8.0 * cycle, 45.0)
+            if rng.random() < 0.3:
+                add("N1", rng.uniform(0.5, 1.5))
+            # REM periods hold together better than N2 (a third of its breaks)
+            add_light("REM", max(rem + rng.normal(0, 3.0), 3.0) * (1.0 - 0.2 * apnea), 1 / 3)
+            if rng.random() < 0.5:
+                awakening()
         elapsed = sum(n for _, n in segments) / per_min
         cycle += 1
     stages = np.repeat([s for s, _ in segments], [n for _, n in segments]).astype(object)
-    stages = stages[: n_epochs - int(final_wake * per_min)]
+    # the final awakening closes the night, however short it is
+    stages = stages[: max(n_epochs - int(final_wake * per_min), 0)]
     out = np.full(n_epochs, "W", dtype=object)
     out[: len(stages)] = stages
     return out
@@ -278,7 +301,12 @@ def _subject_traits(rng: np.random.Generator, center: CenterSpec) -> dict[str, f
         "sawtooth_rate": float(rng.uniform(0.4, 1.6)),
         "movement_rate": float(rng.uniform(0.5, 1.5) * (0.8 + 0.6 * age)),
         "heart_rate": float(rng.uniform(55, 75)),
+        "apnea": float(rng.beta(*_beta_shape(center.apnea_mean, center.apnea_concentration))),
     }
+
+
+def _beta_shape(mean: float, concentration: float) -> tuple[float, float]:
+    return mean * concentration, (1 - mean) * concentration
 
 
 def _eye_state(rng: np.random.Generator, stages: np.ndarray, p_closed: float) -> np.ndarray:
@@ -302,10 +330,17 @@ def _transition_mix(rng: np.random.Generator, stages: np.ndarray) -> tuple[np.nd
     n = len(stages)
     partner = stages.copy()
     weight = np.zeros(n)
-    ambiguous = rng.random(n) < 0.07
-    for e in np.flatnonzero(ambiguous):
-        partner[e] = rng.choice(_AMBIGUOUS_PARTNERS[stages[e]])
-        weight[e] = rng.uniform(0.1, 0.4)
+    # ambiguous stretches of a few minutes (mean 8 epochs) over about half the night: most
+    # of the epochs real scorers dispute lie away from stage changes (DOD: two thirds)
+    # alert wake is not ambiguous: only drowsy wake within 5 min of sleep mixes with N1
+    drowsy = np.convolve(stages != "W", np.ones(21), mode="same") > 0
+    for start in np.flatnonzero(rng.random(n) < AMBIGUOUS_SHARE / AMBIGUOUS_RUN):
+        if stages[start] == "W" and not drowsy[start]:
+            continue
+        end = min(start + int(rng.geometric(1 / AMBIGUOUS_RUN)), n)
+        same = end if (stages[start:end] == stages[start]).all() else start + 1
+        partner[start:same] = rng.choice(_AMBIGUOUS_PARTNERS[stages[start]])
+        weight[start:same] = rng.uniform(0.05, 0.35)
     prev_diff = np.r_[False, stages[1:] != stages[:-1]]
     next_diff = np.r_[stages[:-1] != stages[1:], False]
     for e in np.flatnonzero(prev_diff | next_diff):
@@ -589,6 +624,51 @@ def _slow_waves(
     return onset, d, p2p
 
 
+def _check_night(center: str, subject: int, seed: int, hours: float) -> None:
+    if center not in CENTERS:
+        raise SimulationError(
+            f"unknown simulated center {center!r}; choose one of {', '.join(CENTERS)}"
+        )
+    if not 0.25 <= hours <= 14:
+        raise SimulationError(f"simulate_night: hours must be between 0.25 and 14, got {hours}")
+    if int(subject) < 0 or int(seed) < 0:
+        raise SimulationError(f"subject and seed must be >= 0, got {subject}, {seed}")
+
+
+def _night_course(center: str, subject: int, seed: int, n_epochs: int):
+    """The person's traits, the night's random stream (left where the signals start), its
+    generating stages, eye state and mixing of neighbouring stages."""
+    spec = CENTERS[center]
+    key = zlib.crc32(center.encode())
+    traits = _subject_traits(np.random.default_rng([key, int(subject)]), spec)
+    rng = np.random.default_rng([key, int(subject), int(seed), 1])
+    truth = simulate_hypnogram(rng, n_epochs, age=traits["age"], apnea=traits["apnea"])
+    eyes = _eye_state(rng, truth, traits["eyes_closed"])
+    partner, weight = _transition_mix(rng, truth)
+    return traits, rng, truth, eyes, partner, weight
+
+
+def _night_scorers(center, subject, seed, truth, partner, weight, n_scorers: int):
+    """The scorers of a night, from a random stream of their own, so that the scored
+    hypnograms can be had without drawing the signals (:func:`simulate_scoring`)."""
+    rng = np.random.default_rng([zlib.crc32(center.encode()), int(subject), int(seed), 2])
+    return simulate_scorers(rng, truth, partner, weight, CENTERS[center].habits, n_scorers)
+
+
+def simulate_scoring(
+    center: str, subject: int, seed: int = 0, hours: float = 8.0, n_scorers: int | None = None
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The generating stages and the scored hypnograms of the night :func:`simulate_night`
+    draws for the same arguments (the same labels, scorer 1 first), without its signals: fast
+    enough to study night structure and scorer disagreement over many nights. ``n_scorers``
+    beyond the center's own draws more scorers of the same center (the first ones unchanged)."""
+    _check_night(center, subject, seed, hours)
+    n_epochs = int(round(hours * 3600 / EPOCH_S))
+    _, _, truth, _, partner, weight = _night_course(center, subject, seed, n_epochs)
+    n = CENTERS[center].n_scorers if n_scorers is None else n_scorers
+    return truth, _night_scorers(center, subject, seed, truth, partner, weight, n)
+
+
 def simulate_night(center: str, subject: int, seed: int = 0, hours: float = 8.0) -> Recording:
     """One simulated PSG night of ``subject`` (an int) at ``center`` ("dcsm", "shhs", "isruc").
 
@@ -598,23 +678,11 @@ def simulate_night(center: str, subject: int, seed: int = 0, hours: float = 8.0)
     drawn waveform; ``stages`` is scorer 1, ``other_scorers["truth"]`` the generating stage (and,
     for two-scorer centers, ``other_scorers["scorer2"]``).
     """
-    if center not in CENTERS:
-        raise SimulationError(
-            f"unknown simulated center {center!r}; choose one of {', '.join(CENTERS)}"
-        )
-    if not 0.25 <= hours <= 14:
-        raise SimulationError(f"simulate_night: hours must be between 0.25 and 14, got {hours}")
-    if int(subject) < 0 or int(seed) < 0:
-        raise SimulationError(f"subject and seed must be >= 0, got {subject}, {seed}")
+    _check_night(center, subject, seed, hours)
     spec = CENTERS[center]
-    key = zlib.crc32(center.encode())
-    traits = _subject_traits(np.random.default_rng([key, int(subject)]), spec)
-    rng = np.random.default_rng([key, int(subject), int(seed), 1])
-
     n_epochs = int(round(hours * 3600 / EPOCH_S))
-    truth = simulate_hypnogram(rng, n_epochs, age=traits["age"])
-    eyes = _eye_state(rng, truth, traits["eyes_closed"])
-    partner, weight = _transition_mix(rng, truth)
+    traits, rng, truth, eyes, partner, weight = _night_course(center, subject, seed, n_epochs)
+    scorers = _night_scorers(center, subject, seed, truth, partner, weight, spec.n_scorers)
     par = _epoch_params(truth, partner, weight, eyes, traits, spec, rng)
 
     fs = spec.rates["eeg"]
@@ -840,7 +908,6 @@ def simulate_night(center: str, subject: int, seed: int = 0, hours: float = 8.0)
         out[ch[role]] = y
         sfreq[ch[role]] = native
 
-    scorers = _score(rng, truth, partner, weight, spec.n_scorers)
     other = {"truth": truth}
     if spec.n_scorers > 1:
         other["scorer2"] = scorers[1]
@@ -859,36 +926,3 @@ def simulate_night(center: str, subject: int, seed: int = 0, hours: float = 8.0)
         other_scorers=other,
         simulated=True,
     )
-
-
-# --------------------------------------------------------------------------------------------
-# Scorers
-# --------------------------------------------------------------------------------------------
-
-
-def _score(
-    rng: np.random.Generator,
-    truth: np.ndarray,
-    partner: np.ndarray,
-    weight: np.ndarray,
-    n_scorers: int,
-) -> list[np.ndarray]:
-    """Hypnograms of ``n_scorers`` human scorers.
-
-    A transitional/ambiguous epoch *looks like* its partner stage with probability rising with
-    its mixing weight; all scorers see that same appearance (so they agree with each other more
-    than with the truth). Each then errs independently at stage-specific rates, towards the
-    stages real scorers confuse (W<->N1, N1<->N2, N2<->N3)."""
-    n = len(truth)
-    looks_partner = rng.random(n) < np.clip(0.8 * weight, 0, 0.7)
-    apparent = np.where(looks_partner, partner, truth)
-    idx = np.array([_STAGE_INDEX[s] for s in truth])
-    out = []
-    for _ in range(n_scorers):
-        err = rng.random(n) < _BASE_ERROR[idx] * (1 + 2.0 * (weight > 0))
-        cum = np.cumsum(_ERROR_TO[idx], axis=1)
-        pick = (rng.random(n)[:, None] > cum).sum(axis=1)
-        labels = apparent.copy()
-        labels[err] = np.array(STAGES, dtype=object)[np.minimum(pick[err], 4)]
-        out.append(labels)
-    return out

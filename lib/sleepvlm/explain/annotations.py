@@ -624,14 +624,16 @@ def annotate_store(
 
 def decisive_evidence(annotation: EpochAnnotation, limit: int = MAX_EVIDENCE) -> list[Evidence]:
     """The events an answer cites: taken from the annotation's rules in turn (rule order), each
-    rule's events in the annotation's order, at most ``limit``."""
+    rule's events in the annotation's order, at most ``limit``; an event that would read the
+    same as one already cited (same kind, channel and whole seconds) is passed over, since an
+    answer cannot cite it apart."""
     queues = [
         [e for e in annotation.evidence if e.kind in RULE_EVIDENCE[r]] for r in annotation.rules
     ]
     out: list[Evidence] = []
     while len(out) < limit and any(queues):
         for queue in queues:
-            while queue and queue[0] in out:
+            while queue and queue[0].text() in {e.text() for e in out}:
                 queue.pop(0)
             if queue and len(out) < limit:
                 out.append(queue.pop(0))
