@@ -86,6 +86,16 @@ def test_spindle_found_at_its_time(fs):
     assert len(ev) <= 2
 
 
+def test_spindles_are_found_in_a_50_hz_recording():
+    # an old archive's rate: the spindle band fits below Nyquist, the 30-Hz broad band does not
+    fs = 50.0
+    x = plant(background(fs), fs, 30.0, spindle(fs))
+    ev = det.detect_spindles(x, fs, "C3-A1")
+    assert len(ev[np.abs(ev["onset"] - 30.3) <= 0.35]) == 1 and len(ev) <= 2
+    with pytest.raises(DataError, match="sampled at 30 Hz, below the 35.2 Hz it needs"):
+        det.detect_spindles(background(30.0), 30.0, "C3-A1")
+
+
 @pytest.mark.parametrize("fs", RATES)
 @pytest.mark.parametrize("dur", [0.6, 1.6])
 def test_spindle_extent_is_its_body_above_half_amplitude(fs, dur):

@@ -24,14 +24,18 @@ from sleepvlm.rules.table import BANDS, setting, threshold
 # --------------------------------------------------------------------------------------------
 
 
+#: A band edge must lie below sfreq / NYQUIST_MARGIN (the ``min_sfreq`` settings use the same).
+NYQUIST_MARGIN = 2.2
+
+
 def check_rate(detector: str, channel: str, sfreq: float) -> None:
     """Raise :class:`DataError` when ``sfreq`` is below what ``detector`` needs."""
     needed = setting(detector, "min_sfreq")
     if not np.isfinite(sfreq) or sfreq < needed:
         raise DataError(
             f"{detector} detector: channel {channel!r} is sampled at {sfreq:g} Hz, below the "
-            f"{needed:g} Hz it needs (2.2 x the highest frequency it filters); use a recording "
-            f"sampled at >= {needed:g} Hz or leave this detector out"
+            f"{needed:g} Hz it needs ({NYQUIST_MARGIN:g} x the highest frequency it filters); "
+            f"use a recording sampled at >= {needed:g} Hz or leave this detector out"
         )
 
 
@@ -288,12 +292,18 @@ def detect_spindles(x: np.ndarray, sfreq: float, channel: str = "EEG") -> pd.Dat
     envelope's moving median (over ``reference_s``) and somewhere ``upper_factor`` x it while
     the band holds at least ``min_relative_power`` of the ``broad_band_hz`` power. A spindle's
     extent is its body, where the envelope reaches ``peak_fraction`` of the spindle's own peak;
-    it must last within the rule's duration and reach ``min_ptp_uv`` p2p (spindle band)."""
+    it must last within the rule's duration and reach ``min_ptp_uv`` p2p (spindle band).
+
+    A recording sampled too slowly to hold the whole broad band (below 2.2 x its upper edge:
+    older archives at 50 Hz) holds nothing above its anti-aliasing filter anyway, so the broad
+    band ends where the recording does (at ``sfreq`` / 2.2); the spindle band itself must fit
+    (``min_sfreq``)."""
     check_rate("spindle", channel, sfreq)
     y = _as_signal(x, channel, 1.0, sfreq)
     order = setting("spindle", "filter_order")
     sigma = bandpass(y, sfreq, threshold("N2.spindle", "band_hz"), order)
-    broad = bandpass(y, sfreq, setting("spindle", "broad_band_hz"), order)
+    broad_low, broad_high = setting("spindle", "broad_band_hz")
+    broad = bandpass(y, sfreq, (broad_low, min(broad_high, sfreq / NYQUIST_MARGIN)), order)
     env = moving_mean(envelope(sigma), sfreq, setting("spindle", "smooth_s"))
     win = setting("spindle", "relative_window_s")
     rel = moving_mean(sigma**2, sfreq, win) / np.maximum(moving_mean(broad**2, sfreq, win), 1e-12)
