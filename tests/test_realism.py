@@ -6,9 +6,12 @@ from sleepvlm.data.cohort import COHORT_SIZES
 from sleepvlm.data.realism import (
     NIGHT_IQR_STATISTICS,
     NIGHT_RANGE_STATISTICS,
+    NOT_MEASURED,
     REAL_NIGHT_GROUPS,
     REAL_SCORER_KAPPA,
+    agreement_table,
     hypnogram_stats,
+    night_goal_texts,
     night_structure_goals,
     night_structure_table,
     real_excerpt_spectra,
@@ -16,9 +19,11 @@ from sleepvlm.data.realism import (
     real_scorer_panel,
     real_single_scorer_nights,
     scorer_agreement_summary,
+    scorer_kappa_texts,
     simulated_scored_nights,
     simulated_scorer_panel,
     stage_spectra,
+    yasa_goal_texts,
     yasa_staging_agreement,
 )
 from sleepvlm.data.records import STAGES, DataError
@@ -160,3 +165,32 @@ def test_simulated_scorers_sit_in_the_real_scorers_range():
             center, ["disagreement near a change", "disagreement away from one"]
         ]
         assert near > 2 * away, center
+
+
+def test_goal_sentences_follow_the_numbers_and_say_when_nothing_was_measured():
+    empty = agreement_table({})
+    assert empty.empty and empty.index.names == ["center", "subject"]
+    assert yasa_goal_texts(empty)["kappa_goal"] == NOT_MEASURED
+    result = {"kappa": 0.65, "accuracy": 0.7, "f1": {s: 0.7 for s in STAGES} | {"N1": 0.4}}
+    texts = yasa_goal_texts(agreement_table({("dcsm", "s0"): result}))
+    assert texts == {
+        "yasa_kappa": "0.65",
+        "kappa_goal": "misses",
+        "f1_goal": "not every stage reaches it: N1 0.40",
+    }
+    goals = pd.DataFrame(
+        {"met": [True, False]}, index=pd.MultiIndex.from_tuples([("a", "x"), ("a", "y")])
+    )
+    assert night_goal_texts(goals) == {
+        "night_goals_met": "1 of 2",
+        "night_goals_verdict": "the rows below are not met",
+    }
+    no_nights = pd.DataFrame(columns=["group", *NIGHT_RANGE_STATISTICS], dtype=float)
+    no_goals = night_structure_goals(no_nights, [])
+    assert night_goal_texts(no_goals)["night_goals_verdict"] == NOT_MEASURED
+    summary = pd.DataFrame({"pairwise κ mean": [0.70, 0.80]}, index=["dcsm", "isruc"])
+    assert scorer_kappa_texts(summary, ["dcsm", "isruc"]) == {
+        "scorer_kappa_range": "dcsm 0.70, isruc 0.80",
+        "scorer_kappa_verdict": "outside (for isruc)",
+    }
+    assert scorer_kappa_texts(summary, [])["scorer_kappa_verdict"] == NOT_MEASURED

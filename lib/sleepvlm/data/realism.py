@@ -151,9 +151,35 @@ def agreement_table(results: dict) -> pd.DataFrame:
             row["F1 N1 vs truth"] = res["vs_truth"]["f1"]["N1"]
             row["scorer kappa vs truth"] = res["scorer_vs_truth"]["kappa"]
         rows[key] = row
-    table = pd.DataFrame(rows).T
-    table.index.names = ["center", "subject"]
+    columns = ["kappa", "accuracy", *(f"F1 {s}" for s in STAGES)]
+    table = pd.DataFrame.from_dict(rows, orient="index", columns=None if rows else columns)
+    table.index = pd.MultiIndex.from_tuples(list(rows), names=["center", "subject"])
     return table
+
+
+#: YASA's agreement with the scored labels a realistic night should reach (chapter 01).
+YASA_KAPPA_GOAL = 0.7
+YASA_STAGE_F1_GOAL = 0.6
+#: What a goal that needs the simulated nights says when the chapter reads a real dataset.
+NOT_MEASURED = "not measured (this run reads a real dataset, without simulated nights)"
+
+
+def yasa_goal_texts(table: pd.DataFrame) -> dict[str, str]:
+    """The chapter's sentences on YASA's agreement (:func:`agreement_table`) with its goals:
+    the mean κ, whether it meets :data:`YASA_KAPPA_GOAL`, and which stages miss
+    :data:`YASA_STAGE_F1_GOAL`; :data:`NOT_MEASURED` for an empty table."""
+    if table.empty:
+        return {"yasa_kappa": "—", "kappa_goal": NOT_MEASURED, "f1_goal": NOT_MEASURED}
+    kappa = table["kappa"].mean()
+    stage_f1 = table[[f"F1 {s}" for s in STAGES]].mean()
+    low = {s[3:]: v for s, v in stage_f1.items() if v < YASA_STAGE_F1_GOAL}
+    return {
+        "yasa_kappa": f"{kappa:.2f}",
+        "kappa_goal": "meets" if kappa >= YASA_KAPPA_GOAL else "misses",
+        "f1_goal": "every stage reaches it"
+        if not low
+        else "not every stage reaches it: " + ", ".join(f"{s} {v:.2f}" for s, v in low.items()),
+    }
 
 
 def _welch(x: np.ndarray, sfreq: float) -> tuple[np.ndarray, np.ndarray]:
@@ -377,7 +403,35 @@ def night_structure_goals(
                     "met": bool(low <= medians[stat] <= high),
                 }
             )
-    return pd.DataFrame(rows).set_index(["center", "statistic"])
+    columns = ["center", "statistic", "simulated median", "real 10 %", "real 25 %"]
+    columns += ["real 75 %", "real 90 %", "goal", "met"]
+    return pd.DataFrame(rows, columns=columns).set_index(["center", "statistic"])
+
+
+def night_goal_texts(goals: pd.DataFrame) -> dict[str, str]:
+    """How many (center, statistic) goals of :func:`night_structure_goals` are met, and a
+    verdict; :data:`NOT_MEASURED` when there is no simulated center."""
+    if goals.empty:
+        return {"night_goals_met": "—", "night_goals_verdict": NOT_MEASURED}
+    met = int(goals["met"].sum())
+    verdict = "all are met" if met == len(goals) else "the rows below are not met"
+    return {"night_goals_met": f"{met} of {len(goals)}", "night_goals_verdict": verdict}
+
+
+def scorer_kappa_texts(summary: pd.DataFrame, centers: Sequence[str]) -> dict[str, str]:
+    """The simulated centers' mean pairwise κ (:func:`scorer_agreement_summary`) and whether it
+    lies inside :data:`REAL_SCORER_KAPPA`; :data:`NOT_MEASURED` without simulated centers."""
+    if not len(centers):
+        return {"scorer_kappa_range": "—", "scorer_kappa_verdict": NOT_MEASURED}
+    low, high = REAL_SCORER_KAPPA
+    kappa = summary.loc[list(centers), "pairwise κ mean"]
+    outside = kappa[~kappa.between(low, high)].index
+    return {
+        "scorer_kappa_range": ", ".join(f"{c} {k:.2f}" for c, k in kappa.items()),
+        "scorer_kappa_verdict": "inside"
+        if outside.empty
+        else f"outside (for {', '.join(outside)})",
+    }
 
 
 def simulated_scorer_panel(
