@@ -1,16 +1,19 @@
 """Simulated multi-center PSG cohort: realistic nights with known ground truth.
 
 No real PSG dataset can be downloaded here, so the book runs on nights drawn by this module.
-Each night has a realistic hypnogram (sleep-onset latency, ~90-min ultradian cycles, N3 early,
-REM late, brief awakenings), stage-specific EEG/EOG/EMG built from a time-varying 1/f
-background plus overlap-added waveforms (spindles, K-complexes, slow waves, vertex waves,
-alpha/theta bursts, sawtooth waves, rapid and slow eye movements, blinks, arousals and
-artifacts), each listed in ``Recording.events`` as a scorer would mark it: a spindle by its body
-above half amplitude, an eye movement by its rapid deflection, a K complex inside N3 as a slow
-wave; the background alone holds no wave of AASM slow-wave size. Three centers differ in
+Each night has a realistic hypnogram (sleep-onset latency, a first NREM period of about an hour
+and a half, ~90-min ultradian cycles, N3 early, REM late, awakenings), its person drawn from the
+center's population (age, sleep apnea severity), and stage-specific EEG/EOG/EMG built from a
+time-varying 1/f background plus overlap-added waveforms (spindles, K-complexes, slow waves,
+vertex waves, alpha/theta bursts, sawtooth waves, rapid and slow eye movements, blinks, arousals
+and artifacts), each listed in ``Recording.events`` as a scorer would mark it: a spindle by its
+body above half amplitude, an eye movement by its rapid deflection, a K complex inside N3 as a
+slow wave; the background alone holds no wave of AASM slow-wave size. Three centers differ in
 montage, amplifier gain, hardware filters, noise floor, mains frequency and line-noise level, so
-models meet a real domain shift. Scored hypnograms disagree with the generating stage the way
-human scorers do (mostly W/N1, N1/N2 and N2/N3 in transitional, ambiguous epochs).
+models meet a real domain shift. Scored hypnograms come from simulated scorers calibrated on the
+five real scorers of the Dreem Open Datasets (:mod:`sleepvlm.data.scorers`): they place stage
+boundaries differently, read ambiguous stretches with their center's habits, and so disagree
+mostly at W/N1, N1/N2 and N2/N3.
 """
 
 from __future__ import annotations
