@@ -12,12 +12,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
 import pandas as pd
 
 from ..cache import cache_dir, content_hash, source_hash
 from . import formats, simulate
-from .records import EPOCH_S, STAGES, Recording
+from .records import Recording
 from .simulate import CENTERS, simulate_night
 
 if TYPE_CHECKING:
@@ -125,19 +124,10 @@ def plot_example_hypnograms(nights: Mapping[str, Recording]) -> Figure | None:
     if not nights:
         print(NO_EXAMPLE_NIGHTS)
         return None
-    import matplotlib.pyplot as plt  # only the book draws; writing the cohort needs no pyplot
+    from .realism import plot_hypnograms  # only the book draws; writing the cohort does not
 
-    fig, axes = plt.subplots(len(nights), 1, figsize=(10, 1.6 * len(nights)), squeeze=False)
-    axes = axes[:, 0]
-    bottom_up = list(reversed(STAGES))  # so that W is drawn on top and REM at the bottom
-    for ax, (center, rec) in zip(axes, nights.items(), strict=True):
-        level = [bottom_up.index(s) if s in STAGES else np.nan for s in rec.stages]
-        ax.step(np.arange(len(level)) * EPOCH_S / 3600, level, where="post", lw=0.8)
-        ax.set_yticks(range(len(STAGES)), bottom_up)
-        ax.set_ylabel(center)
-    axes[-1].set_xlabel("time (h)")
-    fig.suptitle("Scored hypnograms of one simulated night per center")
-    return fig
+    hypnograms = {center: rec.stages for center, rec in nights.items()}
+    return plot_hypnograms(hypnograms, "Scored hypnograms of one simulated night per center")
 
 
 def center_table() -> pd.DataFrame:
