@@ -8,8 +8,11 @@ from sleepvlm.data.nights import statistics_table
 from sleepvlm.data.realism import hypnogram_stats
 from sleepvlm.data.records import EPOCH_S, EVENT_COLUMNS, EVENT_KINDS, STAGES, DataError
 from sleepvlm.data.simulate import (
+    _PARAM_NAMES,
     CENTERS,
     SimulationError,
+    _subject_traits,
+    _weaken_cues,
     simulate_hypnogram,
     simulate_night,
     simulate_scoring,
@@ -75,6 +78,49 @@ def test_centers_differ_in_hardware():
     assert len({s.gain for s in specs}) == 3
     assert len({s.line_noise for s in specs}) == 3
     assert {s.line_freq for s in specs} == {50.0, 60.0}
+
+
+def _median_epoch_sd(rec, role: str) -> float:
+    ch = rec.role(role)
+    per = int(EPOCH_S * rec.sfreq[ch])
+    x = rec.signals[ch]
+    return float(np.median(x[: len(x) // per * per].reshape(-1, per).std(axis=1)))
+
+
+def test_centers_differ_in_their_signals():
+    """Chin EMG set-up and artifact load show in the recordings, not only in the specs."""
+    nights = {c: [simulate_night(c, s, hours=2.0) for s in range(4)] for c in CENTERS}
+    emg = {c: np.median([_median_epoch_sd(r, "emg") for r in recs]) for c, recs in nights.items()}
+    assert emg["shhs"] < emg["dcsm"] < emg["isruc"]
+    assert emg["isruc"] > 1.5 * emg["shhs"]
+    artifacts = {
+        c: sum((r.events["kind"] == "artifact").sum() for r in recs) for c, recs in nights.items()
+    }
+    assert artifacts["isruc"] > 1.4 * artifacts["dcsm"]
+
+
+def test_weak_stage_cues_are_drawn_per_person_and_blur_only_their_stages():
+    rng = np.random.default_rng(0)
+    people = [_subject_traits(rng, CENTERS["isruc"]) for _ in range(600)]
+    assert np.mean([p["alpha_intrusion"] for p in people]) == pytest.approx(
+        CENTERS["isruc"].alpha_intrusion_share, abs=0.05
+    )
+    assert np.mean([p["rem_without_atonia"] for p in people]) == pytest.approx(
+        CENTERS["isruc"].rem_without_atonia_share, abs=0.05
+    )
+    stages = np.array(["W", "N1", "N2", "N3", "REM"], dtype=object)
+    base = np.ones((len(stages), len(_PARAM_NAMES)))
+    person = {"alpha_amp": 1.0, "alpha_intrusion": 1.0, "rem_without_atonia": 1.0}
+    blurred = base.copy()
+    _weaken_cues(blurred, stages, person)
+    changed = (blurred != base).any(axis=1)
+    assert changed.tolist() == [False, False, True, True, True]
+    alpha = _PARAM_NAMES.index("alpha")
+    assert (blurred[2:4, alpha] > base[2:4, alpha]).all()
+    assert blurred[4, _PARAM_NAMES.index("emg")] > base[4, _PARAM_NAMES.index("emg")]
+    untouched = base.copy()
+    _weaken_cues(untouched, stages, {**person, "alpha_intrusion": 0.0, "rem_without_atonia": 0.0})
+    np.testing.assert_array_equal(untouched, base)
 
 
 def test_hypnogram_population_structure():

@@ -43,6 +43,15 @@ class CenterSpec:
     EMG; ``gain`` scales every channel (calibration error), ``noise_floor`` is the amplifier's
     white noise (µV RMS) and ``line_noise`` the mains amplitude (µV) on EEG/EOG (twice on EMG).
     ``frontal`` marks a frontal EEG derivation (more delta and eye artifact, less alpha).
+    ``emg_gain`` scales the chin EMG alone (electrode spacing and impedance differ between
+    labs, so chin tone on one center's recordings is not on the same scale as another's);
+    ``artifact_rate`` scales the rates of body movements, electrode pops and sweat drifts
+    (unattended home recordings and sleep-disorder patients have more of them).
+    ``alpha_intrusion_share`` and ``rem_without_atonia_share`` are the shares of its people
+    whose stage cues are weak: alpha that persists through NREM sleep (alpha-delta sleep, seen
+    in pain, mood disorders and insomnia) and chin tone that persists through REM sleep (REM
+    sleep without atonia: REM behaviour disorder, antidepressants). Their epochs keep their
+    stage; only the signs a scorer or a model reads are blurred.
     ``age_mean`` is the center's mean age factor (0 young adult, 1 elderly); its people's
     obstructive sleep apnea severity (0..1) is drawn from a beta distribution of mean
     ``apnea_mean`` (higher ``apnea_concentration``: a more uniform population). ``habits`` are
@@ -60,6 +69,10 @@ class CenterSpec:
     emg_highpass: float
     line_noise: float
     frontal: bool
+    emg_gain: float
+    artifact_rate: float
+    alpha_intrusion_share: float
+    rem_without_atonia_share: float
     age_mean: float
     apnea_mean: float
     apnea_concentration: float
@@ -80,6 +93,10 @@ CENTERS: dict[str, CenterSpec] = {
         emg_highpass=10.0,
         line_noise=2.5,
         frontal=True,
+        emg_gain=1.0,
+        artifact_rate=1.0,
+        alpha_intrusion_share=0.05,
+        rem_without_atonia_share=0.05,
         age_mean=0.45,
         apnea_mean=0.25,
         apnea_concentration=4.0,
@@ -97,6 +114,10 @@ CENTERS: dict[str, CenterSpec] = {
         emg_highpass=5.0,
         line_noise=3.0,
         frontal=False,
+        emg_gain=0.6,
+        artifact_rate=1.5,
+        alpha_intrusion_share=0.1,
+        rem_without_atonia_share=0.05,
         age_mean=0.65,
         apnea_mean=0.4,
         apnea_concentration=5.0,
@@ -114,6 +135,10 @@ CENTERS: dict[str, CenterSpec] = {
         emg_highpass=10.0,
         line_noise=5.0,
         frontal=False,
+        emg_gain=1.6,
+        artifact_rate=2.0,
+        alpha_intrusion_share=0.3,
+        rem_without_atonia_share=0.25,
         age_mean=0.5,
         apnea_mean=0.55,
         apnea_concentration=2.0,
@@ -305,6 +330,8 @@ def _subject_traits(rng: np.random.Generator, center: CenterSpec) -> dict[str, f
         "movement_rate": float(rng.uniform(0.5, 1.5) * (0.8 + 0.6 * age)),
         "heart_rate": float(rng.uniform(55, 75)),
         "apnea": float(rng.beta(*_beta_shape(center.apnea_mean, center.apnea_concentration))),
+        "alpha_intrusion": float(rng.random() < center.alpha_intrusion_share),
+        "rem_without_atonia": float(rng.random() < center.rem_without_atonia_share),
     }
 
 
@@ -395,7 +422,22 @@ def _epoch_params(
     par[:, _P["alpha"]] *= traits["alpha_amp"] ** 0.5
     par[:, _P["alpha_pk"]] *= traits["alpha_amp"] ** 2 * (0.4 if center.frontal else 0.7)
     par[:, _P["emg"]] *= traits["emg_scale"]
+    _weaken_cues(par, stages, traits)
     return par
+
+
+def _weaken_cues(par: np.ndarray, stages: np.ndarray, traits: dict[str, float]) -> None:
+    """Blur the stage signs of a person with alpha-delta sleep or REM sleep without atonia
+    (in place): alpha bursts and background alpha near those of relaxed wake through N2/N3,
+    and chin tone near that of N2, with more twitches, through REM."""
+    if traits["alpha_intrusion"]:
+        nrem = np.isin(stages, ("N2", "N3"))
+        par[nrem, _P["alpha"]] += 4.0 * traits["alpha_amp"] ** 0.5
+        par[nrem, _P["alpha_pk"]] += 1.2 * traits["alpha_amp"] ** 2
+    if traits["rem_without_atonia"]:
+        rem = stages == "REM"
+        par[rem, _P["emg"]] *= 5.0
+        par[rem, _P["twitch"]] *= 2.0
 
 
 # --------------------------------------------------------------------------------------------
@@ -565,10 +607,15 @@ def _hardware(center: CenterSpec, role: str, fs: float) -> np.ndarray:
     return np.vstack([high, low])
 
 
+def _role_gain(center: CenterSpec, role: str) -> float:
+    """Amplifier gain of a channel role (the chin EMG has its own set-up on top)."""
+    return center.gain * (center.emg_gain if role == "emg" else 1.0)
+
+
 def _chain_gain(center: CenterSpec, role: str, fs: float, freq: np.ndarray) -> np.ndarray:
     """|H(f)| x gain: how much a drawn waveform at ``freq`` is scaled on the recording."""
     _, h = signal.sosfreqz(_hardware(center, role, fs), worN=np.atleast_1d(freq), fs=fs)
-    return center.gain * np.abs(h)
+    return _role_gain(center, role) * np.abs(h)
 
 
 # --------------------------------------------------------------------------------------------
@@ -842,7 +889,7 @@ def simulate_night(center: str, subject: int, seed: int = 0, hours: float = 8.0)
     dur = rng.uniform(0.08, 0.4, (k, 1))
     w = noise * _window(t, dur) * rng.uniform(8, 30, (k, 1)) * traits["emg_scale"]
     canvas.add("emg", on, w)
-    events.add("twitch", ch["emg"], on, dur[:, 0], _p2p(w) * spec.gain if k else [])
+    events.add("twitch", ch["emg"], on, dur[:, 0], _p2p(w) * _role_gain(spec, "emg") if k else [])
     canvas.add("emg", aro_on, rng.standard_normal(env.shape) * env * 15 * traits["emg_scale"])
     beats = np.cumsum(rng.normal(60 / traits["heart_rate"], 0.05, int(n / fs * 1.6)))
     beats = beats[beats < n / fs - 1]
@@ -851,7 +898,7 @@ def simulate_night(center: str, subject: int, seed: int = 0, hours: float = 8.0)
     canvas.add("ecg", beats, np.broadcast_to(qrs, (len(beats), len(qrs))))
 
     # ---- artifacts: body movements (all channels), electrode pops, sweat drifts -------------
-    on = _draw_onsets(rng, rate("movement"), min_gap=30.0)
+    on = _draw_onsets(rng, rate("movement") * spec.artifact_rate, min_gap=30.0)
     k = len(on)
     dur = rng.uniform(2.0, 15.0, k)
     t = _times(fs, 15.0)
@@ -861,10 +908,10 @@ def simulate_night(center: str, subject: int, seed: int = 0, hours: float = 8.0)
         noise = rng.standard_normal(env.shape) * (0.3 if role != "emg" else 1.0)
         w = (slow * (role != "emg") + noise) * env * scale * rng.uniform(0.5, 1.5, (k, 1))
         canvas.add("art_" + role, on, w)
-        events.add("artifact", ch[role], on, dur, _p2p(w) * spec.gain if k else [])
+        events.add("artifact", ch[role], on, dur, _p2p(w) * _role_gain(spec, role) if k else [])
     hours_rec = n / fs / 3600
     for role in ("eeg", "eog"):
-        m = rng.poisson(1.5 * hours_rec)
+        m = rng.poisson(1.5 * spec.artifact_rate * hours_rec)
         on = np.sort(rng.uniform(0, n / fs - 2, m))
         tau = rng.uniform(0.2, 0.8, (m, 1))
         t = _times(fs, 2.0)
@@ -872,7 +919,7 @@ def simulate_night(center: str, subject: int, seed: int = 0, hours: float = 8.0)
         w *= rng.uniform(150, 500, (m, 1))
         canvas.add("art_" + role, on, w)
         events.add("artifact", ch[role], on, 2.0, _p2p(w) * spec.gain if m else [])
-        m = rng.poisson(0.5 * hours_rec)
+        m = rng.poisson(0.5 * spec.artifact_rate * hours_rec)
         on = np.sort(rng.uniform(0, max(n / fs - 90, 1), m))
         dur = rng.uniform(20.0, 90.0, m)
         t = _times(fs, 90.0)
@@ -900,7 +947,7 @@ def simulate_night(center: str, subject: int, seed: int = 0, hours: float = 8.0)
     sfreq: dict[str, float] = {}
     for role, x in signals.items():
         native = spec.rates[role]
-        y = signal.sosfilt(_hardware(spec, role, fs), x) * spec.gain
+        y = signal.sosfilt(_hardware(spec, role, fs), x) * _role_gain(spec, role)
         if native != fs:
             y = signal.resample_poly(y, int(native), int(fs))
         y = y.astype(np.float32)
