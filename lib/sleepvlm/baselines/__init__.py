@@ -10,6 +10,16 @@ import os
 # on an idle machine. It is read once, when torch loads, and a value set by the user wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+from .centers import (
+    CROSS_LOSS_GOAL,
+    PAPER_ORDER,
+    SPREAD_GOAL,
+    center_goal_texts,
+    center_goals,
+    cross_center_loss,
+    kappa_matrix,
+    within_center,
+)
 from .data import BalancedBatchSampler, SplitData, WindowDataset, load_split
 from .evaluate import (
     baseline_record,
@@ -44,7 +54,10 @@ from .train import (
 )
 
 __all__ = [
+    "CROSS_LOSS_GOAL",
     "MODELS",
+    "PAPER_ORDER",
+    "SPREAD_GOAL",
     "AttnSleep",
     "BalancedBatchSampler",
     "BaselineConfig",
@@ -55,10 +68,14 @@ __all__ = [
     "WindowDataset",
     "baseline_record",
     "build_model",
+    "center_goal_texts",
+    "center_goals",
     "checkpoint_stem",
     "class_aware_weights",
+    "cross_center_loss",
     "cross_dataset",
     "inference_speed",
+    "kappa_matrix",
     "layer_table",
     "load_checkpoint",
     "load_split",
@@ -74,4 +91,5 @@ __all__ = [
     "train_baseline",
     "trained_baseline",
     "trained_baselines",
+    "within_center",
 ]
