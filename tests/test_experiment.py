@@ -194,3 +194,18 @@ def test_a_ts_llm_runs_on_sequences_with_its_arrays_served(cohort):
     length = SequenceConfig().length
     assert all(len(series) == 3 and {len(s) for s in series} == {length} for series in received)
     assert (frame["prediction"] == "N2").all()
+
+
+def test_kappa_summary_names_each_run_or_says_not_run():
+    import pandas as pd
+
+    from sleepvlm.experiment import kappa_summary
+
+    table = pd.DataFrame(
+        [
+            {"dataset": "dcsm", "prompt": "plain", "kappa": 0.0123},
+            {"dataset": "shhs", "prompt": "expert", "kappa": -0.05},
+        ]
+    )
+    assert kappa_summary(table) == "dcsm plain 0.01, shhs expert -0.05"
+    assert kappa_summary(table.iloc[:0]) == "not run"

@@ -1,9 +1,12 @@
 """Tests of the embedded chat-completions server and the local models it serves, ChatTS
 time-series parts included."""
 
+import json
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 
 import numpy as np
 import openai
@@ -172,3 +175,82 @@ def test_a_malformed_timeseries_part_is_a_400_not_a_model_call():
             model="series-counter", messages=[{"role": "user", "content": [good, good]}]
         )
     assert reply.choices[0].message.content == "2"
+
+
+def _get(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=30) as answer:
+        return json.load(answer)
+
+
+def _post(url: str, body: dict) -> tuple[int, dict]:
+    request = urllib.request.Request(
+        url, json.dumps(body).encode(), {"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return answer.status, json.load(answer)
+    except urllib.error.HTTPError as err:
+        return err.code, json.load(err)
+
+
+def test_models_without_weights_answer_503_saying_how_to_get_them(tmp_path, monkeypatch):
+    """Before SleepVLM-mini is trained and before the real model's weights are fetched, both
+    are listed as not ready and answered with 503 and what to do; the floors stay ready."""
+    monkeypatch.setenv("SLEEPVLM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("SLEEPVLM_MINI_DIR", raising=False)
+    with running_server() as server:
+        listed = {m["id"]: m for m in _get(f"{server.url}/models")["data"]}
+        assert listed["chance"]["ready"] and "how_to_get" not in listed["chance"]
+        for name, advice in (
+            ("sleepvlm-mini", "run chapter 11"),
+            ("smollm2-135m-instruct", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+        ):
+            assert listed[name]["ready"] is False and advice in listed[name]["how_to_get"]
+            status, body = _post(
+                f"{server.url}/chat/completions",
+                {"model": name, "messages": [{"role": "user", "content": "Stage?"}]},
+            )
+            assert status == 503
+            error = body["error"]
+            assert error["type"] == "model_not_ready" and advice in error["message"]
+        # Asking did not fetch anything: the server never downloads on a request.
+        assert not any((tmp_path / "cache").rglob("*.gguf"))
+
+
+def test_served_pretrained_model_answers_with_its_weights(tmp_path, monkeypatch):
+    """A registry model with weights in the cache is ready and answers over HTTP (a tiny GGUF
+    written here stands for the real one)."""
+    import hashlib
+
+    from sleepvlm.models import server as server_module
+    from sleepvlm.models.tiny import write_tiny_gguf
+
+    monkeypatch.setenv("SLEEPVLM_CACHE", str(tmp_path / "cache"))
+    source = tmp_path / "tiny.gguf"
+    write_tiny_gguf(source)
+    entry = {
+        "package": "tiny-gguf",
+        "version": "0.1",
+        "file": "tiny.gguf",
+        "sha256": hashlib.sha256(source.read_bytes()).hexdigest(),
+    }
+    spec = ModelSpec(
+        name="tiny-gguf",
+        backend="transformers",
+        model_id="tiny",
+        weights=entry,
+        decoding={"temperature": 0, "max_tokens": 3},
+        role="text-llm",
+    )
+    spec.wheel_weights.path.write_bytes(source.read_bytes())
+    monkeypatch.setattr(
+        server_module, "pretrained_models", lambda registry=None: {"tiny-gguf": spec}
+    )
+    with running_server() as server:
+        listed = {m["id"]: m for m in _get(f"{server.url}/models")["data"]}
+        assert listed["tiny-gguf"]["ready"] is True
+        client = openai.OpenAI(api_key="unused", base_url=server.url, max_retries=0)
+        answer = client.chat.completions.create(
+            model="tiny-gguf", messages=[{"role": "user", "content": "Stage?"}], temperature=0
+        )
+        assert isinstance(answer.choices[0].message.content, str)

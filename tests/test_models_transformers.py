@@ -152,3 +152,97 @@ def test_a_missing_model_folder_is_a_clear_error(tmp_path):
 def test_unknown_tiny_family_is_refused(tmp_path):
     with pytest.raises(ModelError, match="not one of"):
         build_tiny_vlm(tmp_path, family="llava")
+
+
+def test_batched_generation_equals_one_by_one(text_model):
+    """Left-padded batches answer each prompt as it is answered alone (greedy)."""
+    import asyncio
+
+    prompts = ["Stage?", "Stage? W N1", "Score this epoch: N2 N3 REM W W", "N1"]
+    requests = [user_request(p, system="Answer with one stage.") for p in prompts]
+    decoding = {"temperature": 0, "max_tokens": 6}
+    alone = TransformersBackend(str(text_model), device="cpu", max_batch=1)
+    batched = TransformersBackend(str(text_model), device="cpu", max_batch=len(prompts), wait_s=1)
+
+    async def answers(backend):
+        done = await asyncio.gather(*(backend.complete(r.messages, decoding, 60) for r in requests))
+        await backend.aclose()
+        return done
+
+    one_by_one, together = asyncio.run(answers(alone)), asyncio.run(answers(batched))
+    assert [c.text for c in together] == [c.text for c in one_by_one]
+    assert [c.prompt_tokens for c in together] == [c.prompt_tokens for c in one_by_one]
+    assert [c.completion_tokens for c in together] == [c.completion_tokens for c in one_by_one]
+    assert len({c.prompt_tokens for c in together}) > 1  # the batch really needed padding
+
+
+def test_batch_queue_groups_by_key_and_hands_errors_to_their_callers():
+    from sleepvlm.models.backends import BatchQueue
+
+    calls = []
+
+    def run(items):
+        calls.append(list(items))
+        return [ValueError(i) if i < 0 else i * 10 for i in items]
+
+    batches = BatchQueue(run, max_batch=8, wait_s=0.5)
+    futures = [batches.submit(i, key="a" if i >= 0 else "b") for i in (1, 2, -1, 3)]
+    results = [f.result(timeout=10) for f in futures]
+    batches.close()
+    assert results[:2] == [10, 20] and results[3] == 30 and isinstance(results[2], ValueError)
+    assert sorted(map(sorted, calls)) == [[-1], [1, 2, 3]]
+
+
+def test_a_prompt_longer_than_the_context_is_refused_alone(text_model):
+    import asyncio
+
+    backend = TransformersBackend(str(text_model), device="cpu", max_batch=4, wait_s=1)
+    assert backend.context_tokens == 256
+    long = user_request(" ".join(["W"] * 300))
+    short = user_request("Stage?")
+    assert backend.prompt_tokens(long.messages) > 256
+
+    async def both():
+        return await asyncio.gather(
+            *(
+                backend.complete(r.messages, {"temperature": 0, "max_tokens": 4}, 60)
+                for r in (long, short)
+            ),
+            return_exceptions=True,
+        )
+
+    refused, answered = asyncio.run(both())
+    assert isinstance(refused, ModelError) and "exceed the model's context" in str(refused)
+    assert isinstance(answered.text, str)
+
+
+def test_a_gguf_file_is_loaded_with_its_tokenizer_and_chat_template(tmp_path, monkeypatch):
+    """A tiny GGUF written here, placed where fetched weights go, answers through the backend
+    with the weights written (not a random initialisation) and the file's chat template."""
+    import asyncio
+    import hashlib
+
+    from sleepvlm.models.backends import _loaded_model
+    from sleepvlm.models.tiny import write_tiny_gguf
+    from sleepvlm.models.weights import WheelWeights
+
+    monkeypatch.setenv("SLEEPVLM_CACHE", str(tmp_path / "cache"))
+    source = tmp_path / "tiny.gguf"
+    tensors = write_tiny_gguf(source)
+    sha256 = hashlib.sha256(source.read_bytes()).hexdigest()
+    weights = WheelWeights("tiny-gguf", "0.1", "tiny.gguf", sha256)
+    weights.path.write_bytes(source.read_bytes())  # as if fetched
+    backend = TransformersBackend("unused", device="cpu", weights=weights, max_batch=2)
+    model, tokenizer = _loaded_model("unused", "cpu", weights)
+    embedding = model.get_input_embeddings().weight.detach().numpy()
+    assert np.array_equal(embedding, tensors["token_embd.weight"])
+    request = user_request("Stage?", system="Answer with one stage.")
+    expected = (
+        "<|im_start|>system\nAnswer with one stage.<|im_end|>\n<|im_start|>user\nStage?"
+        "<|im_end|>\n<|im_start|>assistant\n"
+    )
+    assert backend.prompt_tokens(request.messages) == len(tokenizer(expected)["input_ids"])
+    completion = asyncio.run(
+        backend.complete(request.messages, {"temperature": 0, "max_tokens": 3}, 60)
+    )
+    assert isinstance(completion.text, str) and 0 < completion.completion_tokens <= 3

@@ -287,7 +287,16 @@ def build_requests(
 
 def local_model_info(spec: ModelSpec) -> dict:
     """What a trained local model reports of itself for the record (its ``info()``, e.g. the
-    center it was trained on); nothing for other models."""
+    center it was trained on), or which weights file a real pretrained model ran with (its
+    SHA-256 and where it came from); nothing for other models."""
+    if spec.weights is not None:
+        weights = spec.wheel_weights
+        return {
+            "pretrained": True,
+            "weights_file": weights.file,
+            "weights_sha256": weights.sha256,
+            "weights_source": weights.requirement,
+        }
     if spec.backend != "local":
         return {}
     info = getattr(local_model(spec.model_id), "info", None)
@@ -524,6 +533,16 @@ def results_table(records: Sequence[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def kappa_summary(results: pd.DataFrame) -> str:
+    """κ of each run of a :func:`results_table`, as text for the prose ("dcsm plain 0.01,
+    ..."), or "not run" when the table is empty."""
+    if results.empty:
+        return "not run"
+    return ", ".join(
+        f"{r.dataset} {r.prompt} {r.kappa:.2f}" for r in results.itertuples(index=False)
+    )
+
+
 def rerun_command(
     modality: str,
     model: str,
@@ -585,6 +604,7 @@ __all__ = [
     "chat_request",
     "feature_table",
     "image_inputs",
+    "kappa_summary",
     "not_run_rows",
     "rerun_command",
     "resolve_model",

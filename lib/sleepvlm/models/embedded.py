@@ -219,6 +219,19 @@ def rule_reader(messages: list[dict]) -> str:
     return stage or NO_FEATURES_ANSWER
 
 
+def mini_unavailable() -> str | None:
+    """Why ``sleepvlm-mini`` cannot answer (no model trained here yet, and how to train one),
+    or None."""
+    from sleepvlm.explain.mini import MiniError
+    from sleepvlm.explain.train import default_model_dir
+
+    try:
+        default_model_dir()
+    except MiniError as err:
+        return str(err)
+    return None
+
+
 def sleepvlm_mini() -> LocalModel:
     """SleepVLM-mini as served (imported on first use: it needs torch and transformers)."""
     from sleepvlm.explain.train import ServedMini
@@ -244,7 +257,7 @@ EMBEDDED: dict[str, EmbeddedModel] = {
         summary="applies the AASM rule table to the numbers of an expert feature description",
     ),
     "sleepvlm-mini": EmbeddedModel(
-        factory=lambda: _LazyModel(sleepvlm_mini),
+        factory=lambda: _LazyModel(sleepvlm_mini, mini_unavailable),
         modalities=("image",),
         summary="a small rule-grounded VLM trained here (sleepvlm.explain, chapter 11)",
     ),
@@ -255,9 +268,13 @@ class _LazyModel:
     """A model built on its first request (registration happens on import, which must stay
     light), with the built model's ``version`` and ``info`` passed through."""
 
-    def __init__(self, build: Callable[[], LocalModel]):
+    def __init__(
+        self, build: Callable[[], LocalModel], unavailable: Callable[[], str | None] | None = None
+    ):
         self._build = build
         self._model: LocalModel | None = None
+        # Why the model cannot answer yet (and how to make it), without building it.
+        self.unavailable = unavailable or (lambda: None)
 
     def _get(self) -> LocalModel:
         if self._model is None:

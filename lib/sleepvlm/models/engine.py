@@ -158,6 +158,8 @@ class Engine:
         ``version()`` a trained local model reports (its weights). Found once per engine: every
         request's key uses it."""
         name = f"{self.spec.backend}:{self.spec.model_id}"
+        if self.spec.weights is not None:  # the weights file is the model: named by its hash
+            return f"{name}@{self.spec.weights['sha256'][:16]}"
         if self.spec.backend != "local":
             return name
         version = getattr(local_model(self.spec.model_id), "version", None)

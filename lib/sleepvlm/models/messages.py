@@ -227,3 +227,11 @@ def wire_timeseries(messages: list[dict]) -> list[list[float]]:
 def hash_wire_messages(messages: list[dict]) -> str:
     """Stable hash of chat-completions messages (the seed of the ``chance`` model)."""
     return _sha256(json.dumps(messages, sort_keys=True).encode())
+
+
+def from_openai_messages(messages: list[dict]) -> tuple[Message, ...]:
+    """Chat-completions messages as :class:`Message` turns (what a served model is sent)."""
+    return tuple(
+        Message(m.get("role", "user"), wire_text([m]), wire_images([m]), wire_timeseries([m]))
+        for m in messages
+    )

@@ -11,6 +11,7 @@ from pathlib import Path
 import yaml
 
 from .errors import RegistryError
+from .weights import WeightsError, WheelWeights
 
 REGISTRY_PATH = Path(__file__).with_name("registry.yaml")
 BACKENDS = ("openai", "openai_compatible", "transformers", "local")
@@ -28,6 +29,7 @@ _FIELDS = {
     "role",
     "image",
     "concurrency",
+    "weights",
 }
 #: Image options a model may fix (those it was trained on); the rest keep the benchmark's.
 IMAGE_FIELDS = ("width", "height", "context", "chin_reference_uv")
@@ -49,6 +51,9 @@ class ModelSpec:
     image: dict | None = None  # image options the model needs (see IMAGE_FIELDS)
     # Requests in flight by default; a local model that batches them wants many.
     concurrency: int | None = None
+    # A weights file fetched into the cache (see sleepvlm.models.weights): a real pretrained
+    # model run here, loaded from that file rather than from ``model_id``.
+    weights: dict | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "modalities", tuple(self.modalities))
@@ -62,6 +67,14 @@ class ModelSpec:
         return (
             prompt_tokens * self.price["input"] + completion_tokens * self.price["output"]
         ) / 1e6
+
+    @property
+    def wheel_weights(self) -> WheelWeights | None:
+        return (
+            None
+            if self.weights is None
+            else WheelWeights.from_entry(self.weights, f"model {self.name!r}")
+        )
 
     def replace(self, **changes) -> ModelSpec:
         return dataclasses.replace(self, **changes)
@@ -97,6 +110,13 @@ def _validate(spec: ModelSpec) -> None:
         not isinstance(spec.concurrency, int) or spec.concurrency < 1
     ):
         raise RegistryError(f"{where}: concurrency must be a positive integer")
+    if spec.weights is not None:
+        if spec.backend != "transformers":
+            raise RegistryError(f"{where}: weights are loaded by the transformers backend only")
+        try:
+            WheelWeights.from_entry(spec.weights, where)
+        except WeightsError as err:
+            raise RegistryError(str(err)) from err
     if spec.price is not None:
         if set(spec.price) != {"input", "output"} or any(
             not isinstance(v, int | float) or v < 0 for v in spec.price.values()

@@ -1,7 +1,11 @@
 """An embedded chat-completions server (``sleepvlm serve``) for the local models of
-:mod:`sleepvlm.models.local`: ``POST /v1/chat/completions`` and ``GET /v1/models``, so the
-OpenAI client, vLLM-style tooling and the engine reach them like any hosted model. Messages
-may carry images and ChatTS time-series parts; the models get them as sent.
+:mod:`sleepvlm.models.local` and the registry's real pretrained models whose weights are
+fetched into the cache (:mod:`sleepvlm.models.weights`; run with the transformers backend):
+``POST /v1/chat/completions`` and ``GET /v1/models``, so the OpenAI client, vLLM-style tooling
+and the engine reach them like any hosted model. Messages may carry images and ChatTS
+time-series parts; the models get them as sent. A model that cannot answer yet (weights not
+fetched, SleepVLM-mini not trained) is answered with HTTP 503 saying how to get it, and the
+model list says which models are ready.
 
 It can also misbehave on purpose (:class:`Faults`: latency, 429 with ``Retry-After``, 500s,
 stalls past the client's timeout, malformed answers), which is how the engine's retries and
@@ -11,6 +15,7 @@ resumption are tested and benchmarked against real HTTP.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import threading
 import time
@@ -20,9 +25,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from .backends import TransformersBackend, make_backend
 from .errors import ModelError
 from .local import local_model, local_model_names, majority_model, register_local_model
-from .messages import hash_wire_messages, wire_timeseries
+from .messages import from_openai_messages, hash_wire_messages, wire_timeseries
+from .registry import ModelSpec, load_registry
+from .weights import how_to_get, weights_ready
 
 #: What a hit can be made to do: answer, or fail in one of the ways real servers fail.
 FAULT_KINDS = ("ok", "429", "500", "timeout", "malformed", "empty")
@@ -47,6 +55,35 @@ class Faults:
             raise ModelError(f"unknown fault kinds {sorted(unknown)}; known: {FAULT_KINDS}")
 
 
+def pretrained_models(registry: dict[str, ModelSpec] | None = None) -> dict[str, ModelSpec]:
+    """The registry's models with weights of their own, which the server runs in-process."""
+    if registry is None:
+        return _packaged_pretrained()
+    return {name: spec for name, spec in registry.items() if spec.weights is not None}
+
+
+@functools.cache
+def _packaged_pretrained() -> dict[str, ModelSpec]:
+    # Read once: every request asks which models are served.
+    return pretrained_models(load_registry())
+
+
+def served_model_names() -> list[str]:
+    return sorted({*local_model_names(), *pretrained_models()})
+
+
+def unavailable(name: str) -> str | None:
+    """Why the served model ``name`` cannot answer yet, and how to make it; None when it can."""
+    pretrained = pretrained_models()
+    if name in pretrained:
+        weights = pretrained[name].wheel_weights
+        if weights_ready(weights):
+            return None
+        return f"the weights of {name!r} are not here yet; {how_to_get(weights)}"
+    check = getattr(local_model(name), "unavailable", None)
+    return check() if check else None
+
+
 class ChatServer(ThreadingHTTPServer):
     """The server; ``hits`` counts POSTs and ``seen`` counts them by message hash."""
 
@@ -60,6 +97,18 @@ class ChatServer(ThreadingHTTPServer):
         self.hits = 0
         self.seen: Counter[str] = Counter()
         self._lock = threading.Lock()
+        self._backends: dict[str, TransformersBackend] = {}
+
+    def answer_pretrained(self, name: str, messages: list[dict], body: dict) -> str | None:
+        """A real pretrained model's answer, with the registry's decoding and the request's
+        temperature and max_tokens; concurrent requests share its batches."""
+        spec = pretrained_models()[name]
+        with self._lock:
+            if name not in self._backends:
+                self._backends[name] = make_backend(spec)
+        asked = {k: body[k] for k in ("temperature", "max_tokens") if body.get(k) is not None}
+        decoding = {**spec.decoding, **asked}
+        return self._backends[name].answer(from_openai_messages(messages), decoding).text
 
     @property
     def url(self) -> str:
@@ -106,10 +155,13 @@ class _Handler(BaseHTTPRequestHandler):
         if self.path.rstrip("/") != "/v1/models":
             self._error(404, f"no route {self.path}", "not_found")
             return
-        data = [
-            {"id": name, "object": "model", "created": 0, "owned_by": "sleepvlm"}
-            for name in local_model_names()
-        ]
+        data = []
+        for name in served_model_names():
+            reason = unavailable(name)
+            entry = {"id": name, "object": "model", "created": 0, "owned_by": "sleepvlm"}
+            data.append(
+                {**entry, "ready": reason is None, **({"how_to_get": reason} if reason else {})}
+            )
         self._send(200, {"object": "list", "data": data})
 
     def do_POST(self):
@@ -131,8 +183,12 @@ class _Handler(BaseHTTPRequestHandler):
         except (ModelError, AttributeError, TypeError) as err:
             self._error(400, f"bad content part: {err}", "invalid_request")
             return
-        if name not in local_model_names():
+        if name not in served_model_names():
             self._error(404, f"model {name!r} not served; see GET /v1/models", "model_not_found")
+            return
+        reason = unavailable(name)
+        if reason is not None:
+            self._error(503, f"model {name!r} is not ready: {reason}", "model_not_ready")
             return
         faults = self.server.faults
         fault = self.server.next_fault(messages)
@@ -153,7 +209,10 @@ class _Handler(BaseHTTPRequestHandler):
             text = None
         else:
             try:
-                text = local_model(name)(messages)
+                if name in local_model_names():
+                    text = local_model(name)(messages)
+                else:
+                    text = self.server.answer_pretrained(name, messages, body)
             except Exception as err:  # a model's bug must reach the client, not kill the server
                 self._error(500, f"model {name!r} failed: {type(err).__name__}: {err}", "model")
                 return
@@ -205,7 +264,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         register_local_model("majority", majority_model(args.majority_stage), replace=True)
     server = ChatServer(args.host, args.port, Faults(latency_s=args.latency_ms / 1000))
     print(server.url, flush=True)
-    print(f"models: {', '.join(local_model_names())}", flush=True)
+    for name in served_model_names():
+        reason = unavailable(name)
+        print(
+            f"model {name}: " + ("ready" if reason is None else f"not ready ({reason})"), flush=True
+        )
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -195,3 +195,67 @@ def build_tiny_vlm(folder: str | Path, family: str = "qwen2_vl") -> Path:
     # installed, AutoProcessor builds the video processor from it.
     image_processor.save_pretrained(folder)
     return folder
+
+
+#: Chat template of the tiny GGUF model (ChatML, as SmolLM2's).
+_CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def write_tiny_gguf(path: str | Path, seed: int = 0) -> dict:
+    """A one-layer random Llama (hidden size 16) with a byte-level BPE tokenizer and a ChatML
+    template, written as a GGUF file at ``path`` with the ``gguf`` package, as llama.cpp writes
+    real models; returns the tensors written (float32, by GGUF name)."""
+    import gguf
+    import numpy as np
+    from tokenizers.pre_tokenizers import ByteLevel
+
+    hidden, ffn, heads = 16, 32, 2
+    # Every byte's character, one merge (so the tokenizer is a real BPE), the ChatML markers.
+    tokens = [*sorted(ByteLevel.alphabet()), "ĠS", "<|im_start|>", "<|im_end|>"]
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_context_length(64)
+    writer.add_embedding_length(hidden)
+    writer.add_block_count(1)
+    writer.add_feed_forward_length(ffn)
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(heads)
+    writer.add_rope_dimension_count(hidden // heads)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_rope_freq_base(10000.0)
+    writer.add_vocab_size(len(tokens))
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(tokens)
+    writer.add_token_types([1] * (len(tokens) - 2) + [3, 3])  # 3: control tokens
+    writer.add_token_scores([0.0] * len(tokens))
+    writer.add_token_merges(["Ġ S"])
+    writer.add_bos_token_id(len(tokens) - 2)
+    writer.add_eos_token_id(len(tokens) - 1)
+    writer.add_pad_token_id(len(tokens) - 1)
+    writer.add_chat_template(_CHATML)
+    rng = np.random.default_rng(seed)
+    shapes = {
+        "token_embd.weight": (len(tokens), hidden),
+        "output_norm.weight": (hidden,),
+        "output.weight": (len(tokens), hidden),
+        "blk.0.attn_norm.weight": (hidden,),
+        "blk.0.ffn_norm.weight": (hidden,),
+        "blk.0.attn_q.weight": (hidden, hidden),
+        "blk.0.attn_k.weight": (hidden, hidden),
+        "blk.0.attn_v.weight": (hidden, hidden),
+        "blk.0.attn_output.weight": (hidden, hidden),
+        "blk.0.ffn_gate.weight": (ffn, hidden),
+        "blk.0.ffn_up.weight": (ffn, hidden),
+        "blk.0.ffn_down.weight": (hidden, ffn),
+    }
+    tensors = {name: rng.normal(0, 0.5, shape).astype(np.float32) for name, shape in shapes.items()}
+    for name, values in tensors.items():
+        writer.add_tensor(name, values)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return tensors
