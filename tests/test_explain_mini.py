@@ -258,3 +258,13 @@ def test_training_examples_pair_each_image_with_both_targets(prepared):
     )
     assert (scores["stage_correct"]).all()
     assert scores["precision"].dropna().eq(1.0).all()  # the references cite only true events
+
+
+def test_kappa_goal_texts_follow_the_numbers():
+    met = train.kappa_goal_texts(0.80, 0.74)
+    assert met["mini_goal_verdict"] == "met"
+    assert met["mini_external_verdict"].startswith("lower than within, by 0.06")
+    missed = train.kappa_goal_texts(0.72, 0.78)
+    assert missed["mini_goal_verdict"] == "not met (within 0.72 < 0.75)"
+    assert missed["mini_external_verdict"].startswith("not lower than within (0.78 vs 0.72)")
+    assert train.kappa_goal_texts(0.8, float("nan"))["mini_goal_verdict"] == "—"
