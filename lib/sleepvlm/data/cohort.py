@@ -131,15 +131,24 @@ def plot_example_hypnograms(nights: Mapping[str, Recording]) -> Figure | None:
 
 
 def center_table() -> pd.DataFrame:
-    """The recording set-up of each simulated center, as the book shows it."""
+    """What sets each simulated center apart (recording set-up, population, scoring habits),
+    as the book shows it."""
     rows = {}
     for name, c in CENTERS.items():
         rows[name] = {
             **{role.upper(): f"{c.channels[role]} ({c.rates[role]:g} Hz)" for role in c.channels},
             "mains (Hz)": c.line_freq,
             "gain": c.gain,
+            "chin EMG gain": c.emg_gain,
             "noise floor (µV RMS)": c.noise_floor,
             "hardware band (Hz)": f"{c.highpass:g}–{c.lowpass:g}",
+            "artifact rate (x)": c.artifact_rate,
+            "mean age factor": c.age_mean,
+            "mean apnea severity": c.apnea_mean,
+            "share with alpha in NREM": c.alpha_intrusion_share,
+            "share with REM without atonia": c.rem_without_atonia_share,
+            "N1 / N3 / W readiness": f"{c.habits.n1_readiness:g} / {c.habits.n3_readiness:g} / "
+            f"{c.habits.wake_readiness:g}",
             "scorers": c.n_scorers,
         }
     return pd.DataFrame(rows).T
