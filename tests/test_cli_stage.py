@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 
 from sleepvlm.data.edf import write_edf
-from sleepvlm.data.records import ChannelNotFoundError, DataError
+from sleepvlm.data.records import STAGES, ChannelNotFoundError, DataError
 from sleepvlm.data.registry import real_excerpt
 from sleepvlm.rules.stager import STAGED_COLUMNS
-from sleepvlm.stage_cli import add_stage_parser, load_for_staging
+from sleepvlm.stage_cli import add_stage_parser, dreams_psg_agreement, load_for_staging
 
 SLEEPEDF = "sleepedf_SC4001E0-PSG_first300s.edf"
 
@@ -48,13 +48,38 @@ def test_eeg_only_resting_wake_is_mostly_w(resting_edf, tmp_path, capsys):
     assert "rules not evaluable" in capsys.readouterr().err
 
 
+def not_evaluable_lines(err: str) -> list[str]:
+    return [line for line in err.splitlines() if line.startswith("rules not evaluable")]
+
+
+def assert_cites_no_unread_rule_and_no_event_twice(table: pd.DataFrame, err: str) -> None:
+    unread = {rule for line in not_evaluable_lines(err) for rule in line.split(":")[1].split(", ")}
+    for rules, unknown, evidence in table[["rules", "not_evaluable", "evidence"]].itertuples(
+        index=False
+    ):
+        cited = set(rules.split(";"))
+        assert not cited & set(unknown.split(";")) and not cited & {r.strip() for r in unread}
+        events = [
+            (e["kind"], e["onset"], e["duration"], e["amplitude"]) for e in json.loads(evidence)
+        ]
+        assert len(events) == len(set(events))
+
+
 def test_sleepedf_wake_with_its_1hz_emg_envelope(tmp_path, capsys):
     out = tmp_path / "hyp.csv"
     argv = [str(real_excerpt(SLEEPEDF)), "--eeg", "EEG Fpz-Cz", "--eog", "EOG horizontal"]
     assert run([*argv, "--emg", "EMG submental", "-o", str(out)]) == 0
     err = capsys.readouterr().err
-    assert "'EMG submental' is sampled at 1 Hz" in err and "staged without the EMG" in err
+    # the one reason, with the rules it leaves out; W.eyes is read from blinks alone
+    assert not_evaluable_lines(err) == [
+        "rules not evaluable: R.atonia, R.cont, R.arousal_end: edf/"
+        "sleepedf_SC4001E0-PSG_first300s/: EMG 'EMG submental' is sampled at 1 Hz, below the "
+        "44 Hz any of its detectors needs (a derived signal such as an RMS envelope or 1-s "
+        "means, not the raw signal?)"
+    ]
+    assert "rule read in part: W.eyes: blinks alone (" in err
     table = pd.read_csv(out, keep_default_na=False)
+    assert_cites_no_unread_rule_and_no_event_twice(table, err)
     assert len(table) == 10
     assert (table["stage"] == "W").mean() >= 0.5  # the scorer's W for all 10 epochs
     assert table["not_evaluable"].str.contains("R.atonia").all()
@@ -62,6 +87,53 @@ def test_sleepedf_wake_with_its_1hz_emg_envelope(tmp_path, capsys):
     evidence = [e for row in table["evidence"] for e in json.loads(row)]
     assert evidence and all(0 <= e["onset"] < 300 for e in evidence)
     assert {"rule", "kind", "channel", "onset", "duration", "amplitude"} == set(evidence[0])
+
+
+def test_sleepedf_without_emg_names_the_missing_channel_and_cites_each_event_once(tmp_path, capsys):
+    out = tmp_path / "hyp.csv"
+    argv = [str(real_excerpt(SLEEPEDF)), "--eeg", "EEG Fpz-Cz", "--eog", "EOG horizontal"]
+    assert run([*argv, "-o", str(out)]) == 0
+    err = capsys.readouterr().err
+    lines = not_evaluable_lines(err)
+    assert len(lines) == 1 and "W.eyes" not in lines[0]
+    assert lines[0].startswith("rules not evaluable: R.atonia, R.cont, R.arousal_end: ")
+    assert lines[0].endswith("no EMG channel in the recording")
+    table = pd.read_csv(out, keep_default_na=False)
+    assert (table["rules"] == "W.eyes").sum() >= 5  # wake by blinks, as the scorer's W
+    assert_cites_no_unread_rule_and_no_event_twice(table, err)
+
+
+def dreams_psg_or_skip():
+    from sleepvlm.data import dreams
+
+    try:
+        return dreams.dreams_psg(3)
+    except DataError:
+        pytest.skip("the DREAMS excerpt 3 PSG is not on this machine")
+
+
+def test_the_50_hz_dreams_psg_is_staged(tmp_path, capsys):
+    path = dreams_psg_or_skip()
+    out = tmp_path / "excerpt3.csv"
+    argv = [str(path), "--eeg", "C3-A1", "--eog", "EOG1-A1", "--emg", "EMG1", "-o", str(out)]
+    with pytest.warns(UserWarning, match="'UV', not the SI spelling"):
+        assert run(argv) == 0
+    err = capsys.readouterr().err
+    assert not_evaluable_lines(err) == []  # every detector runs at 50 Hz
+    table = pd.read_csv(out, keep_default_na=False)
+    assert table["epoch"].tolist() == list(range(60))  # 30 min
+    assert set(table["stage"]) <= set(STAGES)
+    assert_cites_no_unread_rule_and_no_event_twice(table, err)
+
+
+def test_the_dreams_psg_is_compared_with_its_own_hypnogram():
+    dreams_psg_or_skip()
+    with pytest.warns(UserWarning, match="'UV'"):
+        result = dreams_psg_agreement(3, eog=None, emg=None)
+    # 60 epochs, all scored (N2 39, N1 12, W 6, N3 3 by the file's 5-s hypnogram)
+    assert result["n"] == 60 and len(result["reference"]) == 60
+    assert set(result["staged"]["stage"]) <= set(STAGES)
+    assert -1 <= result["kappa"] <= 1 and 0 <= result["accuracy"] <= 1
 
 
 def test_an_unknown_channel_lists_the_channels_present(tmp_path, capsys):

@@ -77,6 +77,40 @@ def test_real_microvolts_are_left_alone(tmp_path):
     assert np.allclose(data["C4-A1"], x, atol=0.01)
 
 
+def test_an_upper_case_uv_header_is_read_as_microvolts_with_a_warning(tmp_path):
+    # the DREAMS excerpt 3 header: µV numbers under 'UV', which MNE reads as volts (~20 "V")
+    x = np.random.default_rng(4).normal(0, 20, 3000)
+    path = raw_edf(tmp_path / "dreams.edf", x, "UV", (-204.0, 184.0))
+    with pytest.warns(UserWarning, match=r"dreams.edf: channel 'C4-A1'.*'UV', not the SI.*'uV'"):
+        data, _ = read_channels(open_edf(path), ["C4-A1"], path)
+    assert np.allclose(data["C4-A1"], np.clip(x, -204.0, 184.0), atol=0.01)
+
+
+def test_microvolts_labelled_volts_are_kept_with_a_warning(tmp_path):
+    # what a file re-exported from MNE's reading of such a header holds: ~20 under 'V'
+    x = np.random.default_rng(5).normal(0, 20, 3000)
+    path = raw_edf(tmp_path / "as_volts.edf", x, "V", (-200.0, 200.0))
+    with pytest.warns(UserWarning, match=r"as_volts.edf: channel 'C4-A1' is labelled in volts"):
+        data, _ = read_channels(open_edf(path), ["C4-A1"], path)
+    assert np.allclose(data["C4-A1"], x, atol=0.01)
+
+
+def test_the_real_dreams_psg_is_read_in_microvolts_with_a_warning():
+    from sleepvlm.data import dreams
+
+    try:
+        path = dreams.dreams_psg(3)
+        txt = dreams.read_dreams_eeg(3)[0]
+    except DataError:
+        pytest.skip("the DREAMS excerpt 3 files are not on this machine")
+    with pytest.warns(UserWarning, match="'UV', not the SI spelling"):
+        data, rates = read_channels(open_edf(path), ["C3-A1", "EMG1"], path)
+    assert rates == {"C3-A1": 50.0, "EMG1": 50.0}
+    assert 10 < np.std(data["C3-A1"]) < 40  # µV, not 1e6 times more or less
+    # the EDF's C3-A1 is the excerpt's text file (SOURCES.md), to the EDF's 0.01-µV step
+    assert np.allclose(data["C3-A1"], txt, atol=0.02)
+
+
 def test_a_non_voltage_channel_is_refused(tmp_path):
     path = raw_edf(tmp_path / "temp.edf", np.full(1000, 37.0), "DegC", (34.0, 40.0))
     with pytest.raises(DataError, match="'C4-A1' is in 'DegC', not a voltage"):

@@ -189,7 +189,7 @@ def test_sawtooth_train_found(fs):
     assert ev["onset"].between(19.0, 23.0).all()
 
 
-@pytest.mark.parametrize("fs", RATES)
+@pytest.mark.parametrize("fs", (50.0, *RATES))
 def test_alpha_stretch_found(fs):
     t = t_axis(fs, 12.0)
     x = plant(background(fs, sd=3.0), fs, 20.0, 20.0 * np.sin(2 * np.pi * 10.0 * t))
@@ -302,13 +302,64 @@ def test_movement_detected_on_large_artefact():
     ("fn", "fs", "minimum"),
     [
         (det.detect_spindles, 30.0, "35.2"),
-        (det.emg_seconds_rms, 50.0, "99"),
-        (det.band_powers, 50.0, "66"),
+        (det.emg_seconds_rms, 40.0, "44"),
+        (det.band_powers, 30.0, "35.2"),
+        (det.detect_movements, 40.0, "44"),
     ],
 )
 def test_low_sampling_rate_raises_naming_channel_rate_and_minimum(fn, fs, minimum):
     with pytest.raises(DataError, match=rf"'CH1'.*{fs:g} Hz.*{minimum} Hz"):
         fn(np.zeros(int(60 * fs)), fs, "CH1")
+
+
+EVERY_DETECTOR = (
+    det.band_powers,
+    det.detect_alpha,
+    det.detect_arousals,
+    det.detect_movements,
+    det.detect_spindles,
+    det.detect_kcomplexes,
+    det.detect_slow_waves,
+    det.detect_vertex_waves,
+    det.detect_sawtooth,
+    det.detect_eye_movements,
+    det.detect_slow_eye_movements,
+    det.emg_seconds_rms,
+)
+
+
+@pytest.mark.parametrize("fn", EVERY_DETECTOR, ids=lambda fn: fn.__name__)
+def test_every_detector_runs_at_50_hz(fn):
+    # an old archive's rate: every band a criterion needs fits below 50 / 2.2 = 22.7 Hz
+    out = fn(background(50.0), 50.0, "CH1")
+    if fn in (det.band_powers, det.emg_seconds_rms):
+        assert len(out) == 60  # one row per second
+    else:
+        assert list(out.columns) == list(EVENT_COLUMNS)
+
+
+def test_band_powers_at_50_hz_end_where_the_recording_does():
+    fs = 50.0
+    t = t_axis(fs, 20.0)
+    middle = det.band_powers(20.0 * np.sin(2 * np.pi * 20.0 * t), fs).iloc[2:-2]
+    # 20 Hz lies in beta (16-30 Hz), which a 50-Hz recording holds up to 22.7 Hz
+    assert np.allclose(middle["beta"], 200.0, rtol=0.1)
+    assert np.allclose(middle["total"], middle["beta"], rtol=0.05)
+
+
+def test_emg_rms_at_50_hz_reads_the_band_up_to_where_the_recording_ends():
+    fs = 50.0
+    t = t_axis(fs, 10.0)
+    x = 10.0 * np.sin(2 * np.pi * 15.0 * t) + 50.0 * np.sin(2 * np.pi * 1.0 * t)
+    rms = det.emg_seconds_rms(x, fs, "EMG1")
+    assert np.allclose(rms[1:-1], 10.0 / np.sqrt(2), rtol=0.05)
+
+
+def test_rate_shortfall_names_channel_rate_and_need():
+    assert det.rate_shortfall("spindle", "C3", 50.0) is None
+    why = det.rate_shortfall("emg_tone", "EMG submental", 1.0)
+    assert "'EMG submental'" in why and "1 Hz" in why and "44 Hz" in why
+    assert table.setting("emg_tone", "min_sfreq") == table.rate_for(20.0)
 
 
 def test_bad_signals_raise():

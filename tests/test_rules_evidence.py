@@ -113,15 +113,59 @@ def test_flat_channel_reported_and_clipped_epochs_blanked():
 
 
 def test_too_slow_emg_reported_or_raised():
-    rec = night(emg_fs=50.0)
+    rec = night(emg_fs=20.0)
     result = detect_all(rec)
     assert result.criteria["R.atonia"].isna().all()
-    assert (
-        "50 Hz" in result.not_evaluable["R.atonia"] and "99 Hz" in result.not_evaluable["emg_tone"]
-    )
+    assert "'X1' is sampled at 20 Hz, below the 44 Hz" in result.not_evaluable["R.atonia"]
     assert result.criteria["N2.spindle"].notna().all()
-    with pytest.raises(DataError, match="'X1'.*50 Hz.*99 Hz"):
+    with pytest.raises(DataError, match="'X1'.*20 Hz.*44 Hz"):
         detect_all(rec, strict=True)
+
+
+def test_a_50_hz_night_evaluates_every_rule():
+    result = detect_all(night(fs=50.0))
+    assert result.not_evaluable == {}
+    assert result.criteria["N2.spindle"].tolist()[0]
+    assert result.criteria["N3.sw20"].tolist() == [False, True, False, False, False]
+    assert result.criteria["R.rem"].tolist()[3] and result.criteria["R.atonia"].tolist()[3]
+
+
+def test_the_native_rate_decides_what_a_resampled_channel_can_give():
+    # a 30-Hz EEG brought to 200 Hz holds nothing above 15 Hz: no spindle band, no band powers
+    result = detect_all(night(), native_sfreq={"eeg": 30.0})
+    for name in ("spindle", "band_power", "alpha", "N2.spindle", "W.alpha", "N1.lamf"):
+        assert "30 Hz" in result.not_evaluable[name], name
+    assert "'C4-A1' is sampled at 30 Hz, below the 35.2 Hz" in result.not_evaluable["spindle"]
+    assert "N3.sw20" not in result.not_evaluable  # slow waves fit
+    assert result.criteria["N3.sw20"].tolist() == [False, True, False, False, False]
+    with pytest.raises(DataError, match="30 Hz"):
+        detect_all(night(), native_sfreq={"eeg": 30.0}, strict=True)
+
+
+def test_a_channel_no_detector_can_read_is_left_out_with_its_rate():
+    result = detect_all(night(), native_sfreq={"emg": 1.0})
+    why = result.not_evaluable["R.atonia"]
+    assert "EMG 'X1' is sampled at 1 Hz" in why and "RMS envelope" in why
+    assert "emg_tone" not in result.not_evaluable  # left out as a channel, not run
+    # W.eyes is read without its chin part: blinks alone, and says so
+    assert "W.eyes" not in result.not_evaluable
+    how = result.read_in_part["W.eyes"]
+    assert how.startswith("blinks alone") and "1 Hz" in how
+    assert result.criteria["W.eyes"].notna().all()
+
+
+def test_an_event_reported_twice_is_counted_once(monkeypatch):
+    from sleepvlm.rules import detectors as det
+
+    one_rem = pd.DataFrame(
+        {"kind": "rem", "channel": "LOC-A2", "onset": 100.1, "duration": 0.2, "amplitude": 80.0},
+        index=[0],
+    )
+    twice = pd.concat([one_rem, one_rem], ignore_index=True)
+    monkeypatch.setattr(det, "detect_eye_movements", lambda *args, **kwargs: twice)
+    result = detect_all(night())
+    assert (result.events["kind"] == "rem").sum() == 1
+    assert result.epochs["n_rem"].tolist() == [0, 0, 0, 1, 0]
 
 
 def test_recording_shorter_than_an_epoch_raises():

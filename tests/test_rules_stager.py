@@ -139,9 +139,10 @@ def test_major_body_movement_takes_a_neighbours_stage():
 
 
 def test_missing_emg_is_marked_and_rem_comes_from_rems_over_lamf_and_w_from_blinks():
-    unknown = ("R.atonia", "W.eyes", "R.cont", "R.arousal_end")
+    # without EMG the evidence layer reads W.eyes from blinks alone (Detection.read_in_part)
+    unknown = ("R.atonia", "R.cont", "R.arousal_end")
     det = detection(
-        [{"R.rem", "N1.lamf"}, {"R.rem"}, set()],
+        [{"R.rem", "N1.lamf"}, {"R.rem"}, {"W.eyes"}],
         unknown=unknown,
         n_blink=[0, 0, 2],
         lamf_fraction=[0.7, 0.2, 0.0],
@@ -150,6 +151,17 @@ def test_missing_emg_is_marked_and_rem_comes_from_rems_over_lamf_and_w_from_blin
     assert staged["stage"].tolist() == ["REM", "N1", "W"]
     assert staged["rules"].tolist() == [["R.rem", "N1.lamf"], ["epoch.majority"], ["W.eyes"]]
     assert all(set(unknown) <= set(row) for row in staged["not_evaluable"])
+    pairs = zip(staged["rules"], staged["not_evaluable"], strict=True)
+    assert not any(set(rules) & set(unread) for rules, unread in pairs)
+
+
+def test_an_event_behind_two_rules_is_cited_once_with_both():
+    det = detection(
+        [{"N2.spindle"}, {"arousal", "N2.arousal_end"}],
+        events=[("spindle", 5.0, 1.0), ("arousal", 35.0, 4.0)],
+    )
+    evidence = stage_detection(det)["evidence"][1]
+    assert [(e["rule"], e["kind"]) for e in evidence] == [("N2.arousal_end;arousal", "arousal")]
 
 
 def test_evidence_lists_the_events_behind_each_rule_with_times():
@@ -236,6 +248,22 @@ def test_without_eog_and_emg_the_stager_still_stages_and_marks_rules(night):
     assert not used & {"R.rem", "R.atonia", "N1.sem"}
 
 
+def test_without_emg_no_epoch_cites_a_rule_it_lists_as_not_evaluable(night):
+    from sleepvlm.rules.evidence import detect_all
+
+    det = detect_all(epoch_recording(night, roles=("eeg", "eog")))
+    staged = stage_detection(det)
+    assert "W.eyes" in det.read_in_part and "W.eyes" not in det.not_evaluable
+    assert {"R.atonia", "R.cont"} <= set(det.not_evaluable)
+    assert "W.eyes" in set().union(*staged["rules"].map(set))  # blinks still show wake
+    for rules, unknown in staged[["rules", "not_evaluable"]].itertuples(index=False):
+        assert not set(rules) & set(unknown)
+        assert not set(rules) & set(det.not_evaluable)
+    for evidence in staged["evidence"]:
+        cited = [(e["kind"], e["channel"], e["onset"], e["duration"]) for e in evidence]
+        assert len(cited) == len(set(cited))
+
+
 def test_evidence_is_what_detection_evidence_gives_for_each_rule(night):
     from sleepvlm.rules.evidence import detect_all
 
@@ -247,7 +275,7 @@ def test_evidence_is_what_detection_evidence_gives_for_each_rule(night):
             if rule == "epoch.majority":
                 continue
             expected = det.evidence(epoch, rule)
-            got = [(e["kind"], e["onset"]) for e in evidence if e["rule"] == rule]
+            got = [(e["kind"], e["onset"]) for e in evidence if rule in e["rule"].split(";")]
             want = [
                 (k, round(o, 3)) for k, o in zip(expected["kind"], expected["onset"], strict=True)
             ]

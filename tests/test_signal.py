@@ -1,5 +1,7 @@
 """Tests of the benchmark preprocessing: filters, resampling, epoching and exclusions."""
 
+import warnings
+
 import numpy as np
 import pytest
 from scipy import signal as sps
@@ -11,6 +13,7 @@ from sleepvlm.signal import (
     EXCLUSION_REASONS,
     MANIFEST_COLUMNS,
     TARGET_SFREQ,
+    LowRateWarning,
     QualityWarning,
     constant_run_mask,
     epoch_recording,
@@ -272,3 +275,22 @@ def test_all_epochs_excluded_gives_empty_epochs():
     assert epochs.data.shape == (0, 3, EPOCH_SAMPLES)
     assert len(epochs.manifest) == 0 and list(epochs.manifest.columns) == list(MANIFEST_COLUMNS)
     assert epochs.exclusions["movement"] == 1 and epochs.exclusions["unknown"] == 1
+
+
+def test_a_band_above_what_a_recording_holds_is_warned_about_naming_the_channel():
+    rng = np.random.default_rng(0)
+    with pytest.warns(LowRateWarning, match=r"x.edf: EMG1.*50 Hz.*band 10-45 Hz is read up to 25"):
+        y = preprocess_channel(rng.normal(0, 5, 50 * 60), 50.0, "emg", source="x.edf: EMG1")
+    assert len(y) == 100 * 60
+    with pytest.warns(LowRateWarning, match=r"1 Hz.*band 10-45 Hz is empty"):
+        preprocess_channel(rng.normal(0, 1, 60), 1.0, "emg", source="x.edf: EMG submental")
+
+
+def test_upsampling_alone_is_not_warned_about():
+    x = np.random.default_rng(1).normal(0, 20, 50 * 60)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LowRateWarning)
+        y = preprocess_channel(x, 50.0, "eog")  # SHHS's EOG: 0.1-10 Hz fits below 25 Hz
+    # nothing is invented above the recording's Nyquist frequency
+    freqs, psd = sps.welch(y, 100.0, nperseg=1000)
+    assert psd[freqs > 30].max() < 1e-3 * psd[(freqs > 1) & (freqs < 8)].mean()

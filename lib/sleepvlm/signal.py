@@ -11,6 +11,17 @@ Every channel goes through the same three steps, in this order:
    backwards with :func:`scipy.signal.sosfiltfilt`.
 
 Units stay µV, nothing is normalised across records, and the output is float32.
+
+**Recordings that hold less than the target.** A channel sampled below :data:`TARGET_SFREQ`
+(older archives and home devices at 50 Hz, SHHS's EOG) is upsampled: the resampler's FIR
+removes the spectral images, so the 100-Hz signal holds exactly what the recording held, 0 Hz
+to its Nyquist frequency, and nothing is invented above it. Where a role's band reaches above
+that Nyquist frequency (the EEG's 35 Hz below 70 Hz, the EMG's 10-45 Hz below 90 Hz) the band
+is read as far as the recording goes (a 50-Hz EMG gives 10-25 Hz), and a
+:class:`LowRateWarning` names the channel; a band that starts above it comes out empty (a
+1-Hz EMG RMS envelope). The detectors decide from the native rate what they can still read
+(:func:`sleepvlm.rules.evidence.detect_all`). Upsampling alone (SHHS's 50-Hz EOG, whose
+0.1-10 Hz band fits) is not warned about: it changes nothing in the band.
 """
 
 from __future__ import annotations
@@ -80,6 +91,10 @@ MANIFEST_COLUMNS: tuple[str, ...] = (
 
 class QualityWarning(UserWarning):
     """Epochs of a record were dropped because a channel was missing (NaN) or flat."""
+
+
+class LowRateWarning(UserWarning):
+    """A channel is sampled too slowly to hold the whole band of its role."""
 
 
 def bandpass_sos(role: str, sfreq: float = TARGET_SFREQ, order: int = FILTER_ORDER) -> np.ndarray:
@@ -162,13 +177,35 @@ def bridge_nans(x: np.ndarray) -> np.ndarray:
     return y
 
 
+def warn_if_band_not_held(role: str, sfreq: float, source: str) -> None:
+    """Warn (:class:`LowRateWarning`) when the band of ``role`` reaches above the Nyquist
+    frequency of a channel sampled at ``sfreq``: it is read only as far as the channel goes."""
+    low, high = BANDS[role]
+    nyquist = sfreq / 2
+    if high <= nyquist:
+        return
+    held = (
+        f"read up to {nyquist:g} Hz"
+        if low < nyquist
+        else "empty (it starts above that; a derived signal, not the raw one?)"
+    )
+    warnings.warn(
+        f"{source or role.upper()}: sampled at {sfreq:g} Hz, it holds nothing above "
+        f"{nyquist:g} Hz; its {role.upper()} band {low:g}-{high:g} Hz is {held}",
+        LowRateWarning,
+        stacklevel=3,
+    )
+
+
 def preprocess_channel(
-    x: np.ndarray, sfreq: float, role: str, line_freq: float | None = None
+    x: np.ndarray, sfreq: float, role: str, line_freq: float | None = None, source: str = ""
 ) -> np.ndarray:
     """Notch, resample to :data:`TARGET_SFREQ` and band-pass one channel; returns float32 µV.
 
     NaN runs are bridged (:func:`bridge_nans`) so the output is finite everywhere;
-    :func:`epoch_recording` finds the epochs they touched from the raw signal.
+    :func:`epoch_recording` finds the epochs they touched from the raw signal. A channel that
+    holds less than the target rate or its band is handled as the module docstring says
+    (:func:`warn_if_band_not_held`, naming ``source``: file and channel).
     """
     if role not in BANDS:
         raise DataError(f"unknown channel role {role!r}; expected one of {', '.join(BANDS)}")
@@ -178,6 +215,7 @@ def preprocess_channel(
     if line_freq and line_freq < sfreq / 2:
         y = sps.sosfiltfilt(notch_sos(line_freq, sfreq), y)
     up, down = resampling_factors(sfreq)
+    warn_if_band_not_held(role, sfreq, source)
     if (up, down) != (1, 1):
         # 'line' padding: the DC offset of an electrode would otherwise step to zero at the edges.
         y = sps.resample_poly(y, up, down, padtype="line")
@@ -300,7 +338,9 @@ def epoch_recording(rec: Recording, roles: tuple[str, ...] = ROLES) -> Epochs:
         flat |= channel_flat
     out_starts, out_stops = _epoch_bounds(n, rec.hypnogram_offset, TARGET_SFREQ)
     filtered = {
-        role: preprocess_channel(rec.signals[ch], rec.sfreq[ch], role, rec.line_freq)
+        role: preprocess_channel(
+            rec.signals[ch], rec.sfreq[ch], role, rec.line_freq, f"{rec.label}: {ch!r}"
+        )
         for role, ch in used.items()
     }
     for y in filtered.values():

@@ -3,32 +3,34 @@
 The named channels are read at their native rates, preprocessed like the benchmark's epochs
 (:func:`sleepvlm.signal.preprocess_channel`: notch, 100 Hz, band-pass per role) and cut into
 30-s epochs from the signal start. EOG and EMG are optional: without them the rules that need
-them are listed as not evaluable in every row and the stage comes from what is left. A channel
-sampled too slowly for its detectors (e.g. Sleep-EDF's 1-Hz EMG RMS envelope) is left out with
-a message saying so, as if it were absent.
+them are listed as not evaluable in every row and the stage comes from what is left. Each
+detector is judged on the rate its channel was recorded at: at 50 Hz (older archives, home
+devices) every detector runs; one that cannot read its channel is reported with the reason, and
+a channel no detector can read (e.g. Sleep-EDF's 1-Hz EMG RMS envelope) is left out as if it
+were absent. The EEG must hold the spindle band (35.2 Hz or more).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from tqdm import tqdm
 
 from sleepvlm.data.edf import edf_labels, open_edf, read_channels
 from sleepvlm.data.records import ChannelNotFoundError, DataError, Recording
+from sleepvlm.rules.detectors import rate_shortfall
+from sleepvlm.rules.evidence import Detection, rate_shortfalls
 from sleepvlm.rules.table import RULES, setting
 from sleepvlm.signal import TARGET_SFREQ, preprocess_channel
 
-#: Per role, the detector setting whose ``min_sfreq`` a channel's native rate must reach.
-RATE_NEEDED_BY: dict[str, str] = {"eeg": "band_power", "eog": "eye_movements", "emg": "emg_tone"}
-
-
-def min_rate(role: str) -> float:
-    """Lowest native rate (Hz) at which the detectors of ``role`` can read a channel."""
-    return float(setting(RATE_NEEDED_BY[role], "min_sfreq"))
+#: The detector an EEG must be fast enough for: without band powers (alpha, LAMF, beta) the
+#: stager cannot tell W from N1, nor spindles from the background.
+EEG_NEEDED_BY = "band_power"
 
 
 def _check_names(path: Path, labels: list[str], names: dict[str, str]) -> None:
@@ -40,26 +42,29 @@ def _check_names(path: Path, labels: list[str], names: dict[str, str]) -> None:
             )
 
 
+def check_eeg_rate(rates: Mapping[str, float], roles: Mapping[str, str], source: str) -> None:
+    """DataError when the EEG is too slow for the band powers the stager reads."""
+    shortfall = rate_shortfall(EEG_NEEDED_BY, roles["eeg"], rates[roles["eeg"]])
+    if shortfall:
+        raise DataError(
+            f"{source}: EEG {shortfall}; stage a recording with a raw EEG channel sampled at "
+            f">= {setting(EEG_NEEDED_BY, 'min_sfreq'):g} Hz"
+        )
+
+
 def usable_roles(
     rates: dict[str, float], roles: dict[str, str], source: str
 ) -> tuple[dict[str, str], list[str]]:
-    """The roles whose channel is sampled fast enough for its detectors, and a note for each
-    EOG or EMG left out; an EEG too slow for them is a DataError."""
-    kept, notes = {}, []
-    for role, name in roles.items():
-        if rates[name] >= min_rate(role):
-            kept[role] = name
-            continue
-        message = (
-            f"{source}: {role.upper()} {name!r} is sampled at {rates[name]:g} Hz, below the "
-            f"{min_rate(role):g} Hz its detectors need"
-        )
-        if role == "eeg":
-            raise DataError(f"{message}; stage a recording with a raw EEG channel")
-        notes.append(
-            f"{message} (a derived envelope, not the raw signal?); staged without the "
-            f"{role.upper()}: the rules that need it are marked not evaluable"
-        )
+    """The roles whose channel at least one of its detectors can read, and a note for each EOG
+    or EMG left out; an EEG too slow for the stager is a DataError (:func:`check_eeg_rate`)."""
+    check_eeg_rate(rates, roles, source)
+    by_role = {role: rates[name] for role, name in roles.items()}
+    left_out, _ = rate_shortfalls(roles, by_role, source)
+    kept = {role: name for role, name in roles.items() if role not in left_out}
+    notes = [
+        f"{why}; staged without the {role.upper()}: the rules that need it are marked not evaluable"
+        for role, why in left_out.items()
+    ]
     return kept, notes
 
 
@@ -75,7 +80,9 @@ def preprocessed_recording(
     preprocessed as the benchmark's epochs are (notch, 100 Hz, band-pass per role)."""
     filtered = {}
     for role, name in roles.items():
-        filtered[name] = preprocess_channel(signals[name], rates[name], role, line_freq)
+        filtered[name] = preprocess_channel(
+            signals[name], rates[name], role, line_freq, source=f"{label}: {role.upper()} {name!r}"
+        )
         if progress is not None:
             progress.update()
     return Recording(
@@ -97,55 +104,91 @@ def load_for_staging(
     emg: str | None = None,
     line_freq: float | None = None,
     progress: tqdm | None = None,
-) -> tuple[Recording, list[str]]:
+) -> tuple[Recording, dict[str, float]]:
     """Read and preprocess the named channels of an EDF (:func:`preprocessed_recording`);
-    returns the Recording and the notes on channels left out (:func:`usable_roles`)."""
+    returns the Recording and the rate (Hz) each role was recorded at, which decides what
+    its detectors can read (:func:`sleepvlm.rules.evidence.detect_all`'s ``native_sfreq``)."""
     path = Path(path)
     edf = open_edf(path)
     names = {r: n for r, n in (("eeg", eeg), ("eog", eog), ("emg", emg)) if n}
     _check_names(path, edf_labels(edf), names)
     signals, rates = read_channels(edf, list(dict.fromkeys(names.values())), path)
-    kept, notes = usable_roles(rates, names, str(path))
-    rec = preprocessed_recording(signals, rates, kept, path.stem, line_freq, progress)
+    check_eeg_rate(rates, names, str(path))
+    rec = preprocessed_recording(signals, rates, names, path.stem, line_freq, progress)
     rec.source = str(path)
-    return rec, notes
+    return rec, {role: rates[name] for role, name in names.items()}
+
+
+def stage_edf(
+    path: str | Path,
+    eeg: str,
+    eog: str | None = None,
+    emg: str | None = None,
+    line_freq: float | None = None,
+    progress: tqdm | None = None,
+) -> tuple[pd.DataFrame, Detection]:
+    """What ``sleepvlm stage`` does: the staged night (see
+    :func:`~sleepvlm.rules.stager.stage_detection`) and the detection it came from."""
+    from sleepvlm.rules.evidence import detect_all
+    from sleepvlm.rules.stager import stage_detection
+
+    rec, rates = load_for_staging(path, eeg, eog, emg, line_freq, progress)
+    if progress is not None:
+        progress.set_description("detecting")
+    detection = detect_all(rec, native_sfreq=rates)
+    if progress is not None:
+        progress.update()
+    return stage_detection(detection), detection
+
+
+def dreams_psg_agreement(
+    excerpt: int = 3, eeg: str = "C3-A1", eog: str | None = "EOG1-A1", emg: str | None = "EMG1"
+) -> dict:
+    """``sleepvlm stage`` on a DREAMS PSG (excerpt 3: 50 Hz) against the file's own hypnogram
+    (5-s R&K steps, 30-s epochs by majority, :func:`~sleepvlm.data.dreams.to_30s_epochs`):
+    the :func:`~sleepvlm.rules.stager.hypnogram_agreement` metrics (κ, accuracy, n...), with
+    the staged night under ``staged`` and the reference labels under ``reference``."""
+    from sleepvlm.data import dreams
+    from sleepvlm.rules.stager import hypnogram_agreement
+
+    staged, _ = stage_edf(dreams.dreams_psg(excerpt), eeg, eog, emg)
+    reference = dreams.to_30s_epochs(dreams.read_dreams_hypnogram(excerpt))
+    return {**hypnogram_agreement(staged, reference), "staged": staged, "reference": reference}
+
+
+def evaluability_lines(detection: Detection) -> list[str]:
+    """What the night summary says about rules that could not be read: one line per reason
+    for the rules not evaluable, one per rule read in part."""
+    by_reason: dict[str, list[str]] = {}
+    for rule in RULES:
+        if rule in detection.not_evaluable:
+            by_reason.setdefault(detection.not_evaluable[rule], []).append(rule)
+    lines = [f"rules not evaluable: {', '.join(rules)}: {why}" for why, rules in by_reason.items()]
+    lines += [f"rule read in part: {rule}: {how}" for rule, how in detection.read_in_part.items()]
+    return lines
 
 
 def cmd_stage(args: argparse.Namespace) -> int:
-    from sleepvlm.rules.evidence import detect_all
-    from sleepvlm.rules.stager import stage_detection, write_hypnogram
+    from sleepvlm.rules.stager import write_hypnogram
 
     steps = 1 + sum(bool(n) for n in (args.eog, args.emg)) + 2
     with tqdm(total=steps, desc="staging", unit="step", file=sys.stderr) as progress:
         try:
-            rec, notes = load_for_staging(
+            staged, detection = stage_edf(
                 args.recording, args.eeg, args.eog, args.emg, args.line_freq, progress
             )
         except DataError as err:
             progress.close()
             print(f"error: {err}", file=sys.stderr)
             return 1
-        for note in notes:
-            progress.update()
-            tqdm.write(f"note: {note}", file=sys.stderr)
-        progress.set_description("detecting")
-        try:
-            detection = detect_all(rec)
-        except DataError as err:
-            progress.close()
-            print(f"error: {err}", file=sys.stderr)
-            return 1
-        progress.update()
         progress.set_description("staging")
-        staged = stage_detection(detection)
         write_hypnogram(staged, args.output)
         progress.update()
     counts = staged["stage"].value_counts().to_dict()
     summary = ", ".join(f"{s} {counts[s]}" for s in counts)
     print(f"{args.output}: {len(staged)} epochs ({summary})")
-    if detection.not_evaluable:
-        rules = [r for r in RULES if r in detection.not_evaluable]
-        print(f"rules not evaluable: {', '.join(rules)}", file=sys.stderr)
+    for line in evaluability_lines(detection):
+        print(line, file=sys.stderr)
     return 0
 
 

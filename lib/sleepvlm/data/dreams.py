@@ -26,6 +26,8 @@ FOLDER = "dreams_spindles"
 #: The excerpts in the registry, and the two experts who scored them.
 EXCERPTS: tuple[int, ...] = (1, 2, 3, 4)
 EXPERTS: tuple[int, ...] = (1, 2)
+#: Excerpts whose whole PSG (EEG, EOG, EMG...) is in the registry as EDF.
+PSG_EXCERPTS: tuple[int, ...] = (3,)
 #: Length of every excerpt (s).
 EXCERPT_S = 1800.0
 #: Sampling rates (Hz) the database uses; a sample count must be EXCERPT_S at one of them.
@@ -199,6 +201,17 @@ def read_dreams_spindles(n: int, expert: int) -> pd.DataFrame:
     _check_choice(expert, EXPERTS, "expert")
     path = real_excerpt(f"{FOLDER}/Visual_scoring{expert}_excerpt{n}.txt")
     return read_spindle_file(path, expert)
+
+
+def dreams_psg(n: int) -> Path:
+    """Path of excerpt ``n``'s full PSG as EDF (only excerpt 3 has one: C3-A1, EOG1-A1,
+    EOG2-A1, EMG1... at 50 Hz, dimension spelled 'UV')."""
+    if n not in PSG_EXCERPTS:
+        raise DataError(
+            f"DREAMS excerpt {n} has no PSG file here; only excerpt(s) "
+            f"{', '.join(map(str, PSG_EXCERPTS))} do"
+        )
+    return real_excerpt(f"{FOLDER}/excerpt{n}.edf")
 
 
 def read_dreams_hypnogram(n: int) -> np.ndarray:

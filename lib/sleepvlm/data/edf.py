@@ -1,6 +1,7 @@
 """Reading and writing EDF/EDF+ files (also ISRUC's ``.rec``) with edfio: selected channels at
-their native rates, converted to µV from the header's physical dimension, with a check that
-catches volts stored under a µV label; corrupt or truncated files raise CorruptFileError."""
+their native rates, converted to µV from the header's physical dimension, with checks that
+catch a dimension not spelled as SI (DREAMS' "UV"), volts stored under a µV label and µV
+stored under a volt label; corrupt or truncated files raise CorruptFileError."""
 
 from __future__ import annotations
 
@@ -30,8 +31,16 @@ UNIT_TO_MICROVOLT: dict[str, float] = {
     "volts": 1e6,
     "nv": 1e-3,
 }
+#: The SI spelling of each prefixed unit above (EDF physical dimensions are case-sensitive
+#: SI: "MV" would be megavolts). Other cases are read by meaning, with a warning, since other
+#: readers differ: MNE reads DREAMS' "UV" as volts, giving EEG values around 20 "V".
+SI_SPELLING: dict[str, str] = {"uv": "uV", "µv": "µV", "μv": "μV", "mv": "mV", "v": "V", "nv": "nV"}
 #: Below this robust amplitude (µV) no physiological signal exists: the values are volts.
 VOLT_AMPLITUDE_LIMIT_UV = 1e-3
+#: Above this robust amplitude (µV, i.e. 10 mV) no EEG, EOG or EMG exists: the values are µV
+#: under a larger unit (µV numbers labelled volts, as a file re-exported from MNE's reading of
+#: a "UV" header has them).
+MICROVOLT_AMPLITUDE_LIMIT_UV = 1e4
 #: Samples used to estimate a channel's robust amplitude (a regular subsample is enough).
 _AMPLITUDE_SAMPLES = 200_000
 #: Messages of edfio's warnings that mean the file was cut short.
@@ -97,6 +106,14 @@ def unit_factor(dimension: str, path: Path | str, label: str) -> float:
             f"{path}: channel {label!r} is in {dimension!r}, not a voltage; pick a voltage "
             "channel with channels={'<role>': ['NAME']}"
         )
+    spelled = "".join(dimension.split())
+    if key in SI_SPELLING and spelled != SI_SPELLING[key]:
+        warnings.warn(
+            f"{path}: channel {label!r} has the physical dimension {dimension.strip()!r}, not "
+            f"the SI spelling {SI_SPELLING[key]!r}; read as {SI_SPELLING[key]} (other readers "
+            "may differ: MNE reads 'UV' as volts); its amplitude is checked",
+            stacklevel=3,
+        )
     return UNIT_TO_MICROVOLT[key]
 
 
@@ -115,9 +132,18 @@ def looks_like_volts(x_uv: np.ndarray) -> bool:
     return 0.0 < amplitude < VOLT_AMPLITUDE_LIMIT_UV
 
 
+def looks_like_microvolts(x_uv: np.ndarray) -> bool:
+    """True if a signal scaled to µV from a larger unit is far too large to be one (its
+    numbers were µV already)."""
+    return robust_amplitude(x_uv) > MICROVOLT_AMPLITUDE_LIMIT_UV
+
+
 def microvolts(x: np.ndarray, factor: float, path: Path | str, label: str) -> np.ndarray:
-    """Scale to µV; a µV-labelled channel whose values are volts is rescaled with a warning."""
-    x_uv = np.asarray(x, dtype=np.float64) * factor
+    """Scale to µV, checking the amplitude against the unit, with a warning when it is not that
+    unit's: a µV-labelled channel whose values are volts is rescaled (×1e6); a channel
+    labelled mV or V whose values are µV-sized (robust amplitude of tens) is kept as µV."""
+    raw = np.asarray(x, dtype=np.float64)
+    x_uv = raw * factor
     if factor == 1.0 and looks_like_volts(x_uv):
         warnings.warn(
             f"{path}: channel {label!r} is labelled µV but its amplitude "
@@ -125,6 +151,14 @@ def microvolts(x: np.ndarray, factor: float, path: Path | str, label: str) -> np
             stacklevel=3,
         )
         x_uv = x_uv * 1e6
+    elif factor > 1.0 and looks_like_microvolts(x_uv):
+        warnings.warn(
+            f"{path}: channel {label!r} is labelled in volts or millivolts (×{factor:g} to µV) "
+            f"but its amplitude ({robust_amplitude(raw):.3g}) is that of µV; read as µV (check the "
+            "header's physical dimension)",
+            stacklevel=3,
+        )
+        x_uv = raw
     return x_uv.astype(np.float32)
 
 

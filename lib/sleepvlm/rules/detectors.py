@@ -4,8 +4,12 @@ waves, arousals and body movements.
 
 Every detector takes one channel in µV at its own sampling rate and returns an events table
 (:data:`~sleepvlm.data.records.EVENT_COLUMNS`, onsets in s from the first sample) or per-second
-values; filters are designed for the given rate, so the same detector runs on 100, 128, 200 or
-256 Hz signals. All thresholds are read from :mod:`sleepvlm.rules.table` at call time.
+values; filters are designed for the given rate, so the same detector runs on 50, 100, 128,
+200 or 256 Hz signals. A detector needs the rate that holds the highest frequency of its
+criterion (its ``min_sfreq``, :func:`rate_shortfall`); a filter edge or band above what the
+recording holds (sfreq / :data:`~sleepvlm.rules.table.NYQUIST_MARGIN`) is read up to there,
+since a recording holds nothing above its anti-aliasing filter. All thresholds are read from
+:mod:`sleepvlm.rules.table` at call time.
 """
 
 from __future__ import annotations
@@ -17,26 +21,38 @@ from scipy import ndimage
 from scipy import signal as sps
 
 from sleepvlm.data.records import EVENT_COLUMNS, DataError, empty_events
-from sleepvlm.rules.table import BANDS, setting, threshold
+from sleepvlm.rules.table import BANDS, NYQUIST_MARGIN, setting, threshold
 
 # --------------------------------------------------------------------------------------------
 # Building blocks
 # --------------------------------------------------------------------------------------------
 
 
-#: A band edge must lie below sfreq / NYQUIST_MARGIN (the ``min_sfreq`` settings use the same).
-NYQUIST_MARGIN = 2.2
+def rate_shortfall(detector: str, channel: str, sfreq: float) -> str | None:
+    """Why ``detector`` cannot read ``channel`` at ``sfreq`` Hz (None when it can): the rate is
+    below its ``min_sfreq``, the rate that holds the highest frequency its criterion needs."""
+    needed = setting(detector, "min_sfreq")
+    if np.isfinite(sfreq) and sfreq >= needed:
+        return None
+    return (
+        f"{detector} detector: channel {channel!r} is sampled at {sfreq:g} Hz, below the "
+        f"{needed:g} Hz it needs ({NYQUIST_MARGIN:g} x the highest frequency of its criterion)"
+    )
 
 
 def check_rate(detector: str, channel: str, sfreq: float) -> None:
     """Raise :class:`DataError` when ``sfreq`` is below what ``detector`` needs."""
-    needed = setting(detector, "min_sfreq")
-    if not np.isfinite(sfreq) or sfreq < needed:
+    shortfall = rate_shortfall(detector, channel, sfreq)
+    if shortfall:
         raise DataError(
-            f"{detector} detector: channel {channel!r} is sampled at {sfreq:g} Hz, below the "
-            f"{needed:g} Hz it needs ({NYQUIST_MARGIN:g} x the highest frequency it filters); "
-            f"use a recording sampled at >= {needed:g} Hz or leave this detector out"
+            f"{shortfall}; use a recording sampled at >= {setting(detector, 'min_sfreq'):g} Hz "
+            "or leave this detector out"
         )
+
+
+def held_limit(sfreq: float) -> float:
+    """Highest frequency (Hz) a recording sampled at ``sfreq`` holds."""
+    return sfreq / NYQUIST_MARGIN
 
 
 def _as_signal(x: np.ndarray, channel: str, min_s: float, sfreq: float) -> np.ndarray:
@@ -56,8 +72,12 @@ def _as_signal(x: np.ndarray, channel: str, min_s: float, sfreq: float) -> np.nd
 def bandpass(
     x: np.ndarray, sfreq: float, band: tuple[float | None, float | None], order: int
 ) -> np.ndarray:
-    """Zero-phase Butterworth filter; ``None`` for an open edge (low- or high-pass)."""
+    """Zero-phase Butterworth filter; ``None`` for an open edge (low- or high-pass). An upper
+    edge above what the recording holds (:func:`held_limit`) is moved down to it: there is
+    nothing above it to pass, and a Butterworth edge cannot lie at or beyond Nyquist."""
     low, high = band
+    if high is not None:
+        high = min(high, held_limit(sfreq))
     if low is None:
         sos = sps.butter(order, high, "lowpass", fs=sfreq, output="sos")
     elif high is None:
@@ -157,7 +177,8 @@ def band_powers(x: np.ndarray, sfreq: float, channel: str = "EEG") -> pd.DataFra
     Row ``k`` describes second [k, k+1), estimated from a Hann-windowed periodogram of the
     ``window_s`` centred on it. Also returns ``total`` (0.5-30 Hz), ``rms`` (its square root),
     ``fast`` (2-30 Hz, the reference of relative alpha) and ``max_abs`` (largest deviation from
-    the second's median, in µV).
+    the second's median, in µV). At a rate below :func:`~sleepvlm.rules.table.rate_for` 30 Hz
+    (66 Hz) beta, ``total`` and ``fast`` end where the recording does (sfreq / 2.2).
     """
     check_rate("band_power", channel, sfreq)
     y = _as_signal(x, channel, 1.0, sfreq)
@@ -173,8 +194,11 @@ def band_powers(x: np.ndarray, sfreq: float, channel: str = "EEG") -> pd.DataFra
     freqs = np.fft.rfftfreq(window, 1 / sfreq)
     df = freqs[1] - freqs[0]
 
+    top = held_limit(sfreq)
+
     def power(lo: float, hi: float) -> np.ndarray:
-        return spec[:, (freqs >= lo) & (freqs < hi)].sum(axis=1) * df
+        # a band reaching above what the recording holds is summed up to there
+        return spec[:, (freqs >= lo) & (freqs < min(hi, top))].sum(axis=1) * df
 
     out = {name: power(*band) for name, band in BANDS.items()}
     out["total"] = power(0.5, 30.0)
@@ -296,14 +320,13 @@ def detect_spindles(x: np.ndarray, sfreq: float, channel: str = "EEG") -> pd.Dat
 
     A recording sampled too slowly to hold the whole broad band (below 2.2 x its upper edge:
     older archives at 50 Hz) holds nothing above its anti-aliasing filter anyway, so the broad
-    band ends where the recording does (at ``sfreq`` / 2.2); the spindle band itself must fit
+    band ends where the recording does (:func:`bandpass`); the spindle band itself must fit
     (``min_sfreq``)."""
     check_rate("spindle", channel, sfreq)
     y = _as_signal(x, channel, 1.0, sfreq)
     order = setting("spindle", "filter_order")
     sigma = bandpass(y, sfreq, threshold("N2.spindle", "band_hz"), order)
-    broad_low, broad_high = setting("spindle", "broad_band_hz")
-    broad = bandpass(y, sfreq, (broad_low, min(broad_high, sfreq / NYQUIST_MARGIN)), order)
+    broad = bandpass(y, sfreq, setting("spindle", "broad_band_hz"), order)
     env = moving_mean(envelope(sigma), sfreq, setting("spindle", "smooth_s"))
     win = setting("spindle", "relative_window_s")
     rel = moving_mean(sigma**2, sfreq, win) / np.maximum(moving_mean(broad**2, sfreq, win), 1e-12)
@@ -643,7 +666,9 @@ def detect_slow_eye_movements(
 
 
 def emg_seconds_rms(x: np.ndarray, sfreq: float, channel: str = "EMG") -> np.ndarray:
-    """RMS (µV) of the chin EMG in the atonia rule's band (10-45 Hz), per second."""
+    """RMS (µV) of the chin EMG in the atonia rule's band (10-45 Hz), per second; a recording
+    that holds less (below 99 Hz) gives the RMS of the band up to where it ends (10-22.7 Hz at
+    50 Hz), which ranks the night's epochs as the whole band does (muscle tone is broadband)."""
     check_rate("emg_tone", channel, sfreq)
     y = _as_signal(x, channel, 1.0, sfreq)
     z = bandpass(y, sfreq, threshold("R.atonia", "band_hz"), setting("emg_tone", "filter_order"))

@@ -6,12 +6,14 @@ rates, detectors see the whole night) or preprocessed :class:`~sleepvlm.signal.E
 runs of consecutive epochs are joined, and events crossing a join between non-consecutive
 epochs are dropped). Rules whose channel is missing, flat, clipped or sampled too slowly are
 reported as not evaluable (``<NA>`` in :attr:`Detection.criteria`); the others still run.
+"Too slowly" is judged per detector on the rate the channel was recorded at
+(:func:`rate_shortfalls`): a 50-Hz EEG runs every detector, a 1-Hz EMG envelope none.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -44,6 +46,10 @@ DETECTOR_ROLE: dict[str, str] = {
     "sem": "eog",
     "emg_tone": "emg",
 }
+#: Detectors that read per-second band powers of the EEG (they cannot run without them).
+_READ_BAND_POWERS = ("alpha", "lamf", "movement", "arousal")
+#: What a channel slower than every detector of its role likely is.
+_SLOW_CHANNEL_HINT = "a derived signal such as an RMS envelope or 1-s means, not the raw signal?"
 #: Rules whose evidence window is the first half of the epoch plus the last half of the previous.
 _HALF_WINDOW_RULES = ("N2.spindle", "N2.kcomplex")
 
@@ -60,7 +66,9 @@ class Detection:
     event (EVENT_COLUMNS, onset in s from the signal start) with its ``epoch``. ``criteria``:
     per epoch and rule, whether the rule's criterion is met in that epoch (for context rules:
     the part one epoch can show), ``<NA>`` when it cannot be evaluated. ``not_evaluable``:
-    rule ID or detector name -> why. ``seconds``: run time of each detector.
+    rule ID or detector name -> why. ``read_in_part``: rule ID -> what was read of a rule
+    whose optional part could not be (W.eyes without chin EMG: blinks alone), and why; such a
+    rule is evaluated, not listed in ``not_evaluable``. ``seconds``: run time of each detector.
     """
 
     label: str
@@ -68,6 +76,7 @@ class Detection:
     events: pd.DataFrame
     criteria: pd.DataFrame
     not_evaluable: dict[str, str] = field(default_factory=dict)
+    read_in_part: dict[str, str] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
 
     def rules_met(self, epoch: int) -> list[str]:
@@ -154,6 +163,51 @@ def _from_epochs(epochs: Epochs, roles: tuple[str, ...]) -> _Night:
     return _Night(epochs.label, signals, ids, starts, man["onset"].to_numpy(float), joins, missing)
 
 
+def role_detectors(role: str) -> tuple[str, ...]:
+    """The detectors that read the channel of ``role`` (the EEG's band powers included)."""
+    named = tuple(d for d, r in DETECTOR_ROLE.items() if r == role)
+    return ("band_power", *named) if role == "eeg" else named
+
+
+def rate_shortfalls(
+    channels: Mapping[str, str], rates: Mapping[str, float], source: str
+) -> tuple[dict[str, str], dict[str, str]]:
+    """What the sampling rates of a recording leave out.
+
+    ``channels`` and ``rates`` map roles to the channel name and the rate (Hz) it was recorded
+    at. Returns the roles no detector can read (role -> why; such a channel is left out) and,
+    for the other roles, the detectors that cannot read theirs (detector -> why)."""
+    roles_out, detectors_out = {}, {}
+    for role, channel in channels.items():
+        why = {d: det.rate_shortfall(d, channel, rates[role]) for d in role_detectors(role)}
+        if all(why.values()):
+            lowest = min(setting(d, "min_sfreq") for d in why)
+            roles_out[role] = (
+                f"{source}: {role.upper()} {channel!r} is sampled at {rates[role]:g} Hz, below "
+                f"the {lowest:g} Hz any of its detectors needs ({_SLOW_CHANNEL_HINT})"
+            )
+        else:
+            detectors_out.update({d: f"{source}: {w}" for d, w in why.items() if w})
+    return roles_out, detectors_out
+
+
+def _leave_out_slow(night: _Night, native_sfreq: Mapping[str, float], runner: _Runner) -> None:
+    """Judge each channel by the rate it was recorded at (``native_sfreq``, role -> Hz; the
+    rate of the signal handed over otherwise): a channel no detector can read leaves the
+    night, a detector that cannot read its channel is marked failed before it runs."""
+    channels = {role: channel for role, (_, _, channel) in night.signals.items()}
+    rates = {
+        role: min(fs, native_sfreq.get(role, fs)) for role, (_, fs, _) in night.signals.items()
+    }
+    roles_out, detectors_out = rate_shortfalls(channels, rates, night.label)
+    if runner.strict and roles_out:
+        raise DataError(next(iter(roles_out.values())))
+    for role, why in roles_out.items():
+        night.missing[role] = why
+        del night.signals[role]
+    runner.skip(detectors_out)
+
+
 def _quality(x: np.ndarray, sfreq: float, starts: np.ndarray) -> np.ndarray:
     """Per epoch: usable (not flat, not clipped at the channel's extreme values)."""
     n = int(round(EPOCH_S * sfreq))
@@ -230,7 +284,15 @@ class _Runner:
         self.seconds: dict[str, float] = {}
         self.failed: dict[str, str] = {}
 
+    def skip(self, reasons: Mapping[str, str]) -> None:
+        """Mark detectors that must not run (detector -> why); strict: raise the first."""
+        if self.strict and reasons:
+            raise DataError(next(iter(reasons.values())))
+        self.failed.update(reasons)
+
     def __call__(self, name: str, fn: Callable[[], object]):
+        if name in self.failed:
+            return None
         start = time.perf_counter()
         try:
             return fn()
@@ -244,18 +306,28 @@ class _Runner:
 
 
 def detect_all(
-    source: Recording | Epochs, roles: tuple[str, ...] = ROLES, strict: bool = False
+    source: Recording | Epochs,
+    roles: tuple[str, ...] = ROLES,
+    strict: bool = False,
+    native_sfreq: Mapping[str, float] | None = None,
 ) -> Detection:
     """Run every detector whose channel is present; see :class:`Detection` for the output.
 
-    With ``strict`` a detector that cannot run (e.g. a sampling rate below its minimum) raises
-    its :class:`DataError` instead of being reported in ``not_evaluable``."""
+    ``native_sfreq`` (role -> Hz) gives the rate each channel was recorded at when ``source``
+    holds it resampled (``sleepvlm stage`` brings a 50-Hz EEG to 100 Hz, which adds no
+    frequency above 25 Hz): what a detector can read is judged on that rate
+    (:func:`rate_shortfalls`). With ``strict`` a detector that cannot run (e.g. a sampling rate
+    below its minimum) raises its :class:`DataError` instead of being reported in
+    ``not_evaluable``."""
     night = (
         _from_recording(source, roles)
         if isinstance(source, Recording)
         else _from_epochs(source, roles)
     )
     run = _Runner(strict)
+    _leave_out_slow(night, native_sfreq or {}, run)
+    if "eeg" not in night.signals:
+        raise DataError(f"{night.label}: detect_all needs an EEG channel; {night.missing['eeg']}")
     n = len(night.starts)
     ok = {r: np.zeros(n, dtype=bool) for r in ROLES}
     for role, (x, fs, _) in night.signals.items():
@@ -278,10 +350,11 @@ def detect_all(
                 night, t, powers[band].to_numpy()
             )
         for name, fn in per_second.items():
-            table[f"{name}_fraction"] = _per_epoch(night, t, fn(powers))
+            if name not in run.failed:
+                table[f"{name}_fraction"] = _per_epoch(night, t, fn(powers))
     else:
-        for name in per_second:
-            run.failed[name] = run.failed["band_power"]
+        for name in _READ_BAND_POWERS:
+            run.failed.setdefault(name, run.failed["band_power"])
 
     eeg_detectors = {
         "alpha": det.detect_alpha,
@@ -317,7 +390,9 @@ def detect_all(
 
     found = [e for e in ev_parts if e is not None and len(e)]
     events = pd.concat(found, ignore_index=True) if found else det.events_frame("", "", [], [], [])
-    events = _place_events(night, events[list(EVENT_COLUMNS)])
+    # a detector may report one deflection twice (two slope peaks, same extent): count it once
+    events = events[list(EVENT_COLUMNS)].drop_duplicates(ignore_index=True)
+    events = _place_events(night, events)
     events = events.sort_values(["onset", "kind"], ignore_index=True)
     for kinds in DETECTOR_KINDS.values():
         for kind in kinds:
@@ -335,13 +410,14 @@ def detect_all(
     table = table.set_index("epoch")
     events["epoch"] = events["epoch"].astype(np.int64)
 
-    criteria, reasons = _criteria(table, events, night, run.failed)
+    criteria, reasons, partial = _criteria(table, events, night, run.failed)
     return Detection(
         label=night.label,
         epochs=table,
         events=events,
         criteria=criteria,
         not_evaluable={**run.failed, **reasons},
+        read_in_part=partial,
         seconds=run.seconds,
     )
 
@@ -398,22 +474,59 @@ def _local_criteria(table: pd.DataFrame, events: pd.DataFrame) -> dict[str, pd.S
     }
 
 
+def _blinks_alone(table: pd.DataFrame) -> pd.Series:
+    return table["n_blink"] >= threshold("W.eyes", "min_blinks")
+
+
+#: Rules read in part when one role of theirs cannot be read: rule -> (that role, what is read
+#: without it, the criterion then). W.eyes: the manual ties rapid eye movements, not blinks, to
+#: chin tone, so without the chin EMG blinks alone show wake.
+_PARTIAL: dict[str, tuple[str, str, Callable[[pd.DataFrame], pd.Series]]] = {
+    "W.eyes": ("emg", "blinks alone", _blinks_alone),
+}
+
+
+def _unread(rule_id: str, night: _Night, failed: dict[str, str], roles: Iterable[str]) -> str:
+    """Why ``rule_id`` cannot be read on ``roles`` in this night ('' when it can)."""
+    rule = RULES[rule_id]
+    why = [night.missing[r] for r in rule.needs if r in roles and r in night.missing]
+    why += [
+        f"{d}: {failed[d]}" for d in rule.detectors if d in failed and DETECTOR_ROLE[d] in roles
+    ]
+    return "; ".join(dict.fromkeys(why))
+
+
+def _usable(table: pd.DataFrame, roles: Iterable[str]) -> np.ndarray:
+    return np.logical_and.reduce([table[f"{r}_ok"].to_numpy() for r in roles])
+
+
 def _criteria(
     table: pd.DataFrame, events: pd.DataFrame, night: _Night, failed: dict[str, str]
-) -> tuple[pd.DataFrame, dict[str, str]]:
+) -> tuple[pd.DataFrame, dict[str, str], dict[str, str]]:
+    """Per epoch and rule: met, not met or <NA>; the rules not evaluable (rule -> why) and
+    those read in part (rule -> what was read and why, see :data:`_PARTIAL`)."""
     local = _local_criteria(table, events)
     out = pd.DataFrame(index=table.index)
     reasons: dict[str, str] = {}
+    partial: dict[str, str] = {}
     for rule_id, met in local.items():
-        rule = RULES[rule_id]
-        why = [night.missing[r] for r in rule.needs if r in night.missing]
-        why += [f"{d}: {failed[d]}" for d in rule.detectors if d in failed]
+        needs = RULES[rule_id].needs
         column = pd.Series(np.asarray(met, dtype=bool), index=table.index, dtype="boolean")
-        if why:
-            reasons[rule_id] = "; ".join(dict.fromkeys(why))
+        why = _unread(rule_id, night, failed, needs)
+        optional, what, criterion = _PARTIAL.get(rule_id, (None, "", None))
+        rest = [r for r in needs if r != optional]
+        if optional and not _unread(rule_id, night, failed, rest):
+            # where only the optional role is unread (all night, or in some epochs), the rest
+            # of the criterion decides
+            lacking = np.ones(len(table), dtype=bool) if why else ~_usable(table, [optional])
+            column[lacking] = np.asarray(criterion(table), dtype=bool)[lacking]
+            column[~_usable(table, rest)] = pd.NA
+            if why:
+                partial[rule_id] = f"{what} ({why})"
+        elif why:
+            reasons[rule_id] = why
             column[:] = pd.NA
         else:
-            usable = np.logical_and.reduce([table[f"{r}_ok"].to_numpy() for r in rule.needs])
-            column[~usable] = pd.NA
+            column[~_usable(table, needs)] = pd.NA
         out[rule_id] = column
-    return out, reasons
+    return out, reasons, partial

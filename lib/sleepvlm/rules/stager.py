@@ -45,9 +45,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sleepvlm.data.records import EPOCH_S, EVENT_COLUMNS, ROLES, STAGES, Recording
+from sleepvlm.data.records import EPOCH_S, EVENT_COLUMNS, ROLES, STAGES, DataError, Recording
 from sleepvlm.rules.evidence import DETECTOR_KINDS, Detection, detect_all
-from sleepvlm.rules.table import RULES, threshold
+from sleepvlm.rules.table import RULES
 from sleepvlm.signal import Epochs
 
 #: Columns of a staged night, one row per epoch.
@@ -88,15 +88,6 @@ def _rem(row: pd.Series) -> list[str] | None:
     return fired + [r for r in ("R.sawtooth", "N1.lamf") if r not in fired and _met(row, r)]
 
 
-def _wake_eyes(row: pd.Series, values: pd.Series) -> bool:
-    """W by the eyes: the W.eyes criterion, or, when only the chin part of it cannot be
-    evaluated (no EMG), eye blinks alone (the manual ties REMs, not blinks, to chin tone)."""
-    if not _unknown(row, "W.eyes"):
-        return _met(row, "W.eyes")
-    eog_read = not _unknown(row, "R.rem")
-    return eog_read and values.get("n_blink", 0) >= threshold("W.eyes", "min_blinks")
-
-
 def _fallback(values: pd.Series, row: pd.Series) -> str:
     """W or N1 by the larger share of alpha or LAMF background; a tie goes to W on a high or
     unknown chin tone, to N1 on a low one."""
@@ -115,7 +106,7 @@ def _decide(
         return "MOVE", ["major_body_movement"]
     if _met(row, "W.alpha"):
         return "W", ["W.alpha"]
-    if _wake_eyes(row, values):
+    if _met(row, "W.eyes"):  # without chin EMG: blinks alone (Detection.read_in_part)
         return "W", ["W.eyes"]
     if _met(row, "N3.sw20"):
         return "N3", ["N3.sw20"]
@@ -135,7 +126,9 @@ def _decide(
     if ctx.previous == "N2" and not ctx.n2_ended:
         if arousal:
             if arousal_at >= EPOCH_S / 2:
-                return "N2", ["N2.cont", "arousal", "epoch.majority"]
+                # N2.cont is not cited when it could not be read (no movement detector)
+                kept_on = [r for r in ("N2.cont",) if not _unknown(row, r)]
+                return "N2", [*kept_on, "arousal", "epoch.majority"]
             return "N1", ["N2.arousal_end", "arousal"]
         if _met(row, "N2.cont"):
             return "N2", ["N2.cont"]
@@ -214,19 +207,26 @@ class _EvidenceIndex:
         return max(0.0, min(r[2] for r in rows) - start) if rows else None
 
     def evidence(self, epoch: int, rules: Iterable[str]) -> list[dict]:
-        """Events behind each rule that fired (the rule ID added to each event)."""
+        """Events behind the rules that fired, each event once: ``rule`` holds the IDs of every
+        rule it supports, ';'-joined in the order of ``rules`` (an arousal can support both
+        N2.arousal_end and arousal)."""
+        cited: dict[tuple, list[str]] = {}
+        for rule_id in rules:
+            if rule_id == "epoch.majority":
+                continue
+            for kind, channel, onset, duration, amplitude in self.rows(epoch, rule_id):
+                event = (
+                    str(kind),
+                    str(channel),
+                    round(float(onset), 3),
+                    round(float(duration), 3),
+                    round(float(amplitude), 1),
+                )
+                cited.setdefault(event, []).append(rule_id)
+        fields = ("kind", "channel", "onset", "duration", "amplitude")
         return [
-            {
-                "rule": rule_id,
-                "kind": str(kind),
-                "channel": str(channel),
-                "onset": round(float(onset), 3),
-                "duration": round(float(duration), 3),
-                "amplitude": round(float(amplitude), 1),
-            }
-            for rule_id in rules
-            if rule_id != "epoch.majority"
-            for kind, channel, onset, duration, amplitude in self.rows(epoch, rule_id)
+            {"rule": ";".join(dict.fromkeys(ids)), **dict(zip(fields, event, strict=True))}
+            for event, ids in cited.items()
         ]
 
 
@@ -235,9 +235,10 @@ def stage_detection(detection: Detection) -> pd.DataFrame:
 
     One row per epoch (:data:`STAGED_COLUMNS`): ``stage`` (one of STAGES), ``rules`` (the IDs
     that decided it, list), ``evidence`` (list of events ``{rule, kind, channel, onset,
-    duration, amplitude}``, onset in s from the recording start) and ``not_evaluable`` (rule
-    IDs that could not be evaluated in this epoch). Epochs whose numbers are not consecutive
-    (left out in between) start afresh: continuation needs the epoch just before."""
+    duration, amplitude}``, onset in s from the recording start, each event once, ``rule``
+    the ';'-joined IDs it supports) and ``not_evaluable`` (rule IDs that could not be
+    evaluated in this epoch; none of them is among ``rules``). Epochs whose numbers are not
+    consecutive (left out in between) start afresh: continuation needs the epoch just before."""
     criteria, values = detection.criteria, detection.epochs
     ids = criteria.index.to_numpy()
     index = _EvidenceIndex(detection)
@@ -295,6 +296,25 @@ def rule_usage(staged: pd.DataFrame) -> pd.DataFrame:
     pairs = staged[["stage", "rules"]].explode("rules")
     table = pd.crosstab(pairs["rules"], pairs["stage"])
     return table.reindex(columns=[s for s in STAGES if s in table.columns], fill_value=0)
+
+
+def hypnogram_agreement(staged: pd.DataFrame, reference) -> dict:
+    """:func:`evaluate` of a staged night against a reference 30-s hypnogram (one label per
+    epoch from epoch 0, e.g. a scorer's); epochs the reference leaves unscored (not one of
+    STAGES) or does not reach are left out, and ``n`` counts those compared."""
+    labels = np.asarray(reference, dtype=object)
+    epochs = staged["epoch"].to_numpy(np.int64)
+    inside = epochs < len(labels)
+    truth = np.full(len(staged), "", dtype=object)
+    truth[inside] = labels[epochs[inside]]
+    scored = np.isin(truth.astype(str), STAGES)
+    if not scored.any():
+        raise DataError(
+            "no staged epoch has a scored reference label; check that the reference is a 30-s "
+            "hypnogram of the same recording, starting at its epoch 0"
+        )
+    metrics = evaluate(truth[scored], staged["stage"].to_numpy()[scored])
+    return {**metrics, "n": int(scored.sum())}
 
 
 def evaluate(y_true, y_pred) -> dict:

@@ -284,23 +284,39 @@ BANDS: dict[str, tuple[float, float]] = {
     "beta": (16.0, 30.0),
 }
 
+#: A frequency is held by a recording when it lies below sfreq / NYQUIST_MARGIN: the Nyquist
+#: frequency less the transition band of the anti-aliasing filter (a filter edge above that is
+#: moved down to it, see :func:`sleepvlm.rules.detectors.bandpass`).
+NYQUIST_MARGIN = 2.2
+
+
+def rate_for(hz: float) -> float:
+    """Lowest sampling rate (Hz) of a recording that holds ``hz`` (see NYQUIST_MARGIN)."""
+    return round(NYQUIST_MARGIN * hz, 6)
+
+
 #: Operating settings of each detector (not given by the AASM manual; chosen on simulated
 #: tuning nights, subjects 0-2 of each center, and checked on the real excerpts). ``min_sfreq``
-#: is the lowest sampling rate (Hz) a detector accepts: 2.2 x the highest frequency it filters.
+#: is the lowest sampling rate (Hz) a detector accepts: :func:`rate_for` the highest frequency
+#: its criterion cannot do without. Bands that reach higher (the spindle detector's broad
+#: reference band, beta, the chin EMG band) are read as far as the recording holds them, so an
+#: older archive at 50 Hz still runs every detector.
 SETTINGS: dict[str, dict[str, Any]] = {
-    "band_power": {"window_s": 2.0, "step_s": 1.0, "min_sfreq": 66.0},
+    # band powers up to the spindle band's 16 Hz; beta (16-30 Hz) and the 0.5-30 Hz total are
+    # summed as far as the recording holds them
+    "band_power": {"window_s": 2.0, "step_s": 1.0, "min_sfreq": rate_for(16.0)},
     "alpha": {
         # an alpha second: alpha band holds this share of 2-30 Hz power and beats theta
         "min_relative_power": 0.3,
         "min_run_s": 2.0,
-        "min_sfreq": 66.0,
+        "min_sfreq": rate_for(16.0),  # reads the band powers
     },
     "lamf": {
         # low amplitude: 1-s RMS of the EEG under this many µV; mixed frequency: theta band is
         # the strongest of theta/alpha/sigma/beta and delta does not dominate
         "max_rms_uv": 25.0,
         "max_delta_share": 0.75,
-        "min_sfreq": 66.0,
+        "min_sfreq": rate_for(16.0),  # compares theta with alpha, sigma and beta
     },
     "spindle": {
         # dual threshold on the 11-16 Hz envelope, relative to its moving median. The three
@@ -320,9 +336,14 @@ SETTINGS: dict[str, dict[str, Any]] = {
         # reported extent: where the envelope reaches this fraction of the spindle's own peak
         "peak_fraction": 0.5,
         "filter_order": 4,
-        "min_sfreq": 35.2,
+        "min_sfreq": rate_for(16.0),  # the spindle band must fit; the broad band is capped
     },
-    "slow_wave": {"lowpass_hz": 4.0, "highpass_hz": 0.3, "filter_order": 2, "min_sfreq": 8.8},
+    "slow_wave": {
+        "lowpass_hz": 4.0,
+        "highpass_hz": 0.3,
+        "filter_order": 2,
+        "min_sfreq": rate_for(4.0),
+    },
     "kcomplex": {
         # a K complex: a 0.5-2.5 s negative-then-positive wave whose p2p is this many times the
         # median p2p of the waves in the surrounding window, and at least min_ptp_uv
@@ -332,7 +353,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
         "max_neg_duration_s": 1.0,
         # no K complex where the other slow waves fill the N3 fraction of this window
         "context_s": 30.0,
-        "min_sfreq": 8.8,
+        "min_sfreq": rate_for(4.0),  # reads the slow-wave band
     },
     "vertex": {
         "band_hz": (1.0, 10.0),
@@ -341,7 +362,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
         "background_s": 10.0,
         "max_half_wave_s": 0.25,
         "filter_order": 2,
-        "min_sfreq": 22.0,
+        "min_sfreq": rate_for(10.0),
     },
     "eye_movements": {
         # a rapid deflection: the band-passed EOG moves by min_ptp_uv at a peak slope of at
@@ -357,14 +378,14 @@ SETTINGS: dict[str, dict[str, Any]] = {
         "return_fraction": 0.5,
         "refractory_s": 0.15,
         "filter_order": 2,
-        "min_sfreq": 17.6,
+        "min_sfreq": rate_for(8.0),
     },
     "sem": {
         "band_hz": (0.15, 0.8),
         "min_ptp_uv": 40.0,
         "max_half_wave_s": 4.0,
         "filter_order": 2,
-        "min_sfreq": 2.0,
+        "min_sfreq": rate_for(0.8),
     },
     "emg_tone": {
         # per-second RMS of the 10-45 Hz chin EMG, median per epoch; low tone: under
@@ -372,7 +393,10 @@ SETTINGS: dict[str, dict[str, Any]] = {
         "low_quantile": 0.1,
         "low_factor": 2.0,
         "filter_order": 4,
-        "min_sfreq": 99.0,
+        # tone is judged against the same night, so a band cut short by the recording (10-22.7
+        # Hz at 50 Hz) still ranks the epochs; it needs at least the 10-20 Hz octave of it.
+        # A channel slower than this is no raw EMG (Sleep-EDF stores a 1-Hz RMS envelope).
+        "min_sfreq": rate_for(20.0),
     },
     "sawtooth": {
         "min_ptp_uv": 20.0,
@@ -380,16 +404,21 @@ SETTINGS: dict[str, dict[str, Any]] = {
         "min_slope_skew": 1.0,
         "smooth_s": 0.5,
         "filter_order": 2,
-        "min_sfreq": 13.2,
+        "min_sfreq": rate_for(6.0),
     },
     "arousal": {
         # fast share (theta + alpha + beta, sigma excluded) rises to this many times its median
         # over the preceding baseline for at least the rule's minimum duration
         "min_rise": 2.0,
         "baseline_s": 10.0,
-        "min_sfreq": 66.0,
+        "min_sfreq": rate_for(16.0),  # a rise of the fast share, relative to its own baseline
     },
-    "movement": {"max_abs_uv": 250.0, "min_beta_rms_uv": 15.0, "min_sfreq": 66.0},
+    "movement": {
+        "max_abs_uv": 250.0,
+        "min_beta_rms_uv": 15.0,
+        # muscle artefact is broadband: 16-20 Hz of the beta band at least shows it
+        "min_sfreq": rate_for(20.0),
+    },
     "quality": {"flat_ptp_uv": 0.5, "clip_fraction": 0.01},
 }
 
