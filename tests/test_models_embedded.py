@@ -31,7 +31,7 @@ QUIET = {
     "1 wave, largest 80 µV peak to peak",
     "sawtooth": "[R.sawtooth] no sawtooth wave trains",
     "arousal": "[N2.arousal_end, R.arousal_end, arousal] no arousals",
-    "movement": "[major_body_movement] movement artefact in 0.0 % of the epoch",
+    "movement": "[major_body_movement] movement artifact in 0.0 % of the epoch",
     "rem": "[W.eyes, R.rem] no rapid eye movements",
     "sem": "[N1.sem] no slow eye movements",
     "blink": "[W.eyes] no eye blinks",

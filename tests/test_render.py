@@ -36,16 +36,16 @@ def quiet_epoch(eeg=None, eog=None, emg=None) -> np.ndarray:
     return epoch
 
 
-def colour_mask(image: np.ndarray, name: str) -> np.ndarray:
-    return (image == np.array(render.COLOURS[name], dtype=np.uint8)).all(axis=-1)
+def color_mask(image: np.ndarray, name: str) -> np.ndarray:
+    return (image == np.array(render.COLORS[name], dtype=np.uint8)).all(axis=-1)
 
 
 def lane_rows(image: np.ndarray, role: str, options=None) -> np.ndarray:
-    """Rows (relative to the lane top) where the plot holds the role's trace colour."""
+    """Rows (relative to the lane top) where the plot holds the role's trace color."""
     lay = render.layout(options or render.ImageOptions())
     top, height = lay.lanes[role]
     lane = image[top : top + height, lay.plot_left :]
-    return np.flatnonzero(colour_mask(lane, role).any(axis=1))
+    return np.flatnonzero(color_mask(lane, role).any(axis=1))
 
 
 def png_chunk_types(data: bytes) -> list[bytes]:
@@ -80,7 +80,7 @@ def test_75_uv_peak_to_peak_sine_spans_the_reference_band():
     lay = render.layout(render.ImageOptions())
     top, height = lay.lanes["eeg"]
     plot = blank[top : top + height, lay.plot_left :]
-    edge_rows = np.flatnonzero(colour_mask(plot, "band_edge").any(axis=1))
+    edge_rows = np.flatnonzero(color_mask(plot, "band_edge").any(axis=1))
     band_top, band_bottom = edge_rows.min(), edge_rows.max()
     assert band_bottom - band_top > 15  # the band is drawn, and wide enough to read
 
@@ -122,16 +122,16 @@ def test_out_of_range_values_are_clipped_with_a_mark():
     emg[(T >= 20) & (T < 20.5)] = -200.0  # below the EMG lane's -30 µV
     image = render.render_image(quiet_epoch(eeg=eeg, emg=emg))
     lay = render.layout(render.ImageOptions())
-    start, stop = lay.centre_columns
+    start, stop = lay.center_columns
     px_per_s = lay.slot_width / 30
     for role, seconds, edge in (("eeg", 10.5, "top"), ("emg", 20.25, "bottom")):
         top, height = lay.lanes[role]
-        marks = colour_mask(image[top : top + height, start:stop], "clip")
+        marks = color_mask(image[top : top + height, start:stop], "clip")
         rows, cols = np.nonzero(marks)
         assert rows.size, f"no clipping mark in the {role} lane"
         assert (rows < 5).all() if edge == "top" else (rows >= height - 5).all()
         assert np.abs(cols - seconds * px_per_s).max() < px_per_s
-    assert not colour_mask(render.render_image(quiet_epoch(eeg=20 * np.sin(T))), "clip").any()
+    assert not color_mask(render.render_image(quiet_epoch(eeg=20 * np.sin(T))), "clip").any()
 
 
 def test_nan_samples_are_drawn_as_a_gap():
@@ -139,9 +139,9 @@ def test_nan_samples_are_drawn_as_a_gap():
     eeg[(T >= 10) & (T < 20)] = np.nan
     image = render.render_image(quiet_epoch(eeg=eeg))
     lay = render.layout(render.ImageOptions())
-    start = lay.centre_columns[0]
+    start = lay.center_columns[0]
     top, height = lay.lanes["eeg"]
-    drawn = colour_mask(image[top : top + height], "eeg").any(axis=0)
+    drawn = color_mask(image[top : top + height], "eeg").any(axis=0)
     drawn[: lay.plot_left] = False
     px_per_s = lay.slot_width / 30
     gap = slice(start + int(10 * px_per_s) + 1, start + int(20 * px_per_s) - 1)
@@ -153,7 +153,7 @@ def test_nan_samples_are_drawn_as_a_gap():
 def test_grayscale_images_are_single_channel(night):
     pixels = render.render_image(night.data[3], grayscale=True)
     assert pixels.ndim == 2 and pixels.shape == (224, 448)
-    trace_grey = render.luma(np.array(render.COLOURS["eeg"]))
+    trace_grey = render.luma(np.array(render.COLORS["eeg"]))
     lay = render.layout(render.ImageOptions(grayscale=True))
     top, height = lay.lanes["eeg"]
     assert (pixels[top : top + height] == trace_grey).sum() > 300
@@ -163,8 +163,8 @@ def test_grayscale_images_are_single_channel(night):
 
 
 def test_line_width_thickens_the_trace(night):
-    thin = colour_mask(render.render_image(night.data[3]), "eeg").sum()
-    thick = colour_mask(render.render_image(night.data[3], line_width=3), "eeg").sum()
+    thin = color_mask(render.render_image(night.data[3]), "eeg").sum()
+    thick = color_mask(render.render_image(night.data[3], line_width=3), "eeg").sum()
     assert thick > 1.5 * thin
 
 
@@ -174,16 +174,16 @@ def test_context_epochs_share_the_width_and_are_drawn_lighter(night):
     wide = render.render_image(epoch, before, after, context=1)
     lay = render.layout(render.ImageOptions(context=1))
     plot = slice(lay.plot_left, None)
-    centre_columns = colour_mask(wide[:, plot], "eeg").any(axis=0)
-    assert centre_columns.sum() < 0.4 * colour_mask(alone[:, plot], "eeg").any(axis=0).sum()
-    centre_columns = np.concatenate([np.zeros(lay.plot_left, bool), centre_columns])
-    start, stop = lay.centre_columns
-    assert not centre_columns[:start].any() and not centre_columns[stop:].any()
-    context_columns = colour_mask(wide, "context").any(axis=0)
+    center_columns = color_mask(wide[:, plot], "eeg").any(axis=0)
+    assert center_columns.sum() < 0.4 * color_mask(alone[:, plot], "eeg").any(axis=0).sum()
+    center_columns = np.concatenate([np.zeros(lay.plot_left, bool), center_columns])
+    start, stop = lay.center_columns
+    assert not center_columns[:start].any() and not center_columns[stop:].any()
+    context_columns = color_mask(wide, "context").any(axis=0)
     assert context_columns[:start].sum() > 0.9 * lay.slot_width
     assert context_columns[stop:].sum() > 0.9 * lay.slot_width
     # A missing neighbour (first epoch of a night) leaves its slot empty.
-    first = colour_mask(render.render_image(epoch, None, after, context=1), "context")
+    first = color_mask(render.render_image(epoch, None, after, context=1), "context")
     assert not first.any(axis=0)[:start].any()
 
 
@@ -219,7 +219,7 @@ def test_bad_input_raises_data_error(night):
     with pytest.raises(ValueError, match="context"):
         render.render_png(night.data[0], context=9)
     with pytest.raises(TypeError):
-        render.render_png(night.data[0], colour="red")
+        render.render_png(night.data[0], color="red")
 
 
 def subset(night: Epochs, n: int) -> Epochs:

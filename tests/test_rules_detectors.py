@@ -289,7 +289,7 @@ def test_emg_seconds_rms_measures_band_limited_amplitude():
     assert np.allclose(rms[1:-1], 10.0 / np.sqrt(2), rtol=0.05)  # 1 Hz is outside 10-45 Hz
 
 
-def test_movement_detected_on_large_artefact():
+def test_movement_detected_on_large_artifact():
     fs = 100.0
     rng = np.random.default_rng(1)
     x = plant(background(fs, sd=3.0), fs, 20.0, 100.0 * rng.standard_normal(int(5 * fs)))

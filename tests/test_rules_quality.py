@@ -31,7 +31,7 @@ CASES = [
     ("N2", {"W.alpha"}, 0, (), True, True),  # 4: N2 with alpha > 50 %
     ("N3", set(), 0, ("N3.sw20",), True, True),  # 5: slow waves not evaluable: no flag
     ("N2", {"N2.spindle"}, 0, (), False, True),  # 6: flat EEG
-    ("REM", {"major_body_movement", "N3.sw20"}, 9, (), True, False),  # 7: artefact, N3 signs
+    ("REM", {"major_body_movement", "N3.sw20"}, 9, (), True, False),  # 7: artifact, N3 signs
 ]
 
 

@@ -50,7 +50,7 @@ def test_scores_count_hits_misses_and_false_alarms():
     assert score.false_alarms["onset"].tolist() == [50.0]
 
 
-def test_sub_threshold_slow_waves_and_artefacts_are_dont_care():
+def test_sub_threshold_slow_waves_and_artifacts_are_dont_care():
     truth = pd.concat(
         [
             events("slow_wave", [(10.0, 1.0, 120), (20.0, 1.0, 60)]),

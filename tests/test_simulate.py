@@ -225,7 +225,7 @@ def _overlaps_any(onset, stop, events):
 @pytest.mark.parametrize("night", ["shhs_night", "dcsm_night"])
 def test_every_slow_wave_in_the_signal_is_listed(night, request):
     """The NREM background alone holds (almost) no wave of AASM slow-wave size: the >= 75 µV
-    0.5-2 Hz cycles found in N2/N3 EEG are the listed slow waves (or K complexes, artefacts)."""
+    0.5-2 Hz cycles found in N2/N3 EEG are the listed slow waves (or K complexes, artifacts)."""
     rec = request.getfixturevalue(night)
     ch = rec.role("eeg")
     found = detect_slow_waves(rec.signals[ch], rec.sfreq[ch], ch)
@@ -252,8 +252,8 @@ def test_listed_spindle_extent_is_its_half_amplitude_body(dcsm_night):
     on, off = sp["onset"].to_numpy(), (sp["onset"] + sp["duration"]).to_numpy()
     at = lambda t: env[np.round(t * fs).astype(int)]  # noqa: E731
     edge = (at(on) + at(off)) / 2
-    centre = at((on + off) / 2)
-    assert 0.4 < np.median(edge / centre) < 0.7
+    center = at((on + off) / 2)
+    assert 0.4 < np.median(edge / center) < 0.7
     assert sp["duration"].between(0.5, 2.0).all()
 
 

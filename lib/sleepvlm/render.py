@@ -9,7 +9,7 @@ samples (NaN) are left as gaps. Neighbouring epochs can be drawn lighter on eith
 Two renderers draw the same layout. :func:`render_png` rasterises directly with numpy: the
 static layout (grid, band, labels) is drawn once per option set and cached, each trace is a
 per-pixel-column min/max envelope (3000 samples into ~380 columns), and the PNG is indexed
-colour with fixed settings, so the same input gives the same bytes. :func:`reference_png` is
+color with fixed settings, so the same input gives the same bytes. :func:`reference_png` is
 the obvious matplotlib figure of the same layout, kept as the slow baseline that
 :func:`parity_score` compares against. :func:`render_dataset` fills a content-addressed image
 store from an epoch store, serially or on Dask.
@@ -75,7 +75,7 @@ NIGHT_KEYS = ["dataset", "subject", "night"]
 PNG_COMPRESS_LEVEL = 1
 
 #: Palette of every image (RGB); grayscale images use the luma of each entry.
-COLOURS: dict[str, tuple[int, int, int]] = {
+COLORS: dict[str, tuple[int, int, int]] = {
     "background": (255, 255, 255),
     "frame": (160, 160, 160),
     "grid_minor": (228, 228, 228),
@@ -91,7 +91,7 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "eog": (0, 110, 40),
     "emg": (150, 30, 30),
 }
-#: Shades between background and text colour kept for anti-aliased text.
+#: Shades between background and text color kept for anti-aliased text.
 _TEXT_SHADES = 12
 #: Height (px) of a clipping mark at the edge of a lane; it is widened by half that on each side.
 _CLIP_MARK_PX = 4
@@ -153,7 +153,7 @@ class Layout:
         return self.slot_width * self.slots
 
     @property
-    def centre_columns(self) -> tuple[int, int]:
+    def center_columns(self) -> tuple[int, int]:
         """Start and stop column of the scored epoch."""
         start = self.plot_left + self.slot_width * (self.slots // 2)
         return start, start + self.slot_width
@@ -191,19 +191,19 @@ def layout(options: ImageOptions) -> Layout:
 
 
 def _palette_names() -> list[str]:
-    return [*COLOURS, *(f"text_{i}" for i in range(_TEXT_SHADES))]
+    return [*COLORS, *(f"text_{i}" for i in range(_TEXT_SHADES))]
 
 
 def _palette_rgb() -> np.ndarray:
-    """(n, 3) uint8: the named colours, then text shades from background to text colour."""
-    named = np.array(list(COLOURS.values()), dtype=np.float64)
+    """(n, 3) uint8: the named colors, then text shades from background to text color."""
+    named = np.array(list(COLORS.values()), dtype=np.float64)
     weights = np.linspace(0, 1, _TEXT_SHADES + 2)[1:-1, None]
-    shades = (1 - weights) * named[0] + weights * np.array(COLOURS["text"])
+    shades = (1 - weights) * named[0] + weights * np.array(COLORS["text"])
     return np.round(np.vstack([named, shades])).astype(np.uint8)
 
 
 def luma(rgb: np.ndarray) -> np.ndarray:
-    """ITU-R 601 luma of RGB uint8 values (the grey level of each colour)."""
+    """ITU-R 601 luma of RGB uint8 values (the grey level of each color)."""
     rgb = np.asarray(rgb, dtype=np.int64)
     return ((rgb[..., 0] * 299 + rgb[..., 1] * 587 + rgb[..., 2] * 114 + 500) // 1000).astype(
         np.uint8
@@ -216,7 +216,7 @@ _GREY_PALETTE = luma(_PALETTE)
 
 
 def palette(options: ImageOptions) -> np.ndarray:
-    """Colour of each palette index: (n, 3) RGB, or (n,) grey levels for grayscale images."""
+    """Color of each palette index: (n, 3) RGB, or (n,) grey levels for grayscale images."""
     return _GREY_PALETTE if options.grayscale else _PALETTE
 
 
@@ -229,10 +229,10 @@ def _font(size: int) -> ImageFont.FreeTypeFont:
     return ImageFont.truetype(Path(matplotlib.get_data_path()) / "fonts/ttf/DejaVuSans.ttf", size)
 
 
-def _grid_seconds(slot: int, centre_slot: int) -> range:
+def _grid_seconds(slot: int, center_slot: int) -> range:
     """Grid lines (s from the slot start): every second in the scored epoch, every 5 s in
     its neighbours (a 1-s grid there would grey out the narrow slots)."""
-    return range(1, int(EPOCH_S)) if slot == centre_slot else range(5, int(EPOCH_S), 5)
+    return range(1, int(EPOCH_S)) if slot == center_slot else range(5, int(EPOCH_S), 5)
 
 
 def _time_labels(lay: Layout, context: int) -> list[tuple[float, str]]:
@@ -250,12 +250,12 @@ def _scale_text(role: str, options: ImageOptions) -> str:
 
 
 def _lane_labels(role: str, options: ImageOptions) -> list[tuple[str, tuple[int, int, int]]]:
-    """Lines of text left of a lane, with their colours: channel, scale, reference band."""
-    labels = [(role.upper(), COLOURS[role]), (_scale_text(role, options), COLOURS["text"])]
+    """Lines of text left of a lane, with their colors: channel, scale, reference band."""
+    labels = [(role.upper(), COLORS[role]), (_scale_text(role, options), COLORS["text"])]
     if role == "eeg" and not options.autoscale:
-        labels.append((f"±{REFERENCE_BAND_UV:g} µV", COLOURS["band_edge"]))
+        labels.append((f"±{REFERENCE_BAND_UV:g} µV", COLORS["band_edge"]))
     if role == "emg" and options.chin_reference_uv:
-        labels.append((f"night {options.chin_reference_uv:g} µV", COLOURS["text"]))
+        labels.append((f"night {options.chin_reference_uv:g} µV", COLORS["text"]))
     return labels
 
 
@@ -266,11 +266,11 @@ def _x_of(lay: Layout, seconds: float, context: int) -> int:
 
 def _draw_layout(options: ImageOptions) -> Image.Image:
     lay = layout(options)
-    image = Image.new("RGB", (lay.width, lay.height), COLOURS["background"])
+    image = Image.new("RGB", (lay.width, lay.height), COLORS["background"])
     draw = ImageDraw.Draw(image)
     font = _font(lay.font_size)
     x0, x1 = lay.plot_left, lay.plot_left + lay.plot_width - 1
-    centre_slot = lay.slots // 2
+    center_slot = lay.slots // 2
     for role in ROLES:
         top, height = lay.lanes[role]
         bottom = top + height - 1
@@ -279,32 +279,32 @@ def _draw_layout(options: ImageOptions) -> Image.Image:
             band_top, band_bottom = lay.row_of(
                 role, np.array([REFERENCE_BAND_UV, -REFERENCE_BAND_UV]), scale.limit_uv
             )
-            draw.rectangle([x0, int(band_top), x1, int(band_bottom)], fill=COLOURS["band"])
+            draw.rectangle([x0, int(band_top), x1, int(band_bottom)], fill=COLORS["band"])
         for slot in range(lay.slots):
-            for s in _grid_seconds(slot, centre_slot):
+            for s in _grid_seconds(slot, center_slot):
                 x = lay.plot_left + slot * lay.slot_width + round(s * lay.slot_width / EPOCH_S)
-                colour = COLOURS["grid_major" if s % 5 == 0 else "grid_minor"]
-                draw.line([x, top, x, bottom], fill=colour)
+                color = COLORS["grid_major" if s % 5 == 0 else "grid_minor"]
+                draw.line([x, top, x, bottom], fill=color)
         for d in range(1, scale.half_divisions):
             for sign in (1, -1):
                 y = int(lay.row_of(role, sign * d * scale.uv_per_div, scale.limit_uv))
-                draw.line([x0, y, x1, y], fill=COLOURS["grid_minor"])
+                draw.line([x0, y, x1, y], fill=COLORS["grid_minor"])
         if role == "eeg" and not options.autoscale:
             for y in (band_top, band_bottom):
-                draw.line([x0, int(y), x1, int(y)], fill=COLOURS["band_edge"])
+                draw.line([x0, int(y), x1, int(y)], fill=COLORS["band_edge"])
         baseline = int(lay.row_of(role, 0.0, scale.limit_uv))
-        draw.line([x0, baseline, x1, baseline], fill=COLOURS["baseline"])
+        draw.line([x0, baseline, x1, baseline], fill=COLORS["baseline"])
         for slot in range(1, lay.slots):
             x = lay.plot_left + slot * lay.slot_width
-            draw.line([x, top, x, bottom], fill=COLOURS["separator"])
-        draw.rectangle([x0, top, x1, bottom], outline=COLOURS["frame"])
-        for line, (text, colour) in enumerate(_lane_labels(role, options)):
-            draw.text((2, top + 1 + line * (lay.font_size + 1)), text, fill=colour, font=font)
+            draw.line([x, top, x, bottom], fill=COLORS["separator"])
+        draw.rectangle([x0, top, x1, bottom], outline=COLORS["frame"])
+        for line, (text, color) in enumerate(_lane_labels(role, options)):
+            draw.text((2, top + 1 + line * (lay.font_size + 1)), text, fill=color, font=font)
     for seconds, text in _time_labels(lay, options.context):
         x = _x_of(lay, seconds, options.context)
-        draw.line([x, lay.axis_top, x, lay.axis_top + 2], fill=COLOURS["frame"])
-        draw.text((x, lay.axis_top + 3), text, fill=COLOURS["text"], font=font, anchor="mt")
-    draw.text((2, lay.axis_top + 3), "1 s/div", fill=COLOURS["text"], font=font)
+        draw.line([x, lay.axis_top, x, lay.axis_top + 2], fill=COLORS["frame"])
+        draw.text((x, lay.axis_top + 3), text, fill=COLORS["text"], font=font, anchor="mt")
+    draw.text((2, lay.axis_top + 3), "1 s/div", fill=COLORS["text"], font=font)
     return image
 
 
@@ -317,7 +317,7 @@ def static_layout(options: ImageOptions) -> np.ndarray:
     """Palette indices (H, W) of the image without traces, drawn once per option set."""
     rgb = np.asarray(_draw_layout(options), dtype=np.int64)
     allowed = np.array([i for name, i in _INDEX.items() if name not in _TRACE_ONLY])
-    # Nearest palette entry: exact for the drawn colours, a text shade for anti-aliased text.
+    # Nearest palette entry: exact for the drawn colors, a text shade for anti-aliased text.
     candidates = _PALETTE[allowed].astype(np.int64)
     distances = ((rgb[:, :, None, :] - candidates[None, None]) ** 2).sum(axis=-1)
     indices = allowed[distances.argmin(axis=-1)].astype(np.uint8)
@@ -368,17 +368,17 @@ def epoch_window(
             f"epoch sampled at {sfreq:g} Hz; images are drawn from {TARGET_SFREQ} Hz epochs: "
             "resample with sleepvlm.signal.preprocess_channel first"
         )
-    centre = _as_epoch(epoch, "epoch")
+    center = _as_epoch(epoch, "epoch")
     previous = _neighbours(before, context, "last", "previous epochs")
     following = _neighbours(after, context, "first", "next epochs")
-    return np.stack([*previous, centre, *following])
+    return np.stack([*previous, center, *following])
 
 
-def lane_limit(role: str, centre: np.ndarray, options: ImageOptions) -> float:
+def lane_limit(role: str, center: np.ndarray, options: ImageOptions) -> float:
     """Largest |value| (µV) a lane shows: the role's fixed limit, or under ``autoscale``
     :data:`AUTOSCALE_SD` standard deviations of the scored epoch's own channel."""
-    if options.autoscale and np.isfinite(centre).sum() > 1:
-        spread = float(np.nanstd(centre))
+    if options.autoscale and np.isfinite(center).sum() > 1:
+        spread = float(np.nanstd(center))
         if spread > 0:
             return AUTOSCALE_SD * spread
     return SCALES[role].limit_uv
@@ -432,10 +432,10 @@ def _draw_trace(
                 wide[:, :shift] |= mask[:, -shift:]
         mask = wide
     lane = indices[top : top + height, lay.plot_left : lay.plot_left + lay.plot_width]
-    centre = np.zeros(lay.plot_width, dtype=bool)
-    centre[lay.slot_width * (lay.slots // 2) : lay.slot_width * (lay.slots // 2 + 1)] = True
-    lane[mask & ~centre] = _INDEX["context"]
-    lane[mask & centre] = _INDEX[role]
+    center = np.zeros(lay.plot_width, dtype=bool)
+    center[lay.slot_width * (lay.slots // 2) : lay.slot_width * (lay.slots // 2 + 1)] = True
+    lane[mask & ~center] = _INDEX["context"]
+    lane[mask & center] = _INDEX[role]
     mark = min(_CLIP_MARK_PX, height)
     lane[:mark, _widen_columns(over)] = _INDEX["clip"]
     lane[height - mark :, _widen_columns(under)] = _INDEX["clip"]
@@ -444,9 +444,9 @@ def _draw_trace(
 def _rasterize(window: np.ndarray, options: ImageOptions) -> np.ndarray:
     lay = layout(options)
     indices = static_layout(options).copy()
-    centre = window[options.context]
+    center = window[options.context]
     for c, role in enumerate(ROLES):
-        limit = lane_limit(role, centre[c], options)
+        limit = lane_limit(role, center[c], options)
         _draw_trace(indices, lay, role, window[:, c].ravel(), limit, options.line_width)
     return indices
 
@@ -499,7 +499,7 @@ def render_png(
     sfreq: float = TARGET_SFREQ,
     **kwargs: Any,
 ) -> bytes:
-    """PNG bytes of the fast renderer (indexed colour, or 8-bit grey); same input, same bytes."""
+    """PNG bytes of the fast renderer (indexed color, or 8-bit grey); same input, same bytes."""
     opts = _single_epoch_options(options, kwargs)
     window = epoch_window(epoch, before, after, opts.context, sfreq)
     return _encode(_rasterize(window, opts), opts)
@@ -511,9 +511,9 @@ def decode_png(data: bytes, grayscale: bool = False) -> np.ndarray:
         return np.asarray(image.convert("L" if grayscale else "RGB"))
 
 
-def _mpl_colour(name_or_rgb: str | tuple[int, int, int], options: ImageOptions) -> tuple:
-    """A palette colour (by name, or RGB) as matplotlib wants it, grey in grayscale mode."""
-    rgb = np.array(COLOURS.get(name_or_rgb) if isinstance(name_or_rgb, str) else name_or_rgb)
+def _mpl_color(name_or_rgb: str | tuple[int, int, int], options: ImageOptions) -> tuple:
+    """A palette color (by name, or RGB) as matplotlib wants it, grey in grayscale mode."""
+    rgb = np.array(COLORS.get(name_or_rgb) if isinstance(name_or_rgb, str) else name_or_rgb)
     if options.grayscale:
         return (float(luma(rgb)) / 255,) * 3
     return tuple(float(v) / 255 for v in rgb)
@@ -538,10 +538,10 @@ def reference_png(
     px = 72 / dpi  # points per pixel
     fig = Figure(figsize=(lay.width / dpi, lay.height / dpi), dpi=dpi)
     FigureCanvasAgg(fig)
-    fig.patch.set_facecolor(_mpl_colour("background", opts))
+    fig.patch.set_facecolor(_mpl_color("background", opts))
     k = opts.context
     t = np.arange(window.shape[0] * EPOCH_SAMPLES) / TARGET_SFREQ - k * EPOCH_S
-    centre = (t >= 0) & (t < EPOCH_S)
+    center = (t >= 0) & (t < EPOCH_S)
     for c, role in enumerate(ROLES):
         top, height = lay.lanes[role]
         ax = fig.add_axes(
@@ -559,44 +559,44 @@ def reference_png(
         ax.set_ylim(-limit, limit)
         ax.set_xticks([])
         ax.set_yticks([])
-        ax.set_facecolor(_mpl_colour("background", opts))
+        ax.set_facecolor(_mpl_color("background", opts))
         for spine in ax.spines.values():
-            spine.set(color=_mpl_colour("frame", opts), linewidth=px)
+            spine.set(color=_mpl_color("frame", opts), linewidth=px)
         if role == "eeg" and not opts.autoscale:
-            ax.axhspan(-REFERENCE_BAND_UV, REFERENCE_BAND_UV, color=_mpl_colour("band", opts), lw=0)
+            ax.axhspan(-REFERENCE_BAND_UV, REFERENCE_BAND_UV, color=_mpl_color("band", opts), lw=0)
             for edge in (-REFERENCE_BAND_UV, REFERENCE_BAND_UV):
-                ax.axhline(edge, color=_mpl_colour("band_edge", opts), lw=px)
+                ax.axhline(edge, color=_mpl_color("band_edge", opts), lw=px)
         seconds = np.arange(-k * EPOCH_S + 1, (k + 1) * EPOCH_S)
-        in_centre = (seconds > 0) & (seconds < EPOCH_S)
-        shown = (seconds % EPOCH_S != 0) & (in_centre | (seconds % 5 == 0))
+        in_center = (seconds > 0) & (seconds < EPOCH_S)
+        shown = (seconds % EPOCH_S != 0) & (in_center | (seconds % 5 == 0))
         major = shown & (seconds % 5 == 0)
         for grid, where in (("grid_minor", shown & ~major), ("grid_major", major)):
-            ax.vlines(seconds[where], -limit, limit, color=_mpl_colour(grid, opts), lw=px)
+            ax.vlines(seconds[where], -limit, limit, color=_mpl_color(grid, opts), lw=px)
         divisions = np.arange(1, scale.half_divisions) * limit / scale.half_divisions
         ax.hlines(
             np.concatenate([divisions, -divisions]),
             -k * EPOCH_S,
             (k + 1) * EPOCH_S,
-            color=_mpl_colour("grid_minor", opts),
+            color=_mpl_color("grid_minor", opts),
             lw=px,
         )
-        ax.axhline(0, color=_mpl_colour("baseline", opts), lw=px)
+        ax.axhline(0, color=_mpl_color("baseline", opts), lw=px)
         separators = np.arange(1, window.shape[0]) * EPOCH_S - k * EPOCH_S
-        ax.vlines(separators, -limit, limit, color=_mpl_colour("separator", opts), lw=px)
+        ax.vlines(separators, -limit, limit, color=_mpl_color("separator", opts), lw=px)
         lw = opts.line_width * px
-        ax.plot(t, np.where(centre, np.nan, y), color=_mpl_colour("context", opts), lw=lw)
-        ax.plot(t, np.where(centre, y, np.nan), color=_mpl_colour(role, opts), lw=lw)
+        ax.plot(t, np.where(center, np.nan, y), color=_mpl_color("context", opts), lw=lw)
+        ax.plot(t, np.where(center, y, np.nan), color=_mpl_color(role, opts), lw=lw)
         mark = _CLIP_MARK_PX * limit * 2 / height
         mark_lw = (2 * (_CLIP_MARK_PX // 2) + 1) * px
         over, under = y > limit, y < -limit
-        ax.vlines(t[over], limit - mark, limit, color=_mpl_colour("clip", opts), lw=mark_lw)
-        ax.vlines(t[under], -limit, -limit + mark, color=_mpl_colour("clip", opts), lw=mark_lw)
+        ax.vlines(t[over], limit - mark, limit, color=_mpl_color("clip", opts), lw=mark_lw)
+        ax.vlines(t[under], -limit, -limit + mark, color=_mpl_color("clip", opts), lw=mark_lw)
         for line, (text, rgb) in enumerate(_lane_labels(role, opts)):
             fig.text(
                 2 / lay.width,
                 1 - (top + 1 + line * (lay.font_size + 1)) / lay.height,
                 text,
-                color=_mpl_colour(rgb, opts),
+                color=_mpl_color(rgb, opts),
                 fontsize=lay.font_size * px,
                 va="top",
             )
@@ -604,7 +604,7 @@ def reference_png(
         2 / lay.width,
         1 - (lay.axis_top + 3) / lay.height,
         "1 s/div",
-        color=_mpl_colour("text", opts),
+        color=_mpl_color("text", opts),
         fontsize=lay.font_size * px,
         va="top",
     )
@@ -613,7 +613,7 @@ def reference_png(
             _x_of(lay, seconds, k) / lay.width,
             1 - (lay.axis_top + 3) / lay.height,
             text,
-            color=_mpl_colour("text", opts),
+            color=_mpl_color("text", opts),
             fontsize=lay.font_size * px,
             ha="center",
             va="top",
@@ -652,11 +652,11 @@ def trace_spans(image: np.ndarray, blank: np.ndarray, options: ImageOptions) -> 
     """Per lane, the top and bottom trace row of each column of the scored epoch (NaN: none).
 
     Trace pixels are those that differ from the renderer's own blank layout (the image of an
-    all-NaN epoch) by more than :data:`TRACE_THRESHOLD` in some colour channel; the frame
+    all-NaN epoch) by more than :data:`TRACE_THRESHOLD` in some color channel; the frame
     columns at both ends of the epoch are left out.
     """
     lay = layout(options)
-    start, stop = lay.centre_columns
+    start, stop = lay.center_columns
     diff = np.abs(image.astype(np.int16) - blank.astype(np.int16))
     if diff.ndim == 3:
         diff = diff.max(axis=2)

@@ -13,7 +13,7 @@ One preprocessed epoch (3 x 3000 samples, µV at 100 Hz, EEG/EOG/EMG) becomes, p
   ``bins="uniform"`` splits ``±SYMBOL_RANGE_UV[role]`` into equal bins (values beyond are
   clipped to the outer bins); ``bins="gaussian"`` uses the SAX breakpoints of a normal
   distribution scaled by the fixed ``SYMBOL_SCALE_UV[role]`` (finer bins near zero, open
-  outer bins). Each symbol decodes to its bin centre (uniform) or to the normal's conditional
+  outer bins). Each symbol decodes to its bin center (uniform) or to the normal's conditional
   mean in the bin (gaussian).
 
 Three output formats (:data:`FORMATS`): ``"chatts"`` (prompt text with one ``<ts><ts/>`` per
@@ -226,7 +226,7 @@ def breakpoints(role: str, alphabet: int, bins: str = "uniform") -> np.ndarray:
 
 
 def symbol_levels(role: str, alphabet: int, bins: str = "uniform") -> np.ndarray:
-    """µV value each symbol decodes to: bin centre, or the normal's mean within the bin."""
+    """µV value each symbol decodes to: bin center, or the normal's mean within the bin."""
     if bins == "uniform":
         r = SYMBOL_RANGE_UV[role]
         edges = np.linspace(-r, r, alphabet + 1)
@@ -318,8 +318,8 @@ def chatts_text(config: SequenceConfig) -> str:
 def chatts_value_prefix(values: np.ndarray) -> str:
     """The value-preserving text ChatTS's processor puts before each series (its ``sp``
     encoding: offset = -mean, scaling = max |x - mean| / 3 when that exceeds 3)."""
-    centred = values - values.mean()
-    peak = np.max(np.abs(centred))
+    centered = values - values.mean()
+    peak = np.max(np.abs(centered))
     scale = peak / 3.0 if peak >= 3.0 else 1.0
     return f"[Value Offset: {-values.mean():.4f}|Value Scaling: {scale:.4f}]"
 

@@ -112,7 +112,7 @@ def notch_sos(line_freq: float, sfreq: float, q: float = NOTCH_Q) -> np.ndarray:
 
 def _response_frame(sos: np.ndarray, sfreq: float, n: int) -> pd.DataFrame:
     freqs, h = sps.sosfreqz(sos, worN=n, fs=sfreq)
-    # Floor avoids -inf dB at the exact zeros (DC of a band-pass, the notch centre).
+    # Floor avoids -inf dB at the exact zeros (DC of a band-pass, the notch center).
     magnitude = np.maximum(np.abs(h), 1e-12)
     phase = np.unwrap(np.angle(h))
     zero_phase = h * np.conj(h)  # forward-backward filtering: |H|^2, real and non-negative

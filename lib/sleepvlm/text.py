@@ -471,8 +471,8 @@ def feature_lines(row: Mapping[str, Any]) -> list[FeatureLine]:
     eeg_line(("n_arousal",), "arousals", lambda: _events_text(row["arousal_spans"], "arousal"))
     eeg_line(
         ("movement_fraction",),
-        "movement artefact",
-        lambda: f"movement artefact in {_pct(row['movement_fraction'])} of the epoch",
+        "movement artifact",
+        lambda: f"movement artifact in {_pct(row['movement_fraction'])} of the epoch",
     )
 
     eye = [

@@ -98,7 +98,7 @@ def load_split(prepared: PreparedDataset, split: str, config: BaselineConfig) ->
 
 def window_starts(data: SplitData, anchors: np.ndarray, length: int) -> np.ndarray:
     """First position of the ``length``-epoch window around each anchor, inside its night:
-    centred on the anchor, shifted inwards at the night's edges (a night shorter than the
+    centered on the anchor, shifted inwards at the night's edges (a night shorter than the
     window gives the whole night)."""
     first, stop = data.night_bounds()
     anchors = np.asarray(anchors)

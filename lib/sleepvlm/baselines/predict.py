@@ -1,5 +1,5 @@
 """Stage predictions of a trained baseline. DeepSleepNet scores each epoch from the window of
-``seq_len`` consecutive epochs of its night centred on it (shifted inwards at the night's
+``seq_len`` consecutive epochs of its night centered on it (shifted inwards at the night's
 edges), the way it was trained; AttnSleep scores each epoch alone."""
 
 from __future__ import annotations

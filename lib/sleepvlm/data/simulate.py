@@ -448,18 +448,18 @@ def _weaken_cues(par: np.ndarray, stages: np.ndarray, traits: dict[str, float]) 
 def _background(
     rng: np.random.Generator, n: int, fs: float, levels: np.ndarray, alpha_freq: float
 ) -> np.ndarray:
-    """Non-stationary coloured noise: windowed overlap-add of 8-s frames whose PSD is a
+    """Non-stationary colored noise: windowed overlap-add of 8-s frames whose PSD is a
     per-frame mix of components (1/f, low-frequency knee, theta, alpha, beta and muscle peaks).
 
-    ``levels`` holds each component's PSD level (µV²/Hz) at every frame centre (frames x 6)."""
+    ``levels`` holds each component's PSD level (µV²/Hz) at every frame center (frames x 6)."""
     frame = int(8 * fs) // 2 * 2
     hop = frame // 2
     n_frames = levels.shape[0]
     freqs = np.fft.rfftfreq(frame, 1 / fs)
     f = np.maximum(freqs, 0.25)
 
-    def bump(centre: float, width: float) -> np.ndarray:
-        return np.exp(-0.5 * ((freqs - centre) / width) ** 2)
+    def bump(center: float, width: float) -> np.ndarray:
+        return np.exp(-0.5 * ((freqs - center) / width) ** 2)
 
     shapes = np.stack(
         [
@@ -494,10 +494,10 @@ def _knots(values: np.ndarray, ramp_s: float = 5.0) -> tuple[np.ndarray, np.ndar
 
 
 def _frame_values(par: np.ndarray, n_frames: int, hop_s: float) -> np.ndarray:
-    """Per-epoch values at frame centres (frames start one hop before the signal)."""
+    """Per-epoch values at frame centers (frames start one hop before the signal)."""
     x, y = _knots(par)
-    centres = np.arange(n_frames) * hop_s
-    return np.stack([np.interp(centres, x, col) for col in y.T], axis=1)
+    centers = np.arange(n_frames) * hop_s
+    return np.stack([np.interp(centers, x, col) for col in y.T], axis=1)
 
 
 def _sample_envelope(values: np.ndarray, n: int, fs: float) -> np.ndarray:

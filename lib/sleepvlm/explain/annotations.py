@@ -92,7 +92,7 @@ RULE_PHRASES: dict[str, str] = {
     "R.cont": "low chin EMG tone and mixed-frequency EEG continuing R",
     "R.arousal_end": "arousal or rising chin tone ending R",
     "arousal": "arousal",
-    "major_body_movement": "movement artefact over most of the epoch",
+    "major_body_movement": "movement artifact over most of the epoch",
     "epoch.majority": "background of the scored stage over most of the epoch",
 }
 #: Rules decided from the scored stage of the previous epoch (not from one epoch alone).
@@ -135,7 +135,7 @@ KIND_WORDS: dict[str, str] = {
     "sem": "slow eye movement",
     "twitch": "muscle twitch",
     "blink": "eye blink",
-    "artifact": "movement artefact",
+    "artifact": "movement artifact",
     "arousal": "arousal",
 }
 #: How free text may name each kind (case-insensitive; ``(?-i:...)`` parts are exact).

@@ -113,7 +113,7 @@ def _grounded(claim: Claim, annotation: EpochAnnotation, tolerance_s: float) -> 
 
 def _covered(claims: Sequence[Claim], annotation: EpochAnnotation, tolerance_s: float) -> int:
     """Decisive events covered: per (kind, role), distinct evidence events matched one to one
-    by claims (nearest centre first), capped at the number the reference cites."""
+    by claims (nearest center first), capped at the number the reference cites."""
     decisive = decisive_evidence(annotation)
     covered = 0
     for kind, role in dict.fromkeys((e.kind, e.role) for e in decisive):
@@ -123,9 +123,9 @@ def _covered(claims: Sequence[Claim], annotation: EpochAnnotation, tolerance_s: 
         for claim in claims:
             hits = [i for i in free if _matches(claim, events[i], tolerance_s)]
             if hits:
-                centre = (claim.start_s + claim.end_s) / 2
+                center = (claim.start_s + claim.end_s) / 2
                 best = min(
-                    hits, key=lambda i: abs((events[i].start_s + events[i].end_s) / 2 - centre)
+                    hits, key=lambda i: abs((events[i].start_s + events[i].end_s) / 2 - center)
                 )
                 free.remove(best)
                 matched += 1

@@ -39,8 +39,8 @@ from sleepvlm.signal import TARGET_SFREQ
 PHASES: tuple[str, ...] = ("perception", "grounding")
 #: The instruction of each phase: the whole user text the model is trained and served with.
 INSTRUCTIONS: dict[str, str] = {
-    "perception": "Describe the waveforms of the centre epoch.",
-    "grounding": "Score the centre epoch by the AASM rules: stage, rules, evidence.",
+    "perception": "Describe the waveforms of the center epoch.",
+    "grounding": "Score the center epoch by the AASM rules: stage, rules, evidence.",
 }
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
 VISION_START, VISION_END = "<|vision_start|>", "<|vision_end|>"
@@ -136,7 +136,7 @@ def _level(value: float, bounds: tuple[float, ...]) -> int:
 
 
 def dominant_band(x: np.ndarray, sfreq: float = TARGET_SFREQ) -> str:
-    """The AASM band that stands out most in ``x``: mean power per Hz times the band's centre
+    """The AASM band that stands out most in ``x``: mean power per Hz times the band's center
     frequency, which flattens the 1/f fall of EEG power (without it delta always wins)."""
     spectrum = np.abs(np.fft.rfft(x - x.mean())) ** 2
     freqs = np.fft.rfftfreq(len(x), 1 / sfreq)

@@ -56,14 +56,14 @@ _SHARES: dict[str, re.Pattern] = {
     "alpha": re.compile(r"alpha rhythm in " + _NUMBER + r"\s*%"),
     "lamf": re.compile(r"mixed-frequency EEG in " + _NUMBER + r"\s*%"),
     "slow_wave": re.compile(r"slow waves .*?cover " + _NUMBER + r"\s*%"),
-    "movement": re.compile(r"movement artefact in " + _NUMBER + r"\s*%"),
+    "movement": re.compile(r"movement artifact in " + _NUMBER + r"\s*%"),
 }
 #: How a "not available" line names each share.
 _SHARE_WORDS: dict[str, str] = {
     "alpha": "alpha rhythm",
     "lamf": "mixed-frequency",
     "slow_wave": "slow waves",
-    "movement": "movement artefact",
+    "movement": "movement artifact",
 }
 _TONE = re.compile(r"chin EMG tone at percentile " + _NUMBER)
 

@@ -175,7 +175,7 @@ def band_powers(x: np.ndarray, sfreq: float, channel: str = "EEG") -> pd.DataFra
     """Power (µV²) per band of :data:`~sleepvlm.rules.table.BANDS` in each second.
 
     Row ``k`` describes second [k, k+1), estimated from a Hann-windowed periodogram of the
-    ``window_s`` centred on it. Also returns ``total`` (0.5-30 Hz), ``rms`` (its square root),
+    ``window_s`` centered on it. Also returns ``total`` (0.5-30 Hz), ``rms`` (its square root),
     ``fast`` (2-30 Hz, the reference of relative alpha) and ``max_abs`` (largest deviation from
     the second's median, in µV). At a rate below :func:`~sleepvlm.rules.table.rate_for` 30 Hz
     (66 Hz) beta, ``total`` and ``fast`` end where the recording does (sfreq / 2.2).
@@ -185,8 +185,8 @@ def band_powers(x: np.ndarray, sfreq: float, channel: str = "EEG") -> pd.DataFra
     window = int(round(setting("band_power", "window_s") * sfreq))
     step_s = setting("band_power", "step_s")
     n_sec = int(len(y) / sfreq / step_s)
-    centres = np.round((np.arange(n_sec) + 0.5) * step_s * sfreq).astype(np.int64)
-    starts = np.clip(centres - window // 2, 0, len(y) - window)
+    centers = np.round((np.arange(n_sec) + 0.5) * step_s * sfreq).astype(np.int64)
+    starts = np.clip(centers - window // 2, 0, len(y) - window)
     segs = y[starts[:, None] + np.arange(window)]
     segs = segs - segs.mean(axis=1, keepdims=True)
     taper = np.hanning(window)
@@ -288,7 +288,7 @@ def detect_arousals(x: np.ndarray, sfreq: float, channel: str = "EEG") -> pd.Dat
 
 
 def movement_seconds(powers: pd.DataFrame) -> np.ndarray:
-    """Seconds hidden by movement or muscle artefact (huge excursions or strong beta)."""
+    """Seconds hidden by movement or muscle artifact (huge excursions or strong beta)."""
     return (
         (powers["max_abs"] >= setting("movement", "max_abs_uv"))
         | (np.sqrt(powers["beta"]) >= setting("movement", "min_beta_rms_uv"))
@@ -296,7 +296,7 @@ def movement_seconds(powers: pd.DataFrame) -> np.ndarray:
 
 
 def detect_movements(x: np.ndarray, sfreq: float, channel: str = "EEG") -> pd.DataFrame:
-    """Movement / muscle artefact stretches on one channel (kind ``artifact``)."""
+    """Movement / muscle artifact stretches on one channel (kind ``artifact``)."""
     check_rate("movement", channel, sfreq)
     powers = band_powers(x, sfreq, channel)
     step_s = setting("band_power", "step_s")
@@ -456,8 +456,8 @@ def _amid_slow_wave_activity(
     filled = np.cumsum(covered[:-1]) > 0
     fill_cum = np.concatenate([[0], np.cumsum(filled)])
     half = int(round(setting("kcomplex", "context_s") * sfreq / 2))
-    centre = (starts + stops) // 2
-    lo, hi = np.clip(centre - half, 0, n), np.clip(centre + half, 0, n)
+    center = (starts + stops) // 2
+    lo, hi = np.clip(center - half, 0, n), np.clip(center + half, 0, n)
     own = np.where(slow, stops - starts, 0)
     others = fill_cum[hi] - fill_cum[lo] - own
     return others >= threshold("N3.sw20", "min_epoch_fraction") * np.maximum(hi - lo, 1)

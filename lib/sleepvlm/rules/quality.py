@@ -1,7 +1,7 @@
 """Rule-based quality control of scored epochs: flag the labels that strong rule evidence
 contradicts (an N3 epoch without a single slow wave, a W epoch with rapid eye movements over
 atonia...), and the epochs whose signals cannot be read (a flat or clipped channel, movement
-artefact over most of the EEG).
+artifact over most of the EEG).
 
 Flags are reported, never acted on by default: :func:`quality_table` gives one row per epoch
 beside the dataset's manifest, :func:`quality_report` counts the flags per dataset and stage,
@@ -88,7 +88,7 @@ SIGNAL_FLAGS: dict[str, str] = {
         f"unusable_{role}": f"the {role.upper()} is flat or clipped here (usable elsewhere)"
         for role in ROLES
     },
-    "artifact": "movement or muscle artefact hides more than half of the EEG "
+    "artifact": "movement or muscle artifact hides more than half of the EEG "
     "(major body movement criterion)",
 }
 #: Every flag, in the order of the quality table's columns.

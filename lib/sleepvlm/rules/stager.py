@@ -31,7 +31,7 @@ nothing else: alpha vs LAMF share (chin breaks a tie)     W / N1  epoch.majority
 counts only after sleep (its rule asks for 10 s of stable sleep before it); when it starts in
 the epoch's second half, most of the epoch is still N2 and it is scored N2 (epoch.majority),
 the next epochs N1. Eye signs come before slow waves because blinks and eye movements do not
-happen in N3: slow waves that come with them on a frontal EEG are eye artefacts.
+happen in N3: slow waves that come with them on a frontal EEG are eye artifacts.
 """
 
 from __future__ import annotations

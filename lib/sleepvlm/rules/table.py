@@ -247,7 +247,7 @@ _RULE_LIST: tuple[Rule, ...] = (
     Rule(
         "major_body_movement",
         "any",
-        "Major body movement: movement and muscle artefact hide the EEG for more than half of the "
+        "Major body movement: movement and muscle artifact hide the EEG for more than half of the "
         "epoch. Score W if any alpha is seen or if a W epoch comes before or after it, otherwise "
         "the stage of the epoch that follows.",
         "eeg",
@@ -416,7 +416,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "movement": {
         "max_abs_uv": 250.0,
         "min_beta_rms_uv": 15.0,
-        # muscle artefact is broadband: 16-20 Hz of the beta band at least shows it
+        # muscle artifact is broadband: 16-20 Hz of the beta band at least shows it
         "min_sfreq": rate_for(20.0),
     },
     "quality": {"flat_ptp_uv": 0.5, "clip_fraction": 0.01},

@@ -11,7 +11,7 @@ formed one-to-one, best first (highest IoU, or closest onset). True events that 
 AASM definition of their kind (slow waves under 75 µV p2p) are "don't care": a detection that
 matches one counts neither as a hit nor as a false alarm, and missing one is no miss. So is an
 unmatched detection that overlaps a true event listed in :data:`OVERLAP_DONT_CARE`: movement
-artefacts (AASM: stretches hidden by artefact are not scored) and, for slow waves, K complexes
+artifacts (AASM: stretches hidden by artifact are not scored) and, for slow waves, K complexes
 (which the manual counts as slow waves when they meet the slow-wave definition).
 """
 
