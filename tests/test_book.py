@@ -305,6 +305,21 @@ def test_smoke_book_builds_with_warnings_as_errors_and_leaks_no_key(smoke_book):
 
 
 @pytest.mark.slow
+def test_smoke_chapters_show_no_warnings_or_local_paths(smoke_book):
+    """What a chapter writes to stderr (warnings, progress bars) and the builder's own paths
+    are noise to a reader: an executed chapter shows neither."""
+    local = (str(Path.home()), str(project_root()), "site-packages")
+    for run in smoke_book.runs:
+        executed = nbformat.read(smoke_book.build / "book" / f"{run.chapter}.ipynb", as_version=4)
+        for index, cell in enumerate(executed.cells):
+            for output in cell.get("outputs", []):
+                where = f"{run.chapter}, cell {index}"
+                assert output.get("name") != "stderr", f"{where}: {output.get('text', '')[:300]}"
+                shown = json.dumps(output)
+                assert not [p for p in local if p in shown], f"{where} shows a local path"
+
+
+@pytest.mark.slow
 def test_smoke_book_has_its_build_log_and_teaching_pages(smoke_book):
     log = (smoke_book.html / "book" / "build_log.html").read_text()
     for run in smoke_book.runs:

@@ -136,6 +136,12 @@ def suggested_commands(text: str) -> list[str]:
     return re.findall(r"-p \w+ [^\s()]+", text) + re.findall(r'-y "[^"]+"', text)
 
 
+def test_as_dict_refuses_a_key_it_was_not_given():
+    assert as_dict("{dcsm: /d}", "data_dirs", keys=["dcsm", "shhs"]) == {"dcsm": "/d"}
+    with pytest.raises(ParameterError, match=r"data_dirs: 'dscm' not among dcsm, shhs"):
+        as_dict("{dscm: /d}", "data_dirs", keys=["dcsm", "shhs"])
+
+
 def test_every_form_an_error_suggests_reads_as_the_list_it_shows():
     with pytest.raises(ParameterError) as caught:
         as_list(7, "models")

@@ -10,7 +10,7 @@ that means nothing stops the chapter at once with the forms that work.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import yaml
 
@@ -83,12 +83,13 @@ def as_list(value: object, name: str) -> list[str]:
     return [_checked_name(item, name, forms) for item in items]
 
 
-def as_dict(value: object, name: str) -> dict[str, str]:
+def as_dict(value: object, name: str, keys: Sequence[str] | None = None) -> dict[str, str]:
     """The name-to-text mapping (e.g. dataset to folder) that dict parameter ``name`` holds.
 
     Accepts a dict or a YAML/JSON mapping written as text (``'{dcsm: /data/dcsm}'``); empty text
     is the empty dict. Anything else (a list, a number, a key or value that is not text) raises
-    :class:`ParameterError` naming ``name`` and the forms that work.
+    :class:`ParameterError` naming ``name`` and the forms that work; so does a key outside
+    ``keys`` when given (a misspelt dataset would otherwise be ignored without a word).
     """
     forms = dict_forms(name)
     mapping = value
@@ -103,6 +104,12 @@ def as_dict(value: object, name: str) -> dict[str, str]:
         if not isinstance(item, str) or not item.strip():
             raise ParameterError(f"{name}: the value of {key!r} must be text; write {forms}")
         checked[_checked_name(key, name, forms)] = item.strip()
+    unknown = [k for k in checked if keys is not None and k not in keys]
+    if unknown:
+        raise ParameterError(
+            f"{name}: {', '.join(map(repr, unknown))} not among {', '.join(keys) or 'no names'}; "
+            f"each key must be one of them (a typo, or a dataset missing from datasets?)"
+        )
     return checked
 
 
