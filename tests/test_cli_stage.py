@@ -134,6 +134,7 @@ def test_the_dreams_psg_is_compared_with_its_own_hypnogram():
     assert result["n"] == 60 and len(result["reference"]) == 60
     assert set(result["staged"]["stage"]) <= set(STAGES)
     assert -1 <= result["kappa"] <= 1 and 0 <= result["accuracy"] <= 1
+    assert result["events"].get("spindle", 0) > 0  # N2 of a real night holds spindles
 
 
 def test_an_unknown_channel_lists_the_channels_present(tmp_path, capsys):

@@ -147,13 +147,19 @@ def dreams_psg_agreement(
     """``sleepvlm stage`` on a DREAMS PSG (excerpt 3: 50 Hz) against the file's own hypnogram
     (5-s R&K steps, 30-s epochs by majority, :func:`~sleepvlm.data.dreams.to_30s_epochs`):
     the :func:`~sleepvlm.rules.stager.hypnogram_agreement` metrics (κ, accuracy, n...), with
-    the staged night under ``staged`` and the reference labels under ``reference``."""
+    the staged night under ``staged``, the reference labels under ``reference`` and the number
+    of events of each kind the detectors found under ``events``."""
     from sleepvlm.data import dreams
     from sleepvlm.rules.stager import hypnogram_agreement
 
-    staged, _ = stage_edf(dreams.dreams_psg(excerpt), eeg, eog, emg)
+    staged, detection = stage_edf(dreams.dreams_psg(excerpt), eeg, eog, emg)
     reference = dreams.to_30s_epochs(dreams.read_dreams_hypnogram(excerpt))
-    return {**hypnogram_agreement(staged, reference), "staged": staged, "reference": reference}
+    return {
+        **hypnogram_agreement(staged, reference),
+        "staged": staged,
+        "reference": reference,
+        "events": detection.events["kind"].value_counts().to_dict(),
+    }
 
 
 def evaluability_lines(detection: Detection) -> list[str]:
