@@ -15,6 +15,7 @@ from sleepvlm.models import ModelSpec, load_registry, register_local_model, runn
 from sleepvlm.models.messages import TS_PLACEHOLDER, wire_timeseries
 from sleepvlm.models.secrets import KEY_PATTERN
 from sleepvlm.prepare import prepare_dataset
+from sleepvlm.rules import table
 from sleepvlm.sequence import SequenceConfig, encode_epoch
 from sleepvlm.splits import nights_of
 
@@ -209,3 +210,19 @@ def test_kappa_summary_names_each_run_or_says_not_run():
     )
     assert kappa_summary(table) == "dcsm plain 0.01, shhs expert -0.05"
     assert kappa_summary(table.iloc[:0]) == "not run"
+
+
+def test_a_changed_threshold_changes_the_cached_features(cohort, monkeypatch):
+    prepared = cohort["prepared"]
+    manifest = prepared.manifest
+    night = [tuple(manifest[["subject", "night"]].astype(str).iloc[0])]
+    before = experiment.feature_table(prepared, night)
+    assert before["n_spindle"].sum() > 0
+    # a spindle must now stand out 100-fold from its background: none does
+    monkeypatch.setitem(
+        table.SETTINGS, "spindle", {**table.SETTINGS["spindle"], "upper_factor": 100.0}
+    )
+    after = experiment.feature_table(prepared, night)
+    assert after["n_spindle"].sum() == 0
+    monkeypatch.undo()
+    assert experiment.feature_table(prepared, night)["n_spindle"].sum() == before["n_spindle"].sum()

@@ -165,8 +165,8 @@ def image_inputs(
 
 def feature_table(prepared: PreparedDataset, nights: list[tuple[str, str]], executor=None):
     """Feature rows of whole nights (the detectors need the night around an epoch), cached
-    by store, nights and the source of the feature code."""
-    code = source_hash(text_features, evidence, detectors, table)
+    by store, nights, the source of the feature code and the rule values in force."""
+    code = (source_hash(text_features, evidence, detectors, table), table.values_in_force())
     key = content_hash(prepared.store.path.name, sorted(nights), code)
     path = cache_dir("features") / f"{prepared.dataset}-{key}.pkl"
     if path.is_file():

@@ -595,7 +595,9 @@ def annotate_store(
             f"{prepared.store.path}: nights {unknown or '(none)'} are not in the store; pick "
             "(subject, night) pairs of prepared.manifest"
         )
-    code = _cache.content_hash(_cache.source_hash(_detectors, _evidence, _table), Path(__file__))
+    code = _cache.content_hash(
+        _cache.source_hash(_detectors, _evidence, _table), Path(__file__), _table.values_in_force()
+    )
     key = _cache.content_hash(prepared.store.path.name, nights, code)
     path = _cache.cache_dir("annotations") / f"{prepared.dataset}-{key}.jsonl"
     if path.is_file():

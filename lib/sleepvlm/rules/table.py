@@ -463,6 +463,16 @@ def rules_frame() -> pd.DataFrame:
     )
 
 
+def values_in_force() -> dict[str, Any]:
+    """Every rule threshold and detector setting as they stand now (a chapter may have changed
+    one): what a cache key of detector output must hold, since the source of this module
+    does not change when a value is changed at run time."""
+    return {
+        "thresholds": {rule_id: rule.thresholds for rule_id, rule in RULES.items()},
+        "settings": SETTINGS,
+    }
+
+
 def settings_frame() -> pd.DataFrame:
     """The detectors' operating settings, one row per (detector, setting)."""
     return pd.DataFrame(
