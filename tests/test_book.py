@@ -13,6 +13,7 @@ import pytest
 import yaml
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
+from sleepvlm import cli
 from sleepvlm.book import (
     META,
     NEEDS,
@@ -24,11 +25,13 @@ from sleepvlm.book import (
     notebook_defaults,
     rerun_command,
     run_book,
+    run_key,
     select_chapters,
     start_order,
 )
 from sleepvlm.cache import library_hash, project_root
 from sleepvlm.environment import lock_hash
+from sleepvlm.models import USER_REGISTRY_ENV
 
 KERNEL = {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}
 
@@ -360,3 +363,22 @@ def test_chapters_that_others_wait_for_start_first():
     assert [p.stem for p in start_order(ready, needs)] == ["03_b", "02_a"]
     level = [Path(f"{stem}.ipynb") for stem in ("06_e", "02_a")]
     assert [p.stem for p in start_order(level, needs)] == ["02_a", "06_e"]
+
+
+def test_a_labs_registry_reruns_chapters_when_it_changes_and_a_broken_one_stops_the_book(
+    tmp_path, monkeypatch, capsys
+):
+    notebook = tmp_path / "01_x.ipynb"
+    nbformat.write(new_notebook(cells=[new_code_cell("x = 1")]), notebook)
+    lab = tmp_path / "lab.yaml"
+    lab.write_text(
+        "models:\n  lab-vlm: {backend: openai_compatible, model_id: m, base_url: http://h/v1}\n"
+    )
+    monkeypatch.setenv(USER_REGISTRY_ENV, str(lab))
+    first = run_key(notebook, {})
+    lab.write_text(lab.read_text().replace("model_id: m", "model_id: m2"))
+    assert run_key(notebook, {}) != first
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("models: [1]")
+    assert cli.main(["book", "--registry", str(broken), "--only", "01", "--no-html"]) == 1
+    assert "--registry" in capsys.readouterr().err

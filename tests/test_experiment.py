@@ -11,7 +11,13 @@ from sleepvlm import experiment
 from sleepvlm.data.cohort import COHORT_SIZES, CohortSize
 from sleepvlm.data.records import STAGES
 from sleepvlm.metrics import INVALID, read_results
-from sleepvlm.models import ModelSpec, load_registry, register_local_model, running_server
+from sleepvlm.models import (
+    USER_REGISTRY_ENV,
+    ModelSpec,
+    load_registry,
+    register_local_model,
+    running_server,
+)
 from sleepvlm.models.messages import TS_PLACEHOLDER, wire_timeseries
 from sleepvlm.models.secrets import KEY_PATTERN
 from sleepvlm.prepare import prepare_dataset
@@ -226,3 +232,20 @@ def test_a_changed_threshold_changes_the_cached_features(cohort, monkeypatch):
     assert after["n_spindle"].sum() == 0
     monkeypatch.undo()
     assert experiment.feature_table(prepared, night)["n_spindle"].sum() == before["n_spindle"].sum()
+
+
+def test_a_labs_own_model_runs_from_its_own_registry_file(cohort, monkeypatch, tmp_path):
+    with running_server() as server:
+        lab = tmp_path / "lab_models.yaml"
+        lab.write_text(
+            "models:\n  lab-stager:\n    backend: openai_compatible\n"
+            f"    model_id: rule-reader\n    base_url: {server.url}\n    modalities: [text]\n"
+        )
+        monkeypatch.setenv(USER_REGISTRY_ENV, str(lab))
+        record, served = _run(cohort, "text", "lab-stager", results_dir=None)
+        _, local = _run(cohort, "text", "rule-reader", results_dir=None)
+    assert record["registry"] == str(lab) and record["run"]["called"] > 0
+    assert served["answer"].tolist() == local["answer"].tolist()
+    monkeypatch.delenv(USER_REGISTRY_ENV)
+    with pytest.raises(experiment.ExperimentError, match=USER_REGISTRY_ENV):
+        _run(cohort, "text", "lab-stager", results_dir=None)

@@ -7,6 +7,7 @@ import yaml
 
 from sleepvlm.data.records import DataError
 from sleepvlm.models import (
+    USER_REGISTRY_ENV,
     ChatRequest,
     Message,
     ModelError,
@@ -155,3 +156,21 @@ def test_missing_key_error_names_the_variable_only(monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     with pytest.raises(ModelError, match="OPENAI_API_KEY is not set"):
         api_key_from_env("OPENAI_API_KEY")
+
+
+def test_a_user_registry_is_read_over_the_packaged_one(tmp_path, monkeypatch):
+    user = tmp_path / "mine.yaml"
+    user.write_text(
+        "models:\n  gpt-4o:\n    backend: openai_compatible\n    model_id: my-gpt\n"
+        "    base_url: http://localhost:9/v1\n  lab-vlm:\n    backend: openai_compatible\n"
+        "    model_id: lab\n    base_url: http://localhost:9/v1\n    modalities: [image]\n"
+    )
+    packaged = load_registry()
+    monkeypatch.setenv(USER_REGISTRY_ENV, str(user))
+    merged = load_registry()
+    assert set(merged) == set(packaged) | {"lab-vlm"}
+    assert merged["gpt-4o"].model_id == "my-gpt" and merged["gpt-4o"].registry == str(user)
+    assert merged["chance"].registry == "packaged"
+    monkeypatch.setenv(USER_REGISTRY_ENV, str(tmp_path / "missing.yaml"))
+    with pytest.raises(RegistryError, match="missing.yaml"):
+        load_registry()

@@ -25,6 +25,7 @@ import nbformat
 
 from .cache import content_hash, library_hash, project_root
 from .environment import LOCK_FILE, lock_hash
+from .models.registry import USER_REGISTRY_ENV
 
 NOTEBOOKS = "notebooks"
 BOOK = "book"
@@ -86,8 +87,11 @@ def select_chapters(notebooks: list[Path], only: Iterable[str] | None) -> list[P
 
 
 def run_key(notebook: Path, parameters: dict) -> str:
-    """A chapter reruns when its notebook, its parameters or the library changed."""
-    return content_hash(notebook, parameters, library_hash(), lock_hash())
+    """A chapter reruns when its notebook, its parameters, the library, the lock or the user's
+    own model registry (``$SLEEPVLM_REGISTRY``) changed."""
+    user = os.environ.get(USER_REGISTRY_ENV, "").strip()
+    own_models = Path(user) if user and Path(user).is_file() else None
+    return content_hash(notebook, parameters, library_hash(), lock_hash(), own_models)
 
 
 def dirty_notebooks(folder: Path) -> list[str]:

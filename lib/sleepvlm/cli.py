@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -19,7 +20,17 @@ def _parameters(pairs: list[list[str]] | None) -> dict:
 
 def cmd_book(args: argparse.Namespace) -> int:
     from .book import BookError, run_book
+    from .models import USER_REGISTRY_ENV, load_registry
+    from .models.errors import RegistryError
 
+    if args.registry:
+        try:
+            load_registry(args.registry)  # a broken file stops here, not in a chapter
+        except RegistryError as err:
+            print(f"error: --registry: {err}", file=sys.stderr)
+            return 1
+        # the chapters' kernels inherit the environment
+        os.environ[USER_REGISTRY_ENV] = str(args.registry.resolve())
     try:
         run_book(
             smoke=args.smoke,
@@ -106,6 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     book.add_argument("--build-dir", type=Path, help="build somewhere else than the project")
     book.add_argument("--force", action="store_true", help="rerun chapters even if unchanged")
+    book.add_argument(
+        "--registry",
+        type=Path,
+        help="a registry file of your own models, read over the packaged one in every chapter",
+    )
     book.add_argument("--no-html", action="store_true", help="execute only; skip Jupyter Book")
     book.add_argument(
         "--jobs",

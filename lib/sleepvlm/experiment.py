@@ -39,6 +39,7 @@ from sleepvlm.metrics import (
     write_result,
 )
 from sleepvlm.models import (
+    USER_REGISTRY_ENV,
     ChatRequest,
     Engine,
     Message,
@@ -118,11 +119,13 @@ def resolve_model(
             modalities=(modality,),
             base_url=base_url,
             api_key_env=api_key_env,
+            registry="parameters",
         )
     else:
         raise ExperimentError(
-            f"model {model!r} is not in the registry ({', '.join(sorted(registry))}); add it to "
-            "registry.yaml, or give base_url (and model_id) of an OpenAI-compatible server"
+            f"model {model!r} is not in the registry ({', '.join(sorted(registry))}); describe "
+            f"it in a registry file of your own named by ${USER_REGISTRY_ENV}, or give base_url "
+            "(and model_id) of an OpenAI-compatible server"
         )
     if modality not in spec.modalities:
         raise ExperimentError(
@@ -437,6 +440,7 @@ def run_experiment(
         {
             "prompt_version": prompt.version,
             "role": spec.role,
+            "registry": spec.registry,
             "base_url": spec.base_url,
             "parse_rate": evaluation["parse_rate"],
             "seed": seed,

@@ -9,12 +9,13 @@ from .engine import Engine, Response, RetryPolicy, RunSummary, summarize
 from .errors import ModelError, RegistryError, TransientError
 from .local import chance, local_model_names, majority_model, register_local_model
 from .messages import ChatRequest, Message, user_request, wire_images, wire_text
-from .registry import ModelSpec, get_model, load_registry
+from .registry import USER_REGISTRY_ENV, ModelSpec, get_model, load_registry
 from .secrets import redact
 from .server import ChatServer, Faults, running_server
 from .store import ResponseStore
 
 __all__ = [
+    "USER_REGISTRY_ENV",
     "ChatRequest",
     "ChatServer",
     "Completion",

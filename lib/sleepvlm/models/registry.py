@@ -1,10 +1,13 @@
 """The model registry: which models the benchmark runs, through which backend, with which
 decoding settings and prices. Loaded from ``registry.yaml`` beside this module (or any file of
-the same schema) and validated entry by entry."""
+the same schema) and validated entry by entry. A lab's own models go in a file of its own,
+named by ``$SLEEPVLM_REGISTRY``: its entries are read over the packaged ones (a name in both
+takes the lab's entry), so nothing inside the installed package is edited."""
 
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,6 +17,10 @@ from .errors import RegistryError
 from .weights import WeightsError, WheelWeights
 
 REGISTRY_PATH = Path(__file__).with_name("registry.yaml")
+#: Environment variable naming a registry file of the user's own models (see the docstring).
+USER_REGISTRY_ENV = "SLEEPVLM_REGISTRY"
+#: What a packaged entry's ``registry`` says (a user entry names its file).
+PACKAGED = "packaged"
 BACKENDS = ("openai", "openai_compatible", "transformers", "local")
 MODALITIES = ("image", "text", "sequence")
 ROLES = ("vlm", "text-llm", "ts-llm", "floor", "trained")
@@ -54,6 +61,9 @@ class ModelSpec:
     # A weights file fetched into the cache (see sleepvlm.models.weights): a real pretrained
     # model run here, loaded from that file rather than from ``model_id``.
     weights: dict | None = None
+    # Where the entry came from: PACKAGED, the user registry file, or "parameters" for a model
+    # described by a chapter's parameters (base_url, model_id); results records carry it.
+    registry: str = PACKAGED
 
     def __post_init__(self):
         object.__setattr__(self, "modalities", tuple(self.modalities))
@@ -124,9 +134,18 @@ def _validate(spec: ModelSpec) -> None:
             raise RegistryError(f"{where}: price needs non-negative 'input' and 'output' (USD/M)")
 
 
-def load_registry(path: str | Path = REGISTRY_PATH) -> dict[str, ModelSpec]:
-    """All models of a registry file, by name."""
-    path = Path(path)
+def load_registry(path: str | Path | None = None) -> dict[str, ModelSpec]:
+    """All models of a registry file, by name; by default the packaged registry with the
+    user's (``$SLEEPVLM_REGISTRY``) read over it."""
+    if path is None:
+        user = os.environ.get(USER_REGISTRY_ENV, "").strip()
+        packaged = _read_registry(REGISTRY_PATH)
+        return {**packaged, **_read_registry(Path(user))} if user else packaged
+    return _read_registry(Path(path))
+
+
+def _read_registry(path: Path) -> dict[str, ModelSpec]:
+    source = PACKAGED if path == REGISTRY_PATH else str(path)
     try:
         document = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as err:
@@ -145,7 +164,7 @@ def load_registry(path: str | Path = REGISTRY_PATH) -> dict[str, ModelSpec]:
                 f"allowed: {sorted(_FIELDS)}"
             )
         try:
-            specs[name] = ModelSpec(name=str(name), **entry)
+            specs[name] = ModelSpec(name=str(name), **entry, registry=source)
         except TypeError as err:
             raise RegistryError(f"{path}: entry {name!r}: {err}") from err
     return specs
