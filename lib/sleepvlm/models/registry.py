@@ -30,6 +30,7 @@ _FIELDS = {
     "image",
     "concurrency",
     "weights",
+    "context",
 }
 #: Image options a model may fix (those it was trained on); the rest keep the benchmark's.
 IMAGE_FIELDS = ("width", "height", "context", "chin_reference_uv")
@@ -54,6 +55,9 @@ class ModelSpec:
     # A weights file fetched into the cache (see sleepvlm.models.weights): a real pretrained
     # model run here, loaded from that file rather than from ``model_id``.
     weights: dict | None = None
+    # Tokens the model attends to (prompt and answer together), as its config says: lets a
+    # chapter tell which inputs fit before loading it (the loaded model's config decides).
+    context: int | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "modalities", tuple(self.modalities))
@@ -110,6 +114,10 @@ def _validate(spec: ModelSpec) -> None:
         not isinstance(spec.concurrency, int) or spec.concurrency < 1
     ):
         raise RegistryError(f"{where}: concurrency must be a positive integer")
+    if spec.context is not None and (
+        isinstance(spec.context, bool) or not isinstance(spec.context, int) or spec.context < 1
+    ):
+        raise RegistryError(f"{where}: context must be a positive number of tokens")
     if spec.weights is not None:
         if spec.backend != "transformers":
             raise RegistryError(f"{where}: weights are loaded by the transformers backend only")
