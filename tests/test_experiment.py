@@ -364,7 +364,9 @@ def test_a_registered_models_fit_is_counted_on_the_sample_it_would_get(cohort):
         summary.loc[rich.name, "longest expert prompt (tokens)"]
         == direct.query("encoding == @rich.name and prompt == 'expert'")["tokens_max"].iloc[0]
     )
-    assert summary.loc[poor.name, "epochs"] == 2 * sum(cohort["counts"].values())
+    assert summary.loc[poor.name, "requests"] == 2 * sum(cohort["counts"].values())
+    assert summary.loc[poor.name, "requests_fitting"] == summary.loc[poor.name, "requests"]
+    assert summary.loc[rich.name, "requests_fitting"] == 0
     no_budget = {"reader": spec.replace(decoding={"temperature": 0})}
     with pytest.raises(experiment.ExperimentError, match="no max_tokens"):
         experiment.sequence_context_fit([DATASET], "reader", [poor], load=False, registry=no_budget)

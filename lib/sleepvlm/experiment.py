@@ -379,8 +379,8 @@ def sequence_context_fit(
 
 def context_fit_summary(table: pd.DataFrame) -> pd.DataFrame:
     """One row per encoding of a (stacked) :func:`context_fit` table, in its order: the longest
-    request of each prompt (tokens, over every dataset), the room, the sampled epochs whose
-    every request fits and whether the encoding fits throughout."""
+    request of each prompt (tokens, over every dataset), the room, the requests (one per
+    sampled epoch and prompt) that fit, of how many, and whether the encoding fits throughout."""
     order = list(dict.fromkeys(table["encoding"]))
     longest = table.pivot_table(
         index="encoding", columns="prompt", values="tokens_max", aggfunc="max"
@@ -389,8 +389,8 @@ def context_fit_summary(table: pd.DataFrame) -> pd.DataFrame:
     grouped = table.groupby("encoding")
     summary = longest.assign(
         room=grouped["room"].min(),
-        epochs_fitting=grouped["epochs_fitting"].sum(),
-        epochs=grouped["epochs"].sum(),
+        requests_fitting=grouped["epochs_fitting"].sum(),
+        requests=grouped["epochs"].sum(),
         fits=grouped["fits"].all(),
     )
     return summary.reindex(order)
