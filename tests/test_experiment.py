@@ -18,7 +18,7 @@ from sleepvlm.models import (
     register_local_model,
     running_server,
 )
-from sleepvlm.models.messages import TS_PLACEHOLDER, wire_timeseries
+from sleepvlm.models.messages import TS_PLACEHOLDER, Message, wire_timeseries
 from sleepvlm.models.secrets import KEY_PATTERN
 from sleepvlm.prepare import prepare_dataset
 from sleepvlm.rules import table
@@ -249,3 +249,164 @@ def test_a_labs_own_model_runs_from_its_own_registry_file(cohort, monkeypatch, t
     monkeypatch.delenv(USER_REGISTRY_ENV)
     with pytest.raises(experiment.ExperimentError, match=USER_REGISTRY_ENV):
         _run(cohort, "text", "lab-stager", results_dir=None)
+
+
+def _fit(cohort, configs, count, context, answer_tokens=8):
+    return experiment.context_fit(
+        cohort["prepared"], _sample(cohort), configs, count, context, answer_tokens
+    )
+
+
+def _sample(cohort):
+    from sleepvlm.prepare import balanced_test_manifest
+
+    return balanced_test_manifest(cohort["prepared"], cohort["counts"], seed=0)
+
+
+def test_context_fit_tells_which_encodings_fit_with_their_token_counts(cohort):
+    rich, poor = SequenceConfig("raw", 100, 1), SequenceConfig("raw", 10, 0)
+    count = experiment.estimated_tokens()
+    tokens = {
+        (c.name, v): experiment.sequence_prompt_tokens(
+            cohort["prepared"], _sample(cohort), c, v, count
+        )
+        for c in (rich, poor)
+        for v in experiment.PROMPT_VARIANTS
+    }
+    n = sum(cohort["counts"].values())
+    assert all(len(t) == n for t in tokens.values())
+    # The whole request counts: the prompt's text besides the encoding itself.
+    epoch = cohort["prepared"].store.read(
+        experiment.store_rows(cohort["prepared"], _sample(cohort))
+    )
+    alone = encode_epoch(epoch[0].astype(np.float64), poor).tokens["single_digit"]
+    assert tokens[(poor.name, "plain")][0] > alone
+    assert tokens[(poor.name, "expert")][0] > tokens[(poor.name, "plain")][0]
+    # A context just large enough for the poorer encoding's longest request and the answer.
+    longest = max(max(tokens[(poor.name, v)]) for v in experiment.PROMPT_VARIANTS)
+    table = _fit(cohort, [rich, poor], count, longest + 8)
+    assert table["encoding"].tolist() == [rich.name] * 2 + [poor.name] * 2
+    assert table["prompt"].tolist() == list(experiment.PROMPT_VARIANTS) * 2
+    for row in table.itertuples(index=False):
+        assert row.tokens_max == max(tokens[(row.encoding, row.prompt)])
+        assert row.room == longest and row.context == longest + 8 and row.epochs == n
+    assert table.set_index("encoding")["fits"].groupby(level=0).all().to_dict() == {
+        rich.name: False,
+        poor.name: True,
+    }
+    assert (table[table["encoding"] == rich.name]["epochs_fitting"] == 0).all()
+    assert experiment.fitting_configs(table, [rich, poor]) == [poor]
+    # One token less and the longest request no longer fits beside the answer.
+    tight = _fit(cohort, [poor], count, longest + 7)
+    assert not tight["fits"].all() and experiment.fitting_configs(tight, [poor]) == []
+    with pytest.raises(experiment.ExperimentError, match="no room"):
+        _fit(cohort, [poor], count, 8)
+
+
+def test_a_config_must_fit_every_prompt_and_dataset():
+    import pandas as pd
+
+    config = SequenceConfig("raw", 10, 0)
+    table = pd.DataFrame(
+        [
+            {"encoding": config.name, "prompt": "plain", "fits": True},
+            {"encoding": config.name, "prompt": "expert", "fits": False},
+        ]
+    )
+    assert experiment.fitting_configs(table, [config]) == []
+    assert experiment.fitting_configs(table.iloc[:1], [config]) == [config]
+    assert experiment.fitting_configs(table.iloc[:0], [config]) == []
+
+
+def test_the_model_tokenizer_counts_and_its_context_is_checked(cohort, tmp_path, monkeypatch):
+    """A tiny GGUF (context 64, byte-level tokenizer) placed where fetched weights go: its
+    tokenizer counts the sequence prompts (none fits), a registry context that disagrees with
+    its config is refused, and without loading the estimate is used with the registry's."""
+    import hashlib
+
+    from sleepvlm.models.tiny import write_tiny_gguf
+    from sleepvlm.models.weights import WheelWeights
+
+    monkeypatch.setenv("SLEEPVLM_CACHE", str(tmp_path / "cache"))
+    source = tmp_path / "tiny.gguf"
+    write_tiny_gguf(source)
+    sha256 = hashlib.sha256(source.read_bytes()).hexdigest()
+    weights = WheelWeights("tiny-gguf", "0.1", "tiny.gguf", sha256)
+    weights.path.write_bytes(source.read_bytes())  # as if fetched
+    entry = {"package": "tiny-gguf", "version": "0.1", "file": "tiny.gguf", "sha256": sha256}
+    spec = ModelSpec(
+        "tiny-gguf",
+        "transformers",
+        "unused",
+        ("text", "sequence"),
+        role="text-llm",
+        weights=entry,
+        context=64,
+    )
+    count, context, how = experiment.token_counter(spec, load=True)
+    assert context == 64 and "tokenizer" in how
+    config = SequenceConfig("raw", 10, 0)
+    table = _fit(cohort, [config], count, context, answer_tokens=4)
+    # Byte-level: at least one token per character of the inline numbers.
+    assert (table["tokens_max"] > 3 * config.length).all() and not table["fits"].any()
+    with pytest.raises(experiment.ExperimentError, match="context of 64 tokens, the registry 65"):
+        experiment.model_token_counter(spec.replace(context=65))
+    estimate, context, how = experiment.token_counter(spec.replace(context=99), load=False)
+    assert context == 99 and "estimate" in how
+    messages = (Message("user", "1,2,3"),)
+    assert estimate(messages) == 5
+    with pytest.raises(experiment.ExperimentError, match="no context"):
+        experiment.token_counter(spec.replace(context=None), load=False)
+    with pytest.raises(experiment.ExperimentError, match="not local"):
+        experiment.model_token_counter(load_registry()["gpt-4o"])
+
+
+def test_per_stage_counts_and_a_real_models_command_use_real_llm():
+    assert experiment.per_stage_counts(2) == {s: 2 for s in STAGES}
+    with pytest.raises(experiment.ExperimentError, match="at least one"):
+        experiment.per_stage_counts(0)
+    rows = experiment.not_run_rows("sequence", [], ["dcsm"])
+    real = rows[rows["model"] == "smollm2-135m-instruct"]["command"].tolist()
+    assert len(real) == 1 and real[0].startswith("papermill notebooks/09_sequence_experiment")
+    assert "-p real_llm smollm2-135m-instruct -p dataset dcsm" in real[0]
+    assert "-p models" not in real[0]
+    others = rows[rows["model"] != "smollm2-135m-instruct"]["command"]
+    assert others.str.contains("-p models ").all()
+
+
+def test_a_registered_models_fit_is_counted_on_the_sample_it_would_get(cohort):
+    rich, poor = SequenceConfig("raw", 100, 1), SequenceConfig("raw", 10, 0)
+    direct = _fit(cohort, [rich, poor], experiment.estimated_tokens(), 10_000)
+    spec = ModelSpec(
+        "reader",
+        "local",
+        "chance",
+        ("sequence",),
+        role="text-llm",
+        decoding={"temperature": 0, "max_tokens": 8},
+        context=10_000,
+    )
+    table, how = experiment.sequence_context_fit(
+        [DATASET],
+        "reader",
+        [rich, poor],
+        load=False,
+        counts=cohort["counts"],
+        cohort_size="tiny",
+        registry={"reader": spec},
+    )
+    assert "estimate" in how and (table["dataset"] == DATASET).all()
+    assert table.drop(columns="dataset").equals(direct)
+    summary = experiment.context_fit_summary(table)
+    assert summary.index.tolist() == [rich.name, poor.name]
+    assert summary.loc[poor.name, "fits"] and not summary.loc[rich.name, "fits"]
+    assert (
+        summary.loc[rich.name, "longest expert prompt (tokens)"]
+        == direct.query("encoding == @rich.name and prompt == 'expert'")["tokens_max"].iloc[0]
+    )
+    assert summary.loc[poor.name, "requests"] == 2 * sum(cohort["counts"].values())
+    assert summary.loc[poor.name, "requests_fitting"] == summary.loc[poor.name, "requests"]
+    assert summary.loc[rich.name, "requests_fitting"] == 0
+    no_budget = {"reader": spec.replace(decoding={"temperature": 0})}
+    with pytest.raises(experiment.ExperimentError, match="no max_tokens"):
+        experiment.sequence_context_fit([DATASET], "reader", [poor], load=False, registry=no_budget)

@@ -13,7 +13,7 @@ import pytest
 from sleepvlm import experiment, failures
 from sleepvlm.data.cohort import COHORT_SIZES, CohortSize
 from sleepvlm.data.records import STAGES
-from sleepvlm.metrics import INVALID
+from sleepvlm.metrics import INVALID, PRED_LABELS
 from sleepvlm.models import ModelSpec, load_registry, register_local_model, wire_text
 from sleepvlm.prepare import prepare_dataset
 from sleepvlm.text import load_prompt, render_prompt
@@ -453,3 +453,22 @@ def test_ungrounded_in_run_annotates_the_chosen_nights(cohort):
     summary = failures.ungrounded_summary(table)
     assert summary["invented events"] >= 1 and summary["answers"] == 12
     assert summary["cited events"] == table["n_claims"].sum() > summary["invented events"]
+
+
+def test_answer_distributions_and_dominant_answers_per_run():
+    key = {"subject": ["s1"] * 4, "night": ["1"] * 4, "epoch": range(4)}
+    stages = ["W", "N1", "N2", "N3"]
+    runs = {
+        "plain": pd.DataFrame({**key, "stage": stages, "prediction": ["REM"] * 4}),
+        "expert": pd.DataFrame(
+            {**key, "stage": stages, "prediction": ["W", INVALID, INVALID, "N3"]}
+        ),
+    }
+    table = failures.answer_distributions(runs)
+    assert list(table.columns) == ["plain", "expert"] and list(table.index) == list(PRED_LABELS)
+    assert table.loc["REM", "plain"] == 1.0 and table["plain"].sum() == pytest.approx(1.0)
+    assert table.loc["invalid", "expert"] == 0.5 and table.loc["W", "expert"] == 0.25
+    assert failures.dominant_answers_text(runs) == "plain: REM 100 %, expert: invalid 50 %"
+    assert failures.dominant_answers_text({}) == "not run"
+    empty = failures.answer_distributions({})
+    assert empty.empty and list(empty.index) == list(PRED_LABELS)

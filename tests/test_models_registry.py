@@ -84,6 +84,8 @@ def _write(tmp_path, entries):
         ({"backend": "local", "model_id": "m", "image": {"dpi": 300}}, "image takes"),
         ({"backend": "local", "model_id": "m", "image": {"width": "wide"}}, "image takes"),
         ({"backend": "local", "model_id": "m", "concurrency": 0}, "concurrency must be"),
+        ({"backend": "local", "model_id": "m", "context": "8k"}, "context must be"),
+        ({"backend": "local", "model_id": "m", "context": 0}, "context must be"),
     ],
 )
 def test_bad_registry_entries_are_refused(tmp_path, entry, message):

@@ -437,3 +437,19 @@ def test_warnings_list_every_skipped_file(tmp_path):
         report.load_records(tmp_path)
     message = str(caught[0].message)
     assert "2 malformed" in message and "a.json" in message and "b.json" in message
+
+
+def test_a_real_pretrained_models_rows_are_filled_by_its_chapters_real_llm(tmp_path):
+    from sleepvlm.models import load_registry
+
+    with pytest.warns(UserWarning, match="no results folder"):
+        records = report.load_records(tmp_path / "absent")
+    table = report.main_table(records, registry=load_registry())
+    real = table[table["model"] == "smollm2-135m-instruct"]
+    assert set(real["group"]) == {report.PRETRAINED_GROUP}
+    assert set(real["input"]) == {"text", "sequence"} and set(real["status"]) == {"not run"}
+    for row in real.itertuples(index=False):
+        chapter = "08_text_experiment" if row.input == "text" else "09_sequence_experiment"
+        assert row.command.startswith(f"papermill notebooks/{chapter}.ipynb")
+        assert f"-p real_llm smollm2-135m-instruct -p dataset {row.dataset}" in row.command
+        assert f"-p prompt_variants {row.prompt}" in row.command and "-p models" not in row.command

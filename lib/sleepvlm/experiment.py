@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -63,7 +63,7 @@ from sleepvlm.prepare import (
 )
 from sleepvlm.render import ImageOptions, render_dataset
 from sleepvlm.rules import detectors, evidence, table
-from sleepvlm.sequence import EncodedEpoch, SequenceConfig, encode_epoch
+from sleepvlm.sequence import EncodedEpoch, SequenceConfig, count_tokens, encode_epoch
 from sleepvlm.splits import MANIFEST_KEY, manifest_hash, nights_of
 
 PROMPT_VARIANTS: tuple[str, ...] = ("plain", "expert")
@@ -219,6 +219,184 @@ def sequence_inputs(
     """Each epoch encoded as ``config`` in format ``fmt``."""
     data = prepared.store.read(rows).astype(np.float64)
     return [encode_epoch(epoch, config, fmt) for epoch in data]
+
+
+# --- what fits a model's context ---------------------------------------------------------------
+
+#: Counts the tokens of a request's messages as a model reads them.
+TokenCounter = Callable[[tuple[Message, ...]], int]
+
+
+def estimated_tokens(family: str = "single_digit") -> TokenCounter:
+    """A :data:`TokenCounter` from the rule-based estimate of :func:`sleepvlm.sequence.count_tokens`
+    over every turn's text (no tokenizer, no chat-template tokens), for when the model's own
+    tokenizer is not at hand (e.g. a smoke build that fetches no weights)."""
+
+    def count(messages: tuple[Message, ...]) -> int:
+        return sum(count_tokens(m.text, family) for m in messages)
+
+    return count
+
+
+def model_token_counter(spec: ModelSpec, device: str = "cpu") -> tuple[TokenCounter, int]:
+    """The model's own tokenizer and chat template (its backend's ``prompt_tokens``: loads the
+    model, once per process, and fetches its weights if needed) and the context it attends to
+    in tokens (prompt and answer together), as its loaded config says; a registry ``context``
+    that disagrees is an error, so the two never drift apart."""
+    from sleepvlm.models.backends import make_backend
+
+    if spec.backend != "transformers":
+        raise ExperimentError(
+            f"model {spec.name!r}: its tokenizer is not local (backend {spec.backend!r}); "
+            "count with estimated_tokens() and its registry context"
+        )
+    backend = make_backend(spec, device)
+    context = backend.context_tokens
+    if context is None or (spec.context is not None and context != spec.context):
+        raise ExperimentError(
+            f"model {spec.name!r}: its config gives a context of {context} tokens, the "
+            f"registry {spec.context}; correct the registry's context"
+        )
+    return backend.prompt_tokens, context
+
+
+def token_counter(
+    spec: ModelSpec, load: bool, device: str = "cpu", family: str = "single_digit"
+) -> tuple[TokenCounter, int, str]:
+    """How to count a model's prompts, its context, and how they were counted (for the text):
+    with ``load``, the model's tokenizer (:func:`model_token_counter`); without, the rule-based
+    estimate in ``family`` (:func:`estimated_tokens`) against the registry's ``context``."""
+    if load:
+        count, context = model_token_counter(spec, device)
+        return count, context, f"{spec.name}'s tokenizer and chat template"
+    if spec.context is None:
+        raise ExperimentError(
+            f"model {spec.name!r}: the registry gives no context; load it to read its config"
+        )
+    return estimated_tokens(family), spec.context, f"rule-based estimate ({family} digits)"
+
+
+def sequence_prompt_tokens(
+    prepared: PreparedDataset,
+    sample: pd.DataFrame,
+    config: SequenceConfig,
+    prompt_variant: str,
+    count: TokenCounter,
+    fmt: str = "text",
+) -> list[int]:
+    """Tokens (by ``count``) of each sampled epoch's whole request: the sequence prompt
+    ``prompt_variant`` holding the epoch encoded as ``config`` in format ``fmt``."""
+    inputs = sequence_inputs(prepared, store_rows(prepared, sample), config, fmt)
+    ids = [str(i) for i in range(len(inputs))]
+    requests, _ = build_requests("sequence", prompt_variant, inputs, ids)
+    return [count(r.messages) for r in requests]
+
+
+def context_fit(
+    prepared: PreparedDataset,
+    sample: pd.DataFrame,
+    configs: Sequence[SequenceConfig],
+    count: TokenCounter,
+    context: int,
+    answer_tokens: int,
+    prompt_variants: Sequence[str] = PROMPT_VARIANTS,
+    fmt: str = "text",
+) -> pd.DataFrame:
+    """Which sequence encodings of the sampled epochs fit a model's context: per encoding (in
+    the order of ``configs``) and prompt, the tokens of the requests (mean and max by
+    ``count``), the room (``context`` minus the ``answer_tokens`` the model may write), the
+    epochs whose request fits, and ``fits`` when every one does (a longer request is refused
+    by the model, or truncated by a server)."""
+    if context <= answer_tokens:
+        raise ExperimentError(
+            f"a context of {context} tokens leaves no room beside {answer_tokens} answer tokens"
+        )
+    room = context - answer_tokens
+    rows = []
+    for config in configs:
+        for variant in prompt_variants:
+            tokens = np.asarray(
+                sequence_prompt_tokens(prepared, sample, config, variant, count, fmt)
+            )
+            rows.append(
+                {
+                    "encoding": config.name,
+                    "prompt": variant,
+                    "epochs": len(tokens),
+                    "tokens_mean": float(tokens.mean()) if len(tokens) else np.nan,
+                    "tokens_max": int(tokens.max()) if len(tokens) else 0,
+                    "context": context,
+                    "room": room,
+                    "epochs_fitting": int((tokens <= room).sum()),
+                    "fits": bool((tokens <= room).all()),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def fitting_configs(table: pd.DataFrame, configs: Sequence[SequenceConfig]) -> list[SequenceConfig]:
+    """The ``configs`` (in their order) whose every row of a :func:`context_fit` table fits
+    (every prompt; every dataset when the tables of several are stacked)."""
+    fits = table.groupby("encoding")["fits"].all()
+    return [c for c in configs if c.name in fits.index and fits[c.name]]
+
+
+def sequence_context_fit(
+    datasets: Sequence[str],
+    model: str,
+    configs: Sequence[SequenceConfig],
+    load: bool = True,
+    counts: dict[str, int] | None = None,
+    count_scale: float = 1.0,
+    prompt_variants: Sequence[str] = PROMPT_VARIANTS,
+    data_dir: str | Path | None = None,
+    cohort_size: str = "full",
+    seed: int = 0,
+    registry: dict[str, ModelSpec] | None = None,
+) -> tuple[pd.DataFrame, str]:
+    """:func:`context_fit` of a registered model on each dataset's seeded class-balanced sample
+    (``counts`` per stage, or the paper's times ``count_scale``: the epochs
+    :func:`run_experiment` would send with the same arguments), stacked with a ``dataset``
+    column, counted by :func:`token_counter` (``load``: its own tokenizer) with room for its
+    ``max_tokens``; and how the tokens were counted."""
+    spec = resolve_model(model, "sequence", registry=registry)
+    answer_tokens = spec.decoding.get("max_tokens")
+    if answer_tokens is None:
+        raise ExperimentError(
+            f"model {spec.name!r}: no max_tokens in its decoding, so the room its answer needs "
+            "is unknown; give it one in the registry"
+        )
+    count, context, how = token_counter(spec, load)
+    tables = {}
+    for dataset in datasets:
+        prepared = prepare_dataset(dataset, data_dir, cohort_size=cohort_size)
+        sample = balanced_test_manifest(
+            prepared, counts or sample_counts(dataset, count_scale), seed=seed
+        )
+        tables[dataset] = context_fit(
+            prepared, sample, configs, count, context, answer_tokens, prompt_variants
+        )
+    table = pd.concat(tables, names=["dataset", None]).reset_index(level=0).reset_index(drop=True)
+    return table, how
+
+
+def context_fit_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per encoding of a (stacked) :func:`context_fit` table, in its order: the longest
+    request of each prompt (tokens, over every dataset), the room, the requests (one per
+    sampled epoch and prompt) that fit, of how many, and whether the encoding fits throughout."""
+    order = list(dict.fromkeys(table["encoding"]))
+    longest = table.pivot_table(
+        index="encoding", columns="prompt", values="tokens_max", aggfunc="max"
+    )
+    longest.columns = [f"longest {p} prompt (tokens)" for p in longest.columns]
+    grouped = table.groupby("encoding")
+    summary = longest.assign(
+        room=grouped["room"].min(),
+        requests_fitting=grouped["epochs_fitting"].sum(),
+        requests=grouped["epochs"].sum(),
+        fits=grouped["fits"].all(),
+    )
+    return summary.reindex(order)
 
 
 # --- requests ----------------------------------------------------------------------------------
@@ -495,6 +673,14 @@ SUMMARY_COLUMNS: tuple[str, ...] = (
 )
 
 
+def per_stage_counts(per_stage: int) -> dict[str, int]:
+    """Counts of a seeded subsample with ``per_stage`` epochs of every stage (e.g. the few
+    epochs a real model on a CPU can answer), for :func:`run_experiment`'s ``counts``."""
+    if per_stage < 1:
+        raise ExperimentError(f"a subsample needs at least one epoch per stage, got {per_stage}")
+    return {stage: per_stage for stage in STAGES}
+
+
 def run_grid(
     datasets: Sequence[str],
     modality: str,
@@ -553,9 +739,12 @@ def rerun_command(
     dataset: str,
     open_model: bool = False,
     prompt_variant: str | None = None,
+    pretrained: bool = False,
 ) -> str:
     """The papermill command that fills a missing row of a modality's chapter with a real
     dataset (paths are placeholders to replace); ``prompt_variant`` runs that prompt only.
+    A real pretrained model run here (``pretrained``: weights fetched into the cache) is the
+    chapter's ``real_llm`` parameter, run on its seeded subsample, not one of its ``models``.
     ``signal`` rows (the supervised baselines) are filled by chapter 10, which trains and scores
     both baselines on the dataset."""
     chapter = CHAPTERS[modality]
@@ -563,7 +752,8 @@ def rerun_command(
     if modality == "signal":
         # Chapter 10 takes a folder per dataset (sleepvlm.params.as_dict reads the text).
         return command + f" -p datasets {dataset} -p data_dirs '{{{dataset}: /path/to/{dataset}}}'"
-    command += f" -p models {model} -p dataset {dataset} -p data_dir /path/to/{dataset}"
+    command += f" -p {'real_llm' if pretrained else 'models'} {model}"
+    command += f" -p dataset {dataset} -p data_dir /path/to/{dataset}"
     if prompt_variant:
         command += f" -p prompt_variants {prompt_variant}"
     return command + (" -p base_url http://host:8000/v1" if open_model else "")
@@ -589,7 +779,11 @@ def not_run_rows(
                     "role": spec.role,
                     "status": "not run",
                     "command": rerun_command(
-                        modality, name, dataset, spec.backend == "openai_compatible"
+                        modality,
+                        name,
+                        dataset,
+                        spec.backend == "openai_compatible",
+                        pretrained=spec.weights is not None,
                     ),
                 }
             )
@@ -606,10 +800,16 @@ __all__ = [
     "build_requests",
     "chance_floor",
     "chat_request",
+    "context_fit",
+    "context_fit_summary",
+    "estimated_tokens",
     "feature_table",
+    "fitting_configs",
     "image_inputs",
     "kappa_summary",
+    "model_token_counter",
     "not_run_rows",
+    "per_stage_counts",
     "rerun_command",
     "resolve_model",
     "results_table",
@@ -617,6 +817,9 @@ __all__ = [
     "run_grid",
     "sequence_format",
     "sequence_inputs",
+    "sequence_context_fit",
+    "sequence_prompt_tokens",
     "store_rows",
     "text_inputs",
+    "token_counter",
 ]

@@ -293,6 +293,29 @@ def dominant_answer(epochs: pd.DataFrame) -> tuple[str, float]:
     return str(shares.idxmax()), float(shares.max())
 
 
+def answer_distributions(runs: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
+    """Share of each label (rows: the five stages, then invalid) among the answers of each run
+    (columns, by name): a column with one share of 1.0 is a model that says one thing whatever
+    it is given. Empty (labels only) when there are no runs."""
+    return pd.DataFrame(
+        {name: prediction_distribution(frame)["share"] for name, frame in runs.items()},
+        index=pd.Index(PRED_LABELS, name="label"),
+        columns=list(runs),
+    )
+
+
+def dominant_answers_text(runs: Mapping[str, pd.DataFrame]) -> str:
+    """Each run's most frequent answer and its share, as text for the prose ("plain: REM
+    100 %, expert: invalid 95 %"), or "not run" when there are no runs."""
+    if not runs:
+        return "not run"
+    parts = []
+    for name, frame in runs.items():
+        label, share = dominant_answer(frame)
+        parts.append(f"{name}: {label} {100 * share:.0f} %")
+    return ", ".join(parts)
+
+
 # --- ungrounded explanations ------------------------------------------------------------------
 
 
@@ -635,9 +658,11 @@ __all__ = [
     "accuracy_by_cue",
     "anchoring_experiment",
     "anchoring_index",
+    "answer_distributions",
     "confusion_pairs",
     "cue_strength",
     "dominant_answer",
+    "dominant_answers_text",
     "label_order",
     "permute_label_order",
     "prediction_distribution",

@@ -560,7 +560,8 @@ def _command(spec: RowSpec, dataset: str, registry) -> str:
         return rerun_command("signal", spec.model, _trained_center(spec) or dataset)
     model = registry.get(spec.model)
     open_model = model is not None and model.backend == "openai_compatible"
-    return rerun_command(spec.modality, spec.model, dataset, open_model, spec.prompt)
+    pretrained = model is not None and model.weights is not None
+    return rerun_command(spec.modality, spec.model, dataset, open_model, spec.prompt, pretrained)
 
 
 def _within(records: pd.DataFrame, dataset: str) -> pd.Series:

@@ -37,6 +37,7 @@ _FIELDS = {
     "image",
     "concurrency",
     "weights",
+    "context",
 }
 #: Image options a model may fix (those it was trained on); the rest keep the benchmark's.
 IMAGE_FIELDS = ("width", "height", "context", "chin_reference_uv")
@@ -61,6 +62,9 @@ class ModelSpec:
     # A weights file fetched into the cache (see sleepvlm.models.weights): a real pretrained
     # model run here, loaded from that file rather than from ``model_id``.
     weights: dict | None = None
+    # Tokens the model attends to (prompt and answer together), as its config says: lets a
+    # chapter tell which inputs fit before loading it (the loaded model's config decides).
+    context: int | None = None
     # Where the entry came from: PACKAGED, the user registry file, or "parameters" for a model
     # described by a chapter's parameters (base_url, model_id); results records carry it.
     registry: str = PACKAGED
@@ -120,6 +124,10 @@ def _validate(spec: ModelSpec) -> None:
         not isinstance(spec.concurrency, int) or spec.concurrency < 1
     ):
         raise RegistryError(f"{where}: concurrency must be a positive integer")
+    if spec.context is not None and (
+        isinstance(spec.context, bool) or not isinstance(spec.context, int) or spec.context < 1
+    ):
+        raise RegistryError(f"{where}: context must be a positive number of tokens")
     if spec.weights is not None:
         if spec.backend != "transformers":
             raise RegistryError(f"{where}: weights are loaded by the transformers backend only")
