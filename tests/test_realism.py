@@ -175,9 +175,14 @@ def test_goal_sentences_follow_the_numbers_and_say_when_nothing_was_measured():
     texts = yasa_goal_texts(agreement_table({("dcsm", "s0"): result}))
     assert texts == {
         "yasa_kappa": "0.65",
-        "kappa_goal": "misses",
+        "kappa_goal": "is missed on dcsm (0.65)",
         "f1_goal": "not every stage reaches it: N1 0.40",
+        "kappa_goal_value": "0.7",
+        "f1_goal_value": "0.6",
     }
+    good = {**result, "kappa": 0.8}
+    both = agreement_table({("dcsm", "s0"): good, ("shhs", "s0"): good, ("shhs", "s1"): result})
+    assert yasa_goal_texts(both)["kappa_goal"] == "is met on every center"  # shhs mean 0.725
     goals = pd.DataFrame(
         {"met": [True, False]}, index=pd.MultiIndex.from_tuples([("a", "x"), ("a", "y")])
     )
