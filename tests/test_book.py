@@ -311,7 +311,7 @@ def test_smoke_book_builds_with_warnings_as_errors_and_leaks_no_key(smoke_book):
 def test_smoke_chapters_show_no_warnings_or_local_paths(smoke_book):
     """What a chapter writes to stderr (warnings, progress bars) and the builder's own paths
     are noise to a reader: an executed chapter shows neither."""
-    local = (str(Path.home()), str(project_root()), "site-packages")
+    local = (str(Path.home()), str(project_root()), str(smoke_book.base), "site-packages")
     for run in smoke_book.runs:
         executed = nbformat.read(smoke_book.build / "book" / f"{run.chapter}.ipynb", as_version=4)
         for index, cell in enumerate(executed.cells):

@@ -325,6 +325,15 @@ def test_10_hz_loses_sigma_and_beta_but_keeps_delta():
     assert abs(row["delta_error_pct"]) < 5
 
 
+def test_a_trace_rounded_flat_keeps_nothing_and_says_so_without_a_warning():
+    x = synthetic_epoch()[None].copy()
+    x[0, 2] = 0.3 * np.sin(np.linspace(0, 300, x.shape[-1]))  # a chin EMG below half a µV
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        row = information_kept(x, [SequenceConfig("raw", 25, 0)], role="emg").iloc[0]
+    assert row["correlation"] == 0.0
+
+
 def test_reconstruction_is_back_at_100_hz():
     for config in (SequenceConfig("raw", 10), SequenceConfig("symbolic", 25)):
         assert reconstruct_channel(synthetic_epoch()[0], "eeg", config).shape == (EPOCH_SAMPLES,)

@@ -625,7 +625,7 @@ def run_experiment(
             "cohort_size": cohort_size if prepared.simulated else None,
             "counts": counts,
             "whole_nights": None if whole_nights is None else len(nights_of(sample)),
-            "source": prepared.source,
+            "source": prepared.source_label,
             "inputs": input_settings,
             "run": {
                 **asdict(summary),

@@ -33,6 +33,17 @@ class PreparedDataset:
     simulated: bool
     source: str  # the folder the nights were read from
 
+    @property
+    def source_label(self) -> str:
+        """The source as a record states it: a simulated cohort by its place in the cache
+        (the cache's own folder is this machine's business), a real dataset by its folder."""
+        if self.simulated:
+            try:
+                return str(Path(self.source).relative_to(cache_dir()))
+            except ValueError:
+                return self.source
+        return self.source
+
 
 def _folder_key(folder: Path) -> str:
     files = sorted(p for p in folder.rglob("*") if p.is_file())

@@ -577,7 +577,9 @@ def band_powers(x: np.ndarray, sfreq: float = TARGET_SFREQ) -> dict[str, float]:
 
 def epoch_information(x: np.ndarray, role: str, config: SequenceConfig) -> dict[str, float]:
     """What one channel keeps through ``config``: relative band-power error (%) per band,
-    peak-to-peak error (µV, decoded minus original) and correlation at 100 Hz."""
+    peak-to-peak error (µV, decoded minus original) and correlation at 100 Hz. A decoded
+    trace that rounding made flat (a small chin EMG at whole µV) keeps none of the epoch's
+    variation: its correlation is 0, not undefined; a flat original has none to keep (NaN)."""
     y = reconstruct_channel(x, role, config)
     original, decoded = band_powers(x), band_powers(y)
     row = {
@@ -585,7 +587,12 @@ def epoch_information(x: np.ndarray, role: str, config: SequenceConfig) -> dict[
         for band, p in original.items()
     }
     row["p2p_error_uv"] = float(np.ptp(y) - np.ptp(x))
-    row["correlation"] = float(np.corrcoef(x, y)[0, 1]) if np.ptp(x) > 0 else np.nan
+    if np.ptp(x) == 0:
+        row["correlation"] = np.nan
+    elif np.ptp(y) == 0:
+        row["correlation"] = 0.0
+    else:
+        row["correlation"] = float(np.corrcoef(x, y)[0, 1])
     return row
 
 
