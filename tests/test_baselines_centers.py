@@ -6,8 +6,10 @@ from sleepvlm.baselines import (
     center_goal_texts,
     center_goals,
     cross_center_loss,
+    cross_center_texts,
     kappa_matrix,
 )
+from sleepvlm.baselines.centers import ONE_CENTER
 from sleepvlm.baselines.evaluate import NIGHTS, SAMPLE
 
 CENTERS = ["dcsm", "shhs", "isruc"]
@@ -36,6 +38,16 @@ def test_cross_center_loss_is_diagonal_minus_off_diagonal():
     matrix = kappa_matrix(scores, "deepsleepnet", CENTERS)
     assert list(matrix.index) == CENTERS and list(matrix.columns) == CENTERS
     assert cross_center_loss(matrix) == pytest.approx(0.6 - 0.4)
+    assert cross_center_texts(matrix) == {"cross_mean": "0.40", "cross_drop": "0.20"}
+
+
+def test_one_center_has_no_cross_center_loss_and_says_so(recwarn):
+    scores = _scores({"dcsm": 0.7}, {("dcsm", "dcsm"): 0.6})
+    matrix = kappa_matrix(scores, "deepsleepnet", ["dcsm"])
+    assert pd.isna(cross_center_loss(matrix))
+    texts = cross_center_texts(matrix)
+    assert set(texts.values()) == {ONE_CENTER} and "one center" in ONE_CENTER
+    assert not recwarn.list  # no numpy warning about empty means
 
 
 def test_goals_met_in_the_papers_order_with_spread_and_loss():

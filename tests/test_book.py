@@ -20,6 +20,9 @@ from sleepvlm.book import (
     RUN_COMMAND_TAG,
     BookError,
     chapter_notebooks,
+    chapter_parameters,
+    check_parameters_declared,
+    data_statement,
     dirty_notebooks,
     execute_chapter,
     notebook_defaults,
@@ -30,6 +33,7 @@ from sleepvlm.book import (
     start_order,
 )
 from sleepvlm.cache import library_hash, project_root
+from sleepvlm.cli import book_parameters, build_parser, lab_build_dir
 from sleepvlm.environment import lock_hash
 from sleepvlm.models import USER_REGISTRY_ENV
 
@@ -68,6 +72,7 @@ def test_execute_skip_and_rerun_on_new_parameters(tiny_chapter, tmp_path):
     assert out.cells[-1].outputs[0]["text"].strip() == "9"
     assert RUN_COMMAND_TAG in out.cells[1].metadata.tags  # right under the title
     assert "papermill notebooks/01_tiny.ipynb out.ipynb -p value 3" in out.cells[1].source
+    assert out.cells[1].source.startswith("**Data: simulated**")
     source = nbformat.read(tiny_chapter, as_version=4)
     assert not any(RUN_COMMAND_TAG in c.metadata.get("tags", []) for c in source.cells)
     assert execute_chapter(tiny_chapter, build, {"value": 3}).status == "skipped"
@@ -230,7 +235,7 @@ def test_failing_chapter_stops_the_book_and_keeps_earlier_chapters(tmp_path):
     log = (root / "book" / "build_log.md").read_text()
     assert "| 01_ok | ran |" in log and "| 02_bad | failed |" in log
     assert "| 03_after | not run | — |" in log
-    assert "papermill notebooks/01_ok.ipynb out.ipynb -p smoke False -p marks" in log
+    assert "papermill notebooks/01_ok.ipynb out.ipynb -p marks" in log
 
 
 def meets(me, other):
@@ -382,3 +387,45 @@ def test_a_labs_registry_reruns_chapters_when_it_changes_and_a_broken_one_stops_
     broken.write_text("models: [1]")
     assert cli.main(["book", "--registry", str(broken), "--only", "01", "--no-html"]) == 1
     assert "--registry" in capsys.readouterr().err
+
+
+def test_a_labs_book_parameters_reach_the_chapters_that_declare_them(tmp_path):
+    folder = tmp_path / "my_dcsm"
+    folder.mkdir()
+    argv = ["book", "--data-dir", str(folder), "--dataset", "dcsm", "--models", "lab-vlm"]
+    argv += ["--base-url", "http://gpu:8000/v1", "-y", "seed: 3", "-p", "seed", "5"]
+    params = book_parameters(build_parser().parse_args(argv))
+    assert params == {
+        "data_dir": str(folder.resolve()),
+        "dataset": "dcsm",
+        "models": "lab-vlm",
+        "base_url": "http://gpu:8000/v1",
+        "seed": 5,  # -p wins over -y
+    }
+    notebooks = {nb.stem[:2]: nb for nb in chapter_notebooks(project_root())}
+    # every chapter that reads recordings takes the folder (03: its real-data path comes next);
+    # the one that reads records does not
+    for number, notebook in notebooks.items():
+        passed = chapter_parameters(notebook, params)
+        assert ("data_dir" in passed) == (number not in ("03", "13")), notebook.name
+    assert "models" in chapter_parameters(notebooks["07"], params)
+    assert "models" not in chapter_parameters(notebooks["01"], params)
+    check_parameters_declared(list(notebooks.values()), params)
+    with pytest.raises(BookError, match="no selected chapter has the parameter"):
+        check_parameters_declared([notebooks["13"]], {"data_dri": "x"})
+
+
+def test_a_labs_book_needs_its_dataset_named_and_its_folder_present(tmp_path):
+    parser = build_parser()
+    with pytest.raises(ValueError, match="name it with --dataset"):
+        book_parameters(parser.parse_args(["book", "--data-dir", str(tmp_path)]))
+    args = parser.parse_args(["book", "--data-dir", str(tmp_path / "no"), "--dataset", "dcsm"])
+    with pytest.raises(ValueError, match="no such folder"):
+        book_parameters(args)
+    assert lab_build_dir("dcsm") == project_root() / "_lab" / "dcsm"
+
+
+def test_every_page_says_whether_its_data_are_real_and_which_dataset():
+    real = data_statement({"data_dir": "/home/lab/downloads/my_dcsm", "dataset": "dcsm"})
+    assert real == "**Data: real** — the `dcsm` dataset in `my_dcsm/`."  # no local path
+    assert data_statement({"data_dir": "", "dataset": "dcsm"}).startswith("**Data: simulated**")

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from sleepvlm.data import cohort, formats
+from sleepvlm.data.channels import BENCHMARK_CHANNELS
 from sleepvlm.data.cohort import (
     COHORT_SIZES,
     NO_EXAMPLE_NIGHTS,
@@ -14,6 +15,7 @@ from sleepvlm.data.cohort import (
     cohort_nights,
     example_nights,
     plot_example_hypnograms,
+    write_simulated_download,
 )
 from sleepvlm.data.records import EPOCH_S, MOVEMENT, Recording
 
@@ -85,3 +87,24 @@ def test_no_example_night_says_so_instead_of_drawing(capsys):
     nights = example_nights(None, ["dcsm"])  # a chapter reading a real dataset has no cohort
     assert nights == {} and plot_example_hypnograms(nights) is None
     assert capsys.readouterr().out == NO_EXAMPLE_NIGHTS + "\n"
+
+
+@pytest.mark.parametrize("dataset", list(cohort.DOWNLOAD_SOURCE_CENTER))
+def test_a_simulated_download_holds_only_what_a_real_download_has(dataset, tmp_path, monkeypatch):
+    monkeypatch.setitem(COHORT_SIZES, "tiny", CohortSize(subjects=2, hours=0.25))
+    folder = write_simulated_download(dataset, tmp_path / dataset, "tiny")
+    names = [p.name for p in folder.rglob("*") if p.is_file()]
+    assert not [n for n in names if n.endswith((".events.csv", ".truth.txt"))]
+    entries = formats.discover(dataset, folder)
+    assert len(entries) == 2
+    rec = formats.load_entry(entries[0])
+    assert not rec.simulated and rec.events.empty and "truth" not in rec.other_scorers
+    assert "sim" not in rec.subject  # named as the provider names subjects
+    # the benchmark's own channels, as the dataset spells them
+    assert rec.roles == {role: names[0] for role, names in BENCHMARK_CHANNELS[dataset].items()}
+    assert ("scorer2" in rec.other_scorers) == (dataset == "isruc")
+
+
+def test_a_simulated_download_of_an_unknown_format_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="unknown dataset 'edfx'; choose one of dcsm"):
+        write_simulated_download("edfx", tmp_path)

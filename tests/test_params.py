@@ -19,6 +19,7 @@ from sleepvlm.params import (
     ParameterError,
     as_dict,
     as_list,
+    datasets_to_run,
     dict_forms,
     list_forms,
     require_one_dataset,
@@ -173,6 +174,15 @@ def test_a_data_dir_needs_exactly_one_dataset_and_the_suggested_fix_works():
     require_one_dataset(as_list(passed["datasets"], "datasets"), passed["data_dir"])
 
 
+def test_one_dataset_given_is_run_alone_and_a_data_dir_needs_it():
+    assert datasets_to_run(["dcsm", "shhs"], "", "") == ["dcsm", "shhs"]
+    assert datasets_to_run("dcsm,shhs", "", "") == ["dcsm", "shhs"]
+    assert datasets_to_run(["dcsm", "shhs"], "isruc", "/data/isruc") == ["isruc"]
+    assert datasets_to_run([], " mass ", "/data/mass") == ["mass"]
+    with pytest.raises(ParameterError, match="folder of one dataset"):
+        datasets_to_run(["dcsm", "shhs"], "", "/data/dcsm")
+
+
 # --- every example in the docs ----------------------------------------------------------------
 
 #: A parameter with its value on a command line (a bare `-p base_url` in prose is no example).
@@ -280,6 +290,9 @@ def helper_calls(notebook) -> set[tuple[str, str, str]]:
             variable, name = node.args
             if isinstance(variable, ast.Name) and isinstance(name, ast.Constant):
                 calls.add((helper, variable.id, name.value))
+        # datasets_to_run(datasets, dataset, data_dir) reads ``datasets`` with as_list
+        if helper == "datasets_to_run" and getattr(node.args[0], "id", None) == "datasets":
+            calls.add(("as_list", "datasets", "datasets"))
     return calls
 
 

@@ -88,3 +88,14 @@ def test_generating_stages_of_a_real_dataset_are_refused(tiny, tmp_path):
     with pytest.raises(DataError, match="real dataset has no generating stage"):
         prepare.generating_stages(prepared, prepared.manifest)
     assert prepare.label_ceiling(prepared, prepared.manifest) is None
+
+
+def test_a_dataset_the_paper_did_not_sample_gets_the_mean_of_its_counts():
+    from sleepvlm.paper import BALANCED_COUNTS
+
+    mean_n1 = round(sum(c["N1"] for c in BALANCED_COUNTS.values()) / len(BALANCED_COUNTS))
+    assert prepare.paper_counts("mass")["N1"] == mean_n1 == 507
+    assert prepare.paper_counts("dcsm") == BALANCED_COUNTS["dcsm"]
+    assert sample_counts("sleepedf", 0.01) == {
+        s: max(1, round(n * 0.01)) for s, n in prepare.paper_counts("sleepedf").items()
+    }

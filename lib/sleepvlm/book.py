@@ -114,6 +114,7 @@ def execute_chapter(
     """Execute one chapter into ``build/book`` unless an identical run is already there."""
     import papermill
 
+    parameters = chapter_parameters(notebook, parameters)
     out = build / BOOK / f"{notebook.stem}.ipynb"
     record = build / BOOK / RUNS / f"{notebook.stem}.json"
     key = run_key(notebook, parameters)
@@ -146,7 +147,9 @@ def execute_chapter(
                 f"{err.evalue}\nThe executed notebook with the error is {failed}; "
                 "earlier chapters are kept."
             ) from None
-        add_run_command_cell(partial, rerun_command(notebook, parameters))
+        add_run_command_cell(
+            partial, rerun_command(notebook, parameters), data_statement(parameters)
+        )
         shutil.move(partial, out)
     run = ChapterRun(notebook.stem, "ran", time.perf_counter() - start, key, parameters, now_utc())
     record.write_text(json.dumps(asdict(run), indent=1))
@@ -244,21 +247,55 @@ def execute_chapters(
     return runs
 
 
-def notebook_defaults(notebook: Path) -> dict:
-    """The literal default values of the notebook's ``parameters`` cell."""
+def _parameter_assignments(notebook: Path) -> list[tuple[str, ast.expr | None]]:
+    """(name, value) of each assignment in the notebook's ``parameters`` cell."""
     nb = nbformat.read(notebook, as_version=4)
     cell = next((c for c in nb.cells if "parameters" in c.metadata.get("tags", [])), None)
-    defaults = {}
+    assignments = []
     for node in ast.parse(cell.source if cell else "").body:
         target = node.target if isinstance(node, ast.AnnAssign) else None
         if isinstance(node, ast.Assign) and len(node.targets) == 1:
             target = node.targets[0]
-        if isinstance(target, ast.Name) and node.value is not None:
-            try:
-                defaults[target.id] = ast.literal_eval(node.value)
-            except (ValueError, TypeError, SyntaxError):
-                continue  # computed defaults cannot be compared; the value is always passed
+        if isinstance(target, ast.Name):
+            assignments.append((target.id, node.value))
+    return assignments
+
+
+def declared_parameters(notebook: Path) -> set[str]:
+    """The names the notebook's ``parameters`` cell declares."""
+    return {name for name, _ in _parameter_assignments(notebook)}
+
+
+def notebook_defaults(notebook: Path) -> dict:
+    """The literal default values of the notebook's ``parameters`` cell."""
+    defaults = {}
+    for name, value in _parameter_assignments(notebook):
+        if value is None:
+            continue
+        try:
+            defaults[name] = ast.literal_eval(value)
+        except (ValueError, TypeError, SyntaxError):
+            continue  # computed defaults cannot be compared; the value is always passed
     return defaults
+
+
+def chapter_parameters(notebook: Path, parameters: dict) -> dict:
+    """The book's parameters that ``notebook`` declares: a book of one lab's data passes
+    ``data_dir`` to every chapter, and only the chapters that read data take it."""
+    declared = declared_parameters(notebook)
+    return {name: value for name, value in parameters.items() if name in declared}
+
+
+def check_parameters_declared(chapters: list[Path], parameters: dict) -> None:
+    """Stop before any chapter runs when a parameter is declared by none of ``chapters``
+    (a misspelt name would otherwise change nothing without a word)."""
+    declared = set().union(*(declared_parameters(nb) for nb in chapters))
+    unknown = sorted(set(parameters) - declared)
+    if unknown:
+        raise BookError(
+            f"no selected chapter has the parameter(s) {', '.join(unknown)}; each chapter's "
+            "parameters are listed in its parameters cell (notebooks/NN_*.ipynb)"
+        )
 
 
 def papermill_option(name: str, value: object) -> str:
@@ -286,12 +323,24 @@ def rerun_command(notebook: Path, parameters: dict) -> str:
     return " ".join(["papermill", f"{NOTEBOOKS}/{notebook.name}", "out.ipynb", *options])
 
 
-def add_run_command_cell(executed: Path, command: str) -> None:
-    """Put the chapter's papermill command under its title (the first cell) in the executed
-    notebook, so that every page says how to rerun it."""
+def data_statement(parameters: dict) -> str:
+    """What data the chapter ran on, as its page states it: a real dataset by its name and
+    its folder's name (the rest of the path is the reader's machine's business), or the
+    simulated cohort."""
+    if parameters.get("data_dir"):
+        folder = Path(str(parameters["data_dir"])).name
+        return f"**Data: real** — the `{parameters.get('dataset', '?')}` dataset in `{folder}/`."
+    return "**Data: simulated** — the embedded simulated cohort (chapter 01)."
+
+
+def add_run_command_cell(executed: Path, command: str, data: str) -> None:
+    """Put the chapter's data (:func:`data_statement`) and its papermill command under its
+    title (the first cell) in the executed notebook, so that every page says what it ran on
+    and how to rerun it."""
     nb = nbformat.read(executed, as_version=4)
     cell = nbformat.v4.new_markdown_cell(
-        f"Run this chapter:\n\n```bash\n{command}\n```", metadata={"tags": [RUN_COMMAND_TAG]}
+        f"{data} Run this chapter:\n\n```bash\n{command}\n```",
+        metadata={"tags": [RUN_COMMAND_TAG]},
     )
     titled = nb.cells and nb.cells[0].cell_type == "markdown"
     nb.cells.insert(1 if titled else 0, cell)
@@ -405,6 +454,7 @@ def run_book(
         copy_book_sources(root, build)
     params = {"smoke": smoke, **(parameters or {})}
     chapters = select_chapters(chapter_notebooks(root), only)
+    check_parameters_declared(chapters, parameters or {})
     statuses = {nb.stem: "not selected" for nb in chapter_notebooks(root)}
     statuses.update({nb.stem: "not run" for nb in chapters})
     start = time.perf_counter()

@@ -9,13 +9,54 @@ from pathlib import Path
 
 import yaml
 
+from .data.cohort import DOWNLOAD_SOURCE_CENTER
 from .models.server import add_serve_arguments, cmd_serve
 from .stage_cli import add_stage_parser
+
+#: Folder (in the project) of the books built on a lab's own dataset, one sub-folder each.
+LAB_BUILDS = "_lab"
 
 
 def _parameters(pairs: list[list[str]] | None) -> dict:
     """``-p NAME VALUE`` pairs, values parsed as YAML like papermill's own ``-y``."""
     return {name: yaml.safe_load(value) for name, value in pairs or []}
+
+
+def _yaml_parameters(texts: list[str] | None) -> dict:
+    """``-y "NAME: VALUE"`` mappings, as papermill's own ``-y`` reads them."""
+    merged = {}
+    for text in texts or []:
+        mapping = yaml.safe_load(text)
+        if not isinstance(mapping, dict):
+            raise ValueError(f'-y {text!r}: not a YAML mapping; write -y "NAME: VALUE"')
+        merged.update(mapping)
+    return merged
+
+
+def book_parameters(args: argparse.Namespace) -> dict:
+    """Every chapter parameter the command line sets: the lab options (``--data-dir``,
+    ``--dataset``, ``--models``, ``--base-url``), then ``-y`` and ``-p`` (which win)."""
+    if args.data_dir and not args.dataset:
+        raise ValueError("--data-dir is the folder of one dataset: name it with --dataset")
+    if args.data_dir and not args.data_dir.is_dir():
+        raise ValueError(f"--data-dir {args.data_dir}: no such folder")
+    lab = {
+        # absolute: chapters run in the build folder
+        "data_dir": str(args.data_dir.resolve()) if args.data_dir else None,
+        "dataset": args.dataset,
+        "models": args.models,
+        "base_url": args.base_url,
+    }
+    given = {name: value for name, value in lab.items() if value}
+    return {**given, **_yaml_parameters(args.y), **_parameters(args.p)}
+
+
+def lab_build_dir(dataset: str) -> Path:
+    """Where the book of one lab's dataset is built when no ``--build-dir`` is given: beside
+    the project's own book, never over it."""
+    from .cache import project_root
+
+    return project_root() / LAB_BUILDS / dataset
 
 
 def cmd_book(args: argparse.Namespace) -> int:
@@ -32,11 +73,19 @@ def cmd_book(args: argparse.Namespace) -> int:
         # the chapters' kernels inherit the environment
         os.environ[USER_REGISTRY_ENV] = str(args.registry.resolve())
     try:
+        parameters = book_parameters(args)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    build = args.build_dir
+    if build is None and args.data_dir:
+        build = lab_build_dir(args.dataset)
+    try:
         run_book(
             smoke=args.smoke,
             only=args.only,
-            parameters=_parameters(args.p),
-            build=args.build_dir,
+            parameters=parameters,
+            build=build,
             force=args.force,
             html=not args.no_html,
             jobs=args.jobs,
@@ -82,8 +131,16 @@ def cmd_teach(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from .data.cohort import build_cohort
+    from .data.cohort import build_cohort, write_simulated_download
 
+    if args.as_download:
+        if args.out is None:
+            print(
+                "error: --as-download needs --out FOLDER (where the download goes)", file=sys.stderr
+            )
+            return 2
+        print(write_simulated_download(args.as_download, args.out, args.size))
+        return 0
     root = build_cohort(args.size, root=args.out)
     print(root)
     return 0
@@ -115,7 +172,25 @@ def build_parser() -> argparse.ArgumentParser:
         metavar=("NAME", "VALUE"),
         help="parameter passed to every selected chapter (value parsed as YAML)",
     )
-    book.add_argument("--build-dir", type=Path, help="build somewhere else than the project")
+    book.add_argument(
+        "-y",
+        action="append",
+        metavar="YAML",
+        help='parameters as a YAML mapping, e.g. -y "datasets: [dcsm, shhs]"',
+    )
+    book.add_argument(
+        "--data-dir",
+        type=Path,
+        help="folder of one real dataset as downloaded: every chapter that reads data runs on it",
+    )
+    book.add_argument("--dataset", help="the dataset --data-dir holds (dcsm, shhs, isruc, ...)")
+    book.add_argument("--models", help="models to run, e.g. lab-vlm or lab-vlm,chance")
+    book.add_argument("--base-url", help="OpenAI-compatible server the models are sent to")
+    book.add_argument(
+        "--build-dir",
+        type=Path,
+        help=f"build somewhere else than the project (with --data-dir: {LAB_BUILDS}/DATASET)",
+    )
     book.add_argument("--force", action="store_true", help="rerun chapters even if unchanged")
     book.add_argument(
         "--registry",
@@ -153,6 +228,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sim.add_argument("--size", default="small", choices=["small", "full"])
     sim.add_argument("--out", type=Path, help="folder (default: the cache)")
+    sim.add_argument(
+        "--as-download",
+        metavar="DATASET",
+        choices=list(DOWNLOAD_SOURCE_CENTER),
+        help="write one dataset's nights laid out as its download, without the simulator's "
+        "truth (a stand-in for your own data): " + ", ".join(DOWNLOAD_SOURCE_CENTER),
+    )
     sim.set_defaults(func=cmd_simulate)
 
     bench = sub.add_parser("bench", help="measure ours against a reference in one run")

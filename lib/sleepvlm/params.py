@@ -121,3 +121,11 @@ def require_one_dataset(datasets: list[str], data_dir: str) -> None:
             f"{len(datasets)} ({', '.join(datasets) or 'none'}); name the one it holds, "
             "e.g. -p datasets dcsm"
         )
+
+
+def datasets_to_run(datasets: object, dataset: str, data_dir: str) -> list[str]:
+    """The datasets a chapter runs on: ``dataset`` alone when given (the one a ``data_dir``
+    holds), else list parameter ``datasets``; a ``data_dir`` needs exactly one of them."""
+    chosen = [dataset.strip()] if dataset and dataset.strip() else as_list(datasets, "datasets")
+    require_one_dataset(chosen, data_dir)
+    return chosen

@@ -84,9 +84,19 @@ def prepare_dataset(
     return PreparedDataset(dataset, store, manifest, simulated, str(folder))
 
 
+def paper_counts(dataset: str) -> dict[str, int]:
+    """The paper's class-balanced counts per stage for ``dataset``; a dataset the paper did not
+    sample (Sleep-EDF, MASS, a lab's own) gets the mean of its three datasets' counts."""
+    if dataset in BALANCED_COUNTS:
+        return BALANCED_COUNTS[dataset]
+    per_dataset = BALANCED_COUNTS.values()
+    return {s: round(np.mean([c[s] for c in per_dataset])) for s in STAGES}
+
+
 def sample_counts(dataset: str, scale: float = 1.0) -> dict[str, int]:
-    """The paper's class-balanced counts for ``dataset`` (scaled down for a smoke build)."""
-    counts = BALANCED_COUNTS[dataset]
+    """The paper's class-balanced counts for ``dataset`` (:func:`paper_counts`), times
+    ``scale`` (a smoke build draws 1 %)."""
+    counts = paper_counts(dataset)
     return {s: max(1, round(counts[s] * scale)) for s in STAGES}
 
 

@@ -17,6 +17,7 @@ from .centers import (
     center_goal_texts,
     center_goals,
     cross_center_loss,
+    cross_center_texts,
     kappa_matrix,
     within_center,
 )
@@ -73,6 +74,7 @@ __all__ = [
     "checkpoint_stem",
     "class_aware_weights",
     "cross_center_loss",
+    "cross_center_texts",
     "cross_dataset",
     "inference_speed",
     "kappa_matrix",

@@ -18,6 +18,7 @@ SPREAD_GOAL = 8.0
 #: Mean κ lost by a model on the centers it was not trained on.
 CROSS_LOSS_GOAL = 0.08
 NOT_MEASURED = "not measured (this run does not hold the three benchmark centers)"
+ONE_CENTER = "not measured (one center: nowhere to move a model to)"
 
 
 def within_center(scores: pd.DataFrame) -> pd.DataFrame:
@@ -39,8 +40,23 @@ def cross_center_loss(matrix: pd.DataFrame) -> float:
     a model loses when moved from its own center and what a center loses by not training its
     own model."""
     values = matrix.to_numpy(dtype=float)
+    if len(values) < 2:
+        return float("nan")  # one center: there is nowhere to move a model to
     off = ~np.eye(len(values), dtype=bool)
     return float(np.diag(values).mean() - values[off].mean())
+
+
+def cross_center_texts(matrix: pd.DataFrame) -> dict[str, str]:
+    """Glue texts of one model's κ matrix: its mean κ off the diagonal (``cross_mean``) and
+    :func:`cross_center_loss` (``cross_drop``); :data:`ONE_CENTER` for a single center."""
+    if len(matrix) < 2:
+        return {"cross_mean": ONE_CENTER, "cross_drop": ONE_CENTER}
+    values = matrix.to_numpy(dtype=float)
+    off_diagonal = values[~np.eye(len(values), dtype=bool)]
+    return {
+        "cross_mean": f"{off_diagonal.mean():.2f}",
+        "cross_drop": f"{cross_center_loss(matrix):.2f}",
+    }
 
 
 def center_goals(scores: pd.DataFrame, centers=PAPER_ORDER) -> pd.DataFrame:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,7 +16,9 @@ import pandas as pd
 
 from ..cache import cache_dir, content_hash, source_hash
 from . import formats, simulate
-from .records import Recording
+from .channels import BENCHMARK_CHANNELS
+from .isruc import SECOND_SCORER
+from .records import Recording, empty_events
 from .simulate import CENTERS, simulate_night
 
 if TYPE_CHECKING:
@@ -102,6 +104,72 @@ def build_cohort(size: str = "small", seed: int = 0, root=None, executor=None) -
     (executor or SerialExecutor()).map(_run, tasks)
     marker.write_text(json.dumps({"spec": spec, "simulated": True, "key": cohort_key(size, seed)}))
     return root
+
+
+#: The simulated center whose nights stand in for a dataset the simulator has no center of (a
+#: montage like it: Sleep-EDF's Fpz-Cz is frontal as DCSM's F4, MASS's C4 central as ISRUC's).
+DOWNLOAD_SOURCE_CENTER = {
+    "dcsm": "dcsm",
+    "shhs": "shhs",
+    "isruc": "isruc",
+    "sleepedf": "dcsm",
+    "mass": "isruc",
+}
+
+
+def download_subject(dataset: str, index: int) -> tuple[str, str]:
+    """(subject, night) of the ``index``-th night as the provider names them."""
+    names = {
+        "dcsm": (f"tp{index:08x}", "1"),
+        "shhs": (str(200001 + index), "shhs1"),
+        "isruc": (str(index + 1), "1"),
+        "sleepedf": (f"SC4{index:02d}", "1"),
+        "mass": (f"01-03-{index + 1:04d}", "1"),
+    }
+    return names[dataset]
+
+
+def as_download(rec: Recording, dataset: str, index: int) -> Recording:
+    """A simulated night as a real download of ``dataset`` holds it: the dataset's benchmark
+    channel names and subject naming, the scorers its format keeps, and nothing simulated (so
+    no ground-truth sidecar is written and the loaders see only what a download has)."""
+    names = BENCHMARK_CHANNELS[dataset]
+    signals = {names[role][0]: rec.signals[channel] for role, channel in rec.roles.items()}
+    rates = {names[role][0]: rec.sfreq[channel] for role, channel in rec.roles.items()}
+    subject, night = download_subject(dataset, index)
+    # ISRUC's format holds a second scorer; the others hold one
+    kept = {k: v for k, v in rec.other_scorers.items() if dataset == "isruc" and k == SECOND_SCORER}
+    return replace(
+        rec,
+        dataset=dataset,
+        subject=subject,
+        night=night,
+        signals=signals,
+        sfreq=rates,
+        roles={role: names[role][0] for role in rec.roles},
+        other_scorers=kept,
+        events=empty_events(),
+        simulated=False,
+    )
+
+
+def write_simulated_download(
+    dataset: str, folder: str | Path, size: str = "small", seed: int = 0
+) -> Path:
+    """Write simulated nights into ``folder`` laid out as a download of ``dataset`` (any format
+    :mod:`~sleepvlm.data.formats` reads) with no sidecar: a stand-in for a lab's own data, to
+    try (and test) every chapter's ``data_dir`` path without a real download. The nights
+    come from :data:`DOWNLOAD_SOURCE_CENTER`; ``size`` is a :data:`COHORT_SIZES` name."""
+    if dataset not in DOWNLOAD_SOURCE_CENTER:
+        raise ValueError(
+            f"unknown dataset {dataset!r}; choose one of {', '.join(DOWNLOAD_SOURCE_CENTER)}"
+        )
+    spec = COHORT_SIZES[size]
+    folder = Path(folder)
+    for index in range(spec.subjects):
+        rec = simulate_night(DOWNLOAD_SOURCE_CENTER[dataset], index, seed=seed, hours=spec.hours)
+        formats.write_recording(as_download(rec, dataset, index), folder)
+    return folder
 
 
 def cohort_nights(root: Path, center: str) -> list[dict]:
