@@ -403,11 +403,10 @@ def test_a_labs_book_parameters_reach_the_chapters_that_declare_them(tmp_path):
         "seed": 5,  # -p wins over -y
     }
     notebooks = {nb.stem[:2]: nb for nb in chapter_notebooks(project_root())}
-    # every chapter that reads recordings takes the folder (03: its real-data path comes next);
-    # the one that reads records does not
+    # every chapter that reads recordings takes the folder; the one that reads records does not
     for number, notebook in notebooks.items():
         passed = chapter_parameters(notebook, params)
-        assert ("data_dir" in passed) == (number not in ("03", "13")), notebook.name
+        assert ("data_dir" in passed) == (number != "13"), notebook.name
     assert "models" in chapter_parameters(notebooks["07"], params)
     assert "models" not in chapter_parameters(notebooks["01"], params)
     check_parameters_declared(list(notebooks.values()), params)

@@ -5,12 +5,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from sleepvlm.data.simulate import simulate_night
 from sleepvlm.rules.validation import (
+    TRUTH_REFERENCE,
+    YASA_REFERENCE,
     event_scores,
     events_in_stages,
     expert_agreement_table,
     match_events,
     ours,
+    pooled_counts,
+    reference_events,
     score_kind,
     union_of_experts,
 )
@@ -72,6 +77,34 @@ def test_event_scores_table_and_empty_cases():
     table = event_scores(events("spindle", []), truth, ["spindle", "kcomplex"])
     assert table.set_index("kind").loc["spindle", "recall"] == 0.0
     assert np.isnan(table.set_index("kind").loc["kcomplex", "f1"])
+
+
+def test_pooled_counts_sum_nights_before_scoring():
+    night1 = event_scores(
+        events("spindle", [(10.0, 1.0, 30)]), events("spindle", [(10.0, 1.0, 30)]), ["spindle"]
+    )
+    night2 = event_scores(
+        events("spindle", [(5.0, 1.0, 30)] * 0 + [(50.0, 1.0, 30)]),
+        events("spindle", [(20.0, 1.0, 30), (30.0, 1.0, 30), (40.0, 1.0, 30)]),
+        ["spindle"],
+    )
+    pooled = pooled_counts(pd.concat([night1, night2])).loc["spindle"]
+    assert (pooled["n_reference"], pooled["tp"], pooled["fp"], pooled["fn"]) == (4, 1, 1, 3)
+    assert pooled["f1"] == pytest.approx(2 / (2 + 1 + 3))  # not the mean of 1.0 and 0.0
+    assert pooled["precision"] == pytest.approx(0.5) and pooled["recall"] == pytest.approx(0.25)
+
+
+def test_a_real_night_is_scored_against_yasa_and_a_simulated_one_against_its_truth():
+    rec = simulate_night("isruc", 2, hours=1.5)
+    truth, phrase = reference_events(rec)
+    assert phrase == TRUTH_REFERENCE and truth is rec.events
+    rec.simulated = False  # as a real download reads it: the same signals, no truth
+    reference, phrase = reference_events(rec, kinds=("spindle",))
+    assert phrase == YASA_REFERENCE
+    assert set(reference["kind"]) <= {"spindle"} and len(reference) > 0
+    assert set(reference["channel"]) == {rec.roles["eeg"]}
+    del rec.roles["eog"]  # a night without the role a kind is read on leaves that kind out
+    assert set(reference_events(rec, kinds=("rem",))[0]["kind"]) == set()
 
 
 def test_union_of_experts_merges_overlapping_events():

@@ -272,6 +272,42 @@ def compare_with_yasa(rec: Recording, kinds=tuple(YASA_KINDS)) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+#: What a night's detections are scored against, as the book names it.
+TRUTH_REFERENCE = "the ground truth drawn into the simulated nights"
+YASA_REFERENCE = (
+    "YASA's detectors with their defaults (a real recording has no ground-truth events; "
+    "only spindles, slow waves and rapid eye movements are compared)"
+)
+
+
+def reference_events(rec: Recording, kinds=tuple(YASA_KINDS)) -> tuple[pd.DataFrame, str]:
+    """The events a night's detections are scored against, and the phrase that names them:
+    on a simulated night the ground truth drawn into it; on a real one, which has none, the
+    events of YASA's detectors of ``kinds`` (on the roles the night has)."""
+    if rec.simulated:
+        return rec.events, TRUTH_REFERENCE
+    frames = [empty_events()]
+    for kind in kinds:
+        role = YASA_KINDS[kind]
+        if role in rec.roles:
+            channel = rec.roles[role]
+            frames.append(yasa_events(kind, rec.signals[channel], rec.sfreq[channel], channel))
+    return pd.concat(frames, ignore_index=True), YASA_REFERENCE
+
+
+def pooled_counts(scores: pd.DataFrame) -> pd.DataFrame:
+    """Rows of :func:`event_scores` (several nights) pooled per kind: counts summed, then
+    precision, recall and F1 of the sums (not the mean of per-night scores, which would weigh
+    a night with two events like one with two hundred)."""
+    counts = scores.groupby("kind")[["n_truth", "n_detected", "tp", "fp", "fn"]].sum()
+    counts = counts.rename(columns={"n_truth": "n_reference"})  # the truth, or YASA's events
+    with np.errstate(invalid="ignore", divide="ignore"):  # a kind none found: NaN, not 0
+        counts["precision"] = counts["tp"] / (counts["tp"] + counts["fp"])
+        counts["recall"] = counts["tp"] / (counts["tp"] + counts["fn"])
+        counts["f1"] = 2 * counts["tp"] / (2 * counts["tp"] + counts["fp"] + counts["fn"])
+    return counts
+
+
 def agreement(kind: str, x: np.ndarray, sfreq: float, channel: str) -> dict:
     """Ours vs YASA on one channel without ground truth (the real excerpts).
 
