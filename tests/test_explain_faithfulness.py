@@ -184,3 +184,9 @@ def test_reference_answers_of_a_simulated_night_score_one_and_shifted_ones_do_no
 
     moved = score_answers([shifted(answer_text(a)) for a in annotations], annotations)
     assert faithfulness_summary(moved)["precision"]["mean"] < 0.8
+
+
+def test_the_reference_of_a_real_run_is_named_as_the_detectors():
+    assert "ground truth of the scored nights" in faithfulness.reference_text(True)
+    real = faithfulness.reference_text(False)
+    assert "our detectors" in real and "no ground truth" in real

@@ -6,6 +6,7 @@ import dataclasses
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -268,3 +269,23 @@ def test_kappa_goal_texts_follow_the_numbers():
     assert missed["mini_goal_verdict"] == "not met (within 0.72 < 0.75)"
     assert missed["mini_external_verdict"].startswith("not lower than within (0.78 vs 0.72)")
     assert train.kappa_goal_texts(0.8, float("nan"))["mini_goal_verdict"] == "—"
+
+
+def _ceilings(sample: float | None, nights: float | None):
+    return pd.DataFrame(
+        {
+            "epochs": ["class-balanced sample", "whole test nights", "class-balanced sample"],
+            "setting": ["within", "within", "external"],
+            "label ceiling κ": [sample, nights, 0.5],
+            "share of ceiling": [0.8, 0.9, 0.7],
+        }
+    )
+
+
+def test_ceiling_text_follows_the_numbers_and_says_when_there_is_none():
+    text = train.ceiling_text(_ceilings(0.70, 0.82), "dcsm")
+    assert "DCSM's class-balanced sample" in text and "κ 0.70" in text and "80 %" in text
+    assert "κ 0.82" in text and "90 %" in text and "is lower: it holds as much N1" in text
+    assert "is not lower" in train.ceiling_text(_ceilings(0.85, 0.82), "dcsm")
+    real = train.ceiling_text(_ceilings(None, None), "mass")
+    assert real.startswith("MASS is read here from a real dataset") and "κ" not in real

@@ -17,6 +17,7 @@ from sleepvlm.metrics import (
     classification_metrics,
     evaluate,
     grammar_table,
+    kappa_text,
     metrics_from_confusion,
     parse_stage,
     predictions,
@@ -267,3 +268,11 @@ def test_bad_records_are_refused(tmp_path):
 
 def test_predictions_mark_invalid():
     assert predictions(["N2 probably", None, "hmm"]) == ["N2", INVALID, INVALID]
+
+
+def test_kappa_text_names_each_group_and_its_kappa():
+    import pandas as pd
+
+    kappas = pd.Series({"dcsm": 0.712, "shhs": 0.65, "isruc": 0.6})
+    assert kappa_text(kappas) == "0.71 (DCSM), 0.65 (SHHS) and 0.60 (ISRUC)"
+    assert kappa_text(kappas.iloc[:1]) == "0.71 (DCSM)"

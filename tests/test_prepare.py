@@ -99,3 +99,9 @@ def test_a_dataset_the_paper_did_not_sample_gets_the_mean_of_its_counts():
     assert sample_counts("sleepedf", 0.01) == {
         s: max(1, round(n * 0.01)) for s, n in prepare.paper_counts("sleepedf").items()
     }
+
+
+def test_the_ceiling_note_follows_the_numbers_and_says_who_sets_it_on_real_data():
+    note = prepare.ceiling_note({"dcsm": 0.81, "shhs": 0.779})
+    assert "κ 0.81 (DCSM) and 0.78 (SHHS)" in note
+    assert "scorers' own agreement" in prepare.ceiling_note({"mass": None})

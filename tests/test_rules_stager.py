@@ -15,7 +15,6 @@ from sleepvlm.rules.stager import (
     agreement_summary,
     evaluate,
     hypnogram_frame,
-    kappa_text,
     rule_usage,
     stage,
     stage_detection,
@@ -283,15 +282,3 @@ def test_evidence_is_what_detection_evidence_gives_for_each_rule(night):
             assert sorted(got) == sorted(want), (epoch, rule)
             checked += len(want)
     assert checked > 100
-
-
-def test_kappa_text_names_each_center_and_its_kappa():
-    summary = pd.DataFrame(
-        {"kappa": [0.71, 0.8, 0.65, 0.7]},
-        index=pd.MultiIndex.from_tuples(
-            [("dcsm", "stager"), ("dcsm", "yasa"), ("shhs", "stager"), ("shhs", "yasa")],
-            names=["dataset", "method"],
-        ),
-    )
-    assert kappa_text(summary, "stager") == "0.71 (DCSM) and 0.65 (SHHS)"
-    assert kappa_text(summary.iloc[:2], "yasa") == "0.80 (DCSM)"

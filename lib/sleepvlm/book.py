@@ -9,6 +9,7 @@ import json
 import multiprocessing
 import os
 import platform
+import re
 import shlex
 import shutil
 import subprocess
@@ -331,6 +332,29 @@ def data_statement(parameters: dict) -> str:
         folder = Path(str(parameters["data_dir"])).name
         return f"**Data: real** — the `{parameters.get('dataset', '?')}` dataset in `{folder}/`."
     return "**Data: simulated** — the embedded simulated cohort (chapter 01)."
+
+
+#: A glue reference in a markdown cell: {glue}`name`, {glue:text}`name:.2f`, ...
+GLUE_REFERENCE = re.compile(r"\{glue(?::[a-z]+)?\}`([^`:]+)(?::[^`]*)?`")
+
+
+def missing_glue(executed: Path) -> list[str]:
+    """Names an executed chapter's text refers to ({glue:text}`name`) that none of its cells
+    glued: Jupyter Book would stop on them, after every chapter had run."""
+    nb = nbformat.read(executed, as_version=4)
+    glued = {
+        output.get("metadata", {}).get("scrapbook", {}).get("name")
+        for cell in nb.cells
+        if cell.cell_type == "code"
+        for output in cell.get("outputs", [])
+    }
+    referred = {
+        name
+        for cell in nb.cells
+        if cell.cell_type == "markdown"
+        for name in GLUE_REFERENCE.findall(cell.source)
+    }
+    return sorted(referred - glued)
 
 
 def add_run_command_cell(executed: Path, command: str, data: str) -> None:

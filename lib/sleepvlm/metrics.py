@@ -295,6 +295,13 @@ def evaluate(
     }
 
 
+def kappa_text(kappas: pd.Series) -> str:
+    """κ per group (the index: centers or datasets) as the book writes it:
+    "0.71 (DCSM), 0.65 (SHHS) and 0.60 (ISRUC)"."""
+    parts = [f"{kappa:.2f} ({str(group).upper()})" for group, kappa in kappas.items()]
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
 def result_record(
     *,
     dataset: str,

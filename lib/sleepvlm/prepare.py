@@ -17,7 +17,7 @@ from .cache import cache_dir, content_hash, source_hash
 from .data import formats
 from .data.cohort import build_cohort, cohort_key
 from .data.records import STAGES, DataError
-from .metrics import classification_metrics
+from .metrics import classification_metrics, kappa_text
 from .paper import BALANCED_COUNTS
 from .pipeline import EpochStore, SerialExecutor, preprocess_dataset
 from .splits import assign_splits, balanced_sample, night_keys, nights_of, write_manifest
@@ -182,3 +182,19 @@ def label_ceiling(prepared: PreparedDataset, sample: pd.DataFrame) -> float | No
         return None
     generated = generating_stages(prepared, sample)
     return classification_metrics(sample["stage"].tolist(), generated.tolist())["kappa"]
+
+
+def ceiling_note(ceilings: dict[str, float | None]) -> str:
+    """The sentence on what scorer disagreement allows, from :func:`label_ceiling` per
+    dataset: the simulated cohort's ceiling κ, or, for real data, who sets it instead."""
+    known = pd.Series({d: k for d, k in ceilings.items() if k is not None}, dtype=float)
+    if known.empty:
+        return (
+            "On real data the scorers' own agreement sets that limit; it is not measured here "
+            "(a dataset with two scorers, as ISRUC has, shows it)."
+        )
+    return (
+        "The simulated cohort's own scorer agrees with its generating stages at κ "
+        f"{kappa_text(known)} on these samples, so no model can be expected to go much above "
+        "that here."
+    )

@@ -264,6 +264,17 @@ def ungrounded_claims(
     return score_answer(parse_answer(text), annotation, tolerance_s).ungrounded
 
 
+def reference_text(simulated: bool) -> str:
+    """What the rationales of a run are checked against, as the book says it: the events
+    drawn into simulated nights, or, on a real dataset (no ground truth), our detectors'."""
+    if simulated:
+        return "the ground truth of the scored nights (the events drawn into them)"
+    return (
+        "the events our detectors find in the scored nights: a real dataset has no ground "
+        "truth, so a cited event is checked against the detectors, not against what is there"
+    )
+
+
 def score_run(
     prepared, frame: pd.DataFrame, max_nights: int | None = None, seed: int = 0, executor=None
 ) -> pd.DataFrame:

@@ -67,6 +67,34 @@ def kappa_goal_texts(within: float, external: float) -> dict[str, str]:
     }
 
 
+def ceiling_text(ceilings: pd.DataFrame, dataset: str) -> str:
+    """The sentence on the label ceiling of the training center: its κ on the class-balanced
+    sample and on whole test nights (``ceilings`` has one row per ``epochs`` kind with
+    ``setting``, ``label ceiling κ`` and ``share of ceiling``), or why there is none."""
+    within = ceilings[ceilings["setting"] == "within"].set_index("epochs")
+    ceiling = within["label ceiling κ"].astype(float)
+    if within.empty or ceiling.isna().all():
+        return (
+            f"{dataset.upper()} is read here from a real dataset, whose epochs have no "
+            "generating stage: no label ceiling is measured (two scorers' agreement plays its "
+            "part where a dataset has two)."
+        )
+    sample, nights = within.loc["class-balanced sample"], within.loc["whole test nights"]
+    why = (
+        "lower: it holds as much N1 as any other stage, and N1 is where most labels that "
+        "depart from the generating stage fall"
+        if sample["label ceiling κ"] < nights["label ceiling κ"]
+        else "not lower than the whole nights' here"
+    )
+    return (
+        f"On {dataset.upper()}'s class-balanced sample the generating stage agrees with the label "
+        f"at κ {sample['label ceiling κ']:.2f}, and SleepVLM-mini reaches "
+        f"{100 * sample['share of ceiling']:.0f} % of it; on its whole test nights the ceiling "
+        f"is κ {nights['label ceiling κ']:.2f} and the model reaches "
+        f"{100 * nights['share of ceiling']:.0f} %. The balanced sample's ceiling is {why}."
+    )
+
+
 #: Environment variable naming the model folder ``sleepvlm-mini`` serves.
 MODEL_DIR_ENV = "SLEEPVLM_MINI_DIR"
 DEFAULT_POINTER = "sleepvlm-mini-default.txt"

@@ -414,14 +414,3 @@ def agreement_summary(predictions: pd.DataFrame, by: str = "dataset") -> pd.Data
                 }
             )
     return pd.DataFrame(rows).set_index([by, "method"])
-
-
-def kappa_text(summary: pd.DataFrame, method: str) -> str:
-    """κ of ``method`` per group of :func:`agreement_summary`, as the book writes it:
-    "0.71 (DCSM), 0.65 (SHHS) and 0.60 (ISRUC)"."""
-    parts = [
-        f"{row['kappa']:.2f} ({group.upper()})"
-        for (group, m), row in summary.iterrows()
-        if m == method
-    ]
-    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
