@@ -428,3 +428,53 @@ def test_every_page_says_whether_its_data_are_real_and_which_dataset():
     real = data_statement({"data_dir": "/home/lab/downloads/my_dcsm", "dataset": "dcsm"})
     assert real == "**Data: real** — the `dcsm` dataset in `my_dcsm/`."  # no local path
     assert data_statement({"data_dir": "", "dataset": "dcsm"}).startswith("**Data: simulated**")
+
+
+#: Words that make a comparative or qualitative verdict, checked in the chapters' prose: each
+#: must stand in a glued phrase chosen by the data, or be listed in VERDICTS_ALLOWED with why
+#: it cannot go false.
+VERDICT_WORDS = re.compile(
+    r"\b(exactly|well beyond|commonest|trails|beats|outperforms?|are flat|better than|"
+    r"worse than|hardest|easiest)\b",
+    re.IGNORECASE,
+)
+VERDICTS_ALLOWED = {
+    # (chapter, text around the word): why it cannot go false
+    ("01", "finds hardest {cite"): "the literature's finding, cited",
+    ("01", "the paper's counts exactly"): "what count_scale 1 does, by construction",
+    ("03", "power and beats theta"): "the rule's definition",
+    ("04", "dataset exactly as the models"): "the same renderer, by construction",
+    ("04", "sine of exactly 75"): "a synthetic test signal",
+    ("04", "becomes hardest to"): "an exercise question",
+    ("06", "make exactly one token"): "asserted by tests/test_sequence.py (token table)",
+    ("10", "easiest and ISRUC hardest"): "the paper's finding, with its numbers glued",
+    ("13", "have exactly the paper"): "a glued count precedes it",
+}
+
+
+def typed_verdicts(notebook: Path) -> list[tuple[str, str]]:
+    """(chapter, text around the word) of each verdict word in the prose outside glued
+    phrases and solutions."""
+    found = []
+    for cell in nbformat.read(notebook, as_version=4).cells:
+        if cell.cell_type != "markdown":
+            continue
+        text = re.sub(r"\{glue(:\w+)?\}`[^`]*`", "GLUE", cell.source)
+        text = re.sub(r"```\{admonition\} Solution.*?```", "", text, flags=re.DOTALL)
+        text = " ".join(text.split())
+        for match in VERDICT_WORDS.finditer(text):
+            found.append((notebook.name[:2], text[max(0, match.start() - 40) : match.end() + 30]))
+    return found
+
+
+def test_no_chapter_types_a_verdict_its_numbers_could_contradict():
+    found = [v for nb in chapter_notebooks(project_root()) for v in typed_verdicts(nb)]
+    unexplained = [
+        (chapter, text)
+        for chapter, text in found
+        if not any(c == chapter and allowed in text for c, allowed in VERDICTS_ALLOWED)
+    ]
+    assert not unexplained, "glue these (a phrase chosen by the data) or allow them with a reason"
+    # every allowance is still needed: a stale one would hide nothing, but says what is untrue
+    for chapter, allowed in VERDICTS_ALLOWED:
+        assert any(c == chapter and allowed in t for c, t in found), (chapter, allowed)

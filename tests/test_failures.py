@@ -142,6 +142,42 @@ def test_confusion_pairs_rank_errors_and_flag_n1_n2():
     assert pairs["n1_n2"].tolist() == [True, True, False, False]
 
 
+def test_commonest_confusions_text_counts_the_models_with_n1_n2_on_top():
+    stages = ["N1"] * 4 + ["N2"] * 4 + ["W"] * 4
+    n1n2 = _epochs(stages, ["N2"] * 3 + ["N1"] * 5 + ["W"] * 4)
+    w_to_n1 = _epochs(stages, ["N1"] * 4 + ["N2"] * 4 + ["N1"] * 3 + ["W"])
+    text = failures.commonest_confusions_text({"a · text": n1n2, "b · text": w_to_n1})
+    assert text == (
+        "N1↔N2 is the commonest confusion of 1 of the 2 models; the commonest is W→N1 for b · text"
+    )
+    assert failures.commonest_confusions_text({"a · text": n1n2}).endswith("of 1 of the 1 models")
+    assert failures.commonest_confusions_text({}) == "none was run"
+
+
+def test_floors_are_told_apart_by_their_role_in_the_registry():
+    runs = {"rule-reader · text": 1, "chance · text": 2, "majority · image": 3, "my-vlm · image": 4}
+    readers, floors = failures.split_floors(runs)
+    assert set(floors) == {"chance · text", "majority · image"}
+    assert set(readers) == {"rule-reader · text", "my-vlm · image"}  # unknown: it reads
+
+
+def test_cue_trend_text_and_spread_follow_the_numbers():
+    def block(accuracy):
+        return pd.DataFrame({"cue": ["slow_wave_pct"] * len(accuracy), "accuracy": accuracy})
+
+    weak = pd.concat(
+        {"reader": block([0.2, 0.5, 0.9]), "chance": block([0.3, 0.1, 0.2])}, names=["model"]
+    )
+    rising = failures.cue_trend_text(weak, "reader")
+    assert rising.startswith("For reader, N3 accuracy goes from 20 % in the weakest")
+    assert "to 90 % in the strongest: a model that reads the cue fails" in rising
+    assert failures.cue_trend_text(weak, "chance").endswith(
+        "does not do better where the cue is strong"
+    )
+    assert failures.quartile_spread(weak, ["chance"]) == pytest.approx(20.0)
+    assert np.isnan(failures.quartile_spread(weak, ["nobody"]))
+
+
 def test_prediction_distribution_counts_invalid_answers_and_finds_anchoring():
     stages = list(STAGES) * 2
     anchored = failures.prediction_distribution(_epochs(stages, ["N2"] * 10))

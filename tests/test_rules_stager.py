@@ -19,6 +19,7 @@ from sleepvlm.rules.stager import (
     stage,
     stage_detection,
     write_hypnogram,
+    yasa_comparison_text,
 )
 from sleepvlm.rules.table import RULES
 from sleepvlm.signal import epoch_recording
@@ -282,3 +283,27 @@ def test_evidence_is_what_detection_evidence_gives_for_each_rule(night):
             assert sorted(got) == sorted(want), (epoch, rule)
             checked += len(want)
     assert checked > 100
+
+
+def test_the_comparison_with_yasa_follows_the_numbers():
+    def summary(stager_kappa, yasa_kappa, stager_n1=0.3):
+        index = pd.MultiIndex.from_product([["dcsm", "shhs"], ["stager", "yasa"]])
+        rows = []
+        for k_s, k_y in zip(stager_kappa, yasa_kappa, strict=True):
+            rows += [
+                {"kappa": k_s, "F1 N1": stager_n1, "F1 REM": 0.5},
+                {"kappa": k_y, "F1 N1": 0.4, "F1 REM": 0.8},
+            ]
+        return pd.DataFrame(rows, index=index.set_names(["dataset", "method"]))
+
+    both = yasa_comparison_text(summary([0.6, 0.5], [0.7, 0.8]))
+    assert (
+        both == "trails YASA's trained classifier on every center; N1 is the weakest stage of both"
+    )
+    one = yasa_comparison_text(summary([0.6, 0.9], [0.7, 0.8]))
+    assert one.startswith("trails YASA's trained classifier on DCSM only")
+    ahead = yasa_comparison_text(summary([0.8, 0.9], [0.7, 0.8], stager_n1=0.9))
+    assert ahead == (
+        "matches or beats YASA's trained classifier on every center; the weakest stage is "
+        "REM for stager and N1 for yasa"
+    )

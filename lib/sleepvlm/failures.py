@@ -247,6 +247,74 @@ def weak_cue_table(
     return pd.concat(parts, ignore_index=True)
 
 
+def split_floors(
+    runs: Mapping[str, pd.DataFrame], registry: Mapping | None = None
+) -> tuple[dict[str, pd.DataFrame], dict[str, pd.DataFrame]]:
+    """(runs of models that read their input, runs of the floors), by the registry's role of
+    each run's model (runs are named "model · modality"; a model the registry lacks reads)."""
+    from sleepvlm.models import load_registry
+
+    registry = load_registry() if registry is None else registry
+
+    def is_floor(name: str) -> bool:
+        spec = registry.get(name.split(" · ")[0])
+        return spec is not None and spec.role == "floor"
+
+    readers = {name: frame for name, frame in runs.items() if not is_floor(name)}
+    floors = {name: frame for name, frame in runs.items() if is_floor(name)}
+    return readers, floors
+
+
+def cue_trend_text(weak: pd.DataFrame, model: str, cue: str = "slow_wave_pct") -> str:
+    """The chapter's sentence on one model's accuracy from the weakest to the strongest
+    quartile of ``cue`` (a block of :func:`weak_cue_table` per model, keyed by name), with the
+    reading the numbers allow."""
+    stage = CUES[cue][0]
+    rows = weak.loc[model]
+    accuracy = 100 * rows[rows["cue"] == cue]["accuracy"].reset_index(drop=True)
+    if accuracy.empty:
+        return f"{model} has no {stage} epoch with a value of {cue}"
+    weakest, strongest = accuracy.iloc[0], accuracy.iloc[-1]
+    text = (
+        f"For {model}, {stage} accuracy goes from {weakest:.0f} % in the weakest {cue} quartile "
+        f"to {strongest:.0f} % in the strongest"
+    )
+    if strongest > weakest:
+        return text + ": a model that reads the cue fails where the cue is faint"
+    return text + ": it does not do better where the cue is strong"
+
+
+def quartile_spread(weak: pd.DataFrame, models: Sequence[str]) -> float:
+    """The largest change of accuracy (points) across the quartiles of any cue, over
+    ``models`` (blocks of :func:`weak_cue_table`); NaN without any."""
+    spreads = [
+        100 * (part["accuracy"].max() - part["accuracy"].min())
+        for model in models
+        if model in weak.index.get_level_values(0)
+        for _, part in weak.loc[model].groupby("cue")
+    ]
+    return max(spreads) if spreads else float("nan")
+
+
+def commonest_confusions_text(runs: Mapping[str, pd.DataFrame]) -> str:
+    """Which confusion is commonest for each model of ``runs`` (per-epoch tables), as a
+    sentence: how many have N1↔N2 on top, and the top pair of the others."""
+    if not runs:
+        return "none was run"
+    tops = {}
+    for name, frame in runs.items():
+        pairs = confusion_pairs(frame)
+        if len(pairs):
+            top = pairs.iloc[0]
+            tops[name] = "N1↔N2" if top["n1_n2"] else f"{top['true']}→{top['predicted']}"
+    if not tops:
+        return "no model made an error"
+    n1n2 = [name for name, pair in tops.items() if pair == "N1↔N2"]
+    others = [f"{pair} for {name}" for name, pair in tops.items() if pair != "N1↔N2"]
+    text = f"N1↔N2 is the commonest confusion of {len(n1n2)} of the {len(tops)} models"
+    return text + ("; the commonest is " + ", ".join(others) if others else "")
+
+
 # --- confusions --------------------------------------------------------------------------------
 
 

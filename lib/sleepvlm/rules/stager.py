@@ -414,3 +414,23 @@ def agreement_summary(predictions: pd.DataFrame, by: str = "dataset") -> pd.Data
                 }
             )
     return pd.DataFrame(rows).set_index([by, "method"])
+
+
+def yasa_comparison_text(summary: pd.DataFrame) -> str:
+    """How the stager compares with YASA per group of :func:`agreement_summary` (κ), and the
+    weakest stage (lowest F1) of each, as the book's summary says it."""
+    kappa = summary["kappa"].unstack("method")
+    behind = [str(g).upper() for g in kappa.index if kappa.loc[g, "stager"] < kappa.loc[g, "yasa"]]
+    if len(behind) == len(kappa):
+        text = "trails YASA's trained classifier on every center"
+    elif not behind:
+        text = "matches or beats YASA's trained classifier on every center"
+    else:
+        text = f"trails YASA's trained classifier on {', '.join(behind)} only"
+    f1 = summary[[c for c in summary.columns if c.startswith("F1 ")]].groupby(level="method").mean()
+    weakest = {m: row.idxmin()[3:] for m, row in f1.iterrows()}
+    if len(set(weakest.values())) == 1:
+        return f"{text}; {weakest['stager']} is the weakest stage of both"
+    return (
+        text + "; the weakest stage is " + " and ".join(f"{s} for {m}" for m, s in weakest.items())
+    )
