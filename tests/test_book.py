@@ -393,13 +393,15 @@ def test_a_labs_book_parameters_reach_the_chapters_that_declare_them(tmp_path):
     folder = tmp_path / "my_dcsm"
     folder.mkdir()
     argv = ["book", "--data-dir", str(folder), "--dataset", "dcsm", "--models", "lab-vlm"]
-    argv += ["--base-url", "http://gpu:8000/v1", "-y", "seed: 3", "-p", "seed", "5"]
+    argv += ["--base-url", "http://gpu:8000/v1", "--api-key-env", "LAB_KEY"]
+    argv += ["-y", "seed: 3", "-p", "seed", "5"]
     params = book_parameters(build_parser().parse_args(argv))
     assert params == {
         "data_dir": str(folder.resolve()),
         "dataset": "dcsm",
         "models": "lab-vlm",
         "base_url": "http://gpu:8000/v1",
+        "api_key_env": "LAB_KEY",
         "seed": 5,  # -p wins over -y
     }
     notebooks = {nb.stem[:2]: nb for nb in chapter_notebooks(project_root())}
@@ -408,6 +410,7 @@ def test_a_labs_book_parameters_reach_the_chapters_that_declare_them(tmp_path):
         passed = chapter_parameters(notebook, params)
         assert ("data_dir" in passed) == (number != "13"), notebook.name
     assert "models" in chapter_parameters(notebooks["07"], params)
+    assert {"base_url", "api_key_env"} <= set(chapter_parameters(notebooks["09"], params))
     assert "models" not in chapter_parameters(notebooks["01"], params)
     check_parameters_declared(list(notebooks.values()), params)
     with pytest.raises(BookError, match="no selected chapter has the parameter"):

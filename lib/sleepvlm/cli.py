@@ -35,7 +35,8 @@ def _yaml_parameters(texts: list[str] | None) -> dict:
 
 def book_parameters(args: argparse.Namespace) -> dict:
     """Every chapter parameter the command line sets: the lab options (``--data-dir``,
-    ``--dataset``, ``--models``, ``--base-url``), then ``-y`` and ``-p`` (which win)."""
+    ``--dataset``, ``--models``, ``--base-url``, ``--api-key-env``), then ``-y`` and ``-p``
+    (which win)."""
     if args.data_dir and not args.dataset:
         raise ValueError("--data-dir is the folder of one dataset: name it with --dataset")
     if args.data_dir and not args.data_dir.is_dir():
@@ -46,6 +47,7 @@ def book_parameters(args: argparse.Namespace) -> dict:
         "dataset": args.dataset,
         "models": args.models,
         "base_url": args.base_url,
+        "api_key_env": args.api_key_env,
     }
     given = {name: value for name, value in lab.items() if value}
     return {**given, **_yaml_parameters(args.y), **_parameters(args.p)}
@@ -186,6 +188,11 @@ def build_parser() -> argparse.ArgumentParser:
     book.add_argument("--dataset", help="the dataset --data-dir holds (dcsm, shhs, isruc, ...)")
     book.add_argument("--models", help="models to run, e.g. lab-vlm or lab-vlm,chance")
     book.add_argument("--base-url", help="OpenAI-compatible server the models are sent to")
+    book.add_argument(
+        "--api-key-env",
+        metavar="VARIABLE",
+        help="environment variable holding that server's key (never the key itself)",
+    )
     book.add_argument(
         "--build-dir",
         type=Path,
