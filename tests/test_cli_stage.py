@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from sleepvlm.data.edf import write_edf
+from sleepvlm.data.realism import yasa_predict
 from sleepvlm.data.records import STAGES, ChannelNotFoundError, DataError
 from sleepvlm.data.registry import real_excerpt
 from sleepvlm.rules.stager import STAGED_COLUMNS
@@ -25,13 +26,18 @@ def run(argv: list[str]) -> int:
 
 
 @pytest.fixture(scope="module")
-def resting_edf(tmp_path_factory):
-    """YASA's 6 min of eyes-open resting wake (FIF), exported to EDF."""
+def resting():
+    """YASA's 6 min of eyes-open resting wake (FIF): signals in µV and their rates."""
     raw = mne.io.read_raw_fif(real_excerpt("yasa_data_resting_EO_200Hz_raw.fif"), verbose=False)
-    data = raw.get_data(units="uV")
-    rate = float(raw.info["sfreq"])
+    signals = dict(zip(raw.ch_names, raw.get_data(units="uV"), strict=True))
+    return signals, dict.fromkeys(raw.ch_names, float(raw.info["sfreq"]))
+
+
+@pytest.fixture(scope="module")
+def resting_edf(resting, tmp_path_factory):
+    """The resting wake exported to EDF."""
     path = tmp_path_factory.mktemp("edf") / "resting.edf"
-    write_edf(path, dict(zip(raw.ch_names, data, strict=True)), dict.fromkeys(raw.ch_names, rate))
+    write_edf(path, *resting)
     return path
 
 
@@ -46,6 +52,20 @@ def test_eeg_only_resting_wake_is_mostly_w(resting_edf, tmp_path, capsys):
     assert table["not_evaluable"].str.contains("R.rem").all()
     assert table["not_evaluable"].str.contains("R.atonia").all()
     assert "rules not evaluable" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("channel", ["F4-A1", "CZ-A2"])
+def test_eyes_open_wake_on_one_eeg_is_w_at_least_as_often_as_yasa_finds(
+    resting, resting_edf, tmp_path, channel
+):
+    # a frontal EEG without alpha (eyes open) once gave N2 and N1 only: eye movements there
+    # looked like K complexes; W.fast reads the EEG that is not slowed
+    out = tmp_path / "hyp.csv"
+    assert run([str(resting_edf), "--eeg", channel, "-o", str(out)]) == 0
+    ours = (pd.read_csv(out, keep_default_na=False)["stage"] == "W").mean()
+    signals, rates = resting
+    yasa = (yasa_predict(signals, rates, {"eeg": channel}) == "W").mean()
+    assert ours >= yasa > 0.5
 
 
 def not_evaluable_lines(err: str) -> list[str]:

@@ -209,6 +209,15 @@ def test_band_powers_put_a_sine_in_its_band(fs):
     assert (middle["theta"] > 50 * middle[["delta", "alpha", "beta"]].max(axis=1)).all()
 
 
+@pytest.mark.parametrize("fs", (50.0, *RATES))
+def test_fast_seconds_tell_an_unslowed_eeg_from_a_slowed_one(fs):
+    t = t_axis(fs, 20.0)
+    awake = 10.0 * np.sin(2 * np.pi * 10.0 * t) + 6.0 * np.sin(2 * np.pi * 20.0 * t)
+    slowed = awake + 20.0 * np.sin(2 * np.pi * 6.0 * t)
+    assert det.fast_seconds(det.band_powers(awake, fs)).all()
+    assert not det.fast_seconds(det.band_powers(slowed, fs)).any()
+
+
 @pytest.mark.parametrize("fs", RATES)
 def test_noise_gives_few_events(fs):
     x = background(fs, seconds=300.0, sd=8.0, seed=3)

@@ -1,6 +1,6 @@
 """Vectorized waveform detectors for the AASM rules: spindles, K complexes, slow waves, vertex
-sharp waves, alpha, low-amplitude mixed-frequency EEG, eye movements, chin tone, sawtooth
-waves, arousals and body movements.
+sharp waves, alpha, low-amplitude mixed-frequency EEG, EEG that is not slowed, eye movements,
+chin tone, sawtooth waves, arousals and body movements.
 
 Every detector takes one channel in µV at its own sampling rate and returns an events table
 (:data:`~sleepvlm.data.records.EVENT_COLUMNS`, onsets in s from the first sample) or per-second
@@ -254,6 +254,12 @@ def lamf_seconds(powers: pd.DataFrame) -> np.ndarray:
         & (powers["theta"] >= faster)
         & (delta_share <= setting("lamf", "max_delta_share"))
     ).to_numpy()
+
+
+def fast_seconds(powers: pd.DataFrame) -> np.ndarray:
+    """Seconds whose EEG is not slowed: alpha and beta together hold at least theta's power
+    (eyes-open wake; the slowing of N1 moves the power into theta)."""
+    return (powers["alpha"] + powers["beta"] >= powers["theta"]).to_numpy()
 
 
 def arousal_seconds(powers: pd.DataFrame) -> np.ndarray:

@@ -37,6 +37,7 @@ DETECTOR_KINDS: dict[str, tuple[str, ...]] = {
     "eye_movements": ("rem", "blink"),
     "sem": ("sem",),
     "lamf": (),
+    "fast": (),
     "emg_tone": (),
 }
 #: Role each detector reads.
@@ -47,7 +48,7 @@ DETECTOR_ROLE: dict[str, str] = {
     "emg_tone": "emg",
 }
 #: Detectors that read per-second band powers of the EEG (they cannot run without them).
-_READ_BAND_POWERS = ("alpha", "lamf", "movement", "arousal")
+_READ_BAND_POWERS = ("alpha", "lamf", "fast", "movement", "arousal")
 #: What a channel slower than every detector of its role likely is.
 _SLOW_CHANNEL_HINT = "a derived signal such as an RMS envelope or 1-s means, not the raw signal?"
 #: Rules whose evidence window is the first half of the epoch plus the last half of the previous.
@@ -60,9 +61,10 @@ class Detection:
 
     ``epochs``: one row per scored epoch (index: epoch number as in the hypnogram), with
     ``onset`` (s from the signal start), per-band EEG power (µV²), ``alpha_fraction``,
-    ``lamf_fraction``, ``movement_fraction``, ``sw_coverage`` (share of the epoch covered by
-    slow waves), ``n_<kind>`` event counts, chin tone (``emg_rms``, ``emg_rel``,
-    ``emg_quantile``, ``emg_low``) and ``<role>_ok`` quality flags. ``events``: every detected
+    ``lamf_fraction``, ``fast_fraction`` (seconds not slowed), ``movement_fraction``,
+    ``sw_coverage`` (share of the epoch covered by slow waves), ``n_<kind>`` event counts,
+    chin tone (``emg_rms``, ``emg_rel``, ``emg_quantile``, ``emg_low``) and ``<role>_ok``
+    quality flags. ``events``: every detected
     event (EVENT_COLUMNS, onset in s from the signal start) with its ``epoch``. ``criteria``:
     per epoch and rule, whether the rule's criterion is met in that epoch (for context rules:
     the part one epoch can show), ``<NA>`` when it cannot be evaluated. ``not_evaluable``:
@@ -341,6 +343,7 @@ def detect_all(
     per_second = {
         "alpha": det.alpha_seconds,
         "lamf": det.lamf_seconds,
+        "fast": det.fast_seconds,
         "movement": det.movement_seconds,
     }
     if powers is not None:
@@ -404,7 +407,7 @@ def detect_all(
     table["sw_coverage"] = epoch_coverage(night.onsets, slow["onset"], slow["duration"])
     for role in ROLES:
         table[f"{role}_ok"] = ok[role]
-    for fraction in ("alpha_fraction", "lamf_fraction", "movement_fraction"):
+    for fraction in ("alpha_fraction", "lamf_fraction", "fast_fraction", "movement_fraction"):
         if fraction not in table:
             table[fraction] = np.nan
     table = table.set_index("epoch")
@@ -446,11 +449,15 @@ def _local_criteria(table: pd.DataFrame, events: pd.DataFrame) -> dict[str, pd.S
     movement = table["movement_fraction"].to_numpy(float)
     low_tone = table["emg_low"].to_numpy(float) == 1
     no_nrem_marks = (table["n_spindle"] == 0) & (table["n_kcomplex"] == 0)
+    awake_eeg = (
+        table["fast_fraction"].to_numpy(float) > threshold("W.fast", "min_epoch_fraction")
+    ) & ~low_tone
     eyes_open = (table["n_blink"] >= threshold("W.eyes", "min_blinks")) | (
         table["n_rem"] >= threshold("W.eyes", "min_rems")
     )
     return {
         "W.alpha": alpha > threshold("W.alpha", "min_epoch_fraction"),
+        "W.fast": awake_eeg,
         "W.eyes": eyes_open & (table["emg_quantile"] >= threshold("W.eyes", "min_tone_quantile")),
         "N1.lamf": (lamf > threshold("N1.lamf", "min_epoch_fraction"))
         & (alpha <= threshold("W.alpha", "min_epoch_fraction")),
@@ -458,7 +465,10 @@ def _local_criteria(table: pd.DataFrame, events: pd.DataFrame) -> dict[str, pd.S
         "N1.sem": table["n_sem"] >= threshold("N1.sem", "min_count"),
         "N2.spindle": in_half_window(events[events["kind"] == "spindle"])
         >= threshold("N2.spindle", "min_count"),
-        "N2.kcomplex": in_half_window(free_kcs) >= threshold("N2.kcomplex", "min_count"),
+        # a K complex is a wave of sleep: where W.fast reads the EEG as awake, a wave of its
+        # shape is an eye movement or a blink on a frontal lead
+        "N2.kcomplex": (in_half_window(free_kcs) >= threshold("N2.kcomplex", "min_count"))
+        & ~awake_eeg,
         "N2.cont": no_nrem_marks
         & (table["n_arousal"] == 0)
         & (movement <= threshold("major_body_movement", "min_epoch_fraction")),
