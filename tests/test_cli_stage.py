@@ -4,7 +4,6 @@ excerpt with its 1-Hz EMG envelope, and bad channel names or rates."""
 import argparse
 import json
 
-import mne
 import pandas as pd
 import pytest
 
@@ -13,7 +12,14 @@ from sleepvlm.data.realism import yasa_predict
 from sleepvlm.data.records import STAGES, ChannelNotFoundError, DataError
 from sleepvlm.data.registry import real_excerpt
 from sleepvlm.rules.stager import STAGED_COLUMNS
-from sleepvlm.stage_cli import add_stage_parser, dreams_psg_agreement, load_for_staging
+from sleepvlm.stage_cli import (
+    add_stage_parser,
+    dreams_psg_agreement,
+    load_for_staging,
+    read_resting_wake,
+    resting_wake,
+    wake_epochs_table,
+)
 
 SLEEPEDF = "sleepedf_SC4001E0-PSG_first300s.edf"
 
@@ -28,9 +34,7 @@ def run(argv: list[str]) -> int:
 @pytest.fixture(scope="module")
 def resting():
     """YASA's 6 min of eyes-open resting wake (FIF): signals in µV and their rates."""
-    raw = mne.io.read_raw_fif(real_excerpt("yasa_data_resting_EO_200Hz_raw.fif"), verbose=False)
-    signals = dict(zip(raw.ch_names, raw.get_data(units="uV"), strict=True))
-    return signals, dict.fromkeys(raw.ch_names, float(raw.info["sfreq"]))
+    return read_resting_wake()
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +70,31 @@ def test_eyes_open_wake_on_one_eeg_is_w_at_least_as_often_as_yasa_finds(
     signals, rates = resting
     yasa = (yasa_predict(signals, rates, {"eeg": channel}) == "W").mean()
     assert ours >= yasa > 0.5
+
+
+def test_the_real_wake_epochs_are_tabulated_and_drawn_with_what_each_detector_found():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from sleepvlm.rules.plots import plot_staged_epochs
+
+    result = resting_wake("F4-A1")
+    table = wake_epochs_table(result)
+    assert table.index.tolist() == list(range(12))
+    assert table["stager"].tolist() == result["staged"]["stage"].tolist()
+    assert table["YASA"].tolist() == list(result["yasa"])
+    assert result["w_share"] == {
+        "stager": (table["stager"] == "W").mean(),
+        "yasa": (table["YASA"] == "W").mean(),
+    }
+    assert table["not slowed (%)"].between(0, 100).all()
+    events = result["detection"].events
+    for kind, n in events["kind"].value_counts().items():
+        assert table[kind].sum() == n  # every detected event is counted in its epoch
+    fig = plot_staged_epochs(
+        result["recording"], result["detection"], result["staged"], other=result["yasa"]
+    )
+    assert len(fig.axes) == 12
 
 
 def not_evaluable_lines(err: str) -> list[str]:

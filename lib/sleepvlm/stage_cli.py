@@ -162,6 +162,72 @@ def dreams_psg_agreement(
     }
 
 
+#: YASA's eyes-open resting EEG (a real excerpt): 6 min of a person awake, F4-A1 and CZ-A2.
+RESTING_WAKE = "yasa_data_resting_EO_200Hz_raw.fif"
+#: Per-epoch shares (of its seconds) shown beside the stage of a real wake epoch.
+_WAKE_SHARES = {
+    "not slowed": "fast_fraction",
+    "alpha": "alpha_fraction",
+    "LAMF": "lamf_fraction",
+}
+
+
+def read_resting_wake() -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """The signals (µV) and sampling rates (Hz) of :data:`RESTING_WAKE`, by channel."""
+    import mne
+
+    from sleepvlm.data.registry import real_excerpt
+
+    raw = mne.io.read_raw_fif(real_excerpt(RESTING_WAKE), verbose=False)
+    signals = dict(zip(raw.ch_names, raw.get_data(units="uV"), strict=True))
+    return signals, dict.fromkeys(raw.ch_names, float(raw.info["sfreq"]))
+
+
+def resting_wake(channel: str) -> dict:
+    """What ``sleepvlm stage --eeg CHANNEL`` and YASA's pretrained stager make of one channel
+    of :data:`RESTING_WAKE`, where every epoch is wake: ``staged``, ``detection``,
+    ``recording`` (preprocessed as the command does), ``yasa`` (YASA's label per epoch) and
+    ``w_share`` (share of W epochs by ``stager`` and by ``yasa``)."""
+    from sleepvlm.data.realism import yasa_predict
+    from sleepvlm.rules.evidence import detect_all
+    from sleepvlm.rules.stager import stage_detection
+
+    signals, rates = read_resting_wake()
+    rec = preprocessed_recording(signals, rates, {"eeg": channel}, f"resting wake {channel}")
+    detection = detect_all(rec, native_sfreq={"eeg": rates[channel]})
+    staged = stage_detection(detection)
+    yasa = yasa_predict(signals, rates, {"eeg": channel})[: len(staged)]
+    return {
+        "staged": staged,
+        "detection": detection,
+        "recording": rec,
+        "yasa": yasa,
+        "w_share": {
+            "stager": float((staged["stage"] == "W").mean()),
+            "yasa": float((yasa == "W").mean()),
+        },
+    }
+
+
+def wake_epochs_table(result: dict) -> pd.DataFrame:
+    """One row per epoch of a :func:`resting_wake` result: the stager's stage and rules,
+    YASA's stage, the share of the epoch's seconds that are not slowed, alpha and LAMF (%),
+    and how many events of each kind the detectors found in it (kinds found at all)."""
+    staged, epochs = result["staged"], result["detection"].epochs
+    table = pd.DataFrame(
+        {
+            "stager": staged["stage"].to_numpy(),
+            "rules": staged["rules"].map(", ".join).to_numpy(),
+            "YASA": result["yasa"],
+        },
+        index=pd.Index(staged["epoch"].to_numpy(), name="epoch"),
+    )
+    for name, column in _WAKE_SHARES.items():
+        table[f"{name} (%)"] = (100 * epochs.loc[table.index, column]).round().astype(int)
+    counts = result["detection"].events.groupby(["epoch", "kind"]).size().unstack(fill_value=0)
+    return table.join(counts.reindex(table.index, fill_value=0))
+
+
 def evaluability_lines(detection: Detection) -> list[str]:
     """What the night summary says about rules that could not be read: one line per reason
     for the rules not evaluable, one per rule read in part."""

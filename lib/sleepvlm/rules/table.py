@@ -70,9 +70,9 @@ _RULE_LIST: tuple[Rule, ...] = (
         ("eye_movements", "emg_tone"),
     ),
     # W.fast: "more than half of the epoch" as for W.alpha. Its per-second test (alpha + beta
-    # >= theta, detectors.fast_seconds) is not tuned: checked on real EEG (YASA's eyes-open
-    # resting wake, and the W vs N2 epochs of the DREAMS excerpts) and on the simulated nights
-    # (pooled kappa of the stager on the held-out nights rose with it, see chapter 03)
+    # >= theta, detectors.fast_seconds) has no tuned number: it was checked on real EEG (YASA's
+    # eyes-open resting wake; the W and N2 epochs of the DREAMS excerpts) and on the held-out
+    # simulated nights, where the stager's kappa did not fall with it (all channels, EEG only)
     Rule(
         "W.fast",
         "W",
