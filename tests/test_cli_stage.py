@@ -18,6 +18,7 @@ from sleepvlm.stage_cli import (
     load_for_staging,
     read_resting_wake,
     resting_wake,
+    stage_edf,
     wake_epochs_table,
 )
 
@@ -184,6 +185,35 @@ def test_the_dreams_psg_is_compared_with_its_own_hypnogram():
     assert set(result["staged"]["stage"]) <= set(STAGES)
     assert -1 <= result["kappa"] <= 1 and 0 <= result["accuracy"] <= 1
     assert result["events"].get("spindle", 0) > 0  # N2 of a real night holds spindles
+
+
+def test_the_dreams_psg_reads_rapid_eye_movements_from_both_eyes(tmp_path, capsys):
+    path = dreams_psg_or_skip()
+    argv = [str(path), "--eeg", "C3-A1", "--eog", "EOG1-A1", "--emg", "EMG1"]
+    lines = {}
+    for eyes, extra in (("one", []), ("both", ["--eog2", "EOG2-A1"])):
+        with pytest.warns(UserWarning, match="'UV'"):
+            assert run([*argv, *extra, "-o", str(tmp_path / f"{eyes}.csv")]) == 0
+        lines[eyes] = [x for x in capsys.readouterr().err.splitlines() if "R.rem" in x]
+    assert lines == {
+        "one": [
+            "rule read in part: R.rem: one eye (EOG1-A1), blinks and EEG told from eye "
+            "movements by their shape: no second EOG channel"
+        ],
+        "both": [],
+    }
+    with pytest.warns(UserWarning, match="'UV'"):
+        one = dreams_psg_agreement(emg=None)
+        both = dreams_psg_agreement(emg=None, eog2="EOG2-A1")
+    # no REM sleep in these 30 min: one eye takes blinks and EEG for hundreds of rapid eye
+    # movements; both eyes find a few, where the experts scored W or N1
+    assert one["events"]["rem"] >= 10 * max(both["events"].get("rem", 0), 1)
+    with pytest.warns(UserWarning, match="'UV'"):
+        _, detection = stage_edf(path, "C3-A1", "EOG1-A1", eog2="EOG2-A1")
+    rem_epochs = detection.events.loc[detection.events["kind"] == "rem", "epoch"]
+    assert len(rem_epochs) and {both["reference"][e] for e in rem_epochs} <= {"W", "N1"}
+    stage_rem = [(r["staged"]["stage"] == "REM").sum() for r in (one, both)]
+    assert stage_rem[1] < stage_rem[0]
 
 
 def test_an_unknown_channel_lists_the_channels_present(tmp_path, capsys):

@@ -19,7 +19,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from sleepvlm.data.records import EPOCH_S, EVENT_COLUMNS, ROLES, DataError, Recording
+from sleepvlm.data.records import (
+    EPOCH_S,
+    EVENT_COLUMNS,
+    ROLES,
+    SECOND_EYE,
+    DataError,
+    Recording,
+)
 from sleepvlm.rules import detectors as det
 from sleepvlm.rules.table import RULES, setting, threshold
 from sleepvlm.signal import TARGET_SFREQ, Epochs
@@ -127,6 +134,9 @@ def _from_recording(rec: Recording, roles: tuple[str, ...]) -> _Night:
         signals[role] = (rec.signals[channel], float(rec.sfreq[channel]), channel)
     if "eeg" not in signals:
         raise DataError(f"{rec.label}: detect_all needs an EEG channel; {missing['eeg']}")
+    second = rec.roles.get(SECOND_EYE)
+    if "eog" in signals and second in rec.signals:
+        signals[SECOND_EYE] = (rec.signals[second], float(rec.sfreq[second]), second)
     duration = min(len(x) / fs for x, fs, _ in signals.values())
     if duration < EPOCH_S + rec.hypnogram_offset:
         raise DataError(
@@ -166,7 +176,10 @@ def _from_epochs(epochs: Epochs, roles: tuple[str, ...]) -> _Night:
 
 
 def role_detectors(role: str) -> tuple[str, ...]:
-    """The detectors that read the channel of ``role`` (the EEG's band powers included)."""
+    """The detectors that read the channel of ``role`` (the EEG's band powers included; the
+    second eye's EOG is read by the eye-movement detector)."""
+    if role == SECOND_EYE:
+        return ("eye_movements",)
     named = tuple(d for d, r in DETECTOR_ROLE.items() if r == role)
     return ("band_power", *named) if role == "eeg" else named
 
@@ -208,6 +221,25 @@ def _leave_out_slow(night: _Night, native_sfreq: Mapping[str, float], runner: _R
         night.missing[role] = why
         del night.signals[role]
     runner.skip(detectors_out)
+
+
+def _second_eye(night: _Night, ok: Mapping[str, np.ndarray]) -> tuple[np.ndarray | None, str]:
+    """The second eye's signal for the eye-movement detector, or None and why rapid eye
+    movements are read from one eye (the detector's fallback, reported as R.rem read in
+    part)."""
+    _, eog_fs, eog_ch = night.signals["eog"]
+    fallback = f"one eye ({eog_ch}), blinks and EEG told from eye movements by their shape"
+    if SECOND_EYE not in night.signals:
+        return None, f"{fallback}: no second EOG channel"
+    x, fs, channel = night.signals[SECOND_EYE]
+    if fs != eog_fs:
+        return (
+            None,
+            f"{fallback}: the second eye {channel!r} is sampled at {fs:g} Hz, not {eog_fs:g}",
+        )
+    if not ok[SECOND_EYE].any():
+        return None, f"{fallback}: the second eye {channel!r} is flat or clipped"
+    return x, ""
 
 
 def _quality(x: np.ndarray, sfreq: float, starts: np.ndarray) -> np.ndarray:
@@ -371,10 +403,15 @@ def detect_all(
     }
     for name, fn in eeg_detectors.items():
         ev_parts.append(run(name, lambda fn=fn: fn(eeg, eeg_fs, eeg_ch)))
+    one_eye = ""
     if "eog" in night.signals:
         eog, eog_fs, eog_ch = night.signals["eog"]
+        other, one_eye = _second_eye(night, ok)
         ev_parts.append(
-            run("eye_movements", lambda: det.detect_eye_movements(eog, eog_fs, eog_ch, eeg, eeg_fs))
+            run(
+                "eye_movements",
+                lambda: det.detect_eye_movements(eog, eog_fs, eog_ch, eeg, eeg_fs, other),
+            )
         )
         ev_parts.append(
             run("sem", lambda: det.detect_slow_eye_movements(eog, eog_fs, eog_ch, eeg, eeg_fs))
@@ -414,6 +451,8 @@ def detect_all(
     events["epoch"] = events["epoch"].astype(np.int64)
 
     criteria, reasons, partial = _criteria(table, events, night, run.failed)
+    if one_eye and "R.rem" not in reasons and "eye_movements" not in run.failed:
+        partial["R.rem"] = one_eye
     return Detection(
         label=night.label,
         epochs=table,

@@ -398,6 +398,11 @@ SETTINGS: dict[str, dict[str, Any]] = {
         "blink_return_s": 0.15,
         "return_fraction": 0.5,
         "refractory_s": 0.15,
+        # both eyes: a rapid eye movement's common part (LOC + ROC) / 2 is at most this share
+        # of its conjugate part (LOC - ROC) / 2, and a blink's conjugate part at most this
+        # share of its common part: each eye then moves at least a third of what the other
+        # does, (1 - share) / (1 + share); not tuned (no real two-eye REM sleep here)
+        "max_common_share": 0.5,
         "filter_order": 2,
         "min_sfreq": rate_for(8.0),
     },
