@@ -71,12 +71,13 @@ class Detection:
     ``lamf_fraction``, ``fast_fraction`` (seconds not slowed), ``movement_fraction``,
     ``sw_coverage`` (share of the epoch covered by slow waves), ``n_<kind>`` event counts,
     chin tone (``emg_rms``, ``emg_rel``, ``emg_quantile``, ``emg_low``) and ``<role>_ok``
-    quality flags. ``events``: every detected
-    event (EVENT_COLUMNS, onset in s from the signal start) with its ``epoch``. ``criteria``:
+    quality flags. ``events``: every detected event (EVENT_COLUMNS, onset in s from the signal
+    start) with its ``epoch``. ``criteria``:
     per epoch and rule, whether the rule's criterion is met in that epoch (for context rules:
     the part one epoch can show), ``<NA>`` when it cannot be evaluated. ``not_evaluable``:
     rule ID or detector name -> why. ``read_in_part``: rule ID -> what was read of a rule
-    whose optional part could not be (W.eyes without chin EMG: blinks alone), and why; such a
+    whose optional part could not be (W.eyes without chin EMG: blinks alone; R.rem from one
+    eye when the second is missing), and why; such a
     rule is evaluated, not listed in ``not_evaluable``. ``seconds``: run time of each detector.
     """
 
