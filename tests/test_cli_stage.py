@@ -4,15 +4,23 @@ excerpt with its 1-Hz EMG envelope, and bad channel names or rates."""
 import argparse
 import json
 
-import mne
 import pandas as pd
 import pytest
 
 from sleepvlm.data.edf import write_edf
+from sleepvlm.data.realism import yasa_predict
 from sleepvlm.data.records import STAGES, ChannelNotFoundError, DataError
 from sleepvlm.data.registry import real_excerpt
 from sleepvlm.rules.stager import STAGED_COLUMNS
-from sleepvlm.stage_cli import add_stage_parser, dreams_psg_agreement, load_for_staging
+from sleepvlm.stage_cli import (
+    add_stage_parser,
+    dreams_psg_agreement,
+    load_for_staging,
+    read_resting_wake,
+    resting_wake,
+    stage_edf,
+    wake_epochs_table,
+)
 
 SLEEPEDF = "sleepedf_SC4001E0-PSG_first300s.edf"
 
@@ -25,13 +33,16 @@ def run(argv: list[str]) -> int:
 
 
 @pytest.fixture(scope="module")
-def resting_edf(tmp_path_factory):
-    """YASA's 6 min of eyes-open resting wake (FIF), exported to EDF."""
-    raw = mne.io.read_raw_fif(real_excerpt("yasa_data_resting_EO_200Hz_raw.fif"), verbose=False)
-    data = raw.get_data(units="uV")
-    rate = float(raw.info["sfreq"])
+def resting():
+    """YASA's 6 min of eyes-open resting wake (FIF): signals in µV and their rates."""
+    return read_resting_wake()
+
+
+@pytest.fixture(scope="module")
+def resting_edf(resting, tmp_path_factory):
+    """The resting wake exported to EDF."""
     path = tmp_path_factory.mktemp("edf") / "resting.edf"
-    write_edf(path, dict(zip(raw.ch_names, data, strict=True)), dict.fromkeys(raw.ch_names, rate))
+    write_edf(path, *resting)
     return path
 
 
@@ -46,6 +57,45 @@ def test_eeg_only_resting_wake_is_mostly_w(resting_edf, tmp_path, capsys):
     assert table["not_evaluable"].str.contains("R.rem").all()
     assert table["not_evaluable"].str.contains("R.atonia").all()
     assert "rules not evaluable" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("channel", ["F4-A1", "CZ-A2"])
+def test_eyes_open_wake_on_one_eeg_is_w_at_least_as_often_as_yasa_finds(
+    resting, resting_edf, tmp_path, channel
+):
+    # a frontal EEG without alpha (eyes open) once gave N2 and N1 only: eye movements there
+    # looked like K complexes; W.fast reads the EEG that is not slowed
+    out = tmp_path / "hyp.csv"
+    assert run([str(resting_edf), "--eeg", channel, "-o", str(out)]) == 0
+    ours = (pd.read_csv(out, keep_default_na=False)["stage"] == "W").mean()
+    signals, rates = resting
+    yasa = (yasa_predict(signals, rates, {"eeg": channel}) == "W").mean()
+    assert ours >= yasa > 0.5
+
+
+def test_the_real_wake_epochs_are_tabulated_and_drawn_with_what_each_detector_found():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from sleepvlm.rules.plots import plot_staged_epochs
+
+    result = resting_wake("F4-A1")
+    table = wake_epochs_table(result)
+    assert table.index.tolist() == list(range(12))
+    assert table["stager"].tolist() == result["staged"]["stage"].tolist()
+    assert table["YASA"].tolist() == list(result["yasa"])
+    assert result["w_share"] == {
+        "stager": (table["stager"] == "W").mean(),
+        "yasa": (table["YASA"] == "W").mean(),
+    }
+    assert table["not slowed (%)"].between(0, 100).all()
+    events = result["detection"].events
+    for kind, n in events["kind"].value_counts().items():
+        assert table[kind].sum() == n  # every detected event is counted in its epoch
+    fig = plot_staged_epochs(
+        result["recording"], result["detection"], result["staged"], other=result["yasa"]
+    )
+    assert len(fig.axes) == 12
 
 
 def not_evaluable_lines(err: str) -> list[str]:
@@ -135,6 +185,35 @@ def test_the_dreams_psg_is_compared_with_its_own_hypnogram():
     assert set(result["staged"]["stage"]) <= set(STAGES)
     assert -1 <= result["kappa"] <= 1 and 0 <= result["accuracy"] <= 1
     assert result["events"].get("spindle", 0) > 0  # N2 of a real night holds spindles
+
+
+def test_the_dreams_psg_reads_rapid_eye_movements_from_both_eyes(tmp_path, capsys):
+    path = dreams_psg_or_skip()
+    argv = [str(path), "--eeg", "C3-A1", "--eog", "EOG1-A1", "--emg", "EMG1"]
+    lines = {}
+    for eyes, extra in (("one", []), ("both", ["--eog2", "EOG2-A1"])):
+        with pytest.warns(UserWarning, match="'UV'"):
+            assert run([*argv, *extra, "-o", str(tmp_path / f"{eyes}.csv")]) == 0
+        lines[eyes] = [x for x in capsys.readouterr().err.splitlines() if "R.rem" in x]
+    assert lines == {
+        "one": [
+            "rule read in part: R.rem: one eye (EOG1-A1), blinks and EEG told from eye "
+            "movements by their shape: no second EOG channel"
+        ],
+        "both": [],
+    }
+    with pytest.warns(UserWarning, match="'UV'"):
+        one = dreams_psg_agreement(emg=None)
+        both = dreams_psg_agreement(emg=None, eog2="EOG2-A1")
+    # no REM sleep in these 30 min: one eye takes blinks and EEG for hundreds of rapid eye
+    # movements; both eyes find a few, where the experts scored W or N1
+    assert one["events"]["rem"] >= 10 * max(both["events"].get("rem", 0), 1)
+    with pytest.warns(UserWarning, match="'UV'"):
+        _, detection = stage_edf(path, "C3-A1", "EOG1-A1", eog2="EOG2-A1")
+    rem_epochs = detection.events.loc[detection.events["kind"] == "rem", "epoch"]
+    assert len(rem_epochs) and {both["reference"][e] for e in rem_epochs} <= {"W", "N1"}
+    stage_rem = [(r["staged"]["stage"] == "REM").sum() for r in (one, both)]
+    assert stage_rem[1] < stage_rem[0]
 
 
 def test_an_unknown_channel_lists_the_channels_present(tmp_path, capsys):

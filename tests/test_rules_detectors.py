@@ -156,6 +156,39 @@ def test_rapid_eye_movement_and_blink_told_apart(fs):
     assert len(ev) == 2
 
 
+def two_eyes(fs, seconds=60.0):
+    """LOC and ROC: their own noise, and the same (frontal) EEG reaching both."""
+    common = background(fs, seconds, sd=3.0, seed=1)
+    return common + background(fs, seconds, 2.0, 2), common + background(fs, seconds, 2.0, 3)
+
+
+@pytest.mark.parametrize("fs", (50.0, *RATES))
+def test_both_eyes_tell_conjugate_movements_from_blinks_and_eeg_by_their_phase(fs):
+    loc, roc = two_eyes(fs)
+    # a saccade: the eyes deflect in opposite directions, the right eye's electrode less so
+    loc, roc = plant(loc, fs, 10.0, eye_step(fs)), plant(roc, fs, 10.0, -0.7 * eye_step(fs))
+    # a quick glance and back: still a movement of both eyes
+    glance = eye_step(fs, ptp=120.0, tau=0.05)
+    loc, roc = plant(loc, fs, 20.0, glance), plant(roc, fs, 20.0, -glance)
+    # a blink and a slow frontal wave reach both eyes the same way
+    loc, roc = plant(loc, fs, 30.0, blink(fs)), plant(roc, fs, 30.0, 0.8 * blink(fs))
+    wave = eye_step(fs, ptp=100.0, tau=0.5)
+    loc, roc = plant(loc, fs, 45.0, wave), plant(roc, fs, 45.0, wave)
+    both = det.detect_eye_movements(loc, fs, "LOC", other=roc)
+    assert found_near(both, "rem", 10.1, 0.3) == 1 and found_near(both, "rem", 20.1, 0.3) == 1
+    assert found_near(both, "blink", 30.1, 0.3) == 1
+    assert len(both) == 3  # the wave both eyes share is no eye movement
+    one = det.detect_eye_movements(loc, fs, "LOC")  # one eye cannot read the phase
+    assert found_near(one, "rem", 45.1, 0.3) == 1
+
+
+def test_the_second_eye_must_match_the_first():
+    fs = 100.0
+    loc, roc = two_eyes(fs)
+    with pytest.raises(DataError, match="differ in length"):
+        det.detect_eye_movements(loc, fs, "LOC", other=roc[: len(roc) // 2])
+
+
 @pytest.mark.parametrize("fs", RATES)
 def test_eye_movement_onset_is_where_the_step_starts(fs):
     """A slow dip just before a saccade is not part of it: the deflection starts where the
@@ -207,6 +240,15 @@ def test_band_powers_put_a_sine_in_its_band(fs):
     middle = powers.iloc[2:-2]
     assert np.allclose(middle["theta"], 200.0, rtol=0.1)  # a sine of amplitude A has A²/2
     assert (middle["theta"] > 50 * middle[["delta", "alpha", "beta"]].max(axis=1)).all()
+
+
+@pytest.mark.parametrize("fs", (50.0, *RATES))
+def test_fast_seconds_tell_an_unslowed_eeg_from_a_slowed_one(fs):
+    t = t_axis(fs, 20.0)
+    awake = 10.0 * np.sin(2 * np.pi * 10.0 * t) + 6.0 * np.sin(2 * np.pi * 20.0 * t)
+    slowed = awake + 20.0 * np.sin(2 * np.pi * 6.0 * t)
+    assert det.fast_seconds(det.band_powers(awake, fs)).all()
+    assert not det.fast_seconds(det.band_powers(slowed, fs)).any()
 
 
 @pytest.mark.parametrize("fs", RATES)

@@ -90,6 +90,65 @@ def test_coverage_rule_boundary():
     assert spill.tolist() == [pytest.approx(0.5 / 30), pytest.approx(0.5 / 30)]
 
 
+def coloured(n, fs, sd, exponent, rng):
+    """Gaussian noise of ``sd`` µV whose power falls as 1/f**exponent from 0.5 to 40 Hz."""
+    freqs = np.fft.rfftfreq(n, 1 / fs)
+    band = (freqs >= 0.5) & (freqs <= 40.0)
+    shape = np.where(band, np.maximum(freqs, 0.5) ** (-exponent / 2), 0)
+    x = np.fft.irfft(
+        (rng.standard_normal(len(freqs)) + 1j * rng.standard_normal(len(freqs))) * shape, n
+    )
+    return x / x.std() * sd
+
+
+@pytest.mark.parametrize("exponent, awake", [(1.0, True), (2.5, False)])
+def test_a_k_complex_counts_in_a_slowed_eeg_only(exponent, awake):
+    # an awake EEG keeps its fast activity (a flat, 1/f spectrum); sleep slows it (steeper)
+    fs = 100.0
+    t = np.arange(int(90 * fs)) / fs
+    eeg = coloured(len(t), fs, 6.0, exponent, np.random.default_rng(1))
+    kc = -np.exp(-(((t - 40.3) / 0.11) ** 2)) + 0.55 * np.exp(-(((t - 40.65) / 0.16) ** 2))
+    eeg += 150 * kc / np.ptp(kc)
+    rec = Recording(
+        dataset="test",
+        subject="s1",
+        night="n1",
+        signals={"F4-A1": eeg},
+        sfreq={"F4-A1": fs},
+        stages=np.array(["W"] * 3, dtype=object),
+        roles={"eeg": "F4-A1"},
+    )
+    result = detect_all(rec)
+    assert result.epochs["n_kcomplex"].tolist() == [0, 1, 0]  # the wave is found either way
+    assert result.criteria["W.fast"].tolist() == [awake] * 3
+    assert result.criteria["N2.kcomplex"].tolist()[1] is (not awake)
+
+
+def test_both_eyes_are_read_when_the_recording_has_them_and_one_eye_is_reported():
+    rec = night()
+    loc = rec.signals["LOC-A2"]
+    t = np.arange(len(loc)) / 200.0
+    # the second eye: the first's movement at 100 s mirrored; at 20 s a slow frontal wave
+    # reaches both eyes alike (one eye takes its steep edge for an eye movement)
+    roc = -0.8 * loc + pink(len(loc), 200.0, 2.0, np.random.default_rng(5))
+    wave = ((t >= 20) & (t < 22)) * 120 * np.exp(-np.maximum(t - 20.1, 0) / 0.5)
+    wave *= (1 + np.tanh((t - 20.1) / 0.03)) / 2
+    rec.signals["LOC-A2"], roc = loc + wave, roc + wave
+    one = detect_all(rec)
+    assert one.read_in_part["R.rem"] == (
+        "one eye (LOC-A2), blinks and EEG told from eye movements by their shape: no second "
+        "EOG channel"
+    )
+    rec.signals["ROC-A1"], rec.sfreq["ROC-A1"] = roc, 200.0
+    rec.roles["eog2"] = "ROC-A1"
+    both = detect_all(rec)
+    assert "R.rem" not in both.read_in_part and both.not_evaluable == {}
+    assert both.epochs["n_rem"].tolist() == [0, 0, 0, 1, 0]
+    assert one.epochs["n_rem"].tolist()[:1] == [1]  # the shared wave, on one eye
+    rec.sfreq["ROC-A1"] = 100.0
+    assert "sampled at 100 Hz, not 200" in detect_all(rec).read_in_part["R.rem"]
+
+
 def test_missing_eog_and_emg_leave_their_rules_not_evaluable():
     result = detect_all(night(roles=("eeg",)))
     for rule in ("R.rem", "R.atonia", "W.eyes", "N1.sem", "R.cont"):

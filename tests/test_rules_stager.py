@@ -130,6 +130,29 @@ def test_wake_rules_alpha_eyes_and_majority():
     ]
 
 
+def test_an_unslowed_eeg_is_wake_after_the_marks_of_sleep_and_rem_continuation():
+    det = detection(
+        [
+            {"N2.spindle", "W.fast"},
+            {"N2.cont", "W.fast"},
+            {"N1.vertex", "N1.lamf"},
+            {"R.rem", "R.atonia"},
+            {"R.cont", "W.fast"},
+            {"W.fast", "R.arousal_end"},
+        ]
+    )
+    staged = stage_detection(det)
+    assert staged["stage"].tolist() == ["N2", "W", "N1", "REM", "REM", "W"]
+    assert staged["rules"].tolist() == [
+        ["N2.spindle"],
+        ["W.fast"],  # N2 does not continue into an EEG that is not slowed
+        ["N1.lamf", "N1.vertex"],
+        ["R.rem", "R.atonia"],
+        ["R.cont"],  # REM EEG is not slowed either; its chin tells it apart
+        ["R.arousal_end", "W.fast"],
+    ]
+
+
 def test_major_body_movement_takes_a_neighbours_stage():
     det = detection(
         [{"N2.spindle"}, {"major_body_movement"}, {"N3.sw20"}, {"major_body_movement"}, {"W.alpha"}]

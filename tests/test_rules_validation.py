@@ -5,10 +5,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from sleepvlm.data import dreams
+from sleepvlm.data.records import DataError
 from sleepvlm.data.simulate import simulate_night
 from sleepvlm.rules.validation import (
     TRUTH_REFERENCE,
     YASA_REFERENCE,
+    dreams_rem_agreement,
     event_scores,
     events_in_stages,
     expert_agreement_table,
@@ -196,3 +199,18 @@ def test_our_spindles_agree_with_expert_1_as_well_as_the_other_expert_and_yasa(d
     assert f1["ours"] >= f1["expert2"] and f1["ours"] >= f1["yasa"]
     recall_precision = pooled.set_index("method").loc["ours", ["precision", "recall"]]
     assert (recall_precision > 0.4).all()  # neither bought with the other
+
+
+def test_on_real_two_eye_eog_both_eyes_agree_with_yasa_far_better_than_one():
+    # DREAMS excerpt 3 has no REM sleep: one eye takes blinks and EEG for eye movements,
+    # YASA (fed both eyes) and ours with both eyes find a few, in the same places
+    try:
+        dreams.dreams_psg(3)
+    except DataError:
+        pytest.skip("the DREAMS excerpt 3 PSG is not on this machine")
+    with pytest.warns(UserWarning, match="'UV'"):
+        result = dreams_rem_agreement()
+    both, one = result["both eyes"], result["one eye"]
+    assert one["n"] >= 10 * both["n"] > 0
+    assert both["f1_vs_yasa"] > 2 * one["f1_vs_yasa"]
+    assert both["precision_vs_yasa"] >= 0.5

@@ -3,7 +3,9 @@
 The named channels are read at their native rates, preprocessed like the benchmark's epochs
 (:func:`sleepvlm.signal.preprocess_channel`: notch, 100 Hz, band-pass per role) and cut into
 30-s epochs from the signal start. EOG and EMG are optional: without them the rules that need
-them are listed as not evaluable in every row and the stage comes from what is left. Each
+them are listed as not evaluable in every row and the stage comes from what is left. With both
+eyes (``--eog`` LOC, ``--eog2`` ROC) rapid eye movements are read from their phase; with one,
+the rule is reported read in part. Each
 detector is judged on the rate its channel was recorded at: at 50 Hz (older archives, home
 devices) every detector runs; one that cannot read its channel is reported with the reason, and
 a channel no detector can read (e.g. Sleep-EDF's 1-Hz EMG RMS envelope) is left out as if it
@@ -22,7 +24,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from sleepvlm.data.edf import edf_labels, open_edf, read_channels
-from sleepvlm.data.records import ChannelNotFoundError, DataError, Recording
+from sleepvlm.data.records import SECOND_EYE, ChannelNotFoundError, DataError, Recording
 from sleepvlm.rules.detectors import rate_shortfall
 from sleepvlm.rules.evidence import Detection, rate_shortfalls
 from sleepvlm.rules.table import RULES, setting
@@ -80,8 +82,10 @@ def preprocessed_recording(
     preprocessed as the benchmark's epochs are (notch, 100 Hz, band-pass per role)."""
     filtered = {}
     for role, name in roles.items():
+        # the second eye is filtered as the first
+        band = "eog" if role == SECOND_EYE else role
         filtered[name] = preprocess_channel(
-            signals[name], rates[name], role, line_freq, source=f"{label}: {role.upper()} {name!r}"
+            signals[name], rates[name], band, line_freq, source=f"{label}: {role.upper()} {name!r}"
         )
         if progress is not None:
             progress.update()
@@ -104,13 +108,18 @@ def load_for_staging(
     emg: str | None = None,
     line_freq: float | None = None,
     progress: tqdm | None = None,
+    eog2: str | None = None,
 ) -> tuple[Recording, dict[str, float]]:
     """Read and preprocess the named channels of an EDF (:func:`preprocessed_recording`);
     returns the Recording and the rate (Hz) each role was recorded at, which decides what
-    its detectors can read (:func:`sleepvlm.rules.evidence.detect_all`'s ``native_sfreq``)."""
+    its detectors can read (:func:`sleepvlm.rules.evidence.detect_all`'s ``native_sfreq``).
+    ``eog2`` names the second eye's EOG (ROC), read beside ``eog`` (LOC)."""
     path = Path(path)
+    if eog2 and not eog:
+        raise DataError(f"{path}: a second eye ({eog2!r}) needs the first: pass --eog too")
     edf = open_edf(path)
-    names = {r: n for r, n in (("eeg", eeg), ("eog", eog), ("emg", emg)) if n}
+    pairs = (("eeg", eeg), ("eog", eog), (SECOND_EYE, eog2), ("emg", emg))
+    names = {r: n for r, n in pairs if n}
     _check_names(path, edf_labels(edf), names)
     signals, rates = read_channels(edf, list(dict.fromkeys(names.values())), path)
     check_eeg_rate(rates, names, str(path))
@@ -126,13 +135,14 @@ def stage_edf(
     emg: str | None = None,
     line_freq: float | None = None,
     progress: tqdm | None = None,
+    eog2: str | None = None,
 ) -> tuple[pd.DataFrame, Detection]:
     """What ``sleepvlm stage`` does: the staged night (see
     :func:`~sleepvlm.rules.stager.stage_detection`) and the detection it came from."""
     from sleepvlm.rules.evidence import detect_all
     from sleepvlm.rules.stager import stage_detection
 
-    rec, rates = load_for_staging(path, eeg, eog, emg, line_freq, progress)
+    rec, rates = load_for_staging(path, eeg, eog, emg, line_freq, progress, eog2)
     if progress is not None:
         progress.set_description("detecting")
     detection = detect_all(rec, native_sfreq=rates)
@@ -142,9 +152,14 @@ def stage_edf(
 
 
 def dreams_psg_agreement(
-    excerpt: int = 3, eeg: str = "C3-A1", eog: str | None = "EOG1-A1", emg: str | None = "EMG1"
+    excerpt: int = 3,
+    eeg: str = "C3-A1",
+    eog: str | None = "EOG1-A1",
+    emg: str | None = "EMG1",
+    eog2: str | None = None,
 ) -> dict:
-    """``sleepvlm stage`` on a DREAMS PSG (excerpt 3: 50 Hz) against the file's own hypnogram
+    """``sleepvlm stage`` on a DREAMS PSG (excerpt 3: 50 Hz; its eyes: EOG1-A1 and EOG2-A1)
+    against the file's own hypnogram
     (5-s R&K steps, 30-s epochs by majority, :func:`~sleepvlm.data.dreams.to_30s_epochs`):
     the :func:`~sleepvlm.rules.stager.hypnogram_agreement` metrics (κ, accuracy, n...), with
     the staged night under ``staged``, the reference labels under ``reference`` and the number
@@ -152,7 +167,7 @@ def dreams_psg_agreement(
     from sleepvlm.data import dreams
     from sleepvlm.rules.stager import hypnogram_agreement
 
-    staged, detection = stage_edf(dreams.dreams_psg(excerpt), eeg, eog, emg)
+    staged, detection = stage_edf(dreams.dreams_psg(excerpt), eeg, eog, emg, eog2=eog2)
     reference = dreams.to_30s_epochs(dreams.read_dreams_hypnogram(excerpt))
     return {
         **hypnogram_agreement(staged, reference),
@@ -160,6 +175,72 @@ def dreams_psg_agreement(
         "reference": reference,
         "events": detection.events["kind"].value_counts().to_dict(),
     }
+
+
+#: YASA's eyes-open resting EEG (a real excerpt): 6 min of a person awake, F4-A1 and CZ-A2.
+RESTING_WAKE = "yasa_data_resting_EO_200Hz_raw.fif"
+#: Per-epoch shares (of its seconds) shown beside the stage of a real wake epoch.
+_WAKE_SHARES = {
+    "not slowed": "fast_fraction",
+    "alpha": "alpha_fraction",
+    "LAMF": "lamf_fraction",
+}
+
+
+def read_resting_wake() -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """The signals (µV) and sampling rates (Hz) of :data:`RESTING_WAKE`, by channel."""
+    import mne
+
+    from sleepvlm.data.registry import real_excerpt
+
+    raw = mne.io.read_raw_fif(real_excerpt(RESTING_WAKE), verbose=False)
+    signals = dict(zip(raw.ch_names, raw.get_data(units="uV"), strict=True))
+    return signals, dict.fromkeys(raw.ch_names, float(raw.info["sfreq"]))
+
+
+def resting_wake(channel: str) -> dict:
+    """What ``sleepvlm stage --eeg CHANNEL`` and YASA's pretrained stager make of one channel
+    of :data:`RESTING_WAKE`, where every epoch is wake: ``staged``, ``detection``,
+    ``recording`` (preprocessed as the command does), ``yasa`` (YASA's label per epoch) and
+    ``w_share`` (share of W epochs by ``stager`` and by ``yasa``)."""
+    from sleepvlm.data.realism import yasa_predict
+    from sleepvlm.rules.evidence import detect_all
+    from sleepvlm.rules.stager import stage_detection
+
+    signals, rates = read_resting_wake()
+    rec = preprocessed_recording(signals, rates, {"eeg": channel}, f"resting wake {channel}")
+    detection = detect_all(rec, native_sfreq={"eeg": rates[channel]})
+    staged = stage_detection(detection)
+    yasa = yasa_predict(signals, rates, {"eeg": channel})[: len(staged)]
+    return {
+        "staged": staged,
+        "detection": detection,
+        "recording": rec,
+        "yasa": yasa,
+        "w_share": {
+            "stager": float((staged["stage"] == "W").mean()),
+            "yasa": float((yasa == "W").mean()),
+        },
+    }
+
+
+def wake_epochs_table(result: dict) -> pd.DataFrame:
+    """One row per epoch of a :func:`resting_wake` result: the stager's stage and rules,
+    YASA's stage, the share of the epoch's seconds that are not slowed, alpha and LAMF (%),
+    and how many events of each kind the detectors found in it (kinds found at all)."""
+    staged, epochs = result["staged"], result["detection"].epochs
+    table = pd.DataFrame(
+        {
+            "stager": staged["stage"].to_numpy(),
+            "rules": staged["rules"].map(", ".join).to_numpy(),
+            "YASA": result["yasa"],
+        },
+        index=pd.Index(staged["epoch"].to_numpy(), name="epoch"),
+    )
+    for name, column in _WAKE_SHARES.items():
+        table[f"{name} (%)"] = (100 * epochs.loc[table.index, column]).round().astype(int)
+    counts = result["detection"].events.groupby(["epoch", "kind"]).size().unstack(fill_value=0)
+    return table.join(counts.reindex(table.index, fill_value=0))
 
 
 def evaluability_lines(detection: Detection) -> list[str]:
@@ -177,11 +258,17 @@ def evaluability_lines(detection: Detection) -> list[str]:
 def cmd_stage(args: argparse.Namespace) -> int:
     from sleepvlm.rules.stager import write_hypnogram
 
-    steps = 1 + sum(bool(n) for n in (args.eog, args.emg)) + 2
+    steps = 1 + sum(bool(n) for n in (args.eog, args.eog2, args.emg)) + 2
     with tqdm(total=steps, desc="staging", unit="step", file=sys.stderr) as progress:
         try:
             staged, detection = stage_edf(
-                args.recording, args.eeg, args.eog, args.emg, args.line_freq, progress
+                args.recording,
+                args.eeg,
+                args.eog,
+                args.emg,
+                args.line_freq,
+                progress,
+                args.eog2,
             )
         except DataError as err:
             progress.close()
@@ -208,7 +295,12 @@ def add_stage_parser(subparsers) -> argparse.ArgumentParser:
     )
     parser.add_argument("recording", type=Path, help="EDF/EDF+ file (any extension)")
     parser.add_argument("--eeg", required=True, help="EEG channel label, e.g. 'C4-A1'")
-    parser.add_argument("--eog", help="EOG channel label (optional)")
+    parser.add_argument("--eog", help="EOG channel label (optional; the left eye, LOC/E1)")
+    parser.add_argument(
+        "--eog2",
+        help="the other eye's EOG channel (optional, with --eog; ROC/E2): rapid eye movements "
+        "are then read as the two eyes moving in opposite directions",
+    )
     parser.add_argument("--emg", help="chin EMG channel label (optional)")
     parser.add_argument(
         "--line-freq", type=float, help="mains frequency to notch (50 or 60 Hz; default: none)"

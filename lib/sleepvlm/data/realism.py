@@ -1,6 +1,7 @@
 """How close is the simulated cohort to real PSG? Checks used by the book's data chapter.
 
-* :func:`yasa_staging_agreement` runs YASA's pretrained stager on a night and scores it
+* :func:`yasa_staging_agreement` runs YASA's pretrained stager (:func:`yasa_predict`) on a
+  night and scores it
   against the night's hypnogram (a realistic night should be staged about as well as real
   data, kappa ~0.7-0.8).
 * :func:`stage_spectra` / :func:`real_excerpt_spectra` give per-stage Welch spectra of a
@@ -14,7 +15,7 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from fractions import Fraction
 from pathlib import Path
 
@@ -75,39 +76,65 @@ def _scored_slice(rec: Recording) -> tuple[int, int]:
     return start, n_ep
 
 
-def yasa_staging_agreement(rec: Recording, metadata: dict | None = None) -> dict:
-    """Stage ``rec`` with YASA's pretrained classifier (EEG + EOG + EMG) and compare with
-    ``rec.stages``; MOVE/UNKNOWN epochs are left out.
+#: MNE channel type of each role, as YASA's stager reads them.
+_YASA_TYPES = {"eeg": "eeg", "eog": "eog", "emg": "emg"}
 
-    Returns ``kappa``, ``accuracy``, ``f1`` (per stage), ``confusion`` (DataFrame, rows = scored,
-    columns = YASA), ``n_epochs`` and ``predicted`` (YASA's label per epoch); for a simulated
-    night also ``vs_truth`` (YASA against the generating stages) and ``scorer_vs_truth`` (the
-    scored labels against them: the ceiling that scorer disagreement puts on any stager)."""
+
+def yasa_predict(
+    signals: Mapping[str, np.ndarray],
+    sfreq: Mapping[str, float],
+    roles: Mapping[str, str],
+    metadata: dict | None = None,
+) -> np.ndarray:
+    """YASA's pretrained stager on the channels that play ``roles`` (role -> channel name: the
+    EEG, and the EOG and chin EMG when given; signals in µV at their ``sfreq``): one label per
+    whole 30-s epoch from the first sample, spelled as STAGES (W, not WAKE). Channels are
+    brought to :data:`YASA_SFREQ` and cut to the shortest."""
     import mne
     import yasa
 
-    names = [rec.role(r) for r in ("eeg", "eog", "emg")]
-    start, n_ep = _scored_slice(rec)
-    stop = start + int(n_ep * EPOCH_S * YASA_SFREQ)
-    data = []
-    for ch in names:
-        y = _resample(rec.signals[ch], rec.sfreq[ch], YASA_SFREQ)[start:stop]
-        if len(y) < stop - start:
-            raise DataError(f"{rec.label}: channel {ch} ends before the last scored epoch")
-        data.append(y)
+    used = [r for r in _YASA_TYPES if r in roles]
+    names = [roles[r] for r in used]
+    data = [_resample(signals[ch], sfreq[ch], YASA_SFREQ) for ch in names]
+    n = min(len(y) for y in data)
     # MNE keeps volts; YASA converts back to µV internally
-    info = mne.create_info(names, YASA_SFREQ, ch_types=["eeg", "eog", "emg"])
-    raw = mne.io.RawArray(np.vstack(data) * 1e-6, info, verbose=False)
+    info = mne.create_info(names, YASA_SFREQ, ch_types=[_YASA_TYPES[r] for r in used])
+    raw = mne.io.RawArray(np.vstack([y[:n] for y in data]) * 1e-6, info, verbose=False)
     staging = yasa.SleepStaging(
-        raw, eeg_name=names[0], eog_name=names[1], emg_name=names[2], metadata=metadata
+        raw,
+        eeg_name=roles["eeg"],
+        eog_name=roles.get("eog"),
+        emg_name=roles.get("emg"),
+        metadata=metadata,
     )
     with warnings.catch_warnings():
         # YASA's classifiers were pickled by an older scikit-learn; predictions are unaffected
         warnings.filterwarnings("ignore", message="Trying to unpickle")
         predicted = np.asarray(staging.predict().hypno.to_numpy(), dtype=object)
     predicted[predicted == "WAKE"] = "W"
+    return predicted.astype(str)
+
+
+def yasa_staging_agreement(rec: Recording, metadata: dict | None = None) -> dict:
+    """Stage ``rec`` with YASA's pretrained classifier (EEG + EOG + EMG, :func:`yasa_predict`)
+    and compare with ``rec.stages``; MOVE/UNKNOWN epochs are left out.
+
+    Returns ``kappa``, ``accuracy``, ``f1`` (per stage), ``confusion`` (DataFrame, rows = scored,
+    columns = YASA), ``n_epochs`` and ``predicted`` (YASA's label per epoch); for a simulated
+    night also ``vs_truth`` (YASA against the generating stages) and ``scorer_vs_truth`` (the
+    scored labels against them: the ceiling that scorer disagreement puts on any stager)."""
+    roles = {r: rec.role(r) for r in ("eeg", "eog", "emg")}
+    start, n_ep = _scored_slice(rec)
+    stop = start + int(n_ep * EPOCH_S * YASA_SFREQ)
+    data = {}
+    for ch in roles.values():
+        y = _resample(rec.signals[ch], rec.sfreq[ch], YASA_SFREQ)[start:stop]
+        if len(y) < stop - start:
+            raise DataError(f"{rec.label}: channel {ch} ends before the last scored epoch")
+        data[ch] = y
+    predicted = yasa_predict(data, dict.fromkeys(data, YASA_SFREQ), roles, metadata)
     scored = np.asarray(rec.stages[:n_ep], dtype=object).astype(str)
-    out = _agreement(scored, predicted.astype(str))
+    out = _agreement(scored, predicted)
     out["predicted"] = predicted
     if "truth" in rec.other_scorers:
         truth = np.asarray(rec.other_scorers["truth"][:n_ep]).astype(str)

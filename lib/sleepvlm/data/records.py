@@ -20,6 +20,10 @@ EXCLUDED_LABELS: tuple[str, ...] = (MOVEMENT, UNKNOWN)
 EPOCH_S = 30.0
 #: Channel roles used by the benchmark, top to bottom of every image.
 ROLES: tuple[str, ...] = ("eeg", "eog", "emg")
+#: Role of the second eye's EOG (ROC, E2) beside the EOG role's first eye (LOC, E1), when a
+#: recording has both: the eye-movement detector reads the two eyes' phase. It is no benchmark
+#: role (epoch arrays and images keep the three of ROLES).
+SECOND_EYE = "eog2"
 
 #: Columns of an events table (onset and duration in s from the signal start, amplitude in µV).
 EVENT_COLUMNS: tuple[str, ...] = ("kind", "channel", "onset", "duration", "amplitude")

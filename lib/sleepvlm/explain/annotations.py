@@ -56,6 +56,7 @@ FALLBACK_RULE = "epoch.majority"
 RULE_EVIDENCE: dict[str, tuple[str, ...]] = {
     "W.alpha": ("alpha",),
     "W.eyes": ("blink", "rem"),
+    "W.fast": (),
     "N1.lamf": ("theta",),
     "N1.vertex": ("vertex",),
     "N1.sem": ("sem",),
@@ -78,6 +79,7 @@ RULE_EVIDENCE: dict[str, tuple[str, ...]] = {
 RULE_PHRASES: dict[str, str] = {
     "W.alpha": "alpha rhythm over most of the epoch",
     "W.eyes": "eye movements with high chin tone",
+    "W.fast": "alpha and beta without slowing of the EEG, chin tone not atonic",
     "N1.lamf": "low-amplitude mixed-frequency EEG",
     "N1.vertex": "vertex sharp waves",
     "N1.sem": "slow eye movements",

@@ -1,6 +1,6 @@
 """Vectorized waveform detectors for the AASM rules: spindles, K complexes, slow waves, vertex
-sharp waves, alpha, low-amplitude mixed-frequency EEG, eye movements, chin tone, sawtooth
-waves, arousals and body movements.
+sharp waves, alpha, low-amplitude mixed-frequency EEG, EEG that is not slowed, eye movements,
+chin tone, sawtooth waves, arousals and body movements.
 
 Every detector takes one channel in µV at its own sampling rate and returns an events table
 (:data:`~sleepvlm.data.records.EVENT_COLUMNS`, onsets in s from the first sample) or per-second
@@ -13,6 +13,8 @@ since a recording holds nothing above its anti-aliasing filter. All thresholds a
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -254,6 +256,12 @@ def lamf_seconds(powers: pd.DataFrame) -> np.ndarray:
         & (powers["theta"] >= faster)
         & (delta_share <= setting("lamf", "max_delta_share"))
     ).to_numpy()
+
+
+def fast_seconds(powers: pd.DataFrame) -> np.ndarray:
+    """Seconds whose EEG is not slowed: alpha and beta together hold at least theta's power
+    (eyes-open wake; the slowing of N1 moves the power into theta)."""
+    return (powers["alpha"] + powers["beta"] >= powers["theta"]).to_numpy()
 
 
 def arousal_seconds(powers: pd.DataFrame) -> np.ndarray:
@@ -552,67 +560,167 @@ def _deflection_edges(
     return edges[0], edges[1]
 
 
-def detect_eye_movements(
-    x: np.ndarray,
-    sfreq: float,
-    channel: str = "EOG",
-    eeg: np.ndarray | None = None,
-    eeg_sfreq: float | None = None,
-) -> pd.DataFrame:
-    """Rapid eye movements (kind ``rem``) and blinks (kind ``blink``) on one EOG channel.
+@dataclass
+class _Deflections:
+    """Rapid deflections of one band-passed signal (sample indices, see
+    :func:`_find_deflections`)."""
 
-    A candidate is a peak of the slope of the ``band_hz`` EOG of at least ``min_slope_uv_s``;
-    its deflection runs from where the movement begins to where it stops (the slope under
-    ``edge_fraction`` of its peak, each searched within the rule's 0.5 s) and must reach
-    ``min_ptp_uv``. A deflection of opposite sign that starts
-    where the previous one peaked is that movement's return and is not reported. A blink comes
-    straight back: its return covers at least ``return_fraction`` of its height and is at its
-    steepest within ``blink_return_s`` of the blink's top; a rapid eye movement drifts back
-    slowly.
-    With one EOG channel the usual out-of-phase test between the two eyes is impossible, so,
-    when ``eeg`` is given, a deflection that the EEG shows as large (same filter, same span) is
-    taken as cerebral (frontal EEG reaching the EOG) and dropped.
-    """
-    check_rate("eye_movements", channel, sfreq)
-    y = _as_signal(x, channel, 2.0, sfreq)
-    order = setting("eye_movements", "filter_order")
-    band = setting("eye_movements", "band_hz")
-    z = bandpass(y, sfreq, band, order)
+    peaks: np.ndarray  # steepest sample of each
+    sign: np.ndarray  # +1 rising, -1 falling
+    base: np.ndarray  # where the movement begins
+    top: np.ndarray  # where it stops
+    height: np.ndarray  # µV covered, in the deflection's direction
+    is_return: np.ndarray  # the previous deflection's way back
+    fast_back: np.ndarray  # comes straight back as a blink does
+
+
+def _find_deflections(z: np.ndarray, sfreq: float) -> _Deflections:
+    """Slope peaks of ``z`` of at least ``min_slope_uv_s``, each with the deflection around it:
+    from where the movement begins to where it stops (the slope under ``edge_fraction`` of its
+    peak, searched within the rule's 0.5 s). A deflection of opposite sign that starts where
+    the previous one stopped is that one's return; a return covering ``return_fraction`` of the
+    height, at its steepest within ``blink_return_s`` of the top, is fast (a blink's)."""
     slope = np.gradient(z) * sfreq
     refractory = max(int(round(setting("eye_movements", "refractory_s") * sfreq)), 1)
     min_slope = setting("eye_movements", "min_slope_uv_s")
     rising, _ = sps.find_peaks(slope, height=min_slope, distance=refractory)
     falling, _ = sps.find_peaks(-slope, height=min_slope, distance=refractory)
     peaks = np.sort(np.concatenate([rising, falling]))
-    if len(peaks) == 0:
-        return empty_events()
     sign = np.sign(slope[peaks])
     span = int(round(threshold("R.rem", "max_deflection_s") * sfreq))
-    base, top = _deflection_edges(slope, peaks, sign, span)
+    base, top = _deflection_edges(slope, peaks, sign, span) if len(peaks) else (peaks, peaks)
     height = sign * (z[top] - z[base])
-    # the next deflection is this one's return when it is of opposite sign and starts at its top
+    # a movement whose course pauses has two slope peaks that find the same start: it is one
+    # deflection, the one that covers most
+    order = np.lexsort((-height, sign, base))
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = (np.diff(base[order]) != 0) | (np.diff(sign[order]) != 0)
+    one = np.sort(order[first])
+    peaks, sign, base, top, height = peaks[one], sign[one], base[one], top[one], height[one]
     returns = np.zeros(len(peaks), dtype=bool)
     returns[:-1] = (sign[1:] != sign[:-1]) & (base[1:] <= top[:-1] + refractory)
-    is_return = np.r_[False, returns[:-1]]
     fast_back = np.zeros(len(peaks), dtype=bool)
     fast_back[:-1] = (
         returns[:-1]
         & (height[1:] >= setting("eye_movements", "return_fraction") * height[:-1])
         & (peaks[1:] - top[:-1] <= setting("eye_movements", "blink_return_s") * sfreq)
     )
-    keep = (height >= setting("eye_movements", "min_ptp_uv")) & ~is_return
-    if eeg is not None:
-        eeg_z = bandpass(_as_signal(eeg, "EEG", 2.0, eeg_sfreq), eeg_sfreq, band, order)
-        eeg_height = np.abs(
-            _at_times(eeg_z, eeg_sfreq, top / sfreq) - _at_times(eeg_z, eeg_sfreq, base / sfreq)
+    return _Deflections(peaks, sign, base, top, height, np.r_[False, returns[:-1]], fast_back)
+
+
+def _eye_events(
+    channel: str, sfreq: float, found: _Deflections, rem: np.ndarray, blink: np.ndarray
+) -> pd.DataFrame:
+    """Events of the deflections marked ``rem`` and ``blink`` (a blink lasts its way up and
+    back)."""
+    onset = found.base / sfreq
+    duration = np.maximum(found.top - found.base, 1) / sfreq
+    return pd.concat(
+        [
+            events_frame("rem", channel, onset[rem], duration[rem], found.height[rem]),
+            events_frame("blink", channel, onset[blink], 2 * duration[blink], found.height[blink]),
+        ],
+        ignore_index=True,
+    )
+
+
+def _larger_than_eeg(
+    found: _Deflections, sfreq: float, eeg: np.ndarray | None, eeg_sfreq: float | None
+) -> np.ndarray:
+    """Whether each deflection is larger than the EEG's over the same span (same filter):
+    what the EEG shows as large is cerebral activity reaching the EOG. All True without EEG."""
+    if eeg is None:
+        return np.ones(len(found.peaks), dtype=bool)
+    band, order = setting("eye_movements", "band_hz"), setting("eye_movements", "filter_order")
+    eeg_z = bandpass(_as_signal(eeg, "EEG", 2.0, eeg_sfreq), eeg_sfreq, band, order)
+    eeg_height = np.abs(
+        _at_times(eeg_z, eeg_sfreq, found.top / sfreq)
+        - _at_times(eeg_z, eeg_sfreq, found.base / sfreq)
+    )
+    return found.height > eeg_height
+
+
+def detect_eye_movements(
+    x: np.ndarray,
+    sfreq: float,
+    channel: str = "EOG",
+    eeg: np.ndarray | None = None,
+    eeg_sfreq: float | None = None,
+    other: np.ndarray | None = None,
+) -> pd.DataFrame:
+    """Rapid eye movements (kind ``rem``) and blinks (kind ``blink``) on the EOG: one eye
+    (``x``, e.g. LOC), or both when ``other`` holds the second eye (ROC, same rate).
+
+    A deflection is a steep stretch of the ``band_hz`` EOG (slope of at least
+    ``min_slope_uv_s``) from where the movement begins to where it stops (each searched within
+    the rule's 0.5 s) that covers at least ``min_ptp_uv``; one that starts where the previous
+    one stopped, in the other direction, is that movement's return and is not reported.
+
+    Both eyes: the AASM's rapid eye movements are conjugate, so the two eye channels deflect in
+    opposite directions, while blinks and the frontal EEG reach both in the same direction.
+    Each eye's signal splits into its conjugate part, (LOC - ROC) / 2, and its common part,
+    (LOC + ROC) / 2. A rapid eye movement is a deflection of the conjugate part in which the
+    two eyes move their own ways, the common part at most ``max_common_share`` of the
+    conjugate one (both eyes then move by similar amounts, inter-eye differences allowed); it
+    is reported on ``channel`` with the conjugate part's height. A blink is a deflection of the
+    first eye that comes straight back (its return covers ``return_fraction`` of its height,
+    steepest within ``blink_return_s`` of its top) and that the second eye shares: the
+    conjugate part changes by at most ``max_common_share`` of the common part over it. The
+    eyes' phase tells the two apart, whatever the return.
+
+    One eye (the fallback): the phase cannot be read. A blink is a deflection that comes
+    straight back; any other is a rapid eye movement (it drifts back slowly). With ``eeg``, a
+    deflection that the EEG shows as large (same filter, same span) is taken as cerebral
+    (frontal EEG reaching the EOG) and dropped; with both eyes this applies to blinks only,
+    since what the EEG brings to both eyes cancels in the conjugate part.
+    """
+    check_rate("eye_movements", channel, sfreq)
+    y = _as_signal(x, channel, 2.0, sfreq)
+    band, order = setting("eye_movements", "band_hz"), setting("eye_movements", "filter_order")
+    z = bandpass(y, sfreq, band, order)
+    min_ptp = setting("eye_movements", "min_ptp_uv")
+    if other is None:
+        found = _find_deflections(z, sfreq)
+        keep = (found.height >= min_ptp) & ~found.is_return
+        keep &= _larger_than_eeg(found, sfreq, eeg, eeg_sfreq)
+        events = _eye_events(channel, sfreq, found, keep & ~found.fast_back, keep & found.fast_back)
+        return events.sort_values("onset", ignore_index=True)
+
+    z2 = bandpass(_as_signal(other, f"{channel} (second eye)", 2.0, sfreq), sfreq, band, order)
+    if len(z2) != len(z):
+        raise DataError(
+            f"eye channels {channel!r} and its second eye differ in length ({len(z)} vs "
+            f"{len(z2)} samples); give both eyes at one rate"
         )
-        keep &= height > eeg_height
-    sign, top, base, height, blink = (a[keep] for a in (sign, top, base, height, fast_back))
-    onset = base / sfreq
-    duration = np.maximum(top - base, 1) / sfreq
-    rem = events_frame("rem", channel, onset[~blink], duration[~blink], height[~blink])
-    blinks = events_frame("blink", channel, onset[blink], 2 * duration[blink], height[blink])
-    return pd.concat([rem, blinks], ignore_index=True).sort_values("onset", ignore_index=True)
+    conjugate, common = (z - z2) / 2, (z + z2) / 2
+    share = setting("eye_movements", "max_common_share")
+
+    def across(found: _Deflections, part: np.ndarray) -> np.ndarray:
+        # the other part's change over each deflection, in µV
+        return np.abs(part[found.top] - part[found.base])
+
+    moves = _find_deflections(conjugate, sfreq)
+    rem = (
+        (moves.height >= min_ptp)
+        & ~moves.is_return
+        & (across(moves, common) <= share * moves.height)
+    )
+    lids = _find_deflections(z, sfreq)
+    blink = (
+        (lids.height >= min_ptp)
+        & ~lids.is_return
+        & lids.fast_back
+        & (across(lids, conjugate) <= share * across(lids, common))
+        & _larger_than_eeg(lids, sfreq, eeg, eeg_sfreq)
+    )
+    events = pd.concat(
+        [
+            _eye_events(channel, sfreq, moves, rem, np.zeros(len(rem), dtype=bool)),
+            _eye_events(channel, sfreq, lids, np.zeros(len(blink), dtype=bool), blink),
+        ],
+        ignore_index=True,
+    )
+    return events.sort_values("onset", ignore_index=True)
 
 
 def detect_slow_eye_movements(

@@ -19,7 +19,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from sleepvlm.data.records import EPOCH_S, EVENT_COLUMNS, ROLES, DataError, Recording
+from sleepvlm.data.records import (
+    EPOCH_S,
+    EVENT_COLUMNS,
+    ROLES,
+    SECOND_EYE,
+    DataError,
+    Recording,
+)
 from sleepvlm.rules import detectors as det
 from sleepvlm.rules.table import RULES, setting, threshold
 from sleepvlm.signal import TARGET_SFREQ, Epochs
@@ -37,6 +44,7 @@ DETECTOR_KINDS: dict[str, tuple[str, ...]] = {
     "eye_movements": ("rem", "blink"),
     "sem": ("sem",),
     "lamf": (),
+    "fast": (),
     "emg_tone": (),
 }
 #: Role each detector reads.
@@ -47,7 +55,7 @@ DETECTOR_ROLE: dict[str, str] = {
     "emg_tone": "emg",
 }
 #: Detectors that read per-second band powers of the EEG (they cannot run without them).
-_READ_BAND_POWERS = ("alpha", "lamf", "movement", "arousal")
+_READ_BAND_POWERS = ("alpha", "lamf", "fast", "movement", "arousal")
 #: What a channel slower than every detector of its role likely is.
 _SLOW_CHANNEL_HINT = "a derived signal such as an RMS envelope or 1-s means, not the raw signal?"
 #: Rules whose evidence window is the first half of the epoch plus the last half of the previous.
@@ -60,14 +68,16 @@ class Detection:
 
     ``epochs``: one row per scored epoch (index: epoch number as in the hypnogram), with
     ``onset`` (s from the signal start), per-band EEG power (µV²), ``alpha_fraction``,
-    ``lamf_fraction``, ``movement_fraction``, ``sw_coverage`` (share of the epoch covered by
-    slow waves), ``n_<kind>`` event counts, chin tone (``emg_rms``, ``emg_rel``,
-    ``emg_quantile``, ``emg_low``) and ``<role>_ok`` quality flags. ``events``: every detected
-    event (EVENT_COLUMNS, onset in s from the signal start) with its ``epoch``. ``criteria``:
+    ``lamf_fraction``, ``fast_fraction`` (seconds not slowed), ``movement_fraction``,
+    ``sw_coverage`` (share of the epoch covered by slow waves), ``n_<kind>`` event counts,
+    chin tone (``emg_rms``, ``emg_rel``, ``emg_quantile``, ``emg_low``) and ``<role>_ok``
+    quality flags. ``events``: every detected event (EVENT_COLUMNS, onset in s from the signal
+    start) with its ``epoch``. ``criteria``:
     per epoch and rule, whether the rule's criterion is met in that epoch (for context rules:
     the part one epoch can show), ``<NA>`` when it cannot be evaluated. ``not_evaluable``:
     rule ID or detector name -> why. ``read_in_part``: rule ID -> what was read of a rule
-    whose optional part could not be (W.eyes without chin EMG: blinks alone), and why; such a
+    whose optional part could not be (W.eyes without chin EMG: blinks alone; R.rem from one
+    eye when the second is missing), and why; such a
     rule is evaluated, not listed in ``not_evaluable``. ``seconds``: run time of each detector.
     """
 
@@ -125,6 +135,9 @@ def _from_recording(rec: Recording, roles: tuple[str, ...]) -> _Night:
         signals[role] = (rec.signals[channel], float(rec.sfreq[channel]), channel)
     if "eeg" not in signals:
         raise DataError(f"{rec.label}: detect_all needs an EEG channel; {missing['eeg']}")
+    second = rec.roles.get(SECOND_EYE)
+    if "eog" in signals and second in rec.signals:
+        signals[SECOND_EYE] = (rec.signals[second], float(rec.sfreq[second]), second)
     duration = min(len(x) / fs for x, fs, _ in signals.values())
     if duration < EPOCH_S + rec.hypnogram_offset:
         raise DataError(
@@ -164,7 +177,10 @@ def _from_epochs(epochs: Epochs, roles: tuple[str, ...]) -> _Night:
 
 
 def role_detectors(role: str) -> tuple[str, ...]:
-    """The detectors that read the channel of ``role`` (the EEG's band powers included)."""
+    """The detectors that read the channel of ``role`` (the EEG's band powers included; the
+    second eye's EOG is read by the eye-movement detector)."""
+    if role == SECOND_EYE:
+        return ("eye_movements",)
     named = tuple(d for d, r in DETECTOR_ROLE.items() if r == role)
     return ("band_power", *named) if role == "eeg" else named
 
@@ -206,6 +222,25 @@ def _leave_out_slow(night: _Night, native_sfreq: Mapping[str, float], runner: _R
         night.missing[role] = why
         del night.signals[role]
     runner.skip(detectors_out)
+
+
+def _second_eye(night: _Night, ok: Mapping[str, np.ndarray]) -> tuple[np.ndarray | None, str]:
+    """The second eye's signal for the eye-movement detector, or None and why rapid eye
+    movements are read from one eye (the detector's fallback, reported as R.rem read in
+    part)."""
+    _, eog_fs, eog_ch = night.signals["eog"]
+    fallback = f"one eye ({eog_ch}), blinks and EEG told from eye movements by their shape"
+    if SECOND_EYE not in night.signals:
+        return None, f"{fallback}: no second EOG channel"
+    x, fs, channel = night.signals[SECOND_EYE]
+    if fs != eog_fs:
+        return (
+            None,
+            f"{fallback}: the second eye {channel!r} is sampled at {fs:g} Hz, not {eog_fs:g}",
+        )
+    if not ok[SECOND_EYE].any():
+        return None, f"{fallback}: the second eye {channel!r} is flat or clipped"
+    return x, ""
 
 
 def _quality(x: np.ndarray, sfreq: float, starts: np.ndarray) -> np.ndarray:
@@ -341,6 +376,7 @@ def detect_all(
     per_second = {
         "alpha": det.alpha_seconds,
         "lamf": det.lamf_seconds,
+        "fast": det.fast_seconds,
         "movement": det.movement_seconds,
     }
     if powers is not None:
@@ -368,10 +404,15 @@ def detect_all(
     }
     for name, fn in eeg_detectors.items():
         ev_parts.append(run(name, lambda fn=fn: fn(eeg, eeg_fs, eeg_ch)))
+    one_eye = ""
     if "eog" in night.signals:
         eog, eog_fs, eog_ch = night.signals["eog"]
+        other, one_eye = _second_eye(night, ok)
         ev_parts.append(
-            run("eye_movements", lambda: det.detect_eye_movements(eog, eog_fs, eog_ch, eeg, eeg_fs))
+            run(
+                "eye_movements",
+                lambda: det.detect_eye_movements(eog, eog_fs, eog_ch, eeg, eeg_fs, other),
+            )
         )
         ev_parts.append(
             run("sem", lambda: det.detect_slow_eye_movements(eog, eog_fs, eog_ch, eeg, eeg_fs))
@@ -404,13 +445,15 @@ def detect_all(
     table["sw_coverage"] = epoch_coverage(night.onsets, slow["onset"], slow["duration"])
     for role in ROLES:
         table[f"{role}_ok"] = ok[role]
-    for fraction in ("alpha_fraction", "lamf_fraction", "movement_fraction"):
+    for fraction in ("alpha_fraction", "lamf_fraction", "fast_fraction", "movement_fraction"):
         if fraction not in table:
             table[fraction] = np.nan
     table = table.set_index("epoch")
     events["epoch"] = events["epoch"].astype(np.int64)
 
     criteria, reasons, partial = _criteria(table, events, night, run.failed)
+    if one_eye and "R.rem" not in reasons and "eye_movements" not in run.failed:
+        partial["R.rem"] = one_eye
     return Detection(
         label=night.label,
         epochs=table,
@@ -446,11 +489,15 @@ def _local_criteria(table: pd.DataFrame, events: pd.DataFrame) -> dict[str, pd.S
     movement = table["movement_fraction"].to_numpy(float)
     low_tone = table["emg_low"].to_numpy(float) == 1
     no_nrem_marks = (table["n_spindle"] == 0) & (table["n_kcomplex"] == 0)
+    awake_eeg = (
+        table["fast_fraction"].to_numpy(float) > threshold("W.fast", "min_epoch_fraction")
+    ) & ~low_tone
     eyes_open = (table["n_blink"] >= threshold("W.eyes", "min_blinks")) | (
         table["n_rem"] >= threshold("W.eyes", "min_rems")
     )
     return {
         "W.alpha": alpha > threshold("W.alpha", "min_epoch_fraction"),
+        "W.fast": awake_eeg,
         "W.eyes": eyes_open & (table["emg_quantile"] >= threshold("W.eyes", "min_tone_quantile")),
         "N1.lamf": (lamf > threshold("N1.lamf", "min_epoch_fraction"))
         & (alpha <= threshold("W.alpha", "min_epoch_fraction")),
@@ -458,7 +505,10 @@ def _local_criteria(table: pd.DataFrame, events: pd.DataFrame) -> dict[str, pd.S
         "N1.sem": table["n_sem"] >= threshold("N1.sem", "min_count"),
         "N2.spindle": in_half_window(events[events["kind"] == "spindle"])
         >= threshold("N2.spindle", "min_count"),
-        "N2.kcomplex": in_half_window(free_kcs) >= threshold("N2.kcomplex", "min_count"),
+        # a K complex is a wave of sleep: where W.fast reads the EEG as awake, a wave of its
+        # shape is an eye movement or a blink on a frontal lead
+        "N2.kcomplex": (in_half_window(free_kcs) >= threshold("N2.kcomplex", "min_count"))
+        & ~awake_eeg,
         "N2.cont": no_nrem_marks
         & (table["n_arousal"] == 0)
         & (movement <= threshold("major_body_movement", "min_epoch_fraction")),

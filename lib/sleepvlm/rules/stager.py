@@ -20,6 +20,7 @@ slow waves fill >= 20 % of the epoch                      N3      N3.sw20
 REMs + low chin (no EMG: REMs + LAMF; no EOG: sawtooth)   R       R.rem, R.atonia, ...
 spindle / K complex (first half, or previous last half)   N2      N2.spindle, N2.kcomplex
 after R: LAMF, low chin, no spindle or K complex          R       R.cont (else R.arousal_end)
+EEG not slowed (alpha + beta >= theta), chin not atonic   W       W.fast
 after N2: an arousal                                      N1      N2.arousal_end, arousal (**)
 after N2: no spindle, K complex, arousal or movement      N2      N2.cont
 after an arousal ended N2                                 N1      N2.arousal_end
@@ -31,7 +32,11 @@ nothing else: alpha vs LAMF share (chin breaks a tie)     W / N1  epoch.majority
 counts only after sleep (its rule asks for 10 s of stable sleep before it); when it starts in
 the epoch's second half, most of the epoch is still N2 and it is scored N2 (epoch.majority),
 the next epochs N1. Eye signs come before slow waves because blinks and eye movements do not
-happen in N3: slow waves that come with them on a frontal EEG are eye artifacts.
+happen in N3: slow waves that come with them on a frontal EEG are eye artifacts. W.fast reads
+eyes-open wake without an EOG: the alpha rhythm is blocked, but the EEG keeps its alpha and beta
+(N1 needs the background to slow into theta). It comes after the marks of sleep and after R's
+continuation (REM EEG is not slowed either; its atonic chin tells it apart), and a K complex
+does not count in an epoch it holds (see :func:`~sleepvlm.rules.evidence.detect_all`).
 """
 
 from __future__ import annotations
@@ -121,6 +126,10 @@ def _decide(
         if _met(row, "R.cont"):
             return "REM", ["R.cont"]
         ended = [r for r in ("R.arousal_end",) if _met(row, r)]
+    # an EEG that is not slowed ends N2 and stops N1's signs: vertex-like waves and slow eye
+    # movements in it are the eye artifacts of someone awake with open eyes
+    if _met(row, "W.fast"):
+        return "W", ended + ["W.fast"]
     # an arousal counts after stable sleep only, hence the previous stage
     arousal = arousal_at is not None and ctx.previous in _SLEEP
     if ctx.previous == "N2" and not ctx.n2_ended:

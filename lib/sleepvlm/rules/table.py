@@ -69,6 +69,24 @@ _RULE_LIST: tuple[Rule, ...] = (
         f"{_STAGING}, scoring of stage W",
         ("eye_movements", "emg_tone"),
     ),
+    # W.fast: "more than half of the epoch" as for W.alpha. Its per-second test (alpha + beta
+    # >= theta, detectors.fast_seconds) has no tuned number: it was checked on real EEG (YASA's
+    # eyes-open resting wake; the W and N2 epochs of the DREAMS excerpts) and on the held-out
+    # simulated nights, where the stager's kappa did not fall with it (all channels, EEG only)
+    Rule(
+        "W.fast",
+        "W",
+        "Eyes open, without an alpha rhythm: the EEG is not slowed (alpha and beta activity "
+        "together outweigh 4-7 Hz theta) during more than half of the epoch, with a chin tone "
+        "that is not atonic.",
+        "eeg",
+        {"min_epoch_fraction": 0.5},
+        ("eeg",),
+        False,
+        f"{_STAGING}, scoring of stage W (eyes open, alpha attenuated) and of stage N1 (slowing "
+        "of the background by 1 Hz or more)",
+        ("fast", "emg_tone"),
+    ),
     Rule(
         "N1.lamf",
         "N1",
@@ -125,7 +143,9 @@ _RULE_LIST: tuple[Rule, ...] = (
         "wave followed at once by a positive component, standing out from the background, "
         "lasting at least 0.5 s, maximal frontally) in the first half of the epoch or the last "
         "half of the previous one, with N3 criteria not met. A K complex counts as associated "
-        "with an arousal when the arousal starts no more than 1 s after the K complex ends.",
+        "with an arousal when the arousal starts no more than 1 s after the K complex ends. "
+        "It is a wave of sleep: in an epoch that W.fast reads as awake a wave of its "
+        "shape is an eye movement or a blink seen on a frontal lead.",
         "eeg",
         {"min_duration_s": 0.5, "max_duration_s": 2.5, "arousal_gap_s": 1.0, "min_count": 1},
         ("eeg",),
@@ -311,6 +331,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
         "min_run_s": 2.0,
         "min_sfreq": rate_for(16.0),  # reads the band powers
     },
+    "fast": {"min_sfreq": rate_for(16.0)},  # reads the band powers
     "lamf": {
         # low amplitude: 1-s RMS of the EEG under this many µV; mixed frequency: theta band is
         # the strongest of theta/alpha/sigma/beta and delta does not dominate
@@ -377,6 +398,11 @@ SETTINGS: dict[str, dict[str, Any]] = {
         "blink_return_s": 0.15,
         "return_fraction": 0.5,
         "refractory_s": 0.15,
+        # both eyes: a rapid eye movement's common part (LOC + ROC) / 2 is at most this share
+        # of its conjugate part (LOC - ROC) / 2, and a blink's conjugate part at most this
+        # share of its common part: each eye then moves at least a third of what the other
+        # does, (1 - share) / (1 + share); not tuned (no real two-eye REM sleep here)
+        "max_common_share": 0.5,
         "filter_order": 2,
         "min_sfreq": rate_for(8.0),
     },
