@@ -115,6 +115,8 @@ def execute_chapter(
     """Execute one chapter into ``build/book`` unless an identical run is already there."""
     import papermill
 
+    # the page states the book's data even where the chapter only reads records (chapter 13)
+    data = data_statement(parameters)
     parameters = chapter_parameters(notebook, parameters)
     out = build / BOOK / f"{notebook.stem}.ipynb"
     record = build / BOOK / RUNS / f"{notebook.stem}.json"
@@ -148,9 +150,7 @@ def execute_chapter(
                 f"{err.evalue}\nThe executed notebook with the error is {failed}; "
                 "earlier chapters are kept."
             ) from None
-        add_run_command_cell(
-            partial, rerun_command(notebook, parameters), data_statement(parameters)
-        )
+        add_run_command_cell(partial, rerun_command(notebook, parameters), data)
         shutil.move(partial, out)
     run = ChapterRun(notebook.stem, "ran", time.perf_counter() - start, key, parameters, now_utc())
     record.write_text(json.dumps(asdict(run), indent=1))
