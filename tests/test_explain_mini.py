@@ -271,13 +271,15 @@ def test_kappa_goal_texts_follow_the_numbers():
     assert train.kappa_goal_texts(0.8, float("nan"))["mini_goal_verdict"] == "—"
 
 
-def _ceilings(sample: float | None, nights: float | None):
+def _ceilings(sample: float | None, nights: float | None, scorers=(None, None)):
     return pd.DataFrame(
         {
             "epochs": ["class-balanced sample", "whole test nights", "class-balanced sample"],
             "setting": ["within", "within", "external"],
+            "kappa": [0.5, 0.6, 0.4],
             "label ceiling κ": [sample, nights, 0.5],
             "share of ceiling": [0.8, 0.9, 0.7],
+            "two scorers κ": [*scorers, None],
         }
     )
 
@@ -289,3 +291,6 @@ def test_ceiling_text_follows_the_numbers_and_says_when_there_is_none():
     assert "is not lower" in train.ceiling_text(_ceilings(0.85, 0.82), "dcsm")
     real = train.ceiling_text(_ceilings(None, None), "mass")
     assert real.startswith("MASS is read here from a real dataset") and "κ" not in real
+    isruc = train.ceiling_text(_ceilings(None, None, scorers=(0.625, 0.7)), "isruc")
+    assert "its two scorers agree at κ 0.62 on the class-balanced sample" in isruc
+    assert "SleepVLM-mini reaches 80 %" in isruc  # 0.5 / 0.625

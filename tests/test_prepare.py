@@ -102,6 +102,26 @@ def test_a_dataset_the_paper_did_not_sample_gets_the_mean_of_its_counts():
 
 
 def test_the_ceiling_note_follows_the_numbers_and_says_who_sets_it_on_real_data():
-    note = prepare.ceiling_note({"dcsm": 0.81, "shhs": 0.779})
-    assert "κ 0.81 (DCSM) and 0.78 (SHHS)" in note
-    assert "scorers' own agreement" in prepare.ceiling_note({"mass": None})
+    note = prepare.ceiling_note({"dcsm": 0.81, "shhs": 0.779}, {})
+    assert "κ 0.81 (DCSM) and 0.78 (SHHS)" in note and "real data" not in note
+    real = prepare.ceiling_note({"isruc": None}, {"isruc": 0.64})
+    assert "two scorers' agreement" in real and "κ 0.64 (ISRUC)" in real
+    assert "not measured" in prepare.ceiling_note({"mass": None}, {"mass": None})
+
+
+def test_a_real_dataset_with_two_scorers_has_their_agreement_as_its_ceiling(tiny, tmp_path):
+    from sleepvlm.data.cohort import write_simulated_download
+
+    folder = write_simulated_download("isruc", tmp_path / "my_isruc", "tiny")
+    prepared = prepare_dataset("isruc", data_dir=folder)
+    sample = prepared.manifest.query("split == 'test'")
+    kappa = prepare.second_scorer_kappa(prepared, sample)
+    # the simulated ISRUC scorers disagree as real ones do: well above chance, below 1
+    assert 0.4 < kappa < 0.95
+    assert prepare.label_ceiling(prepared, sample) is None
+    one_scorer = prepare_dataset(
+        "dcsm", data_dir=write_simulated_download("dcsm", tmp_path / "d", "tiny")
+    )
+    assert prepare.second_scorer_kappa(one_scorer, one_scorer.manifest) is None
+    simulated = prepare_dataset("isruc", cohort_size=tiny)
+    assert prepare.second_scorer_kappa(simulated, simulated.manifest) is None

@@ -16,7 +16,9 @@ from . import signal
 from .cache import cache_dir, content_hash, source_hash
 from .data import formats
 from .data.cohort import build_cohort, cohort_key
+from .data.isruc import SECOND_SCORER
 from .data.records import STAGES, DataError
+from .data.sidecar import TRUTH
 from .metrics import classification_metrics, kappa_text
 from .paper import BALANCED_COUNTS
 from .pipeline import EpochStore, SerialExecutor, preprocess_dataset
@@ -143,6 +145,24 @@ def store_rows(prepared: PreparedDataset, sample: pd.DataFrame) -> np.ndarray:
     return rows.to_numpy(np.int64)
 
 
+def _other_scorer(prepared: PreparedDataset, sample: pd.DataFrame, scorer: str) -> np.ndarray:
+    """The labels ``scorer`` (a key of the nights' ``other_scorers``) gave the epochs of
+    ``sample``, read from the dataset's files; None where a night lacks that scorer."""
+    entries = {
+        (e["subject"], e["night"]): e for e in formats.discover(prepared.dataset, prepared.source)
+    }
+    out = np.full(len(sample), None, dtype=object)
+    nights = pd.DataFrame(
+        {"subject": sample["subject"].astype(str), "night": sample["night"].astype(str)}
+    )
+    positions = nights.reset_index(drop=True).groupby(["subject", "night"]).indices
+    for (subject, night), at in positions.items():
+        labels = formats.load_entry(entries[(subject, night)]).other_scorers.get(scorer)
+        if labels is not None:
+            out[at] = np.asarray(labels, dtype=object)[sample["epoch"].to_numpy()[at].astype(int)]
+    return out
+
+
 def generating_stages(prepared: PreparedDataset, sample: pd.DataFrame) -> np.ndarray:
     """The stage the simulator generated each epoch of ``sample`` in (read from the truth
     sidecars of the simulated nights).
@@ -155,23 +175,30 @@ def generating_stages(prepared: PreparedDataset, sample: pd.DataFrame) -> np.nda
             f"{prepared.source}: a real dataset has no generating stage; the label ceiling is "
             "only known on the simulated cohort"
         )
-    entries = {
-        (e["subject"], e["night"]): e for e in formats.discover(prepared.dataset, prepared.source)
-    }
-    out = np.empty(len(sample), dtype=object)
-    nights = pd.DataFrame(
-        {"subject": sample["subject"].astype(str), "night": sample["night"].astype(str)}
-    )
-    positions = nights.reset_index(drop=True).groupby(["subject", "night"]).indices
-    for (subject, night), at in positions.items():
-        truth = formats.load_entry(entries[(subject, night)]).other_scorers.get("truth")
-        if truth is None:
-            raise DataError(
-                f"{prepared.source}: night {subject}/{night} has no truth sidecar; rebuild the "
-                "simulated cohort (delete its cache folder)"
-            )
-        out[at] = np.asarray(truth, dtype=object)[sample["epoch"].to_numpy()[at].astype(int)]
-    return out
+    truth = _other_scorer(prepared, sample, TRUTH)
+    lacking = sample[pd.isna(truth)]
+    if len(lacking):
+        first = lacking.iloc[0]
+        raise DataError(
+            f"{prepared.source}: night {first['subject']}/{first['night']} has no truth "
+            "sidecar; rebuild the simulated cohort (delete its cache folder)"
+        )
+    return truth
+
+
+def second_scorer_kappa(prepared: PreparedDataset, sample: pd.DataFrame) -> float | None:
+    """Cohen's κ of a real dataset's second scorer against its first (the labels) on the
+    epochs of ``sample`` both scored as a stage: the human ceiling where a dataset has two
+    scorers (ISRUC). None for a simulated dataset (its ceiling is :func:`label_ceiling`) or
+    when no night of the sample has a second scorer."""
+    if prepared.simulated:
+        return None
+    second = _other_scorer(prepared, sample, SECOND_SCORER)
+    both = np.isin(second, STAGES)
+    if not both.any():
+        return None
+    labels = sample["stage"].to_numpy()[both]
+    return classification_metrics(labels.tolist(), second[both].tolist())["kappa"]
 
 
 def label_ceiling(prepared: PreparedDataset, sample: pd.DataFrame) -> float | None:
@@ -184,17 +211,27 @@ def label_ceiling(prepared: PreparedDataset, sample: pd.DataFrame) -> float | No
     return classification_metrics(sample["stage"].tolist(), generated.tolist())["kappa"]
 
 
-def ceiling_note(ceilings: dict[str, float | None]) -> str:
-    """The sentence on what scorer disagreement allows, from :func:`label_ceiling` per
-    dataset: the simulated cohort's ceiling κ, or, for real data, who sets it instead."""
-    known = pd.Series({d: k for d, k in ceilings.items() if k is not None}, dtype=float)
-    if known.empty:
-        return (
-            "On real data the scorers' own agreement sets that limit; it is not measured here "
-            "(a dataset with two scorers, as ISRUC has, shows it)."
+def ceiling_note(ceilings: dict[str, float | None], scorers: dict[str, float | None]) -> str:
+    """The sentence on what scorer disagreement allows: the simulated datasets' ceiling κ
+    (:func:`label_ceiling`), or for real ones their two scorers' agreement where they have two
+    (:func:`second_scorer_kappa`); per dataset."""
+    simulated = pd.Series({d: k for d, k in ceilings.items() if k is not None}, dtype=float)
+    two_scorers = pd.Series({d: k for d, k in scorers.items() if k is not None}, dtype=float)
+    parts = []
+    if len(simulated):
+        parts.append(
+            "The simulated cohort's own scorer agrees with its generating stages at κ "
+            f"{kappa_text(simulated)} on these samples, so no model can be expected to go much "
+            "above that here."
         )
-    return (
-        "The simulated cohort's own scorer agrees with its generating stages at κ "
-        f"{kappa_text(known)} on these samples, so no model can be expected to go much above "
-        "that here."
-    )
+    if len(two_scorers):
+        parts.append(
+            f"On real data two scorers' agreement sets that limit: κ {kappa_text(two_scorers)} "
+            "between the dataset's two scorers on these samples."
+        )
+    if not parts:
+        parts.append(
+            "On real data the scorers' own agreement sets that limit; with one scorer per night "
+            "it is not measured here."
+        )
+    return " ".join(parts)

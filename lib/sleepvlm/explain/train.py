@@ -70,14 +70,23 @@ def kappa_goal_texts(within: float, external: float) -> dict[str, str]:
 def ceiling_text(ceilings: pd.DataFrame, dataset: str) -> str:
     """The sentence on the label ceiling of the training center: its κ on the class-balanced
     sample and on whole test nights (``ceilings`` has one row per ``epochs`` kind with
-    ``setting``, ``label ceiling κ`` and ``share of ceiling``), or why there is none."""
+    ``setting``, ``kappa``, ``label ceiling κ``, ``share of ceiling`` and, for a real dataset,
+    ``two scorers κ``), or, on real data, its two scorers' agreement or why there is none."""
     within = ceilings[ceilings["setting"] == "within"].set_index("epochs")
     ceiling = within["label ceiling κ"].astype(float)
     if within.empty or ceiling.isna().all():
-        return (
+        real = (
             f"{dataset.upper()} is read here from a real dataset, whose epochs have no "
-            "generating stage: no label ceiling is measured (two scorers' agreement plays its "
-            "part where a dataset has two)."
+            "generating stage: no label ceiling is measured"
+        )
+        scorers = within.get("two scorers κ", pd.Series(dtype=float)).astype(float).dropna()
+        if scorers.empty:
+            return real + " (two scorers' agreement plays its part where a dataset has two)."
+        epochs, kappa = scorers.index[0], scorers.iloc[0]
+        share = 100 * within.loc[epochs, "kappa"] / kappa
+        return (
+            f"{real}; its two scorers agree at κ {kappa:.2f} on the {epochs}, the human "
+            f"ceiling, of which SleepVLM-mini reaches {share:.0f} %."
         )
     sample, nights = within.loc["class-balanced sample"], within.loc["whole test nights"]
     why = (
