@@ -5,10 +5,15 @@ commands the README gives. The downloads are simulated nights written as the pro
 them out with every truth sidecar removed, so the chapters see only what a real download has."""
 
 import json
+import os
 import shlex
+import subprocess
+import sys
+from pathlib import Path
 
 import nbformat
 import pytest
+import yaml
 
 from sleepvlm import cli
 from sleepvlm.book import RUNS, chapter_notebooks, missing_glue
@@ -98,3 +103,72 @@ def test_the_readmes_lab_commands_are_the_ones_run_end_to_end():
     simulate, smoke = commands[2:]
     assert simulate[:4] == ["simulate", "--size", "small", "--as-download"]
     assert smoke[:2] == ["book", "--smoke"] and smoke[smoke.index("--dataset") + 1] == simulate[4]
+
+
+def readme_own_model() -> tuple[str, list[str]]:
+    """The registry file and the two commands of the README's "Your own model" section."""
+    text = (project_root() / "README.md").read_text()
+    section = text.split("## Your own model")[1].split("\n## ")[0]
+    registry = section.split("<<'YAML'\n")[1].split("\nYAML\n")[0]
+    commands = [line for line in section.splitlines() if ".venv/bin/" in line]
+    return registry, commands
+
+
+def test_the_readmes_own_model_commands_run_a_labs_model_from_its_file(
+    tmp_path, lab_server, monkeypatch
+):
+    registry_text, (papermill_line, book_line) = readme_own_model()
+    registry = yaml.safe_load(registry_text)
+    ((name, entry),) = registry["models"].items()
+    # the lab's server is the test server, serving the lab's model under its own id
+    register_local_model(entry["model_id"], chance, replace=True)
+    entry["base_url"] = lab_server.url
+    lab_file = tmp_path / "lab_models.yaml"
+    lab_file.write_text(yaml.safe_dump(registry))
+    key = "lab-" + "k3y-never-written"  # assembled: no key-like literal is tracked
+    monkeypatch.setenv(entry["api_key_env"], key)
+    monkeypatch.setenv("SLEEPVLM_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "downloads" / "dcsm"
+    assert (
+        cli.main(["simulate", "--size", "small", "--as-download", "dcsm", "--out", str(folder)])
+        == 0
+    )
+    on_the_lab_data = [
+        "-p",
+        "smoke",
+        "True",
+        "-p",
+        "data_dir",
+        str(folder),
+        "-p",
+        "dataset",
+        "dcsm",
+    ]
+
+    env_part, command = papermill_line.split(" ", 1)
+    variable, value = env_part.split("=")
+    argv = shlex.split(
+        command.replace(".venv/bin/papermill", str(Path(sys.executable).parent / "papermill"))
+    )
+    argv = [str(tmp_path / a) if a == "out.ipynb" else a for a in argv]
+    env = {**os.environ, variable: str(lab_file) if value == "lab_models.yaml" else value}
+    subprocess.run(
+        [*argv, *on_the_lab_data], cwd=project_root(), env=env, check=True, capture_output=True
+    )
+    executed = (tmp_path / "out.ipynb").read_text()
+    assert key not in executed
+
+    book = shlex.split(book_line.replace(".venv/bin/sleepvlm ", ""))
+    book = [str(lab_file) if a == "lab_models.yaml" else a for a in book]
+    build = tmp_path / "lab_book"
+    lab_options = ["--smoke", "--data-dir", str(folder), "--dataset", "dcsm", "--only", "08"]
+    assert cli.main([*book, *lab_options, "--build-dir", str(build), "--no-html"]) == 0
+    records = [json.loads(p.read_text()) for p in (build / "results").glob("*.json")]
+    lab = [r for r in records if r["model"] == name]
+    assert lab and {r["registry"] for r in lab} == {str(lab_file)}
+    assert {(r["dataset"], r["data"]) for r in lab} == {("dcsm", "real")}
+    assert all(
+        key not in p.read_text()
+        for p in build.rglob("*.*")
+        if p.suffix in (".json", ".ipynb", ".md")
+    )
