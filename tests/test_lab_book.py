@@ -152,8 +152,13 @@ def test_the_readmes_own_model_commands_run_a_labs_model_from_its_file(
     )
     argv = [str(tmp_path / a) if a == "out.ipynb" else a for a in argv]
     env = {**os.environ, variable: str(lab_file) if value == "lab_models.yaml" else value}
+    here = ["--cwd", str(tmp_path)]  # the chapter's results land in the test's folder
     subprocess.run(
-        [*argv, *on_the_lab_data], cwd=project_root(), env=env, check=True, capture_output=True
+        [*argv, *on_the_lab_data, *here],
+        cwd=project_root(),
+        env=env,
+        check=True,
+        capture_output=True,
     )
     executed = (tmp_path / "out.ipynb").read_text()
     assert key not in executed
