@@ -246,3 +246,20 @@ def test_a_gguf_file_is_loaded_with_its_tokenizer_and_chat_template(tmp_path, mo
         backend.complete(request.messages, {"temperature": 0, "max_tokens": 3}, 60)
     )
     assert isinstance(completion.text, str) and 0 < completion.completion_tokens <= 3
+
+
+def test_loading_a_gguf_file_draws_no_progress_bar_or_widget_notice(tmp_path, capfd):
+    """In an executed chapter a progress bar or tqdm's widget notice is stray output, with the
+    builder's paths in it."""
+    import transformers
+
+    from sleepvlm.models.backends import _load_gguf
+    from sleepvlm.models.tiny import write_tiny_gguf
+
+    source = tmp_path / "tiny.gguf"
+    write_tiny_gguf(source)
+    capfd.readouterr()
+    model, _ = _load_gguf(transformers, source)
+    out, err = capfd.readouterr()
+    assert model is not None and "GGUF" not in err + out and "%|" not in err + out
+    assert transformers.utils.logging.is_progress_bar_enabled()  # switched back on after

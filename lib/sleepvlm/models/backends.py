@@ -14,13 +14,17 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import email.utils
+import functools
 import importlib.util
 import io
 import json
 import queue
 import threading
 import time
+import unittest.mock
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -432,11 +436,32 @@ def _load_gguf(transformers, path: Path) -> tuple:
     import torch
 
     folder, name = str(path.parent), path.name
-    model = transformers.AutoModelForCausalLM.from_pretrained(
-        folder, gguf_file=name, dtype=torch.float32
-    )
-    tokenizer = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    with quiet_loading(transformers):
+        model = transformers.AutoModelForCausalLM.from_pretrained(
+            folder, gguf_file=name, dtype=torch.float32
+        )
+        tokenizer = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=name)
     return model, tokenizer
+
+
+@contextlib.contextmanager
+def quiet_loading(transformers):
+    """No progress bars while a model loads, and no notice that widgets are missing: in an
+    executed chapter they are stray output (with the builder's paths), not information."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="IProgress not found")
+        from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+        # the GGUF reader draws its own tqdm bar, which transformers' switch does not reach
+        quiet_tqdm = functools.partial(gguf_utils.tqdm, disable=True)
+        was_enabled = transformers.utils.logging.is_progress_bar_enabled()
+        transformers.utils.logging.disable_progress_bar()
+        try:
+            with unittest.mock.patch.object(gguf_utils, "tqdm", quiet_tqdm):
+                yield
+        finally:
+            if was_enabled:
+                transformers.utils.logging.enable_progress_bar()
 
 
 def _load_model(transformers, model_dir: str):
