@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml $(LOCK)
 install: $(STAMP)
 
 lint: install
-	$(BIN)/ruff check lib tests
+	$(BIN)/ruff check lib tests notebooks
 	$(BIN)/ruff format --check lib tests
 	$(BIN)/sleepvlm check-notebooks notebooks
 	$(BIN)/sleepvlm check-lock
