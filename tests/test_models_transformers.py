@@ -258,8 +258,17 @@ def test_loading_a_gguf_file_draws_no_progress_bar_or_widget_notice(tmp_path, ca
 
     source = tmp_path / "tiny.gguf"
     write_tiny_gguf(source)
-    capfd.readouterr()
-    model, _ = _load_gguf(transformers, source)
-    out, err = capfd.readouterr()
-    assert model is not None and "GGUF" not in err + out and "%|" not in err + out
-    assert transformers.utils.logging.is_progress_bar_enabled()  # switched back on after
+    bars = transformers.utils.logging
+    was_enabled = bars.is_progress_bar_enabled()  # as an earlier test or the env left it
+    bars.enable_progress_bar()
+    try:
+        capfd.readouterr()
+        model, _ = _load_gguf(transformers, source)
+        out, err = capfd.readouterr()
+        assert model is not None and "GGUF" not in err + out and "%|" not in err + out
+        assert bars.is_progress_bar_enabled()  # switched back on after
+        bars.disable_progress_bar()
+        _load_gguf(transformers, source)
+        assert not bars.is_progress_bar_enabled()  # a reader's own choice is left as it was
+    finally:
+        (bars.enable_progress_bar if was_enabled else bars.disable_progress_bar)()

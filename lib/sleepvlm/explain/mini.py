@@ -32,6 +32,7 @@ from queue import Empty, Queue
 import numpy as np
 
 from sleepvlm.data.records import STAGES, DataError
+from sleepvlm.models.backends import quiet_loading
 from sleepvlm.render import ImageOptions
 from sleepvlm.rules.table import BANDS, RULES
 from sleepvlm.signal import TARGET_SFREQ
@@ -414,14 +415,14 @@ def save(model, tokenizer, processor, folder: str | Path, settings: dict) -> Pat
     with ``settings`` (config, data, training log) in :data:`SETTINGS_FILE`."""
     import transformers
 
-    transformers.utils.logging.disable_progress_bar()
     folder = Path(folder)
     partial = folder.with_name(folder.name + ".part")
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
-    model.save_pretrained(partial)
-    tokenizer.save_pretrained(partial)
-    processor.save_pretrained(partial)
+    with quiet_loading(transformers):
+        model.save_pretrained(partial)
+        tokenizer.save_pretrained(partial)
+        processor.save_pretrained(partial)
     (partial / SETTINGS_FILE).write_text(json.dumps(settings, indent=1, default=str))
     if folder.exists():
         shutil.rmtree(folder)
@@ -453,10 +454,10 @@ class MiniModel:
             )
         settings_path = folder / SETTINGS_FILE
         settings = json.loads(settings_path.read_text()) if settings_path.is_file() else {}
-        transformers.utils.logging.disable_progress_bar()  # no bars in executed chapters
-        model = transformers.AutoModelForImageTextToText.from_pretrained(folder)
-        tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
-        processor = transformers.Qwen2VLImageProcessorPil.from_pretrained(folder)
+        with quiet_loading(transformers):
+            model = transformers.AutoModelForImageTextToText.from_pretrained(folder)
+            tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+            processor = transformers.Qwen2VLImageProcessorPil.from_pretrained(folder)
         return cls(model.to(device).eval(), tokenizer, processor, settings, device)
 
     def generate(self, pngs: Sequence[bytes], phase: str = "grounding") -> list[str]:
