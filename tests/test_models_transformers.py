@@ -176,6 +176,51 @@ def test_batched_generation_equals_one_by_one(text_model):
     assert len({c.prompt_tokens for c in together}) > 1  # the batch really needed padding
 
 
+def test_prompts_sharing_a_long_opening_answer_as_with_a_full_prefill(text_model):
+    """The shared opening's cache is computed once and reused, alone and in batches, and the
+    answers are those of prompts prefilled whole."""
+    import asyncio
+
+    shared_tokens = 64  # the tiny model's context is 256 tokens
+    criteria = " ".join(f"Rule {i}: N{i % 3 + 1} if feature {i}." for i in range(12))
+    inputs = [
+        "spindle at 3 s",
+        "K complex at 12 s, spindle",
+        "alpha 9 Hz",
+        "slow waves 40 %",
+        "REMs",
+    ]
+    requests = [user_request(f"Epoch: {x}. Stage?", system=criteria) for x in inputs]
+    decoding = {"temperature": 0, "max_tokens": 6}
+
+    async def answers(backend, batch):
+        done = []
+        for start in range(0, len(requests), batch):
+            group = requests[start : start + batch]
+            done += await asyncio.gather(
+                *(backend.complete(r.messages, decoding, 60) for r in group)
+            )
+        await backend.aclose()
+        return done
+
+    def backend(max_batch, shared_prefix_tokens=shared_tokens):
+        return TransformersBackend(
+            str(text_model),
+            "cpu",
+            max_batch=max_batch,
+            wait_s=1,
+            shared_prefix_tokens=shared_prefix_tokens,
+        )
+
+    whole = asyncio.run(answers(backend(1, shared_prefix_tokens=10**9), 1))
+    alone, together = backend(1), backend(2)
+    for reused in (asyncio.run(answers(alone, 1)), asyncio.run(answers(together, 2))):
+        assert [c.text for c in reused] == [c.text for c in whole]
+        assert [c.prompt_tokens for c in reused] == [c.prompt_tokens for c in whole]
+    assert len(alone._prefix.tokens) >= shared_tokens  # the opening was really reused
+    assert len(together._prefix.tokens) >= shared_tokens
+
+
 def test_batch_queue_groups_by_key_and_hands_errors_to_their_callers():
     from sleepvlm.models.backends import BatchQueue
 

@@ -155,17 +155,21 @@ class LocalBackend:
         return None
 
 
+MIN_SHARED_PREFIX = 256  # tokens: below this, a batched forward pass saves more than reuse
+
+
 class TransformersBackend:
     """A local Hugging Face model folder (or hub id already in the local cache), or a real
     pretrained model's GGUF weights fetched into the cache (``weights``), greedy when
     temperature is 0, with the model's own chat template. ``torch`` and ``transformers`` are
     imported on first use, and a model is loaded once per process (every engine and the server
     share it). Concurrent requests are answered together, up to ``max_batch`` prompts per
-    forward pass (left-padded, so every prompt ends where generation starts); a request with
-    images is answered alone (processors differ in how they batch images). Generation cannot
-    be interrupted, so the engine's per-request timeout does not apply to it. Vision-language
-    models get every input their processor makes (pixel values, grid sizes, Qwen2-VL's
-    ``mm_token_type_ids``...). A prompt longer than the model's context is refused."""
+    forward pass (left-padded, so every prompt ends where generation starts), unless they share
+    a long opening, whose attention cache is then computed once (:class:`SharedPrefix`); a
+    request with images is answered alone (processors differ in how they batch images).
+    Generation cannot be interrupted, so the engine's per-request timeout does not apply to it.
+    Vision-language models get every input their processor makes (pixel values, grid sizes,
+    Qwen2-VL's ``mm_token_type_ids``...). A prompt longer than the model's context is refused."""
 
     def __init__(
         self,
@@ -174,6 +178,7 @@ class TransformersBackend:
         weights: WheelWeights | None = None,
         max_batch: int = 1,
         wait_s: float = 0.01,
+        shared_prefix_tokens: int = MIN_SHARED_PREFIX,
     ):
         missing = [m for m in ("torch", "transformers") if importlib.util.find_spec(m) is None]
         if missing:
@@ -186,6 +191,7 @@ class TransformersBackend:
         self.model_dir = model_dir
         self.device = device
         self.weights = weights
+        self._prefix = SharedPrefix(shared_prefix_tokens)
         self._batches = BatchQueue(self._generate_batch, max_batch, wait_s)
 
     @property
@@ -264,14 +270,15 @@ class TransformersBackend:
             if temperature == 0
             else {"do_sample": True, "temperature": temperature}
         )
+        settings = dict(max_new_tokens=max_new, pad_token_id=tokenizer.pad_token_id, **sampling)
+        rows = [ids[-n:] for ids, n in zip(inputs["input_ids"].tolist(), lengths, strict=True)]
         with torch.inference_mode():
-            output = model.generate(
-                **inputs,
-                max_new_tokens=max_new,
-                pad_token_id=tokenizer.pad_token_id,
-                **sampling,
-            )
-        new_tokens = output[:, inputs["input_ids"].shape[1] :]
+            shared = None if images else self._prefix.cache_for(model, rows)
+            if shared is None:
+                output = model.generate(**inputs, **settings)
+                new_tokens = output[:, inputs["input_ids"].shape[1] :]
+            else:
+                new_tokens = [_generate_after(model, row, shared, settings) for row in rows]
         decode = getattr(processor, "decode", None) or tokenizer.decode
         completions = []
         for row, n_prompt in zip(new_tokens, lengths, strict=True):
@@ -304,6 +311,65 @@ class TransformersBackend:
 
     async def aclose(self) -> None:
         self._batches.close()
+
+
+class SharedPrefix:
+    """The attention cache of the opening that consecutive prompts share (a prompt template's
+    instructions and criteria, before the epoch's own input), computed once and reused:
+    prefill dominates the time of a short answer on a CPU, and the expert text prompt's
+    shared part is most of it. Answers are those of a full prefill (greedy decoding reads the
+    same keys and values); prompts that share less than :data:`MIN_SHARED_PREFIX` tokens go
+    in left-padded batches instead."""
+
+    def __init__(self, min_tokens: int = MIN_SHARED_PREFIX):
+        self.min_tokens = min_tokens
+        self.tokens: list[int] = []
+        self.cache = None
+        self.last: list[int] = []
+
+    def cache_for(self, model, rows: list[list[int]]):
+        """The cache of the prefix every row shares (with the prompt before them when there is
+        one row), each row keeping at least one token of its own; ``None`` when that prefix is
+        shorter than ``min_tokens``. Generation extends a cache: give each row a copy."""
+        before = self.tokens if self.cache is not None else self.last
+        others = rows if len(rows) > 1 else rows + [before]
+        length = min(_common_prefix(others), min(len(r) for r in rows) - 1)
+        self.last = rows[-1]
+        if length < self.min_tokens:
+            return None
+        if self.cache is not None and _common_prefix([self.tokens, rows[0]]) >= length:
+            # keep the part still shared, which later prompts will share too
+            self.cache.crop(length - len(self.tokens))  # transformers crops by tokens removed
+        else:
+            head = rows[0][:length]
+            self.cache = model(_as_batch(head, model), use_cache=True).cache
+        self.tokens = rows[0][:length]
+        return self.cache
+
+
+def _common_prefix(rows: list[list[int]]) -> int:
+    shortest = min(len(r) for r in rows)
+    for position in range(shortest):
+        if len({r[position] for r in rows}) > 1:
+            return position
+    return shortest
+
+
+def _as_batch(ids: list[int], model):
+    import torch
+
+    return torch.tensor([ids], device=model.device)
+
+
+def _generate_after(model, row: list[int], shared, settings: dict):
+    """The new tokens of one prompt whose opening is in the ``shared`` cache (generate
+    prefills only the rest, into a copy)."""
+    import copy
+
+    ids = _as_batch(row, model)
+    cache = copy.deepcopy(shared)
+    output = model.generate(ids, attention_mask=ids.new_ones(ids.shape), cache=cache, **settings)
+    return output[0, len(row) :]
 
 
 def _raised(answer: Completion | Exception) -> Completion:
