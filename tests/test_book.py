@@ -481,3 +481,17 @@ def test_no_chapter_types_a_verdict_its_numbers_could_contradict():
     # every allowance is still needed: a stale one would hide nothing, but says what is untrue
     for chapter, allowed in VERDICTS_ALLOWED:
         assert any(c == chapter and allowed in t for c, t in found), (chapter, allowed)
+
+
+def test_every_chapter_opens_with_an_overview_and_a_prerequisites_table():
+    """As teaching books do: an Overview heading under the title, and what to know first as a
+    table of chapters, concepts and time."""
+    for notebook in chapter_notebooks(project_root()):
+        opening = nbformat.read(notebook, as_version=4).cells[0].source
+        lines = opening.splitlines()
+        assert lines[0].startswith("# ") and "## Overview" in lines[1:4], notebook.name
+        table = opening.split("**Prerequisites**", 1)[-1]
+        assert "| Chapters | Concepts | Time to learn |" in table, notebook.name
+        rows = [line for line in table.splitlines() if line.startswith("| ")]
+        row = rows[1]  # the one under the header (the |---| line does not start with "| ")
+        assert all(cell.strip() for cell in row.strip("|").split("|")), (notebook.name, row)

@@ -90,7 +90,7 @@ def test_coverage_rule_boundary():
     assert spill.tolist() == [pytest.approx(0.5 / 30), pytest.approx(0.5 / 30)]
 
 
-def coloured(n, fs, sd, exponent, rng):
+def colored(n, fs, sd, exponent, rng):
     """Gaussian noise of ``sd`` µV whose power falls as 1/f**exponent from 0.5 to 40 Hz."""
     freqs = np.fft.rfftfreq(n, 1 / fs)
     band = (freqs >= 0.5) & (freqs <= 40.0)
@@ -106,7 +106,7 @@ def test_a_k_complex_counts_in_a_slowed_eeg_only(exponent, awake):
     # an awake EEG keeps its fast activity (a flat, 1/f spectrum); sleep slows it (steeper)
     fs = 100.0
     t = np.arange(int(90 * fs)) / fs
-    eeg = coloured(len(t), fs, 6.0, exponent, np.random.default_rng(1))
+    eeg = colored(len(t), fs, 6.0, exponent, np.random.default_rng(1))
     kc = -np.exp(-(((t - 40.3) / 0.11) ** 2)) + 0.55 * np.exp(-(((t - 40.65) / 0.16) ** 2))
     eeg += 150 * kc / np.ptp(kc)
     rec = Recording(
