@@ -13,7 +13,8 @@ import pytest
 from sleepvlm.data import formats
 from sleepvlm.data.records import DataError, Recording
 
-#: dataset → (role → (channel, rate), subject, night, labels the format can hold)
+#: dataset → (role → (channel, rate), subject, night, labels the format can hold); the second
+#: eye (eog2) where the dataset records one
 SPECS = {
     "sleepedf": (
         {"eeg": ("EEG Fpz-Cz", 100.0), "eog": ("EOG horizontal", 100.0),
@@ -21,20 +22,23 @@ SPECS = {
         "SC412", "2", ["W", "N1", "N2", "N3", "REM", "MOVE", "UNKNOWN"],
     ),
     "dcsm": (
-        {"eeg": ("F4-M1", 256.0), "eog": ("E1-M2", 256.0), "emg": ("CHIN", 256.0)},
+        {"eeg": ("F4-M1", 256.0), "eog": ("E1-M2", 256.0), "eog2": ("E2-M2", 256.0),
+         "emg": ("CHIN", 256.0)},
         "tp0a1b2c3d", "1", ["W", "N1", "N2", "N3", "REM", "UNKNOWN"],
     ),
     "isruc": (
-        {"eeg": ("C4-A1", 200.0), "eog": ("LOC-A2", 200.0), "emg": ("X1", 200.0)},
+        {"eeg": ("C4-A1", 200.0), "eog": ("LOC-A2", 200.0), "eog2": ("ROC-A1", 200.0),
+         "emg": ("X1", 200.0)},
         "7", "1", ["W", "N1", "N2", "N3", "REM"],
     ),
     "shhs": (
-        {"eeg": ("EEG", 125.0), "eog": ("EOG(L)", 50.0), "emg": ("EMG", 125.0)},
+        {"eeg": ("EEG", 125.0), "eog": ("EOG(L)", 50.0), "eog2": ("EOG(R)", 50.0),
+         "emg": ("EMG", 125.0)},
         "200077", "shhs1", ["W", "N1", "N2", "N3", "REM", "MOVE", "UNKNOWN"],
     ),
     "mass": (
         {"eeg": ("EEG C4-CLE", 256.0), "eog": ("EOG Left Horiz", 256.0),
-         "emg": ("EMG Chin1", 256.0)},
+         "eog2": ("EOG Right Horiz", 256.0), "emg": ("EMG Chin1", 256.0)},
         "01-03-0007", "1", ["W", "N1", "N2", "N3", "REM", "UNKNOWN"],
     ),
 }  # fmt: skip

@@ -26,8 +26,8 @@ def night(tmp_path, names=M_NAMES, scorer1="0\n1\n2\n3\n5\n\n", scorer2="0\n0\n2
 def test_both_scorers_and_mastoid_channel_names(tmp_path):
     rec = load_isruc(night(tmp_path))
     assert (rec.subject, rec.night, rec.line_freq) == ("12", "1", 50)
-    assert rec.roles == {"eeg": "C4-M1", "eog": "E1-M2", "emg": "X1"}
-    assert set(rec.signals) == {"C4-M1", "E1-M2", "X1"}
+    assert rec.roles == {"eeg": "C4-M1", "eog": "E1-M2", "eog2": "E2-M1", "emg": "X1"}
+    assert set(rec.signals) == {"C4-M1", "E1-M2", "E2-M1", "X1"}
     assert list(rec.stages) == ["W", "N1", "N2", "N3", "REM"]
     assert list(rec.other_scorers["scorer2"]) == ["W", "W", "N2", "N3", "REM"]
 

@@ -87,8 +87,8 @@ def test_nsrr_xml_with_native_rates_and_stage_4_as_n3(edf_path, tmp_path):
     xml.write_text(NSRR.format(concept="Movement|6"))
     rec = load_shhs(edf_path, xml)
     assert (rec.subject, rec.night, rec.line_freq) == ("200123", "shhs1", 60)
-    assert rec.roles == {"eeg": "EEG", "eog": "EOG(L)", "emg": "EMG"}
-    assert rec.sfreq == {"EEG": 125.0, "EOG(L)": 50.0, "EMG": 125.0}
+    assert rec.roles == {"eeg": "EEG", "eog": "EOG(L)", "eog2": "EOG(R)", "emg": "EMG"}
+    assert rec.sfreq == {"EEG": 125.0, "EOG(L)": 50.0, "EOG(R)": 50.0, "EMG": 125.0}
     assert len(rec.signals["EOG(L)"]) == 50 * 240
     assert list(rec.stages) == ["W", "W", "N3", "N3", "MOVE", "REM", "REM", "REM"]
 

@@ -1,6 +1,8 @@
 """Tests of event matching and scoring on hand-made cases, and of the agreement with the DREAMS
 experts on the real excerpts."""
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -19,7 +21,10 @@ from sleepvlm.rules.validation import (
     ours,
     pooled_counts,
     reference_events,
+    rem_by_eyes,
+    rem_by_eyes_table,
     score_kind,
+    two_eye_f1_range,
     union_of_experts,
 )
 
@@ -108,6 +113,21 @@ def test_a_real_night_is_scored_against_yasa_and_a_simulated_one_against_its_tru
     assert set(reference["channel"]) == {rec.roles["eeg"]}
     del rec.roles["eog"]  # a night without the role a kind is read on leaves that kind out
     assert set(reference_events(rec, kinds=("rem",))[0]["kind"]) == set()
+
+
+def test_two_eyes_find_rapid_eye_movements_better_than_one_on_a_simulated_night():
+    """The goal of the two-eye detector on simulated nights: F1 >= 0.85 against the truth, and
+    above what the first eye alone gives."""
+    rec = simulate_night("dcsm", 1, hours=2.0)
+    table = rem_by_eyes_table([rem_by_eyes(rec).assign(center="dcsm")])
+    ours = table["ours"].xs("dcsm")
+    assert ours[2] >= 0.85 and ours[2] > ours[1]
+    assert two_eye_f1_range(table, "ours") == f"{ours[2]:.2f}–{ours[2]:.2f}"
+    one_eye = rem_by_eyes_table(
+        [rem_by_eyes(replace(rec, roles={"eeg": "F4-M1", "eog": "E1-M2"})).assign(center="dcsm")]
+    )
+    assert list(one_eye.index.get_level_values("eyes")) == [1]
+    assert two_eye_f1_range(one_eye, "ours").startswith("not measured")
 
 
 def test_union_of_experts_merges_overlapping_events():

@@ -270,6 +270,24 @@ def test_listed_rem_is_the_rapid_deflection(shhs_night):
     assert np.median(step / rem["amplitude"]) > 0.6
 
 
+def test_the_second_eye_moves_against_the_first_and_blinks_with_it(shhs_night):
+    """LOC and ROC: a horizontal eye movement shows with opposite signs, a blink (vertical)
+    with the same sign."""
+    rec = shhs_night
+    loc, roc = rec.signals[rec.role("eog")], rec.signals[rec.role("eog2")]
+    fs = rec.sfreq[rec.role("eog")]
+    assert rec.sfreq[rec.role("eog2")] == fs and len(roc) == len(loc)
+
+    def correlations(kind):
+        events = rec.events[(rec.events["kind"] == kind) & (rec.events["amplitude"] >= 100)]
+        spans = [(int(t * fs), int((t + 0.6) * fs)) for t in events["onset"]]
+        return np.array([np.corrcoef(loc[a:b], roc[a:b])[0, 1] for a, b in spans])
+
+    rem, blink = correlations("rem"), correlations("blink")
+    assert len(rem) > 20 and len(blink) > 20
+    assert np.median(rem) < -0.7 and np.median(blink) > 0.7
+
+
 def test_eye_movements_and_blinks_do_not_pile_up(shhs_night):
     eye = shhs_night.events[shhs_night.events["kind"].isin(["rem", "blink"])]
     assert np.diff(np.sort(eye["onset"].to_numpy())).min() > 0.4

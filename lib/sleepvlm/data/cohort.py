@@ -134,8 +134,10 @@ def as_download(rec: Recording, dataset: str, index: int) -> Recording:
     channel names and subject naming, the scorers its format keeps, and nothing simulated (so
     no ground-truth sidecar is written and the loaders see only what a download has)."""
     names = BENCHMARK_CHANNELS[dataset]
-    signals = {names[role][0]: rec.signals[channel] for role, channel in rec.roles.items()}
-    rates = {names[role][0]: rec.sfreq[channel] for role, channel in rec.roles.items()}
+    # a role the dataset does not record (Sleep-EDF's second eye) is left out, as a download has it
+    kept_roles = {role: channel for role, channel in rec.roles.items() if role in names}
+    signals = {names[role][0]: rec.signals[channel] for role, channel in kept_roles.items()}
+    rates = {names[role][0]: rec.sfreq[channel] for role, channel in kept_roles.items()}
     subject, night = download_subject(dataset, index)
     # ISRUC's format holds a second scorer; the others hold one
     kept = {k: v for k, v in rec.other_scorers.items() if dataset == "isruc" and k == SECOND_SCORER}
@@ -146,7 +148,7 @@ def as_download(rec: Recording, dataset: str, index: int) -> Recording:
         night=night,
         signals=signals,
         sfreq=rates,
-        roles={role: names[role][0] for role in rec.roles},
+        roles={role: names[role][0] for role in kept_roles},
         other_scorers=kept,
         events=empty_events(),
         simulated=False,

@@ -26,7 +26,14 @@ import pandas as pd
 from scipy import fft as sp_fft
 from scipy import signal
 
-from sleepvlm.data.records import EPOCH_S, EVENT_COLUMNS, STAGES, DataError, Recording
+from sleepvlm.data.records import (
+    EPOCH_S,
+    EVENT_COLUMNS,
+    SECOND_EYE,
+    STAGES,
+    DataError,
+    Recording,
+)
 from sleepvlm.data.scorers import ScoringHabits, simulate_scorers
 
 
@@ -38,7 +45,8 @@ class SimulationError(DataError):
 class CenterSpec:
     """Recording set-up of one simulated center (what makes its signals differ from others).
 
-    ``channels`` and ``rates`` are keyed by role (eeg, eog, emg). ``highpass``/``lowpass`` are
+    ``channels`` and ``rates`` are keyed by role (eeg, eog, emg, and eog2: the second eye, ROC,
+    where the real dataset records it). ``highpass``/``lowpass`` are
     the amplifier's hardware filter corners (Hz) of EEG/EOG, ``emg_highpass`` that of the chin
     EMG; ``gain`` scales every channel (calibration error), ``noise_floor`` is the amplifier's
     white noise (µV RMS) and ``line_noise`` the mains amplitude (µV) on EEG/EOG (twice on EMG).
@@ -83,8 +91,8 @@ class CenterSpec:
 CENTERS: dict[str, CenterSpec] = {
     "dcsm": CenterSpec(
         name="dcsm",
-        channels={"eeg": "F4-M1", "eog": "E1-M2", "emg": "CHIN"},
-        rates={"eeg": 256.0, "eog": 256.0, "emg": 256.0},
+        channels={"eeg": "F4-M1", "eog": "E1-M2", "eog2": "E2-M2", "emg": "CHIN"},
+        rates={"eeg": 256.0, "eog": 256.0, "eog2": 256.0, "emg": 256.0},
         line_freq=50.0,
         gain=1.0,
         noise_floor=0.5,
@@ -104,8 +112,8 @@ CENTERS: dict[str, CenterSpec] = {
     ),
     "shhs": CenterSpec(
         name="shhs",
-        channels={"eeg": "EEG", "eog": "EOG(L)", "emg": "EMG"},
-        rates={"eeg": 125.0, "eog": 50.0, "emg": 125.0},
+        channels={"eeg": "EEG", "eog": "EOG(L)", "eog2": "EOG(R)", "emg": "EMG"},
+        rates={"eeg": 125.0, "eog": 50.0, "eog2": 50.0, "emg": 125.0},
         line_freq=60.0,
         gain=0.85,
         noise_floor=1.0,
@@ -125,8 +133,8 @@ CENTERS: dict[str, CenterSpec] = {
     ),
     "isruc": CenterSpec(
         name="isruc",
-        channels={"eeg": "C4-A1", "eog": "LOC-A2", "emg": "X1"},
-        rates={"eeg": 200.0, "eog": 200.0, "emg": 200.0},
+        channels={"eeg": "C4-A1", "eog": "LOC-A2", "eog2": "ROC-A1", "emg": "X1"},
+        rates={"eeg": 200.0, "eog": 200.0, "eog2": 200.0, "emg": 200.0},
         line_freq=50.0,
         gain=1.15,
         noise_floor=1.5,
@@ -612,6 +620,26 @@ def _role_gain(center: CenterSpec, role: str) -> float:
     return center.gain * (center.emg_gain if role == "emg" else 1.0)
 
 
+#: How much the second eye's channel sees of an eye movement and of a blink, relative to the
+#: first (electrode placement and distance to the eye differ between the two sides).
+SECOND_EYE_MOVEMENT_GAIN = (0.75, 1.25)
+SECOND_EYE_BLINK_GAIN = (0.6, 1.1)
+
+
+def _second_eye(rng, canvas: _Canvas, eeg: np.ndarray, n: int, fs: float) -> np.ndarray:
+    """ROC as recorded beside LOC: a horizontal eye movement (rapid or slow) moves the cornea
+    towards one electrode and away from the other, so it shows with the opposite sign; a blink
+    is vertical and shows with the same sign; each side has its own gain and its own noise
+    (the frontal EEG it picks up is the same)."""
+    movement = rng.uniform(*SECOND_EYE_MOVEMENT_GAIN)
+    blink = rng.uniform(*SECOND_EYE_BLINK_GAIN)
+    own = signal.sosfilt(
+        signal.butter(1, 2.0, fs=fs, output="sos"), rng.standard_normal(n, dtype=np.float32)
+    )
+    mix = {"eeg": 0.55, "eye": -movement, "blink": blink, "art_eog": 1}
+    return 0.55 * eeg + canvas.render(mix) + (own * 12.0).astype(np.float32)
+
+
 def _chain_gain(center: CenterSpec, role: str, fs: float, freq: np.ndarray) -> np.ndarray:
     """|H(f)| x gain: how much a drawn waveform at ``freq`` is scaled on the recording."""
     _, h = signal.sosfreqz(_hardware(center, role, fs), worN=np.atleast_1d(freq), fs=fs)
@@ -866,7 +894,7 @@ def simulate_night(center: str, subject: int, seed: int = 0, hours: float = 8.0)
     t = _times(fs, 0.6)
     w = np.exp(-(((t - 0.18) / rng.uniform(0.05, 0.09, (k, 1))) ** 2))
     w *= (amp("eog", 3.0, p2p) / _p2p(w))[:, None]
-    canvas.add("eye", on_blink, w)
+    canvas.add("blink", on_blink, w)  # vertical: the same sign on both eyes
     events.add("blink", ch["eog"], on_blink, 0.4, p2p)
 
     on = _draw_onsets(rng, rate("sem"), min_gap=4.0)
@@ -934,13 +962,20 @@ def simulate_night(center: str, subject: int, seed: int = 0, hours: float = 8.0)
     eog_own = signal.sosfilt(
         signal.butter(1, 2.0, fs=fs, output="sos"), rng.standard_normal(n, dtype=np.float32)
     )
+    eyes = {"eye": 1, "blink": 1}
     signals = {
-        "eeg": eeg + canvas.render({"eeg": 1, "eye": eye_in_eeg, "ecg": 1.5, "art_eeg": 1}),
+        "eeg": eeg
+        + canvas.render(
+            {"eeg": 1, "eye": eye_in_eeg, "blink": eye_in_eeg, "ecg": 1.5, "art_eeg": 1}
+        ),
         "eog": 0.55 * eeg
-        + canvas.render({"eeg": 0.55, "eye": 1, "art_eog": 1})
+        + canvas.render({"eeg": 0.55, **eyes, "art_eog": 1})
         + (eog_own * 12.0).astype(np.float32),
         "emg": emg + canvas.render({"emg": 1, "ecg": ecg_in_emg, "art_emg": 1}),
     }
+    if SECOND_EYE in ch:
+        # Drawn after everything else, so that the other channels do not depend on it.
+        signals[SECOND_EYE] = _second_eye(rng, canvas, eeg, n, fs)
 
     # ---- amplifier: gain, hardware filters, resampling, noise floor, mains ---------------------
     out: dict[str, np.ndarray] = {}

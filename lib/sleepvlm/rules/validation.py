@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 
 import numpy as np
@@ -264,18 +264,58 @@ def yasa_events(
 
 
 def compare_with_yasa(rec: Recording, kinds=tuple(YASA_KINDS)) -> pd.DataFrame:
-    """Ours vs YASA on one simulated night: F1 against the ground truth and wall time.
+    """Ours vs YASA on one simulated night: F1 against the ground truth and wall time. Both
+    read both eyes where the night has a second (``eyes``: 2), one eye otherwise (``eyes``: 1;
+    YASA then gets the channel's mirror image).
 
-    One row per (kind, method) with precision, recall, F1, counts and ``seconds``."""
+    One row per (kind, method) with precision, recall, F1, counts, ``eyes`` and ``seconds``."""
     rows = []
     for kind in kinds:
-        channel = rec.role(YASA_KINDS[kind])
+        role = YASA_KINDS[kind]
+        channel = rec.role(role)
         x, sfreq = rec.signals[channel], rec.sfreq[channel]
+        other = second_eye(rec, sfreq) if role == "eog" else None
+        eyes = (1 if other is None else 2) if role == "eog" else None
         for method, fn in (("ours", ours), ("yasa", yasa_events)):
-            events, seconds = _timed(partial(fn, kind, x, sfreq, channel))
+            events, seconds = _timed(partial(fn, kind, x, sfreq, channel, other))
             row = score_kind(events, rec.events, kind).row()
-            rows.append({"record": rec.label, "method": method, **row, "seconds": seconds})
+            rows.append(
+                {"record": rec.label, "method": method, **row, "eyes": eyes, "seconds": seconds}
+            )
     return pd.DataFrame(rows)
+
+
+def rem_by_eyes(rec: Recording) -> pd.DataFrame:
+    """Rapid eye movements of a two-eye night read by ours and YASA's detectors from both eyes
+    and from the first alone (:func:`compare_with_yasa` rows of kind ``rem``, ``eyes`` 2 and 1):
+    what the second eye is worth."""
+    one_eye = replace(rec, roles={r: c for r, c in rec.roles.items() if r != SECOND_EYE})
+    both = compare_with_yasa(rec, kinds=("rem",)) if SECOND_EYE in rec.roles else None
+    return pd.concat([both, compare_with_yasa(one_eye, kinds=("rem",))], ignore_index=True)
+
+
+def rem_by_eyes_table(rows: list[pd.DataFrame]) -> pd.DataFrame:
+    """F1 per center (the rows' ``center`` column), number of eyes read and method, from
+    :func:`rem_by_eyes` rows; empty when there are none (a real dataset: no ground truth)."""
+    if not rows:
+        return pd.DataFrame()
+    return pd.concat(rows).pivot_table(index=["center", "eyes"], columns="method", values="f1")
+
+
+def two_eye_f1_range(table: pd.DataFrame, method: str) -> str:
+    """The lowest and highest two-eye F1 of ``method`` in a :func:`rem_by_eyes_table`."""
+    if table.empty or 2 not in table.index.get_level_values("eyes"):
+        return "not measured (no two-eye night with ground truth in this build)"
+    f1 = table.xs(2, level="eyes")[method]
+    return f"{f1.min():.2f}–{f1.max():.2f}"
+
+
+def second_eye(rec: Recording, sfreq: float) -> np.ndarray | None:
+    """The night's second EOG (ROC) where it has one at the first eye's rate ``sfreq``."""
+    channel = rec.roles.get(SECOND_EYE)
+    if channel is None or rec.sfreq[channel] != sfreq:
+        return None
+    return rec.signals[channel]
 
 
 #: What a night's detections are scored against, as the book names it.
@@ -298,9 +338,7 @@ def reference_events(rec: Recording, kinds=tuple(YASA_KINDS)) -> tuple[pd.DataFr
         if role in rec.roles:
             channel = rec.roles[role]
             x, sfreq = rec.signals[channel], rec.sfreq[channel]
-            # YASA reads both eyes when the night has them
-            second = rec.roles.get(SECOND_EYE) if role == "eog" else None
-            other = rec.signals[second] if second and rec.sfreq[second] == sfreq else None
+            other = second_eye(rec, sfreq) if role == "eog" else None  # YASA reads both eyes
             frames.append(yasa_events(kind, x, sfreq, channel, other))
     return pd.concat(frames, ignore_index=True), YASA_REFERENCE
 
