@@ -214,6 +214,23 @@ def test_slow_eye_movement_found(fs):
 
 
 @pytest.mark.parametrize("fs", RATES)
+def test_both_eyes_keep_a_conjugate_slow_movement_and_drop_a_slow_wave_both_share(fs):
+    t = t_axis(fs, 4.0)
+    sem = -50.0 * np.sin(2 * np.pi * t / 4.0)
+    loc, roc = two_eyes(fs)
+    loc, roc = plant(loc, fs, 20.0, sem), plant(roc, fs, 20.0, -0.8 * sem)
+    # a slow frontal wave, e.g. delta, reaches both eyes alike
+    loc, roc = plant(loc, fs, 40.0, sem), plant(roc, fs, 40.0, sem)
+    both = det.detect_slow_eye_movements(loc, fs, "LOC", other=roc)
+    assert len(both) == 1 and 19.0 <= both["onset"].iloc[0] <= 21.0
+    assert both["amplitude"].iloc[0] > 60.0  # the conjugate part: both eyes' mean excursion
+    one = det.detect_slow_eye_movements(loc, fs, "LOC")
+    assert found_near(one, "sem", 41.0, 1.5) == 1  # one eye cannot tell it from an eye movement
+    with pytest.raises(DataError, match="differ in length"):
+        det.detect_slow_eye_movements(loc, fs, "LOC", other=roc[: len(roc) // 2])
+
+
+@pytest.mark.parametrize("fs", RATES)
 def test_sawtooth_train_found(fs):
     t = t_axis(fs, 3.0)
     saw = 30.0 * sps.sawtooth(2 * np.pi * 3.0 * t, width=0.15)

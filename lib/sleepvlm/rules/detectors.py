@@ -729,12 +729,26 @@ def detect_slow_eye_movements(
     channel: str = "EOG",
     eeg: np.ndarray | None = None,
     eeg_sfreq: float | None = None,
+    other: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """Slow eye movements: runs of half-waves of the ``band_hz`` EOG lasting from the rule's
     0.5 s to ``max_half_wave_s`` and reaching ``min_ptp_uv`` / 2 from zero; with ``eeg``, runs
-    that the EEG shows as large are dropped (cerebral, see :func:`detect_eye_movements`)."""
+    that the EEG shows as large are dropped (cerebral, see :func:`detect_eye_movements`).
+
+    Both eyes (``other``: the second eye, same rate): slow eye movements are conjugate like the
+    rapid ones, so the runs are looked for in the conjugate part, (LOC - ROC) / 2, where what
+    reaches both eyes alike (the frontal EEG, slow vertical drifts) cancels; the EEG is then
+    not needed to tell them apart."""
     check_rate("sem", channel, sfreq)
     y = _as_signal(x, channel, 2.0, sfreq)
+    if other is not None:
+        y2 = _as_signal(other, f"{channel} (second eye)", 2.0, sfreq)
+        if len(y2) != len(y):
+            raise DataError(
+                f"eye channels {channel!r} and its second eye differ in length ({len(y)} vs "
+                f"{len(y2)} samples); give both eyes at one rate"
+            )
+        y, eeg = (y - y2) / 2, None
     order = setting("sem", "filter_order")
     band = setting("sem", "band_hz")
     z = bandpass(y, sfreq, band, order)

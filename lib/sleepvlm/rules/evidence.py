@@ -225,9 +225,9 @@ def _leave_out_slow(night: _Night, native_sfreq: Mapping[str, float], runner: _R
 
 
 def _second_eye(night: _Night, ok: Mapping[str, np.ndarray]) -> tuple[np.ndarray | None, str]:
-    """The second eye's signal for the eye-movement detector, or None and why rapid eye
-    movements are read from one eye (the detector's fallback, reported as R.rem read in
-    part)."""
+    """The second eye's signal for the eye-movement detectors (rapid and slow), or None and
+    why rapid eye movements are read from one eye (the detector's fallback, reported as R.rem
+    read in part)."""
     _, eog_fs, eog_ch = night.signals["eog"]
     fallback = f"one eye ({eog_ch}), blinks and EEG told from eye movements by their shape"
     if SECOND_EYE not in night.signals:
@@ -415,7 +415,10 @@ def detect_all(
             )
         )
         ev_parts.append(
-            run("sem", lambda: det.detect_slow_eye_movements(eog, eog_fs, eog_ch, eeg, eeg_fs))
+            run(
+                "sem",
+                lambda: det.detect_slow_eye_movements(eog, eog_fs, eog_ch, eeg, eeg_fs, other),
+            )
         )
     emg_rms = np.full(n, np.nan)
     if "emg" in night.signals:
