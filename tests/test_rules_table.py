@@ -8,6 +8,8 @@ from sleepvlm.rules.table import (
     CITATION_KEY,
     RULES,
     SETTINGS,
+    changed_settings,
+    changed_thresholds,
     rules_frame,
     setting,
     settings_frame,
@@ -71,3 +73,24 @@ def test_frames_for_the_book():
     settings = settings_frame()
     assert set(settings["detector"]) == set(SETTINGS)
     assert (settings.query("setting == 'min_sfreq'")["value"] > 0).all()
+
+
+def test_a_changed_setting_or_threshold_holds_inside_its_block_only():
+    before = setting("spindle", "upper_factor"), threshold("N3.sw20", "min_epoch_fraction")
+    with (
+        changed_settings("spindle", upper_factor=5.0),
+        changed_thresholds("N3.sw20", min_epoch_fraction=0.3),
+    ):
+        assert setting("spindle", "upper_factor") == 5.0
+        assert threshold("N3.sw20", "min_epoch_fraction") == 0.3
+    assert (
+        setting("spindle", "upper_factor"),
+        threshold("N3.sw20", "min_epoch_fraction"),
+    ) == before
+    with pytest.raises(RuntimeError), changed_settings("spindle", upper_factor=9.0):
+        raise RuntimeError("an exercise that fails")
+    assert setting("spindle", "upper_factor") == before[0]  # restored after an error too
+    with pytest.raises(KeyError, match="no setting"), changed_settings("spindle", upper=5.0):
+        pass
+    with pytest.raises(KeyError, match="no threshold"), changed_thresholds("N3.sw20", share=0.3):
+        pass

@@ -4,11 +4,12 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
-from sleepvlm.book import chapter_notebooks
+from sleepvlm.book import chapter_notebooks, execute_chapter
 from sleepvlm.cache import project_root
 from sleepvlm.cli import main
 from sleepvlm.data.records import DataError
 from sleepvlm.teach import (
+    SOLUTION_TAG,
     STUDENT_NOTE_TAG,
     TeachError,
     find_chapter,
@@ -108,4 +109,33 @@ def test_real_chapters_student_version_has_no_solution_text(path):
                 assert line not in text, f"{path.name}: solution line kept: {line!r}"
     exercises = sum(c.source.count("{admonition} Exercise") for c in nb.cells)
     assert text.count("{admonition} Exercise") == exercises
-    assert len(student.cells) == len(nb.cells) + 1
+    # gone whole: solution code cells, and markdown cells that hold nothing but a solution
+    whole = [c for c in nb.cells if SOLUTION_TAG in c.metadata.get("tags", [])]
+    whole += [
+        c
+        for c in nb.cells
+        if c.cell_type == "markdown" and not split_solutions(c.source)[0].strip()
+    ]
+    assert len(student.cells) == len(nb.cells) + 1 - len(whole)
+
+
+def chapters_with_code_solutions() -> list:
+    return [
+        p
+        for p in chapter_notebooks(project_root())
+        if any(
+            SOLUTION_TAG in c.metadata.get("tags", []) for c in nbformat.read(p, as_version=4).cells
+        )
+    ]
+
+
+@pytest.mark.parametrize("path", chapters_with_code_solutions(), ids=lambda p: p.stem)
+def test_a_student_version_runs_with_its_exercises_left_to_do(path, tmp_path):
+    """Code solutions run in every build of the chapter itself (the instructor version); the
+    student version, without them, must run too: no later cell may need a solution's names."""
+    student = student_version(nbformat.read(path, as_version=4), path.stem)
+    assert not any(SOLUTION_TAG in c.metadata.get("tags", []) for c in student.cells)
+    student_path = tmp_path / path.name
+    nbformat.write(student, student_path)
+    run = execute_chapter(student_path, tmp_path / "build", {"smoke": True})
+    assert run.status == "ran"

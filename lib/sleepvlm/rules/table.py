@@ -11,6 +11,9 @@ detections move.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -463,6 +466,37 @@ def setting(detector: str, name: str) -> Any:
         return SETTINGS[detector][name]
     except KeyError:
         raise KeyError(f"detector {detector!r} has no setting {name!r}") from None
+
+
+@contextlib.contextmanager
+def changed_settings(detector: str, **values: Any) -> Iterator[None]:
+    """Run a block with some settings of ``detector`` changed, restored afterwards (an
+    exercise's what-if). Cached detector output is keyed by :func:`values_in_force`, so
+    nothing computed with other values is reused inside the block."""
+    unknown = sorted(set(values) - set(SETTINGS.get(detector, {})))
+    if detector not in SETTINGS or unknown:
+        raise KeyError(f"detector {detector!r} has no setting(s) {unknown}; see settings_frame()")
+    old = {name: SETTINGS[detector][name] for name in values}
+    SETTINGS[detector].update(values)
+    try:
+        yield
+    finally:
+        SETTINGS[detector].update(old)
+
+
+@contextlib.contextmanager
+def changed_thresholds(rule_id: str, **values: Any) -> Iterator[None]:
+    """Run a block with some thresholds of rule ``rule_id`` changed (rules are frozen: the
+    rule is swapped for a copy), restored afterwards."""
+    rule = RULES[rule_id]
+    unknown = sorted(set(values) - set(rule.thresholds))
+    if unknown:
+        raise KeyError(f"rule {rule_id!r} has no threshold(s) {unknown}; see rules_frame()")
+    RULES[rule_id] = dataclasses.replace(rule, thresholds={**rule.thresholds, **values})
+    try:
+        yield
+    finally:
+        RULES[rule_id] = rule
 
 
 def _format_thresholds(values: dict[str, Any]) -> str:
