@@ -633,11 +633,16 @@ def _second_eye(rng, canvas: _Canvas, eeg: np.ndarray, n: int, fs: float) -> np.
     (the frontal EEG it picks up is the same)."""
     movement = rng.uniform(*SECOND_EYE_MOVEMENT_GAIN)
     blink = rng.uniform(*SECOND_EYE_BLINK_GAIN)
+    mix = {"eeg": 0.55, "eye": -movement, "blink": blink, "art_eog": 1}
+    return 0.55 * eeg + canvas.render(mix) + _eye_channel_noise(rng, n, fs)
+
+
+def _eye_channel_noise(rng, n: int, fs: float) -> np.ndarray:
+    """An EOG electrode's own slow noise (skin potentials, drifts), about 12 µV below 2 Hz."""
     own = signal.sosfilt(
         signal.butter(1, 2.0, fs=fs, output="sos"), rng.standard_normal(n, dtype=np.float32)
     )
-    mix = {"eeg": 0.55, "eye": -movement, "blink": blink, "art_eog": 1}
-    return 0.55 * eeg + canvas.render(mix) + (own * 12.0).astype(np.float32)
+    return (own * 12.0).astype(np.float32)
 
 
 def _chain_gain(center: CenterSpec, role: str, fs: float, freq: np.ndarray) -> np.ndarray:
@@ -959,18 +964,15 @@ def simulate_night(center: str, subject: int, seed: int = 0, hours: float = 8.0)
     # ---- mix the layers into channels: EOG sees frontal EEG, EEG sees the eyes, both see ECG --
     eye_in_eeg = 0.2 if spec.frontal else 0.06
     ecg_in_emg = rng.uniform(0.3, 1.5)
-    eog_own = signal.sosfilt(
-        signal.butter(1, 2.0, fs=fs, output="sos"), rng.standard_normal(n, dtype=np.float32)
-    )
-    eyes = {"eye": 1, "blink": 1}
+    eog_own = _eye_channel_noise(rng, n, fs)
     signals = {
         "eeg": eeg
         + canvas.render(
             {"eeg": 1, "eye": eye_in_eeg, "blink": eye_in_eeg, "ecg": 1.5, "art_eeg": 1}
         ),
         "eog": 0.55 * eeg
-        + canvas.render({"eeg": 0.55, **eyes, "art_eog": 1})
-        + (eog_own * 12.0).astype(np.float32),
+        + canvas.render({"eeg": 0.55, "eye": 1, "blink": 1, "art_eog": 1})
+        + eog_own,
         "emg": emg + canvas.render({"emg": 1, "ecg": ecg_in_emg, "art_emg": 1}),
     }
     if SECOND_EYE in ch:

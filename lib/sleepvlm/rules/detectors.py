@@ -640,6 +640,17 @@ def _larger_than_eeg(
     return found.height > eeg_height
 
 
+def _second_eye_signal(other: np.ndarray, channel: str, sfreq: float, length: int) -> np.ndarray:
+    """The second eye's EOG, checked to match the first's ``length`` samples."""
+    y2 = _as_signal(other, f"{channel} (second eye)", 2.0, sfreq)
+    if len(y2) != length:
+        raise DataError(
+            f"eye channels {channel!r} and its second eye differ in length ({length} vs "
+            f"{len(y2)} samples); give both eyes at one rate"
+        )
+    return y2
+
+
 def detect_eye_movements(
     x: np.ndarray,
     sfreq: float,
@@ -686,12 +697,7 @@ def detect_eye_movements(
         events = _eye_events(channel, sfreq, found, keep & ~found.fast_back, keep & found.fast_back)
         return events.sort_values("onset", ignore_index=True)
 
-    z2 = bandpass(_as_signal(other, f"{channel} (second eye)", 2.0, sfreq), sfreq, band, order)
-    if len(z2) != len(z):
-        raise DataError(
-            f"eye channels {channel!r} and its second eye differ in length ({len(z)} vs "
-            f"{len(z2)} samples); give both eyes at one rate"
-        )
+    z2 = bandpass(_second_eye_signal(other, channel, sfreq, len(y)), sfreq, band, order)
     conjugate, common = (z - z2) / 2, (z + z2) / 2
     share = setting("eye_movements", "max_common_share")
 
@@ -742,13 +748,7 @@ def detect_slow_eye_movements(
     check_rate("sem", channel, sfreq)
     y = _as_signal(x, channel, 2.0, sfreq)
     if other is not None:
-        y2 = _as_signal(other, f"{channel} (second eye)", 2.0, sfreq)
-        if len(y2) != len(y):
-            raise DataError(
-                f"eye channels {channel!r} and its second eye differ in length ({len(y)} vs "
-                f"{len(y2)} samples); give both eyes at one rate"
-            )
-        y, eeg = (y - y2) / 2, None
+        y, eeg = (y - _second_eye_signal(other, channel, sfreq, len(y))) / 2, None
     order = setting("sem", "filter_order")
     band = setting("sem", "band_hz")
     z = bandpass(y, sfreq, band, order)
