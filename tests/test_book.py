@@ -343,6 +343,13 @@ def test_every_chapter_draws_one_share_of_the_papers_counts():
     assert len([d for d in defaults if "count_scale" in d]) >= 7 and len(shares) == 1
 
 
+def test_the_failure_chapter_replays_the_real_models_answers_of_the_text_chapter():
+    # chapter 12 analyses the answers chapter 08 stored: a different subsample would ask anew
+    defaults = {nb.stem[:2]: notebook_defaults(nb) for nb in chapter_notebooks(project_root())}
+    assert defaults["08"]["real_llm_per_stage"] == defaults["12"]["real_llm_per_stage"] > 0
+    assert defaults["08"]["real_llm"] == defaults["12"]["real_llm"] != ""
+
+
 def test_launch_buttons_open_the_branch_the_book_workflow_publishes():
     root = project_root()
     branch = yaml.safe_load((root / "_config.yml").read_text())["repository"]["branch"]
