@@ -453,6 +453,7 @@ VERDICTS_ALLOWED = {
     ("01", "finds hardest {cite"): "the literature's finding, cited",
     ("01", "the paper's counts exactly"): "what count_scale 1 does, by construction",
     ("03", "power and beats theta"): "the rule's definition",
+    ("03", "around the neighbouring beats"): "heartbeats, not a comparison",
     ("04", "dataset exactly as the models"): "the same renderer, by construction",
     ("04", "sine of exactly 75"): "a synthetic test signal",
     ("04", "becomes hardest to"): "an exercise question",

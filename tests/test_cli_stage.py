@@ -14,6 +14,7 @@ from sleepvlm.data.registry import real_excerpt
 from sleepvlm.rules.stager import STAGED_COLUMNS
 from sleepvlm.stage_cli import (
     add_stage_parser,
+    dreams_cardiac_field,
     dreams_psg_agreement,
     load_for_staging,
     read_resting_wake,
@@ -214,6 +215,31 @@ def test_the_dreams_psg_reads_rapid_eye_movements_from_both_eyes(tmp_path, capsy
     assert len(rem_epochs) and {both["reference"][e] for e in rem_epochs} <= {"W", "N1"}
     stage_rem = [(r["staged"]["stage"] == "REM").sum() for r in (one, both)]
     assert stage_rem[1] < stage_rem[0]
+
+
+def test_the_ecg_takes_the_hearts_field_out_of_the_dreams_psg(tmp_path, capsys):
+    # its ear-referenced EOGs show each QRS complex (50-80 µV, in phase on both eyes), which
+    # the detectors read as a blink a second and the stager as wake (the scorers saw 6 W of 60)
+    path = dreams_psg_or_skip()
+    with pytest.warns(UserWarning, match="'UV'"):
+        without = dreams_psg_agreement(eog2="EOG2-A1")
+        with_ecg = dreams_psg_agreement(eog2="EOG2-A1", ecg="ECG")
+    field = dreams_cardiac_field()
+    size = field["heart's field (µV, peak to peak)"]
+    assert size[["EOG1-A1", "EOG2-A1"]].min() > 30 > 10 > size["EMG1"]
+    assert field.loc["EOG2-A1", "correlation with EOG1-A1"] > 0.9  # in phase: as a blink
+    assert 40 < field.attrs["bpm"] < 90
+    assert with_ecg["events"]["blink"] < 0.5 * without["events"]["blink"]
+    w_count = [(r["staged"]["stage"] == "W").sum() for r in (without, with_ecg)]
+    assert w_count[1] < w_count[0] and with_ecg["kappa"] > without["kappa"]
+    argv = [str(path), "--eeg", "C3-A1", "--eog", "EOG1-A1", "--eog2", "EOG2-A1", "--emg", "EMG1"]
+    with pytest.warns(UserWarning, match="'UV'"):
+        assert run([*argv, "--ecg", "ECG", "-o", str(tmp_path / "ecg.csv")]) == 0
+        assert run([*argv, "--ecg", "EMG1", "-o", str(tmp_path / "emg.csv")]) == 1
+    err = capsys.readouterr().err
+    assert "ECG 'EMG1': no QRS complexes stand out" in err and not (tmp_path / "emg.csv").exists()
+    with pytest.raises(ChannelNotFoundError, match="no channel 'EKG' for the ECG.*--ecg"):
+        load_for_staging(path, "C3-A1", ecg="EKG")
 
 
 def test_an_unknown_channel_lists_the_channels_present(tmp_path, capsys):

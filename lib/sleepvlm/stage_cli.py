@@ -5,7 +5,9 @@ The named channels are read at their native rates, preprocessed like the benchma
 30-s epochs from the signal start. EOG and EMG are optional: without them the rules that need
 them are listed as not evaluable in every row and the stage comes from what is left. With both
 eyes (``--eog`` LOC, ``--eog2`` ROC) rapid eye movements are read from their phase; with one,
-the rule is reported read in part. Each
+the rule is reported read in part. With the ECG (``--ecg``) the heart's field is subtracted
+from every channel first (:mod:`sleepvlm.cardiac`): ear-referenced EOGs can show each QRS
+complex as a blink. Each
 detector is judged on the rate its channel was recorded at: at 50 Hz (older archives, home
 devices) every detector runs; one that cannot read its channel is reported with the reason, and
 a channel no detector can read (e.g. Sleep-EDF's 1-Hz EMG RMS envelope) is left out as if it
@@ -23,6 +25,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from sleepvlm.cardiac import heartbeats, remove_cardiac_field
 from sleepvlm.data.edf import edf_labels, open_edf, read_channels
 from sleepvlm.data.records import SECOND_EYE, ChannelNotFoundError, DataError, Recording
 from sleepvlm.rules.detectors import rate_shortfall
@@ -109,20 +112,29 @@ def load_for_staging(
     line_freq: float | None = None,
     progress: tqdm | None = None,
     eog2: str | None = None,
+    ecg: str | None = None,
 ) -> tuple[Recording, dict[str, float]]:
     """Read and preprocess the named channels of an EDF (:func:`preprocessed_recording`);
     returns the Recording and the rate (Hz) each role was recorded at, which decides what
     its detectors can read (:func:`sleepvlm.rules.evidence.detect_all`'s ``native_sfreq``).
-    ``eog2`` names the second eye's EOG (ROC), read beside ``eog`` (LOC)."""
+    ``eog2`` names the second eye's EOG (ROC), read beside ``eog`` (LOC); ``ecg`` an ECG
+    whose heartbeats locate the cardiac field removed from every channel before
+    preprocessing (:func:`sleepvlm.cardiac.remove_cardiac_field`)."""
     path = Path(path)
     if eog2 and not eog:
         raise DataError(f"{path}: a second eye ({eog2!r}) needs the first: pass --eog too")
     edf = open_edf(path)
     pairs = (("eeg", eeg), ("eog", eog), (SECOND_EYE, eog2), ("emg", emg))
     names = {r: n for r, n in pairs if n}
-    _check_names(path, edf_labels(edf), names)
-    signals, rates = read_channels(edf, list(dict.fromkeys(names.values())), path)
+    wanted = {**names, "ecg": ecg} if ecg else names
+    _check_names(path, edf_labels(edf), wanted)
+    signals, rates = read_channels(edf, list(dict.fromkeys(wanted.values())), path)
     check_eeg_rate(rates, names, str(path))
+    if ecg:
+        beats = heartbeats(signals[ecg], rates[ecg], f"{path}: ECG {ecg!r}")
+        signals = {
+            n: remove_cardiac_field(signals[n], rates[n], beats) for n in set(names.values())
+        }
     rec = preprocessed_recording(signals, rates, names, path.stem, line_freq, progress)
     rec.source = str(path)
     return rec, {role: rates[name] for role, name in names.items()}
@@ -136,13 +148,14 @@ def stage_edf(
     line_freq: float | None = None,
     progress: tqdm | None = None,
     eog2: str | None = None,
+    ecg: str | None = None,
 ) -> tuple[pd.DataFrame, Detection]:
     """What ``sleepvlm stage`` does: the staged night (see
     :func:`~sleepvlm.rules.stager.stage_detection`) and the detection it came from."""
     from sleepvlm.rules.evidence import detect_all
     from sleepvlm.rules.stager import stage_detection
 
-    rec, rates = load_for_staging(path, eeg, eog, emg, line_freq, progress, eog2)
+    rec, rates = load_for_staging(path, eeg, eog, emg, line_freq, progress, eog2, ecg)
     if progress is not None:
         progress.set_description("detecting")
     detection = detect_all(rec, native_sfreq=rates)
@@ -157,8 +170,10 @@ def dreams_psg_agreement(
     eog: str | None = "EOG1-A1",
     emg: str | None = "EMG1",
     eog2: str | None = None,
+    ecg: str | None = None,
 ) -> dict:
-    """``sleepvlm stage`` on a DREAMS PSG (excerpt 3: 50 Hz; its eyes: EOG1-A1 and EOG2-A1)
+    """``sleepvlm stage`` on a DREAMS PSG (excerpt 3: 50 Hz; its eyes: EOG1-A1 and EOG2-A1; its
+    ECG: ECG)
     against the file's own hypnogram
     (5-s R&K steps, 30-s epochs by majority, :func:`~sleepvlm.data.dreams.to_30s_epochs`):
     the :func:`~sleepvlm.rules.stager.hypnogram_agreement` metrics (κ, accuracy, n...), with
@@ -167,7 +182,7 @@ def dreams_psg_agreement(
     from sleepvlm.data import dreams
     from sleepvlm.rules.stager import hypnogram_agreement
 
-    staged, detection = stage_edf(dreams.dreams_psg(excerpt), eeg, eog, emg, eog2=eog2)
+    staged, detection = stage_edf(dreams.dreams_psg(excerpt), eeg, eog, emg, eog2=eog2, ecg=ecg)
     reference = dreams.to_30s_epochs(dreams.read_dreams_hypnogram(excerpt))
     return {
         **hypnogram_agreement(staged, reference),
@@ -175,6 +190,39 @@ def dreams_psg_agreement(
         "reference": reference,
         "events": detection.events["kind"].value_counts().to_dict(),
     }
+
+
+def dreams_cardiac_field(
+    excerpt: int = 3,
+    channels: tuple[str, ...] = ("EOG1-A1", "EOG2-A1", "C3-A1", "EMG1"),
+    ecg: str = "ECG",
+) -> pd.DataFrame:
+    """How the heart's field reaches each of ``channels`` of a DREAMS PSG, from the channel
+    averaged around the R peaks found on ``ecg`` (:func:`~sleepvlm.cardiac.beat_locked_average`):
+    its peak-to-peak size (µV), and its correlation with the first channel's (near 1: the
+    same deflection, in the same direction). ``attrs`` holds the number of beats and the heart
+    rate (per minute)."""
+    from sleepvlm.cardiac import beat_locked_average
+    from sleepvlm.data import dreams
+
+    path = dreams.dreams_psg(excerpt)
+    signals, rates = read_channels(open_edf(path), [*channels, ecg], path)
+    beats = heartbeats(signals[ecg], rates[ecg], f"{path}: ECG {ecg!r}")
+    averages = {name: beat_locked_average(signals[name], rates[name], beats) for name in channels}
+    first = averages[channels[0]]
+    field = pd.DataFrame(
+        {
+            name: {
+                "heart's field (µV, peak to peak)": float(np.ptp(average)),
+                f"correlation with {channels[0]}": float(np.corrcoef(first, average)[0, 1])
+                if len(average) == len(first)
+                else np.nan,
+            }
+            for name, average in averages.items()
+        }
+    ).T
+    field.attrs = {"beats": len(beats), "bpm": 60 * len(beats) / (len(signals[ecg]) / rates[ecg])}
+    return field
 
 
 #: YASA's eyes-open resting EEG (a real excerpt): 6 min of a person awake, F4-A1 and CZ-A2.
@@ -269,6 +317,7 @@ def cmd_stage(args: argparse.Namespace) -> int:
                 args.line_freq,
                 progress,
                 args.eog2,
+                args.ecg,
             )
         except DataError as err:
             progress.close()
@@ -302,6 +351,11 @@ def add_stage_parser(subparsers) -> argparse.ArgumentParser:
         "are then read as the two eyes moving in opposite directions",
     )
     parser.add_argument("--emg", help="chin EMG channel label (optional)")
+    parser.add_argument(
+        "--ecg",
+        help="ECG channel label (optional): the heart's field, located by its R peaks, is "
+        "subtracted from every channel before staging",
+    )
     parser.add_argument(
         "--line-freq", type=float, help="mains frequency to notch (50 or 60 Hz; default: none)"
     )

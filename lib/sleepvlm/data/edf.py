@@ -111,7 +111,7 @@ def unit_factor(dimension: str, path: Path | str, label: str) -> float:
         warnings.warn(
             f"{path}: channel {label!r} has the physical dimension {dimension.strip()!r}, not "
             f"the SI spelling {SI_SPELLING[key]!r}; read as {SI_SPELLING[key]} (other readers "
-            "may differ: MNE reads 'UV' as volts); its amplitude is checked",
+            "may differ: MNE reads DREAMS' 'UV' as volts); its amplitude is checked",
             stacklevel=3,
         )
     return UNIT_TO_MICROVOLT[key]
