@@ -218,19 +218,16 @@ def test_kappa_summary_names_each_run_or_says_not_run():
     assert kappa_summary(table.iloc[:0]) == "not run"
 
 
-def test_a_changed_threshold_changes_the_cached_features(cohort, monkeypatch):
+def test_a_changed_threshold_changes_the_cached_features(cohort):
     prepared = cohort["prepared"]
     manifest = prepared.manifest
     night = [tuple(manifest[["subject", "night"]].astype(str).iloc[0])]
     before = experiment.feature_table(prepared, night)
     assert before["n_spindle"].sum() > 0
     # a spindle must now stand out 100-fold from its background: none does
-    monkeypatch.setitem(
-        table.SETTINGS, "spindle", {**table.SETTINGS["spindle"], "upper_factor": 100.0}
-    )
-    after = experiment.feature_table(prepared, night)
+    strict = table.DEFAULT_RULES.with_settings("spindle", upper_factor=100.0)
+    after = experiment.feature_table(prepared, night, rules=strict)
     assert after["n_spindle"].sum() == 0
-    monkeypatch.undo()
     assert experiment.feature_table(prepared, night)["n_spindle"].sum() == before["n_spindle"].sum()
 
 

@@ -15,7 +15,7 @@ from sleepvlm.models import embedded, local_model_names, running_server, user_re
 from sleepvlm.models.local import chance
 from sleepvlm.models.messages import to_openai_messages
 from sleepvlm.prepare import prepare_dataset
-from sleepvlm.rules.table import RULES
+from sleepvlm.rules.table import DEFAULT_RULES
 
 QUIET = {
     "eeg": "[W.alpha, N1.lamf, N2.spindle, N3.sw20, arousal] EEG power: delta 60.0 %, theta "
@@ -89,10 +89,10 @@ def test_the_rule_windows_and_the_arousal_exception_are_read_from_the_times():
     assert embedded.rule_reader_decision(with_arousal)[0] != "N2"
 
 
-def test_thresholds_come_from_the_rule_table_at_call_time(monkeypatch):
+def test_thresholds_come_from_the_rules_passed():
     assert embedded.rule_reader_decision(N3_TEXT)[0] == "N3"
-    monkeypatch.setitem(RULES["N3.sw20"].thresholds, "min_epoch_fraction", 0.5)
-    assert embedded.rule_reader_decision(N3_TEXT)[0] != "N3"
+    half = DEFAULT_RULES.with_thresholds("N3.sw20", min_epoch_fraction=0.5)
+    assert embedded.rule_reader_decision(N3_TEXT, rules=half)[0] != "N3"
 
 
 def test_unavailable_channels_are_not_read_as_zero():

@@ -303,25 +303,26 @@ def test_slow_wave_detector_respects_75_uv_on_signals():
     assert ev["onset"].round().tolist() == [5.0]
 
 
-def test_thresholds_are_read_from_the_table(monkeypatch):
+def test_thresholds_come_from_the_rules_passed():
     fs = 128.0
     x = plant(background(fs, sd=2.0), fs, 20.0, slow_wave(fs, 150.0))
     assert len(det.detect_slow_waves(x, fs)) == 1
-    monkeypatch.setitem(table.RULES["N3.sw20"].thresholds, "min_ptp_uv", 200.0)
-    assert len(det.detect_slow_waves(x, fs)) == 0
+    higher = table.DEFAULT_RULES.with_thresholds("N3.sw20", min_ptp_uv=200.0)
+    assert len(det.detect_slow_waves(x, fs, rules=higher)) == 0
 
     y = plant(background(fs), fs, 30.0, spindle(fs, freq=13.0))
     assert len(det.detect_spindles(y, fs)) == 1
-    monkeypatch.setitem(table.RULES["N2.spindle"].thresholds, "band_hz", (14.5, 16.0))
-    assert len(det.detect_spindles(y, fs)) == 0
+    faster = table.DEFAULT_RULES.with_thresholds("N2.spindle", band_hz=(14.5, 16.0))
+    assert len(det.detect_spindles(y, fs, rules=faster)) == 0
+    assert len(det.detect_spindles(y, fs)) == 1  # the default is untouched
 
 
-def test_detector_setting_changes_output(monkeypatch):
+def test_detector_setting_changes_output():
     fs = 200.0
     x = plant(background(fs, sd=3.0), fs, 10.0, eye_step(fs, ptp=60.0))
     assert found_near(det.detect_eye_movements(x, fs), "rem", 10.1, 0.3) == 1
-    monkeypatch.setitem(table.SETTINGS["eye_movements"], "min_ptp_uv", 80.0)
-    assert len(det.detect_eye_movements(x, fs)) == 0
+    larger = table.DEFAULT_RULES.with_settings("eye_movements", min_ptp_uv=80.0)
+    assert len(det.detect_eye_movements(x, fs, rules=larger)) == 0
 
 
 def test_eeg_reference_drops_cerebral_deflections():
@@ -418,7 +419,7 @@ def test_rate_shortfall_names_channel_rate_and_need():
     assert det.rate_shortfall("spindle", "C3", 50.0) is None
     why = det.rate_shortfall("emg_tone", "EMG submental", 1.0)
     assert "'EMG submental'" in why and "1 Hz" in why and "44 Hz" in why
-    assert table.setting("emg_tone", "min_sfreq") == table.rate_for(20.0)
+    assert table.DEFAULT_RULES.setting("emg_tone", "min_sfreq") == table.rate_for(20.0)
 
 
 def test_bad_signals_raise():

@@ -9,6 +9,8 @@ import pytest
 
 from sleepvlm.data.records import DataError, Recording
 from sleepvlm.rules.evidence import Detection, detect_all, epoch_coverage
+from sleepvlm.rules.stager import stage_detection
+from sleepvlm.rules.table import DEFAULT_RULES, RuleSet
 from sleepvlm.signal import epoch_recording
 
 CHANNELS = {"eeg": "C4-A1", "eog": "LOC-A2", "emg": "X1"}
@@ -273,3 +275,29 @@ def test_evidence_frame_columns(full):
         "epoch",
     ]
     assert isinstance(full.criteria["N3.sw20"].dtype, pd.BooleanDtype)
+
+
+def test_detection_reads_only_the_rules_it_is_given(monkeypatch):
+    # every threshold and setting of a run comes from the rule set passed to detect_all: a
+    # detector reading the default instead would ignore a reader's variant without a word
+    rec = night()
+    loc = rec.signals["LOC-A2"]
+    rec.signals["ROC-A1"], rec.sfreq["ROC-A1"] = -0.8 * loc, 200.0
+    rec.roles["eog2"] = "ROC-A1"
+    read_from_default = []
+    for name in ("setting", "threshold"):
+        original = getattr(RuleSet, name)
+
+        def recording(self, *key, original=original):
+            if self is DEFAULT_RULES:
+                read_from_default.append(key)
+            return original(self, *key)
+
+        monkeypatch.setattr(RuleSet, name, recording)
+    variant = DEFAULT_RULES.with_settings("spindle", upper_factor=2.5)
+    detection = detect_all(rec, rules=variant)
+    stage_detection(detection)
+    assert read_from_default == []
+    assert len(detection.events) > 0  # the detectors ran
+    detect_all(rec)
+    assert read_from_default  # the check sees reads of the default

@@ -1,20 +1,22 @@
 """Tests of the AASM rule table: the required rules exist with citations and usable fields."""
 
+import pickle
+
 import pytest
 
 from sleepvlm.data.records import ROLES, STAGES
 from sleepvlm.rules.table import (
     BANDS,
     CITATION_KEY,
+    DEFAULT_RULES,
     RULES,
     SETTINGS,
-    changed_settings,
-    changed_thresholds,
+    RuleSet,
     rules_frame,
-    setting,
     settings_frame,
-    threshold,
 )
+
+threshold, setting = DEFAULT_RULES.threshold, DEFAULT_RULES.setting
 
 REQUIRED = (
     "W.alpha",
@@ -75,22 +77,36 @@ def test_frames_for_the_book():
     assert (settings.query("setting == 'min_sfreq'")["value"] > 0).all()
 
 
-def test_a_changed_setting_or_threshold_holds_inside_its_block_only():
-    before = setting("spindle", "upper_factor"), threshold("N3.sw20", "min_epoch_fraction")
-    with (
-        changed_settings("spindle", upper_factor=5.0),
-        changed_thresholds("N3.sw20", min_epoch_fraction=0.3),
-    ):
-        assert setting("spindle", "upper_factor") == 5.0
-        assert threshold("N3.sw20", "min_epoch_fraction") == 0.3
-    assert (
-        setting("spindle", "upper_factor"),
-        threshold("N3.sw20", "min_epoch_fraction"),
-    ) == before
-    with pytest.raises(RuntimeError), changed_settings("spindle", upper_factor=9.0):
-        raise RuntimeError("an exercise that fails")
-    assert setting("spindle", "upper_factor") == before[0]  # restored after an error too
-    with pytest.raises(KeyError, match="no setting"), changed_settings("spindle", upper=5.0):
-        pass
-    with pytest.raises(KeyError, match="no threshold"), changed_thresholds("N3.sw20", share=0.3):
-        pass
+def test_a_variant_changes_its_own_values_and_leaves_the_default_as_it_is():
+    variant = DEFAULT_RULES.with_settings("spindle", upper_factor=5.0).with_thresholds(
+        "N3.sw20", min_epoch_fraction=0.3
+    )
+    assert variant.setting("spindle", "upper_factor") == 5.0
+    assert variant.threshold("N3.sw20", "min_epoch_fraction") == 0.3
+    assert variant.threshold("N3.sw20", "min_ptp_uv") == 75.0  # the others are kept
+    assert setting("spindle", "upper_factor") != 5.0
+    assert threshold("N3.sw20", "min_epoch_fraction") == 0.2
+    assert variant.values() != DEFAULT_RULES.values()
+    assert RuleSet().values() == DEFAULT_RULES.values()
+    with pytest.raises(KeyError, match="no setting"):
+        DEFAULT_RULES.with_settings("spindle", upper=5.0)
+    with pytest.raises(KeyError, match="no threshold"):
+        DEFAULT_RULES.with_thresholds("N3.sw20", share=0.3)
+
+
+def test_the_default_tables_cannot_be_changed_behind_a_callers_back():
+    with pytest.raises(TypeError):
+        SETTINGS["spindle"]["upper_factor"] = 5.0
+    with pytest.raises(TypeError):
+        RULES["N3.sw20"].thresholds["min_ptp_uv"] = 50.0
+    with pytest.raises(TypeError):
+        RULES["N3.sw20"] = RULES["N2.spindle"]
+
+
+def test_a_rule_set_travels_to_a_worker_process_with_its_values():
+    variant = DEFAULT_RULES.with_settings("spindle", upper_factor=5.0)
+    copy = pickle.loads(pickle.dumps(variant))
+    assert copy.values() == variant.values()
+    assert copy.setting("spindle", "upper_factor") == 5.0
+    with pytest.raises(TypeError):
+        copy.settings["spindle"]["upper_factor"] = 1.0

@@ -159,7 +159,7 @@ def test_store_features_runs_detectors_once_per_night(tmp_path, monkeypatch):
         store.append(part)
     calls = []
     real = text.detect_all
-    monkeypatch.setattr(text, "detect_all", lambda e: calls.append(e.label) or real(e))
+    monkeypatch.setattr(text, "detect_all", lambda e, **kw: calls.append(e.label) or real(e, **kw))
     table = text.store_features(store)
     assert len(calls) == 2 and len(table) == sum(len(p) for p in parts)
     assert {"subject", "night", "epoch", "stage", *text.FEATURES} <= set(table.columns)

@@ -166,15 +166,20 @@ def image_inputs(
     return [Path(p).read_bytes() for p in drawn["image"]]
 
 
-def feature_table(prepared: PreparedDataset, nights: list[tuple[str, str]], executor=None):
-    """Feature rows of whole nights (the detectors need the night around an epoch), cached
-    by store, nights, the source of the feature code and the rule values in force."""
-    code = (source_hash(text_features, evidence, detectors, table), table.values_in_force())
+def feature_table(
+    prepared: PreparedDataset,
+    nights: list[tuple[str, str]],
+    executor=None,
+    rules: table.RuleSet = table.DEFAULT_RULES,
+):
+    """Feature rows of whole nights (the detectors need the night around an epoch) found with
+    ``rules``, cached by store, nights, the source of the feature code and the rules' values."""
+    code = (source_hash(text_features, evidence, detectors, table), rules.values())
     key = content_hash(prepared.store.path.name, sorted(nights), code)
     path = cache_dir("features") / f"{prepared.dataset}-{key}.pkl"
     if path.is_file():
         return pd.read_pickle(path)
-    features = text_features.store_features(prepared.store, nights, executor)
+    features = text_features.store_features(prepared.store, nights, executor, rules)
     partial = path.with_suffix(".part")
     features.to_pickle(partial)
     partial.replace(path)

@@ -30,7 +30,7 @@ from sleepvlm.data.edf import edf_labels, open_edf, read_channels
 from sleepvlm.data.records import SECOND_EYE, ChannelNotFoundError, DataError, Recording
 from sleepvlm.rules.detectors import rate_shortfall
 from sleepvlm.rules.evidence import Detection, rate_shortfalls
-from sleepvlm.rules.table import RULES, setting
+from sleepvlm.rules.table import DEFAULT_RULES, RULES, RuleSet
 from sleepvlm.signal import TARGET_SFREQ, preprocess_channel
 
 #: The detector an EEG must be fast enough for: without band powers (alpha, LAMF, beta) the
@@ -47,24 +47,29 @@ def _check_names(path: Path, labels: list[str], names: dict[str, str]) -> None:
             )
 
 
-def check_eeg_rate(rates: Mapping[str, float], roles: Mapping[str, str], source: str) -> None:
+def check_eeg_rate(
+    rates: Mapping[str, float],
+    roles: Mapping[str, str],
+    source: str,
+    rules: RuleSet = DEFAULT_RULES,
+) -> None:
     """DataError when the EEG is too slow for the band powers the stager reads."""
-    shortfall = rate_shortfall(EEG_NEEDED_BY, roles["eeg"], rates[roles["eeg"]])
+    shortfall = rate_shortfall(EEG_NEEDED_BY, roles["eeg"], rates[roles["eeg"]], rules=rules)
     if shortfall:
         raise DataError(
             f"{source}: EEG {shortfall}; stage a recording with a raw EEG channel sampled at "
-            f">= {setting(EEG_NEEDED_BY, 'min_sfreq'):g} Hz"
+            f">= {rules.setting(EEG_NEEDED_BY, 'min_sfreq'):g} Hz"
         )
 
 
 def usable_roles(
-    rates: dict[str, float], roles: dict[str, str], source: str
+    rates: dict[str, float], roles: dict[str, str], source: str, rules: RuleSet = DEFAULT_RULES
 ) -> tuple[dict[str, str], list[str]]:
     """The roles whose channel at least one of its detectors can read, and a note for each EOG
     or EMG left out; an EEG too slow for the stager is a DataError (:func:`check_eeg_rate`)."""
-    check_eeg_rate(rates, roles, source)
+    check_eeg_rate(rates, roles, source, rules=rules)
     by_role = {role: rates[name] for role, name in roles.items()}
-    left_out, _ = rate_shortfalls(roles, by_role, source)
+    left_out, _ = rate_shortfalls(roles, by_role, source, rules=rules)
     kept = {role: name for role, name in roles.items() if role not in left_out}
     notes = [
         f"{why}; staged without the {role.upper()}: the rules that need it are marked not evaluable"
@@ -113,6 +118,7 @@ def load_for_staging(
     progress: tqdm | None = None,
     eog2: str | None = None,
     ecg: str | None = None,
+    rules: RuleSet = DEFAULT_RULES,
 ) -> tuple[Recording, dict[str, float]]:
     """Read and preprocess the named channels of an EDF (:func:`preprocessed_recording`);
     returns the Recording and the rate (Hz) each role was recorded at, which decides what
@@ -129,7 +135,7 @@ def load_for_staging(
     wanted = {**names, "ecg": ecg} if ecg else names
     _check_names(path, edf_labels(edf), wanted)
     signals, rates = read_channels(edf, list(dict.fromkeys(wanted.values())), path)
-    check_eeg_rate(rates, names, str(path))
+    check_eeg_rate(rates, names, str(path), rules=rules)
     if ecg:
         beats = heartbeats(signals[ecg], rates[ecg], f"{path}: ECG {ecg!r}")
         signals = {
@@ -149,16 +155,17 @@ def stage_edf(
     progress: tqdm | None = None,
     eog2: str | None = None,
     ecg: str | None = None,
+    rules: RuleSet = DEFAULT_RULES,
 ) -> tuple[pd.DataFrame, Detection]:
     """What ``sleepvlm stage`` does: the staged night (see
     :func:`~sleepvlm.rules.stager.stage_detection`) and the detection it came from."""
     from sleepvlm.rules.evidence import detect_all
     from sleepvlm.rules.stager import stage_detection
 
-    rec, rates = load_for_staging(path, eeg, eog, emg, line_freq, progress, eog2, ecg)
+    rec, rates = load_for_staging(path, eeg, eog, emg, line_freq, progress, eog2, ecg, rules=rules)
     if progress is not None:
         progress.set_description("detecting")
-    detection = detect_all(rec, native_sfreq=rates)
+    detection = detect_all(rec, native_sfreq=rates, rules=rules)
     if progress is not None:
         progress.update()
     return stage_detection(detection), detection
@@ -171,6 +178,7 @@ def dreams_psg_agreement(
     emg: str | None = "EMG1",
     eog2: str | None = None,
     ecg: str | None = None,
+    rules: RuleSet = DEFAULT_RULES,
 ) -> dict:
     """``sleepvlm stage`` on a DREAMS PSG (excerpt 3: 50 Hz; its eyes: EOG1-A1 and EOG2-A1; its
     ECG: ECG)
@@ -182,7 +190,9 @@ def dreams_psg_agreement(
     from sleepvlm.data import dreams
     from sleepvlm.rules.stager import hypnogram_agreement
 
-    staged, detection = stage_edf(dreams.dreams_psg(excerpt), eeg, eog, emg, eog2=eog2, ecg=ecg)
+    staged, detection = stage_edf(
+        dreams.dreams_psg(excerpt), eeg, eog, emg, eog2=eog2, ecg=ecg, rules=rules
+    )
     reference = dreams.to_30s_epochs(dreams.read_dreams_hypnogram(excerpt))
     return {
         **hypnogram_agreement(staged, reference),
@@ -246,7 +256,7 @@ def read_resting_wake() -> tuple[dict[str, np.ndarray], dict[str, float]]:
     return signals, dict.fromkeys(raw.ch_names, float(raw.info["sfreq"]))
 
 
-def resting_wake(channel: str) -> dict:
+def resting_wake(channel: str, rules: RuleSet = DEFAULT_RULES) -> dict:
     """What ``sleepvlm stage --eeg CHANNEL`` and YASA's pretrained stager make of one channel
     of :data:`RESTING_WAKE`, where every epoch is wake: ``staged``, ``detection``,
     ``recording`` (preprocessed as the command does), ``yasa`` (YASA's label per epoch) and
@@ -257,7 +267,7 @@ def resting_wake(channel: str) -> dict:
 
     signals, rates = read_resting_wake()
     rec = preprocessed_recording(signals, rates, {"eeg": channel}, f"resting wake {channel}")
-    detection = detect_all(rec, native_sfreq={"eeg": rates[channel]})
+    detection = detect_all(rec, native_sfreq={"eeg": rates[channel]}, rules=rules)
     staged = stage_detection(detection)
     yasa = yasa_predict(signals, rates, {"eeg": channel})[: len(staged)]
     return {
@@ -303,7 +313,7 @@ def evaluability_lines(detection: Detection) -> list[str]:
     return lines
 
 
-def cmd_stage(args: argparse.Namespace) -> int:
+def cmd_stage(args: argparse.Namespace, rules: RuleSet = DEFAULT_RULES) -> int:
     from sleepvlm.rules.stager import write_hypnogram
 
     steps = 1 + sum(bool(n) for n in (args.eog, args.eog2, args.emg)) + 2
@@ -318,6 +328,7 @@ def cmd_stage(args: argparse.Namespace) -> int:
                 progress,
                 args.eog2,
                 args.ecg,
+                rules=rules,
             )
         except DataError as err:
             progress.close()

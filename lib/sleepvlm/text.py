@@ -48,7 +48,7 @@ from threadpoolctl import threadpool_limits
 from sleepvlm.data.records import EPOCH_S, ROLES, STAGES, DataError
 from sleepvlm.pipeline import EpochStore, SerialExecutor
 from sleepvlm.rules.evidence import Detection, detect_all
-from sleepvlm.rules.table import BANDS, RULES, rules_frame, threshold
+from sleepvlm.rules.table import BANDS, DEFAULT_RULES, RULES, RuleSet, rules_frame
 from sleepvlm.signal import EPOCH_SAMPLES, Epochs, bridge_nans
 
 
@@ -276,21 +276,25 @@ def features_from_detection(
     return table
 
 
-def night_features(epochs: Epochs, detection: Detection | None = None) -> NightFeatures:
+def night_features(
+    epochs: Epochs, detection: Detection | None = None, rules: RuleSet = DEFAULT_RULES
+) -> NightFeatures:
     """Run the detectors once on a night of epochs (unless its ``detection`` is given) and
     describe every epoch. A channel holding NaN in an epoch is reported as not available
     there; wrong shapes raise :class:`TextFeatureError`."""
     _check_epochs(epochs)
     clean, nonfinite = _without_nonfinite(epochs)
-    detection = detection or detect_all(clean)
+    detection = detection or detect_all(clean, rules=rules)
     return NightFeatures(
         epochs.label, features_from_detection(detection, clean, nonfinite), detection
     )
 
 
-def record_features(store: EpochStore, subject: str, night: str) -> NightFeatures:
+def record_features(
+    store: EpochStore, subject: str, night: str, rules: RuleSet = DEFAULT_RULES
+) -> NightFeatures:
     """Features of one stored recording (detectors run once over the whole night)."""
-    return night_features(store.read_record(subject, night))
+    return night_features(store.read_record(subject, night), rules=rules)
 
 
 @dataclass
@@ -299,14 +303,18 @@ class _RecordTask:
 
     path: str
     dataset: str | None
+    rules: RuleSet = DEFAULT_RULES
 
     def __call__(self, key: tuple[str, str]) -> pd.DataFrame:
-        features = record_features(EpochStore(self.path, self.dataset), *key)
+        features = record_features(EpochStore(self.path, self.dataset), *key, rules=self.rules)
         return features.table.reset_index()
 
 
 def store_features(
-    store: EpochStore, records: Iterable[tuple[str, str]] | None = None, executor=None
+    store: EpochStore,
+    records: Iterable[tuple[str, str]] | None = None,
+    executor=None,
+    rules: RuleSet = DEFAULT_RULES,
 ) -> pd.DataFrame:
     """Feature rows of the ``records`` ((subject, night) pairs; default all) of a store, one
     night per task on ``executor`` (default serial), concatenated with an ``epoch`` column."""
@@ -317,7 +325,7 @@ def store_features(
     if not records:
         raise TextFeatureError(f"{store.path}: no records to describe")
     executor = executor or SerialExecutor()
-    parts = executor.map(_RecordTask(str(store.path), store.dataset), records)
+    parts = executor.map(_RecordTask(str(store.path), store.dataset, rules), records)
     return pd.concat(parts, ignore_index=True)
 
 
@@ -385,7 +393,7 @@ def _rules_of(*names: str) -> tuple[str, ...]:
     return tuple(r for r in RULES if r in found)
 
 
-def feature_lines(row: Mapping[str, Any]) -> list[FeatureLine]:
+def feature_lines(row: Mapping[str, Any], rules: RuleSet = DEFAULT_RULES) -> list[FeatureLine]:
     """The description of one epoch (a row of a feature table), in a fixed order and format."""
     lines = []
     spectrum = _rules_of(*(f"{b}_share" for b in BANDS))
@@ -398,11 +406,11 @@ def feature_lines(row: Mapping[str, Any]) -> list[FeatureLine]:
         eeg = True
 
     def eeg_line(names: tuple[str, ...], what: str, text: Any) -> None:
-        rules = _rules_of(*names)
+        informs = _rules_of(*names)
         if not eeg or any(_missing(row[n]) for n in names):
-            lines.append(_unavailable(rules, what, "eeg"))
+            lines.append(_unavailable(informs, what, "eeg"))
         else:
-            lines.append(FeatureLine(rules, text() if callable(text) else text))
+            lines.append(FeatureLine(informs, text() if callable(text) else text))
 
     eeg_line(
         ("alpha_fraction",),
@@ -452,9 +460,9 @@ def feature_lines(row: Mapping[str, Any]) -> list[FeatureLine]:
         )
 
     def slow_waves() -> str:
-        lo, hi = threshold("N3.sw20", "band_hz")
+        lo, hi = rules.threshold("N3.sw20", "band_hz")
         text = (
-            f"slow waves ({lo:g}–{hi:g} Hz, over {threshold('N3.sw20', 'min_ptp_uv'):g} µV "
+            f"slow waves ({lo:g}–{hi:g} Hz, over {rules.threshold('N3.sw20', 'min_ptp_uv'):g} µV "
             f"peak to peak) cover {_pct(row['sw_fraction'])} of the epoch"
         )
         n = int(row["n_slow_wave"])
@@ -501,9 +509,9 @@ def feature_lines(row: Mapping[str, Any]) -> list[FeatureLine]:
     return lines
 
 
-def feature_text(row: Mapping[str, Any]) -> str:
+def feature_text(row: Mapping[str, Any], rules: RuleSet = DEFAULT_RULES) -> str:
     """The description of one epoch as text, one tagged line per feature."""
-    return "\n".join(line.render() for line in feature_lines(row))
+    return "\n".join(line.render() for line in feature_lines(row, rules=rules))
 
 
 def _check_rule_ids() -> None:

@@ -40,7 +40,7 @@ from sleepvlm.rules import detectors as _detectors
 from sleepvlm.rules import evidence as _evidence
 from sleepvlm.rules import table as _table
 from sleepvlm.rules.evidence import DETECTOR_KINDS, DETECTOR_ROLE, Detection, detect_all
-from sleepvlm.rules.table import RULES, threshold
+from sleepvlm.rules.table import DEFAULT_RULES, RULES, RuleSet
 from sleepvlm.signal import Epochs
 
 SOURCES: tuple[str, ...] = ("truth", "detected")
@@ -368,7 +368,9 @@ class _EventIndex:
         return int(((self.kind[lo:hi] == kind) & self.usable[lo:hi]).sum())
 
 
-def _usable_events(events: pd.DataFrame, roles: Mapping[str, str] | None) -> pd.DataFrame:
+def _usable_events(
+    events: pd.DataFrame, roles: Mapping[str, str] | None, *, rules: RuleSet
+) -> pd.DataFrame:
     """Events with their channel role and whether they can be evidence: slow waves must reach
     the N3 amplitude, K complexes must not come with an arousal (as the rules ask). Kinds
     outside records.EVENT_KINDS are left out."""
@@ -380,7 +382,7 @@ def _usable_events(events: pd.DataFrame, roles: Mapping[str, str] | None) -> pd.
     ]
     usable = np.ones(len(events), dtype=bool)
     slow = (events["kind"] == "slow_wave").to_numpy()
-    usable[slow] &= events.loc[slow, "amplitude"].to_numpy(float) >= threshold(
+    usable[slow] &= events.loc[slow, "amplitude"].to_numpy(float) >= rules.threshold(
         "N3.sw20", "min_ptp_uv"
     )
     arousal_on = np.sort(events.loc[events["kind"] == "arousal", "onset"].to_numpy(float))
@@ -389,7 +391,7 @@ def _usable_events(events: pd.DataFrame, roles: Mapping[str, str] | None) -> pd.
     kc_end = kc_on + events.loc[kc, "duration"].to_numpy(float)
     first = np.searchsorted(arousal_on, kc_on, side="left")
     last = np.searchsorted(
-        arousal_on, kc_end + threshold("N2.kcomplex", "arousal_gap_s"), side="right"
+        arousal_on, kc_end + rules.threshold("N2.kcomplex", "arousal_gap_s"), side="right"
     )
     usable[kc] &= last - first == 0
     events["usable"] = usable
@@ -498,6 +500,7 @@ def annotate_night(
     stages: Mapping[int, str] | Sequence[str] | None = None,
     truth_events: pd.DataFrame | None = None,
     roles: Mapping[str, str] | None = None,
+    rules: RuleSet = DEFAULT_RULES,
 ) -> list[EpochAnnotation]:
     """Annotate every scored epoch of one night.
 
@@ -513,7 +516,7 @@ def annotate_night(
             raise AnnotationError(f"{source.label}: annotating a Detection needs its stages")
         detection, (dataset, subject, night) = source, _identity(source.label)
     else:
-        detection = detect_all(source)
+        detection = detect_all(source, rules=rules)
         dataset, subject, night = source.dataset, source.subject, source.night
     if isinstance(source, Recording):
         stages = source.stages if stages is None else stages
@@ -532,16 +535,20 @@ def annotate_night(
         )
     truth = None
     if truth_events is not None:
-        truth = _EventIndex(_usable_events(truth_events, roles))
-    events = truth if truth is not None else _EventIndex(_usable_events(detection.events, None))
+        truth = _EventIndex(_usable_events(truth_events, roles, rules=rules))
+    events = (
+        truth
+        if truth is not None
+        else _EventIndex(_usable_events(detection.events, None, rules=rules))
+    )
     onsets = detection.epochs["onset"].to_dict()
     met, known = _criteria_sets(detection.criteria)
     out = []
     for epoch in scored:
         onset = float(onsets[epoch])
         found = _rules_met(met[epoch], known[epoch], onset, truth)
-        rules = _choose_rules(labels[epoch], found, labels.get(epoch - 1))
-        evidence, other = _epoch_evidence(events, onset, rules)
+        cited = _choose_rules(labels[epoch], found, labels.get(epoch - 1))
+        evidence, other = _epoch_evidence(events, onset, cited)
         out.append(
             EpochAnnotation(
                 dataset,
@@ -549,7 +556,7 @@ def annotate_night(
                 night,
                 epoch,
                 labels[epoch],
-                rules,
+                cited,
                 evidence,
                 "truth" if truth is not None else "detected",
                 other,
@@ -565,6 +572,7 @@ class _NightTask:
 
     path: str
     dataset: str
+    rules: RuleSet = DEFAULT_RULES
 
     def __call__(self, item: tuple[str, str, dict | None]) -> list[dict]:
         from sleepvlm.data import formats
@@ -576,16 +584,20 @@ class _NightTask:
             rec = formats.load_entry(entry)
             if rec.simulated and len(rec.events):
                 truth, roles = rec.events, rec.roles
-        return [a.to_dict() for a in annotate_night(epochs, None, truth, roles)]
+        return [a.to_dict() for a in annotate_night(epochs, None, truth, roles, self.rules)]
 
 
 def annotate_store(
-    prepared, nights: Iterable[tuple[str, str]] | None = None, executor=None
+    prepared,
+    nights: Iterable[tuple[str, str]] | None = None,
+    executor=None,
+    rules: RuleSet = DEFAULT_RULES,
 ) -> list[EpochAnnotation]:
     """Annotations of whole nights of a :class:`~sleepvlm.prepare.PreparedDataset` (default:
     all), one night per task on ``executor``; detectors run on the stored 100-Hz epochs (what the
     models see), true events come from the source files of simulated nights. Cached in
-    ``cache_dir("annotations")`` by store, nights and the source of the annotation code."""
+    ``cache_dir("annotations")`` by store, nights, the source of the annotation code and the
+    values of ``rules``."""
     manifest = prepared.manifest
     if nights is None:
         nights = manifest[["subject", "night"]].drop_duplicates().itertuples(index=False)
@@ -598,7 +610,7 @@ def annotate_store(
             "(subject, night) pairs of prepared.manifest"
         )
     code = _cache.content_hash(
-        _cache.source_hash(_detectors, _evidence, _table), Path(__file__), _table.values_in_force()
+        _cache.source_hash(_detectors, _evidence, _table), Path(__file__), rules.values()
     )
     key = _cache.content_hash(prepared.store.path.name, nights, code)
     path = _cache.cache_dir("annotations") / f"{prepared.dataset}-{key}.jsonl"
@@ -617,7 +629,7 @@ def annotate_store(
         (s, n, entries.get((s, n)) if simulated.get((s, n), False) else None) for s, n in nights
     ]
     executor = executor or SerialExecutor()
-    parts = executor.map(_NightTask(str(prepared.store.path), prepared.dataset), items)
+    parts = executor.map(_NightTask(str(prepared.store.path), prepared.dataset, rules), items)
     annotations = [EpochAnnotation.from_dict(d) for part in parts for d in part]
     write_jsonl(annotations, path)
     return annotations

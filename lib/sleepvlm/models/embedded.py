@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sleepvlm.data.records import EPOCH_S
-from sleepvlm.rules.table import threshold
+from sleepvlm.rules.table import DEFAULT_RULES, RuleSet
 
 from .local import LocalModel, local_model_names, register_local_model
 from .messages import wire_text
@@ -139,9 +139,11 @@ def _first_half(spans: list[tuple[float, float]]) -> bool:
     return any(start < EPOCH_S / 2 for start, _ in spans)
 
 
-def _free_kcomplexes(read: ReadFeatures) -> list[tuple[float, float]]:
+def _free_kcomplexes(
+    read: ReadFeatures, rules: RuleSet = DEFAULT_RULES
+) -> list[tuple[float, float]]:
     """K complexes not followed by an arousal within the rule's gap (N2.kcomplex)."""
-    gap = threshold("N2.kcomplex", "arousal_gap_s")
+    gap = rules.threshold("N2.kcomplex", "arousal_gap_s")
     arousals = [start for start, _ in read.spans.get("arousal", [])]
     return [
         (start, end)
@@ -150,7 +152,7 @@ def _free_kcomplexes(read: ReadFeatures) -> list[tuple[float, float]]:
     ]
 
 
-def rule_reader_decision(text: str) -> tuple[str | None, list[str]]:
+def rule_reader_decision(text: str, rules: RuleSet = DEFAULT_RULES) -> tuple[str | None, list[str]]:
     """The stage the rule table gives for the description in ``text``, and the rule IDs that
     decided it (``(None, [])`` when ``text`` holds no description). Precedence as in the
     rule-based stager, without the rules that need earlier epochs."""
@@ -160,48 +162,52 @@ def rule_reader_decision(text: str) -> tuple[str | None, list[str]]:
     shares, counts = read.shares, read.counts
     alpha, lamf = shares.get("alpha"), shares.get("lamf")
     tone = read.tone_percentile
-    high_tone = None if tone is None else tone >= 100 * threshold("W.eyes", "min_tone_quantile")
+    high_tone = (
+        None if tone is None else tone >= 100 * rules.threshold("W.eyes", "min_tone_quantile")
+    )
 
-    if _over(shares.get("movement"), threshold("major_body_movement", "min_epoch_fraction")):
+    if _over(shares.get("movement"), rules.threshold("major_body_movement", "min_epoch_fraction")):
         if _over(alpha, 0.0):  # a movement with any alpha is W; otherwise its neighbours decide
             return "W", ["major_body_movement"]
-    if _over(alpha, threshold("W.alpha", "min_epoch_fraction")):
+    if _over(alpha, rules.threshold("W.alpha", "min_epoch_fraction")):
         return "W", ["W.alpha"]
-    blinks = _at_least(counts.get("blink"), threshold("W.eyes", "min_blinks"))
-    rems = _at_least(counts.get("rem"), threshold("W.eyes", "min_rems"))
+    blinks = _at_least(counts.get("blink"), rules.threshold("W.eyes", "min_blinks"))
+    rems = _at_least(counts.get("rem"), rules.threshold("W.eyes", "min_rems"))
     # W.eyes: blinks or REMs with normal or high chin tone; chin not readable: blinks alone
     # (the manual ties REMs, not blinks, to chin tone).
     if (high_tone and (blinks or rems)) or (high_tone is None and blinks):
         return "W", ["W.eyes"]
-    if _at_least(shares.get("slow_wave"), threshold("N3.sw20", "min_epoch_fraction")):
+    if _at_least(shares.get("slow_wave"), rules.threshold("N3.sw20", "min_epoch_fraction")):
         return "N3", ["N3.sw20"]
     eye_known = counts.get("rem") is not None
     eye_sign = (
-        _at_least(counts.get("rem"), threshold("R.rem", "min_count"))
+        _at_least(counts.get("rem"), rules.threshold("R.rem", "min_count"))
         if eye_known
-        else _at_least(counts.get("sawtooth"), threshold("R.sawtooth", "min_count"))
+        else _at_least(counts.get("sawtooth"), rules.threshold("R.sawtooth", "min_count"))
     )
-    lamf_bg = _over(lamf, threshold("N1.lamf", "min_epoch_fraction"))
+    lamf_bg = _over(lamf, rules.threshold("N1.lamf", "min_epoch_fraction"))
     background = (high_tone is False) if high_tone is not None else lamf_bg
     if eye_sign and background:
         eye_rule = "R.rem" if eye_known else "R.sawtooth"
         return "REM", [eye_rule, "R.atonia" if high_tone is not None else "N1.lamf"]
     marks = []
     previous = read.previous or {}
-    min_spindles = threshold("N2.spindle", "min_count")
+    min_spindles = rules.threshold("N2.spindle", "min_count")
     if _first_half(read.spans.get("spindle", [])) or previous.get("spindle", 0) >= min_spindles:
         marks.append("N2.spindle")
-    free = _free_kcomplexes(read)
-    if _first_half(free) or previous.get("kcomplex", 0) >= threshold("N2.kcomplex", "min_count"):
+    free = _free_kcomplexes(read, rules=rules)
+    if _first_half(free) or previous.get("kcomplex", 0) >= rules.threshold(
+        "N2.kcomplex", "min_count"
+    ):
         marks.append("N2.kcomplex")
     if marks:
         return "N2", marks
     signs = []
-    if lamf_bg and not _over(alpha, threshold("W.alpha", "min_epoch_fraction")):
+    if lamf_bg and not _over(alpha, rules.threshold("W.alpha", "min_epoch_fraction")):
         signs.append("N1.lamf")
-    if _at_least(counts.get("vertex"), threshold("N1.vertex", "min_count")):
+    if _at_least(counts.get("vertex"), rules.threshold("N1.vertex", "min_count")):
         signs.append("N1.vertex")
-    if _at_least(counts.get("sem"), threshold("N1.sem", "min_count")):
+    if _at_least(counts.get("sem"), rules.threshold("N1.sem", "min_count")):
         signs.append("N1.sem")
     if signs:
         return "N1", signs
@@ -211,11 +217,11 @@ def rule_reader_decision(text: str) -> tuple[str | None, list[str]]:
     return ("N1" if high_tone is False else "W"), ["epoch.majority"]
 
 
-def rule_reader(messages: list[dict]) -> str:
+def rule_reader(messages: list[dict], rules: RuleSet = DEFAULT_RULES) -> str:
     """Answer as the prompt asks: one stage label (no explanation), from the user turns only
     (the expert system prompt restates the criteria, which are not a description)."""
     users = [m for m in messages if m.get("role") == "user"]
-    stage, _ = rule_reader_decision(wire_text(users))
+    stage, _ = rule_reader_decision(wire_text(users), rules=rules)
     return stage or NO_FEATURES_ANSWER
 
 

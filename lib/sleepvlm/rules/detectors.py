@@ -8,8 +8,8 @@ values; filters are designed for the given rate, so the same detector runs on 50
 200 or 256 Hz signals. A detector needs the rate that holds the highest frequency of its
 criterion (its ``min_sfreq``, :func:`rate_shortfall`); a filter edge or band above what the
 recording holds (sfreq / :data:`~sleepvlm.rules.table.NYQUIST_MARGIN`) is read up to there,
-since a recording holds nothing above its anti-aliasing filter. All thresholds are read from
-:mod:`sleepvlm.rules.table` at call time.
+since a recording holds nothing above its anti-aliasing filter. Thresholds and settings come
+in as ``rules`` (a :class:`~sleepvlm.rules.table.RuleSet`, by default the rule table's).
 """
 
 from __future__ import annotations
@@ -23,17 +23,19 @@ from scipy import ndimage
 from scipy import signal as sps
 
 from sleepvlm.data.records import EVENT_COLUMNS, DataError, empty_events
-from sleepvlm.rules.table import BANDS, NYQUIST_MARGIN, setting, threshold
+from sleepvlm.rules.table import BANDS, DEFAULT_RULES, NYQUIST_MARGIN, RuleSet
 
 # --------------------------------------------------------------------------------------------
 # Building blocks
 # --------------------------------------------------------------------------------------------
 
 
-def rate_shortfall(detector: str, channel: str, sfreq: float) -> str | None:
+def rate_shortfall(
+    detector: str, channel: str, sfreq: float, rules: RuleSet = DEFAULT_RULES
+) -> str | None:
     """Why ``detector`` cannot read ``channel`` at ``sfreq`` Hz (None when it can): the rate is
     below its ``min_sfreq``, the rate that holds the highest frequency its criterion needs."""
-    needed = setting(detector, "min_sfreq")
+    needed = rules.setting(detector, "min_sfreq")
     if np.isfinite(sfreq) and sfreq >= needed:
         return None
     return (
@@ -42,13 +44,13 @@ def rate_shortfall(detector: str, channel: str, sfreq: float) -> str | None:
     )
 
 
-def check_rate(detector: str, channel: str, sfreq: float) -> None:
+def check_rate(detector: str, channel: str, sfreq: float, rules: RuleSet = DEFAULT_RULES) -> None:
     """Raise :class:`DataError` when ``sfreq`` is below what ``detector`` needs."""
-    shortfall = rate_shortfall(detector, channel, sfreq)
+    shortfall = rate_shortfall(detector, channel, sfreq, rules=rules)
     if shortfall:
         raise DataError(
-            f"{shortfall}; use a recording sampled at >= {setting(detector, 'min_sfreq'):g} Hz "
-            "or leave this detector out"
+            f"{shortfall}; use a recording sampled at >= "
+            f"{rules.setting(detector, 'min_sfreq'):g} Hz or leave this detector out"
         )
 
 
@@ -173,7 +175,9 @@ def robust_background_ptp(y: np.ndarray, sfreq: float, seconds: float) -> np.nda
 # --------------------------------------------------------------------------------------------
 
 
-def band_powers(x: np.ndarray, sfreq: float, channel: str = "EEG") -> pd.DataFrame:
+def band_powers(
+    x: np.ndarray, sfreq: float, channel: str = "EEG", rules: RuleSet = DEFAULT_RULES
+) -> pd.DataFrame:
     """Power (µV²) per band of :data:`~sleepvlm.rules.table.BANDS` in each second.
 
     Row ``k`` describes second [k, k+1), estimated from a Hann-windowed periodogram of the
@@ -182,10 +186,10 @@ def band_powers(x: np.ndarray, sfreq: float, channel: str = "EEG") -> pd.DataFra
     the second's median, in µV). At a rate below :func:`~sleepvlm.rules.table.rate_for` 30 Hz
     (66 Hz) beta, ``total`` and ``fast`` end where the recording does (sfreq / 2.2).
     """
-    check_rate("band_power", channel, sfreq)
+    check_rate("band_power", channel, sfreq, rules=rules)
     y = _as_signal(x, channel, 1.0, sfreq)
-    window = int(round(setting("band_power", "window_s") * sfreq))
-    step_s = setting("band_power", "step_s")
+    window = int(round(rules.setting("band_power", "window_s") * sfreq))
+    step_s = rules.setting("band_power", "step_s")
     n_sec = int(len(y) / sfreq / step_s)
     centers = np.round((np.arange(n_sec) + 0.5) * step_s * sfreq).astype(np.int64)
     starts = np.clip(centers - window // 2, 0, len(y) - window)
@@ -222,23 +226,25 @@ def _second_runs(
     return starts[keep], stops[keep], (starts[keep] * step_s)
 
 
-def alpha_seconds(powers: pd.DataFrame) -> np.ndarray:
+def alpha_seconds(powers: pd.DataFrame, rules: RuleSet = DEFAULT_RULES) -> np.ndarray:
     """Seconds dominated by alpha: alpha holds ``min_relative_power`` of 2-30 Hz and beats
     theta."""
     share = powers["alpha"] / np.maximum(powers["fast"], 1e-12)
-    dominant = (share >= setting("alpha", "min_relative_power")) & (
+    dominant = (share >= rules.setting("alpha", "min_relative_power")) & (
         powers["alpha"] > powers["theta"]
     )
     return dominant.to_numpy()
 
 
-def detect_alpha(x: np.ndarray, sfreq: float, channel: str = "EEG") -> pd.DataFrame:
+def detect_alpha(
+    x: np.ndarray, sfreq: float, channel: str = "EEG", rules: RuleSet = DEFAULT_RULES
+) -> pd.DataFrame:
     """Alpha-rhythm stretches: runs of alpha-dominated seconds of at least ``min_run_s``."""
-    check_rate("alpha", channel, sfreq)
-    powers = band_powers(x, sfreq, channel)
-    step_s = setting("band_power", "step_s")
-    min_run = int(np.ceil(setting("alpha", "min_run_s") / step_s))
-    starts, stops, onset = _second_runs(alpha_seconds(powers), min_run, step_s)
+    check_rate("alpha", channel, sfreq, rules=rules)
+    powers = band_powers(x, sfreq, channel, rules=rules)
+    step_s = rules.setting("band_power", "step_s")
+    min_run = int(np.ceil(rules.setting("alpha", "min_run_s") / step_s))
+    starts, stops, onset = _second_runs(alpha_seconds(powers, rules=rules), min_run, step_s)
     alpha = powers["alpha"].to_numpy()
     mean_power = np.array([alpha[a:b].mean() for a, b in zip(starts, stops, strict=True)])
     # p2p of a sine carrying the run's mean alpha power
@@ -246,15 +252,15 @@ def detect_alpha(x: np.ndarray, sfreq: float, channel: str = "EEG") -> pd.DataFr
     return events_frame("alpha", channel, onset, (stops - starts) * step_s, amplitude)
 
 
-def lamf_seconds(powers: pd.DataFrame) -> np.ndarray:
+def lamf_seconds(powers: pd.DataFrame, rules: RuleSet = DEFAULT_RULES) -> np.ndarray:
     """Seconds of low-amplitude mixed-frequency EEG (theta the strongest of theta, alpha, sigma
     and beta, low RMS, delta not dominant)."""
     faster = powers[["alpha", "sigma", "beta"]].max(axis=1)
     delta_share = powers["delta"] / np.maximum(powers["total"], 1e-12)
     return (
-        (powers["rms"] <= setting("lamf", "max_rms_uv"))
+        (powers["rms"] <= rules.setting("lamf", "max_rms_uv"))
         & (powers["theta"] >= faster)
-        & (delta_share <= setting("lamf", "max_delta_share"))
+        & (delta_share <= rules.setting("lamf", "max_delta_share"))
     ).to_numpy()
 
 
@@ -264,30 +270,34 @@ def fast_seconds(powers: pd.DataFrame) -> np.ndarray:
     return (powers["alpha"] + powers["beta"] >= powers["theta"]).to_numpy()
 
 
-def arousal_seconds(powers: pd.DataFrame) -> np.ndarray:
+def arousal_seconds(powers: pd.DataFrame, rules: RuleSet = DEFAULT_RULES) -> np.ndarray:
     """Seconds whose fast share (theta, alpha, beta) rose ``min_rise``-fold over the median of
     the preceding ``baseline_s``."""
     fast = (powers["theta"] + powers["alpha"] + powers["beta"]) / np.maximum(powers["total"], 1e-12)
     fast = fast.to_numpy()
-    base_n = int(round(setting("arousal", "baseline_s") / setting("band_power", "step_s")))
+    base_n = int(
+        round(rules.setting("arousal", "baseline_s") / rules.setting("band_power", "step_s"))
+    )
     if len(fast) <= base_n:
         return np.zeros(len(fast), dtype=bool)
     baseline = np.median(np.lib.stride_tricks.sliding_window_view(fast, base_n)[:-1], axis=1)
     rise = np.zeros(len(fast), dtype=bool)
-    rise[base_n:] = fast[base_n:] >= setting("arousal", "min_rise") * baseline
+    rise[base_n:] = fast[base_n:] >= rules.setting("arousal", "min_rise") * baseline
     return rise
 
 
-def detect_arousals(x: np.ndarray, sfreq: float, channel: str = "EEG") -> pd.DataFrame:
+def detect_arousals(
+    x: np.ndarray, sfreq: float, channel: str = "EEG", rules: RuleSet = DEFAULT_RULES
+) -> pd.DataFrame:
     """EEG arousals: rises of the fast share lasting at least the arousal rule's 3 s.
 
     Only the EEG part of the rule is checked (the 10 s of prior sleep and the chin-EMG rise in
     R need the hypnogram and EMG; the stager applies them)."""
-    check_rate("arousal", channel, sfreq)
-    powers = band_powers(x, sfreq, channel)
-    step_s = setting("band_power", "step_s")
-    min_run = int(np.ceil(threshold("arousal", "min_duration_s") / step_s))
-    starts, stops, onset = _second_runs(arousal_seconds(powers), min_run, step_s)
+    check_rate("arousal", channel, sfreq, rules=rules)
+    powers = band_powers(x, sfreq, channel, rules=rules)
+    step_s = rules.setting("band_power", "step_s")
+    min_run = int(np.ceil(rules.threshold("arousal", "min_duration_s") / step_s))
+    starts, stops, onset = _second_runs(arousal_seconds(powers, rules=rules), min_run, step_s)
     rms = powers["rms"].to_numpy()
     amplitude = np.array(
         [2 * np.sqrt(2) * rms[a:b].mean() for a, b in zip(starts, stops, strict=True)]
@@ -295,20 +305,22 @@ def detect_arousals(x: np.ndarray, sfreq: float, channel: str = "EEG") -> pd.Dat
     return events_frame("arousal", channel, onset, (stops - starts) * step_s, amplitude)
 
 
-def movement_seconds(powers: pd.DataFrame) -> np.ndarray:
+def movement_seconds(powers: pd.DataFrame, rules: RuleSet = DEFAULT_RULES) -> np.ndarray:
     """Seconds hidden by movement or muscle artifact (huge excursions or strong beta)."""
     return (
-        (powers["max_abs"] >= setting("movement", "max_abs_uv"))
-        | (np.sqrt(powers["beta"]) >= setting("movement", "min_beta_rms_uv"))
+        (powers["max_abs"] >= rules.setting("movement", "max_abs_uv"))
+        | (np.sqrt(powers["beta"]) >= rules.setting("movement", "min_beta_rms_uv"))
     ).to_numpy()
 
 
-def detect_movements(x: np.ndarray, sfreq: float, channel: str = "EEG") -> pd.DataFrame:
+def detect_movements(
+    x: np.ndarray, sfreq: float, channel: str = "EEG", rules: RuleSet = DEFAULT_RULES
+) -> pd.DataFrame:
     """Movement / muscle artifact stretches on one channel (kind ``artifact``)."""
-    check_rate("movement", channel, sfreq)
-    powers = band_powers(x, sfreq, channel)
-    step_s = setting("band_power", "step_s")
-    starts, stops, onset = _second_runs(movement_seconds(powers), 1, step_s)
+    check_rate("movement", channel, sfreq, rules=rules)
+    powers = band_powers(x, sfreq, channel, rules=rules)
+    step_s = rules.setting("band_power", "step_s")
+    starts, stops, onset = _second_runs(movement_seconds(powers, rules=rules), 1, step_s)
     peak = powers["max_abs"].to_numpy()
     amplitude = np.array([2 * peak[a:b].max() for a, b in zip(starts, stops, strict=True)])
     return events_frame("artifact", channel, onset, (stops - starts) * step_s, amplitude)
@@ -319,7 +331,9 @@ def detect_movements(x: np.ndarray, sfreq: float, channel: str = "EEG") -> pd.Da
 # --------------------------------------------------------------------------------------------
 
 
-def detect_spindles(x: np.ndarray, sfreq: float, channel: str = "EEG") -> pd.DataFrame:
+def detect_spindles(
+    x: np.ndarray, sfreq: float, channel: str = "EEG", rules: RuleSet = DEFAULT_RULES
+) -> pd.DataFrame:
     """Sleep spindles: stretches where the spindle-band envelope exceeds ``lower_factor`` x the
     envelope's moving median (over ``reference_s``) and somewhere ``upper_factor`` x it while
     the band holds at least ``min_relative_power`` of the ``broad_band_hz`` power. A spindle's
@@ -330,35 +344,35 @@ def detect_spindles(x: np.ndarray, sfreq: float, channel: str = "EEG") -> pd.Dat
     older archives at 50 Hz) holds nothing above its anti-aliasing filter anyway, so the broad
     band ends where the recording does (:func:`bandpass`); the spindle band itself must fit
     (``min_sfreq``)."""
-    check_rate("spindle", channel, sfreq)
+    check_rate("spindle", channel, sfreq, rules=rules)
     y = _as_signal(x, channel, 1.0, sfreq)
-    order = setting("spindle", "filter_order")
-    sigma = bandpass(y, sfreq, threshold("N2.spindle", "band_hz"), order)
-    broad = bandpass(y, sfreq, setting("spindle", "broad_band_hz"), order)
-    env = moving_mean(envelope(sigma), sfreq, setting("spindle", "smooth_s"))
-    win = setting("spindle", "relative_window_s")
+    order = rules.setting("spindle", "filter_order")
+    sigma = bandpass(y, sfreq, rules.threshold("N2.spindle", "band_hz"), order)
+    broad = bandpass(y, sfreq, rules.setting("spindle", "broad_band_hz"), order)
+    env = moving_mean(envelope(sigma), sfreq, rules.setting("spindle", "smooth_s"))
+    win = rules.setting("spindle", "relative_window_s")
     rel = moving_mean(sigma**2, sfreq, win) / np.maximum(moving_mean(broad**2, sfreq, win), 1e-12)
-    ref = local_median(env, sfreq, setting("spindle", "reference_s"))
-    core = (env >= setting("spindle", "upper_factor") * ref) & (
-        rel >= setting("spindle", "min_relative_power")
+    ref = local_median(env, sfreq, rules.setting("spindle", "reference_s"))
+    core = (env >= rules.setting("spindle", "upper_factor") * ref) & (
+        rel >= rules.setting("spindle", "min_relative_power")
     )
     extent = close_gaps(
-        env >= setting("spindle", "lower_factor") * ref,
-        int(round(setting("spindle", "merge_gap_s") * sfreq)),
+        env >= rules.setting("spindle", "lower_factor") * ref,
+        int(round(rules.setting("spindle", "merge_gap_s") * sfreq)),
     )
     starts, stops = runs(extent)
     core_cum = np.concatenate([[0], np.cumsum(core)])
     with_core = (core_cum[stops] - core_cum[starts]) > 0
     starts, stops = _above_fraction_of_peak(
-        env, starts[with_core], stops[with_core], setting("spindle", "peak_fraction")
+        env, starts[with_core], stops[with_core], rules.setting("spindle", "peak_fraction")
     )
     dur = (stops - starts) / sfreq
-    keep = (dur >= threshold("N2.spindle", "min_duration_s")) & (
-        dur <= threshold("N2.spindle", "max_duration_s")
+    keep = (dur >= rules.threshold("N2.spindle", "min_duration_s")) & (
+        dur <= rules.threshold("N2.spindle", "max_duration_s")
     )
     starts, stops = starts[keep], stops[keep]
     amp = segment_ptp(sigma, starts, stops)
-    big = amp >= setting("spindle", "min_ptp_uv")
+    big = amp >= rules.setting("spindle", "min_ptp_uv")
     starts, stops, amp = starts[big], stops[big], amp[big]
     return events_frame("spindle", channel, starts / sfreq, (stops - starts) / sfreq, amp)
 
@@ -382,14 +396,17 @@ def _above_fraction_of_peak(
 
 
 def slow_cycles(
-    x: np.ndarray, sfreq: float
+    x: np.ndarray, sfreq: float, rules: RuleSet = DEFAULT_RULES
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Negative-then-positive cycles of the slow EEG: from one downward zero crossing of the
     ``highpass_hz``-``lowpass_hz`` signal to the next. Returns start, stop (samples), p2p (µV)
     and the duration of the negative half-wave (s)."""
-    order = setting("slow_wave", "filter_order")
+    order = rules.setting("slow_wave", "filter_order")
     y = bandpass(
-        x, sfreq, (setting("slow_wave", "highpass_hz"), setting("slow_wave", "lowpass_hz")), order
+        x,
+        sfreq,
+        (rules.setting("slow_wave", "highpass_hz"), rules.setting("slow_wave", "lowpass_hz")),
+        order,
     )
     sign = np.signbit(y)
     down = np.flatnonzero(~sign[:-1] & sign[1:]) + 1
@@ -403,57 +420,71 @@ def slow_cycles(
     return starts, stops, ptp, neg
 
 
-def is_slow_wave(ptp: np.ndarray, duration: np.ndarray) -> np.ndarray:
+def is_slow_wave(
+    ptp: np.ndarray, duration: np.ndarray, rules: RuleSet = DEFAULT_RULES
+) -> np.ndarray:
     """The N3 rule's slow-wave definition: a cycle of 0.5-2 Hz (duration 0.5-2 s) with a p2p
     of at least 75 µV (both limits inclusive)."""
-    lo_hz, hi_hz = threshold("N3.sw20", "band_hz")
+    lo_hz, hi_hz = rules.threshold("N3.sw20", "band_hz")
     duration = np.asarray(duration, dtype=float)
     return (
         (duration >= 1 / hi_hz)
         & (duration <= 1 / lo_hz)
-        & (np.asarray(ptp, dtype=float) >= threshold("N3.sw20", "min_ptp_uv"))
+        & (np.asarray(ptp, dtype=float) >= rules.threshold("N3.sw20", "min_ptp_uv"))
     )
 
 
-def detect_slow_waves(x: np.ndarray, sfreq: float, channel: str = "EEG") -> pd.DataFrame:
+def detect_slow_waves(
+    x: np.ndarray, sfreq: float, channel: str = "EEG", rules: RuleSet = DEFAULT_RULES
+) -> pd.DataFrame:
     """Slow waves of the N3 rule: cycles lasting 1/2 to 1/0.5 s (0.5-2 Hz) whose p2p reaches
     ``min_ptp_uv`` (75 µV, inclusive)."""
-    check_rate("slow_wave", channel, sfreq)
+    check_rate("slow_wave", channel, sfreq, rules=rules)
     y = _as_signal(x, channel, 2.0, sfreq)
-    starts, stops, ptp, _ = slow_cycles(y, sfreq)
+    starts, stops, ptp, _ = slow_cycles(y, sfreq, rules=rules)
     dur = (stops - starts) / sfreq
-    keep = is_slow_wave(ptp, dur)
+    keep = is_slow_wave(ptp, dur, rules=rules)
     return events_frame("slow_wave", channel, starts[keep] / sfreq, dur[keep], ptp[keep])
 
 
-def detect_kcomplexes(x: np.ndarray, sfreq: float, channel: str = "EEG") -> pd.DataFrame:
+def detect_kcomplexes(
+    x: np.ndarray, sfreq: float, channel: str = "EEG", rules: RuleSet = DEFAULT_RULES
+) -> pd.DataFrame:
     """K complexes: slow cycles lasting within the rule's duration, with a sharp negative
     half-wave (under ``max_neg_duration_s``), p2p of at least ``min_ptp_uv`` and
     ``min_contrast`` times the local background p2p."""
-    check_rate("kcomplex", channel, sfreq)
+    check_rate("kcomplex", channel, sfreq, rules=rules)
     y = _as_signal(x, channel, 2.0, sfreq)
-    starts, stops, ptp, neg = slow_cycles(y, sfreq)
+    starts, stops, ptp, neg = slow_cycles(y, sfreq, rules=rules)
     slow = bandpass(
         y,
         sfreq,
-        (setting("slow_wave", "highpass_hz"), setting("slow_wave", "lowpass_hz")),
-        setting("slow_wave", "filter_order"),
+        (rules.setting("slow_wave", "highpass_hz"), rules.setting("slow_wave", "lowpass_hz")),
+        rules.setting("slow_wave", "filter_order"),
     )
-    background = robust_background_ptp(slow, sfreq, setting("kcomplex", "background_s"))
+    background = robust_background_ptp(slow, sfreq, rules.setting("kcomplex", "background_s"))
     dur = (stops - starts) / sfreq
     keep = (
-        (dur >= threshold("N2.kcomplex", "min_duration_s"))
-        & (dur <= threshold("N2.kcomplex", "max_duration_s"))
-        & (neg <= setting("kcomplex", "max_neg_duration_s"))
-        & (ptp >= setting("kcomplex", "min_ptp_uv"))
-        & (ptp >= setting("kcomplex", "min_contrast") * background[starts])
-        & ~_amid_slow_wave_activity(starts, stops, is_slow_wave(ptp, dur), sfreq, len(y))
+        (dur >= rules.threshold("N2.kcomplex", "min_duration_s"))
+        & (dur <= rules.threshold("N2.kcomplex", "max_duration_s"))
+        & (neg <= rules.setting("kcomplex", "max_neg_duration_s"))
+        & (ptp >= rules.setting("kcomplex", "min_ptp_uv"))
+        & (ptp >= rules.setting("kcomplex", "min_contrast") * background[starts])
+        & ~_amid_slow_wave_activity(
+            starts, stops, is_slow_wave(ptp, dur, rules=rules), sfreq, len(y), rules=rules
+        )
     )
     return events_frame("kcomplex", channel, starts[keep] / sfreq, dur[keep], ptp[keep])
 
 
 def _amid_slow_wave_activity(
-    starts: np.ndarray, stops: np.ndarray, slow: np.ndarray, sfreq: float, n: int
+    starts: np.ndarray,
+    stops: np.ndarray,
+    slow: np.ndarray,
+    sfreq: float,
+    n: int,
+    *,
+    rules: RuleSet,
 ) -> np.ndarray:
     """Whether each cycle lies in N3-like EEG: the other slow waves (``slow``) fill at least
     the N3 rule's fraction of the ``context_s`` around it. There a K-complex-shaped wave is
@@ -463,22 +494,26 @@ def _amid_slow_wave_activity(
     np.add.at(covered, stops[slow], -1.0)
     filled = np.cumsum(covered[:-1]) > 0
     fill_cum = np.concatenate([[0], np.cumsum(filled)])
-    half = int(round(setting("kcomplex", "context_s") * sfreq / 2))
+    half = int(round(rules.setting("kcomplex", "context_s") * sfreq / 2))
     center = (starts + stops) // 2
     lo, hi = np.clip(center - half, 0, n), np.clip(center + half, 0, n)
     own = np.where(slow, stops - starts, 0)
     others = fill_cum[hi] - fill_cum[lo] - own
-    return others >= threshold("N3.sw20", "min_epoch_fraction") * np.maximum(hi - lo, 1)
+    return others >= rules.threshold("N3.sw20", "min_epoch_fraction") * np.maximum(hi - lo, 1)
 
 
-def detect_vertex_waves(x: np.ndarray, sfreq: float, channel: str = "EEG") -> pd.DataFrame:
+def detect_vertex_waves(
+    x: np.ndarray, sfreq: float, channel: str = "EEG", rules: RuleSet = DEFAULT_RULES
+) -> pd.DataFrame:
     """Vertex sharp waves: negative half-waves of the ``band_hz`` EEG shorter than
     ``max_half_wave_s`` whose wave (negative peak to following positive peak, within the rule's
     0.5 s) reaches ``min_ptp_uv`` and ``min_contrast`` x the local background; of candidates
     closer than 0.5 s only the largest is kept."""
-    check_rate("vertex", channel, sfreq)
+    check_rate("vertex", channel, sfreq, rules=rules)
     y = _as_signal(x, channel, 2.0, sfreq)
-    z = bandpass(y, sfreq, setting("vertex", "band_hz"), setting("vertex", "filter_order"))
+    z = bandpass(
+        y, sfreq, rules.setting("vertex", "band_hz"), rules.setting("vertex", "filter_order")
+    )
     sign = np.signbit(z)
     down = np.flatnonzero(~sign[:-1] & sign[1:]) + 1
     up = np.flatnonzero(sign[:-1] & ~sign[1:]) + 1
@@ -487,14 +522,14 @@ def detect_vertex_waves(x: np.ndarray, sfreq: float, channel: str = "EEG") -> pd
     down = down[down < up[-1]]
     up_after = up[np.searchsorted(up, down)]
     half = (up_after - down) / sfreq
-    max_s = threshold("N1.vertex", "max_duration_s")
+    max_s = rules.threshold("N1.vertex", "max_duration_s")
     stop = np.minimum(down + int(round(max_s * sfreq)), len(z))
     ptp = segment_ptp(z, down, stop)
-    background = robust_background_ptp(z, sfreq, setting("vertex", "background_s"))
+    background = robust_background_ptp(z, sfreq, rules.setting("vertex", "background_s"))
     keep = (
-        (half <= setting("vertex", "max_half_wave_s"))
-        & (ptp >= setting("vertex", "min_ptp_uv"))
-        & (ptp >= setting("vertex", "min_contrast") * background[down])
+        (half <= rules.setting("vertex", "max_half_wave_s"))
+        & (ptp >= rules.setting("vertex", "min_ptp_uv"))
+        & (ptp >= rules.setting("vertex", "min_contrast") * background[down])
     )
     down, stop, ptp = down[keep], stop[keep], ptp[keep]
     # the ringing half-waves around a vertex wave pass too: keep the largest within max_s
@@ -508,26 +543,28 @@ def detect_vertex_waves(x: np.ndarray, sfreq: float, channel: str = "EEG") -> pd
     )
 
 
-def detect_sawtooth(x: np.ndarray, sfreq: float, channel: str = "EEG") -> pd.DataFrame:
+def detect_sawtooth(
+    x: np.ndarray, sfreq: float, channel: str = "EEG", rules: RuleSet = DEFAULT_RULES
+) -> pd.DataFrame:
     """Sawtooth waves: stretches of at least ``min_duration_s`` where the 2-6 Hz envelope
     reaches ``min_ptp_uv`` (p2p) and the slope of the waves is lopsided (moving skewness of the
     derivative beyond ``min_slope_skew``: a fast rise and a slow fall, or the reverse)."""
-    check_rate("sawtooth", channel, sfreq)
+    check_rate("sawtooth", channel, sfreq, rules=rules)
     y = _as_signal(x, channel, 2.0, sfreq)
-    order = setting("sawtooth", "filter_order")
-    lo, hi = threshold("R.sawtooth", "band_hz")
+    order = rules.setting("sawtooth", "filter_order")
+    lo, hi = rules.threshold("R.sawtooth", "band_hz")
     z = bandpass(y, sfreq, (lo, hi), order)
     shape = bandpass(y, sfreq, (lo, 2.5 * hi), order)
-    smooth = setting("sawtooth", "smooth_s")
+    smooth = rules.setting("sawtooth", "smooth_s")
     p2p = 2 * moving_mean(envelope(z), sfreq, smooth)
     d = np.gradient(shape)
     m2 = moving_mean(d**2, sfreq, smooth)
     skew = moving_mean(d**3, sfreq, smooth) / np.maximum(m2, 1e-12) ** 1.5
-    mask = (p2p >= setting("sawtooth", "min_ptp_uv")) & (
-        np.abs(skew) >= setting("sawtooth", "min_slope_skew")
+    mask = (p2p >= rules.setting("sawtooth", "min_ptp_uv")) & (
+        np.abs(skew) >= rules.setting("sawtooth", "min_slope_skew")
     )
     starts, stops = runs(mask)
-    keep = (stops - starts) / sfreq >= setting("sawtooth", "min_duration_s")
+    keep = (stops - starts) / sfreq >= rules.setting("sawtooth", "min_duration_s")
     starts, stops = starts[keep], stops[keep]
     amp = segment_ptp(z, starts, stops)
     return events_frame("sawtooth", channel, starts / sfreq, (stops - starts) / sfreq, amp)
@@ -544,13 +581,18 @@ def _at_times(x: np.ndarray, sfreq: float, times: np.ndarray) -> np.ndarray:
 
 
 def _deflection_edges(
-    slope: np.ndarray, peaks: np.ndarray, sign: np.ndarray, span: int
+    slope: np.ndarray,
+    peaks: np.ndarray,
+    sign: np.ndarray,
+    span: int,
+    *,
+    rules: RuleSet,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Start and end (samples) of the deflection around each slope peak: the nearest samples,
     within ``span`` either side, where the slope (in the peak's direction) has fallen under
     ``edge_fraction`` of the peak's, i.e. where the movement begins and stops."""
     offsets = np.arange(1, span + 1)
-    level = setting("eye_movements", "edge_fraction") * sign * slope[peaks]
+    level = rules.setting("eye_movements", "edge_fraction") * sign * slope[peaks]
     edges = []
     for direction in (-1, 1):
         idx = np.clip(peaks[:, None] + direction * offsets, 0, len(slope) - 1)
@@ -574,21 +616,23 @@ class _Deflections:
     fast_back: np.ndarray  # comes straight back as a blink does
 
 
-def _find_deflections(z: np.ndarray, sfreq: float) -> _Deflections:
+def _find_deflections(z: np.ndarray, sfreq: float, *, rules: RuleSet) -> _Deflections:
     """Slope peaks of ``z`` of at least ``min_slope_uv_s``, each with the deflection around it:
     from where the movement begins to where it stops (the slope under ``edge_fraction`` of its
     peak, searched within the rule's 0.5 s). A deflection of opposite sign that starts where
     the previous one stopped is that one's return; a return covering ``return_fraction`` of the
     height, at its steepest within ``blink_return_s`` of the top, is fast (a blink's)."""
     slope = np.gradient(z) * sfreq
-    refractory = max(int(round(setting("eye_movements", "refractory_s") * sfreq)), 1)
-    min_slope = setting("eye_movements", "min_slope_uv_s")
+    refractory = max(int(round(rules.setting("eye_movements", "refractory_s") * sfreq)), 1)
+    min_slope = rules.setting("eye_movements", "min_slope_uv_s")
     rising, _ = sps.find_peaks(slope, height=min_slope, distance=refractory)
     falling, _ = sps.find_peaks(-slope, height=min_slope, distance=refractory)
     peaks = np.sort(np.concatenate([rising, falling]))
     sign = np.sign(slope[peaks])
-    span = int(round(threshold("R.rem", "max_deflection_s") * sfreq))
-    base, top = _deflection_edges(slope, peaks, sign, span) if len(peaks) else (peaks, peaks)
+    span = int(round(rules.threshold("R.rem", "max_deflection_s") * sfreq))
+    base, top = (
+        _deflection_edges(slope, peaks, sign, span, rules=rules) if len(peaks) else (peaks, peaks)
+    )
     height = sign * (z[top] - z[base])
     # a movement whose course pauses has two slope peaks that find the same start: it is one
     # deflection, the one that covers most
@@ -602,8 +646,8 @@ def _find_deflections(z: np.ndarray, sfreq: float) -> _Deflections:
     fast_back = np.zeros(len(peaks), dtype=bool)
     fast_back[:-1] = (
         returns[:-1]
-        & (height[1:] >= setting("eye_movements", "return_fraction") * height[:-1])
-        & (peaks[1:] - top[:-1] <= setting("eye_movements", "blink_return_s") * sfreq)
+        & (height[1:] >= rules.setting("eye_movements", "return_fraction") * height[:-1])
+        & (peaks[1:] - top[:-1] <= rules.setting("eye_movements", "blink_return_s") * sfreq)
     )
     return _Deflections(peaks, sign, base, top, height, np.r_[False, returns[:-1]], fast_back)
 
@@ -625,13 +669,21 @@ def _eye_events(
 
 
 def _larger_than_eeg(
-    found: _Deflections, sfreq: float, eeg: np.ndarray | None, eeg_sfreq: float | None
+    found: _Deflections,
+    sfreq: float,
+    eeg: np.ndarray | None,
+    eeg_sfreq: float | None,
+    *,
+    rules: RuleSet,
 ) -> np.ndarray:
     """Whether each deflection is larger than the EEG's over the same span (same filter):
     what the EEG shows as large is cerebral activity reaching the EOG. All True without EEG."""
     if eeg is None:
         return np.ones(len(found.peaks), dtype=bool)
-    band, order = setting("eye_movements", "band_hz"), setting("eye_movements", "filter_order")
+    band, order = (
+        rules.setting("eye_movements", "band_hz"),
+        rules.setting("eye_movements", "filter_order"),
+    )
     eeg_z = bandpass(_as_signal(eeg, "EEG", 2.0, eeg_sfreq), eeg_sfreq, band, order)
     eeg_height = np.abs(
         _at_times(eeg_z, eeg_sfreq, found.top / sfreq)
@@ -658,6 +710,7 @@ def detect_eye_movements(
     eeg: np.ndarray | None = None,
     eeg_sfreq: float | None = None,
     other: np.ndarray | None = None,
+    rules: RuleSet = DEFAULT_RULES,
 ) -> pd.DataFrame:
     """Rapid eye movements (kind ``rem``) and blinks (kind ``blink``) on the EOG: one eye
     (``x``, e.g. LOC), or both when ``other`` holds the second eye (ROC, same rate).
@@ -685,39 +738,42 @@ def detect_eye_movements(
     (frontal EEG reaching the EOG) and dropped; with both eyes this applies to blinks only,
     since what the EEG brings to both eyes cancels in the conjugate part.
     """
-    check_rate("eye_movements", channel, sfreq)
+    check_rate("eye_movements", channel, sfreq, rules=rules)
     y = _as_signal(x, channel, 2.0, sfreq)
-    band, order = setting("eye_movements", "band_hz"), setting("eye_movements", "filter_order")
+    band, order = (
+        rules.setting("eye_movements", "band_hz"),
+        rules.setting("eye_movements", "filter_order"),
+    )
     z = bandpass(y, sfreq, band, order)
-    min_ptp = setting("eye_movements", "min_ptp_uv")
+    min_ptp = rules.setting("eye_movements", "min_ptp_uv")
     if other is None:
-        found = _find_deflections(z, sfreq)
+        found = _find_deflections(z, sfreq, rules=rules)
         keep = (found.height >= min_ptp) & ~found.is_return
-        keep &= _larger_than_eeg(found, sfreq, eeg, eeg_sfreq)
+        keep &= _larger_than_eeg(found, sfreq, eeg, eeg_sfreq, rules=rules)
         events = _eye_events(channel, sfreq, found, keep & ~found.fast_back, keep & found.fast_back)
         return events.sort_values("onset", ignore_index=True)
 
     z2 = bandpass(_second_eye_signal(other, channel, sfreq, len(y)), sfreq, band, order)
     conjugate, common = (z - z2) / 2, (z + z2) / 2
-    share = setting("eye_movements", "max_common_share")
+    share = rules.setting("eye_movements", "max_common_share")
 
     def across(found: _Deflections, part: np.ndarray) -> np.ndarray:
         # the other part's change over each deflection, in µV
         return np.abs(part[found.top] - part[found.base])
 
-    moves = _find_deflections(conjugate, sfreq)
+    moves = _find_deflections(conjugate, sfreq, rules=rules)
     rem = (
         (moves.height >= min_ptp)
         & ~moves.is_return
         & (across(moves, common) <= share * moves.height)
     )
-    lids = _find_deflections(z, sfreq)
+    lids = _find_deflections(z, sfreq, rules=rules)
     blink = (
         (lids.height >= min_ptp)
         & ~lids.is_return
         & lids.fast_back
         & (across(lids, conjugate) <= share * across(lids, common))
-        & _larger_than_eeg(lids, sfreq, eeg, eeg_sfreq)
+        & _larger_than_eeg(lids, sfreq, eeg, eeg_sfreq, rules=rules)
     )
     events = pd.concat(
         [
@@ -736,6 +792,7 @@ def detect_slow_eye_movements(
     eeg: np.ndarray | None = None,
     eeg_sfreq: float | None = None,
     other: np.ndarray | None = None,
+    rules: RuleSet = DEFAULT_RULES,
 ) -> pd.DataFrame:
     """Slow eye movements: runs of half-waves of the ``band_hz`` EOG lasting from the rule's
     0.5 s to ``max_half_wave_s`` and reaching ``min_ptp_uv`` / 2 from zero; with ``eeg``, runs
@@ -745,12 +802,12 @@ def detect_slow_eye_movements(
     rapid ones, so the runs are looked for in the conjugate part, (LOC - ROC) / 2, where what
     reaches both eyes alike (the frontal EEG, slow vertical drifts) cancels; the EEG is then
     not needed to tell them apart."""
-    check_rate("sem", channel, sfreq)
+    check_rate("sem", channel, sfreq, rules=rules)
     y = _as_signal(x, channel, 2.0, sfreq)
     if other is not None:
         y, eeg = (y - _second_eye_signal(other, channel, sfreq, len(y))) / 2, None
-    order = setting("sem", "filter_order")
-    band = setting("sem", "band_hz")
+    order = rules.setting("sem", "filter_order")
+    band = rules.setting("sem", "band_hz")
     z = bandpass(y, sfreq, band, order)
     sign = np.signbit(z)
     cross = np.flatnonzero(sign[:-1] != sign[1:]) + 1
@@ -759,10 +816,10 @@ def detect_slow_eye_movements(
     starts, stops = cross[:-1], cross[1:]
     half = (stops - starts) / sfreq
     peak = segment_reduce(np.abs(z), starts, stops, np.maximum)
-    min_ptp = setting("sem", "min_ptp_uv")
+    min_ptp = rules.setting("sem", "min_ptp_uv")
     good = (
-        (half >= threshold("N1.sem", "min_deflection_s"))
-        & (half <= setting("sem", "max_half_wave_s"))
+        (half >= rules.threshold("N1.sem", "min_deflection_s"))
+        & (half <= rules.setting("sem", "max_half_wave_s"))
         & (peak >= min_ptp / 2)
     )
     edges = np.zeros(len(z) + 1, dtype=np.int64)
@@ -787,19 +844,23 @@ def detect_slow_eye_movements(
 # --------------------------------------------------------------------------------------------
 
 
-def emg_seconds_rms(x: np.ndarray, sfreq: float, channel: str = "EMG") -> np.ndarray:
+def emg_seconds_rms(
+    x: np.ndarray, sfreq: float, channel: str = "EMG", rules: RuleSet = DEFAULT_RULES
+) -> np.ndarray:
     """RMS (µV) of the chin EMG in the atonia rule's band (10-45 Hz), per second; a recording
     that holds less (below 99 Hz) gives the RMS of the band up to where it ends (10-22.7 Hz at
     50 Hz), which ranks the night's epochs as the whole band does (muscle tone is broadband)."""
-    check_rate("emg_tone", channel, sfreq)
+    check_rate("emg_tone", channel, sfreq, rules=rules)
     y = _as_signal(x, channel, 1.0, sfreq)
-    z = bandpass(y, sfreq, threshold("R.atonia", "band_hz"), setting("emg_tone", "filter_order"))
+    z = bandpass(
+        y, sfreq, rules.threshold("R.atonia", "band_hz"), rules.setting("emg_tone", "filter_order")
+    )
     per = int(round(sfreq))
     n_sec = len(z) // per
     return np.sqrt(np.mean(z[: n_sec * per].reshape(n_sec, per) ** 2, axis=1))
 
 
-def emg_tone(epoch_rms: np.ndarray) -> pd.DataFrame:
+def emg_tone(epoch_rms: np.ndarray, rules: RuleSet = DEFAULT_RULES) -> pd.DataFrame:
     """Chin tone of each epoch relative to the night.
 
     ``emg_rel``: epoch RMS over the night's median; ``emg_quantile``: rank of the epoch among
@@ -811,8 +872,8 @@ def emg_tone(epoch_rms: np.ndarray) -> pd.DataFrame:
         nan = np.full(len(rms), np.nan)
         return pd.DataFrame({"emg_rms": rms, "emg_rel": nan, "emg_quantile": nan, "emg_low": nan})
     ranks = pd.Series(rms).rank(pct=True).to_numpy()
-    low_level = np.quantile(rms[ok], setting("emg_tone", "low_quantile"))
-    low = np.where(ok, rms <= setting("emg_tone", "low_factor") * low_level, np.nan)
+    low_level = np.quantile(rms[ok], rules.setting("emg_tone", "low_quantile"))
+    low = np.where(ok, rms <= rules.setting("emg_tone", "low_factor") * low_level, np.nan)
     return pd.DataFrame(
         {
             "emg_rms": rms,

@@ -28,7 +28,7 @@ from sleepvlm.data.records import (
     Recording,
 )
 from sleepvlm.rules import detectors as det
-from sleepvlm.rules.table import RULES, setting, threshold
+from sleepvlm.rules.table import DEFAULT_RULES, RULES, RuleSet
 from sleepvlm.signal import TARGET_SFREQ, Epochs
 
 #: Event kinds each detector reports (the evidence of the rules that name the detector).
@@ -186,7 +186,10 @@ def role_detectors(role: str) -> tuple[str, ...]:
 
 
 def rate_shortfalls(
-    channels: Mapping[str, str], rates: Mapping[str, float], source: str
+    channels: Mapping[str, str],
+    rates: Mapping[str, float],
+    source: str,
+    rules: RuleSet = DEFAULT_RULES,
 ) -> tuple[dict[str, str], dict[str, str]]:
     """What the sampling rates of a recording leave out.
 
@@ -195,9 +198,12 @@ def rate_shortfalls(
     for the other roles, the detectors that cannot read theirs (detector -> why)."""
     roles_out, detectors_out = {}, {}
     for role, channel in channels.items():
-        why = {d: det.rate_shortfall(d, channel, rates[role]) for d in role_detectors(role)}
+        why = {
+            d: det.rate_shortfall(d, channel, rates[role], rules=rules)
+            for d in role_detectors(role)
+        }
         if all(why.values()):
-            lowest = min(setting(d, "min_sfreq") for d in why)
+            lowest = min(rules.setting(d, "min_sfreq") for d in why)
             roles_out[role] = (
                 f"{source}: {role.upper()} {channel!r} is sampled at {rates[role]:g} Hz, below "
                 f"the {lowest:g} Hz any of its detectors needs ({_SLOW_CHANNEL_HINT})"
@@ -207,7 +213,13 @@ def rate_shortfalls(
     return roles_out, detectors_out
 
 
-def _leave_out_slow(night: _Night, native_sfreq: Mapping[str, float], runner: _Runner) -> None:
+def _leave_out_slow(
+    night: _Night,
+    native_sfreq: Mapping[str, float],
+    runner: _Runner,
+    *,
+    rules: RuleSet,
+) -> None:
     """Judge each channel by the rate it was recorded at (``native_sfreq``, role -> Hz; the
     rate of the signal handed over otherwise): a channel no detector can read leaves the
     night, a detector that cannot read its channel is marked failed before it runs."""
@@ -215,7 +227,7 @@ def _leave_out_slow(night: _Night, native_sfreq: Mapping[str, float], runner: _R
     rates = {
         role: min(fs, native_sfreq.get(role, fs)) for role, (_, fs, _) in night.signals.items()
     }
-    roles_out, detectors_out = rate_shortfalls(channels, rates, night.label)
+    roles_out, detectors_out = rate_shortfalls(channels, rates, night.label, rules=rules)
     if runner.strict and roles_out:
         raise DataError(next(iter(roles_out.values())))
     for role, why in roles_out.items():
@@ -243,14 +255,14 @@ def _second_eye(night: _Night, ok: Mapping[str, np.ndarray]) -> tuple[np.ndarray
     return x, ""
 
 
-def _quality(x: np.ndarray, sfreq: float, starts: np.ndarray) -> np.ndarray:
+def _quality(x: np.ndarray, sfreq: float, starts: np.ndarray, *, rules: RuleSet) -> np.ndarray:
     """Per epoch: usable (not flat, not clipped at the channel's extreme values)."""
     n = int(round(EPOCH_S * sfreq))
     idx = np.round(starts * sfreq).astype(np.int64)
     windows = x[np.clip(idx[:, None] + np.arange(n), 0, len(x) - 1)]
-    flat = np.ptp(windows, axis=1) < setting("quality", "flat_ptp_uv")
+    flat = np.ptp(windows, axis=1) < rules.setting("quality", "flat_ptp_uv")
     at_rail = (windows >= x.max()) | (windows <= x.min())
-    clipped = at_rail.mean(axis=1) >= setting("quality", "clip_fraction")
+    clipped = at_rail.mean(axis=1) >= rules.setting("quality", "clip_fraction")
     return ~flat & ~clipped
 
 
@@ -345,6 +357,7 @@ def detect_all(
     roles: tuple[str, ...] = ROLES,
     strict: bool = False,
     native_sfreq: Mapping[str, float] | None = None,
+    rules: RuleSet = DEFAULT_RULES,
 ) -> Detection:
     """Run every detector whose channel is present; see :class:`Detection` for the output.
 
@@ -353,31 +366,32 @@ def detect_all(
     frequency above 25 Hz): what a detector can read is judged on that rate
     (:func:`rate_shortfalls`). With ``strict`` a detector that cannot run (e.g. a sampling rate
     below its minimum) raises its :class:`DataError` instead of being reported in
-    ``not_evaluable``."""
+    ``not_evaluable``. ``rules`` holds every threshold and setting the detectors and the
+    criteria use (:class:`~sleepvlm.rules.table.RuleSet`)."""
     night = (
         _from_recording(source, roles)
         if isinstance(source, Recording)
         else _from_epochs(source, roles)
     )
     run = _Runner(strict)
-    _leave_out_slow(night, native_sfreq or {}, run)
+    _leave_out_slow(night, native_sfreq or {}, run, rules=rules)
     if "eeg" not in night.signals:
         raise DataError(f"{night.label}: detect_all needs an EEG channel; {night.missing['eeg']}")
     n = len(night.starts)
     ok = {r: np.zeros(n, dtype=bool) for r in ROLES}
     for role, (x, fs, _) in night.signals.items():
-        ok[role] = _quality(np.asarray(x, dtype=np.float64), fs, night.starts)
+        ok[role] = _quality(np.asarray(x, dtype=np.float64), fs, night.starts, rules=rules)
         if not ok[role].any():
             night.missing[role] = f"{night.label}: {role.upper()} channel is flat or clipped"
 
     ev_parts, table = [], pd.DataFrame({"epoch": night.epoch_ids, "onset": night.onsets})
     eeg, eeg_fs, eeg_ch = night.signals["eeg"]
-    powers = run("band_power", lambda: det.band_powers(eeg, eeg_fs, eeg_ch))
+    powers = run("band_power", lambda: det.band_powers(eeg, eeg_fs, eeg_ch, rules=rules))
     per_second = {
-        "alpha": det.alpha_seconds,
-        "lamf": det.lamf_seconds,
-        "fast": det.fast_seconds,
-        "movement": det.movement_seconds,
+        "alpha": lambda p: det.alpha_seconds(p, rules=rules),
+        "lamf": lambda p: det.lamf_seconds(p, rules=rules),
+        "fast": det.fast_seconds,  # no setting: alpha + beta against theta
+        "movement": lambda p: det.movement_seconds(p, rules=rules),
     }
     if powers is not None:
         t = powers["time"].to_numpy()
@@ -403,7 +417,7 @@ def detect_all(
         "movement": det.detect_movements,
     }
     for name, fn in eeg_detectors.items():
-        ev_parts.append(run(name, lambda fn=fn: fn(eeg, eeg_fs, eeg_ch)))
+        ev_parts.append(run(name, lambda fn=fn: fn(eeg, eeg_fs, eeg_ch, rules=rules)))
     one_eye = ""
     if "eog" in night.signals:
         eog, eog_fs, eog_ch = night.signals["eog"]
@@ -411,26 +425,30 @@ def detect_all(
         ev_parts.append(
             run(
                 "eye_movements",
-                lambda: det.detect_eye_movements(eog, eog_fs, eog_ch, eeg, eeg_fs, other),
+                lambda: det.detect_eye_movements(
+                    eog, eog_fs, eog_ch, eeg, eeg_fs, other, rules=rules
+                ),
             )
         )
         ev_parts.append(
             run(
                 "sem",
-                lambda: det.detect_slow_eye_movements(eog, eog_fs, eog_ch, eeg, eeg_fs, other),
+                lambda: det.detect_slow_eye_movements(
+                    eog, eog_fs, eog_ch, eeg, eeg_fs, other, rules=rules
+                ),
             )
         )
     emg_rms = np.full(n, np.nan)
     if "emg" in night.signals:
         emg, emg_fs, emg_ch = night.signals["emg"]
-        per_sec = run("emg_tone", lambda: det.emg_seconds_rms(emg, emg_fs, emg_ch))
+        per_sec = run("emg_tone", lambda: det.emg_seconds_rms(emg, emg_fs, emg_ch, rules=rules))
         if per_sec is not None:
             sec = np.arange(len(per_sec), dtype=float)
             pos = _epoch_position(night, sec + 0.5)
             frame = pd.DataFrame({"pos": pos, "rms": per_sec})[pos >= 0]
             emg_rms[:] = frame.groupby("pos")["rms"].median().reindex(range(n)).to_numpy()
             emg_rms[~ok["emg"]] = np.nan
-    table = pd.concat([table, det.emg_tone(emg_rms)], axis=1)
+    table = pd.concat([table, det.emg_tone(emg_rms, rules=rules)], axis=1)
 
     found = [e for e in ev_parts if e is not None and len(e)]
     events = pd.concat(found, ignore_index=True) if found else det.events_frame("", "", [], [], [])
@@ -454,7 +472,7 @@ def detect_all(
     table = table.set_index("epoch")
     events["epoch"] = events["epoch"].astype(np.int64)
 
-    criteria, reasons, partial = _criteria(table, events, night, run.failed)
+    criteria, reasons, partial = _criteria(table, events, night, run.failed, rules=rules)
     if one_eye and "R.rem" not in reasons and "eye_movements" not in run.failed:
         partial["R.rem"] = one_eye
     return Detection(
@@ -468,7 +486,9 @@ def detect_all(
     )
 
 
-def _local_criteria(table: pd.DataFrame, events: pd.DataFrame) -> dict[str, pd.Series]:
+def _local_criteria(
+    table: pd.DataFrame, events: pd.DataFrame, *, rules: RuleSet
+) -> dict[str, pd.Series]:
     """What each rule asks of one epoch, from the epoch table (NaN inputs give False here;
     not-evaluable epochs are blanked afterwards)."""
     onset = table["onset"].to_numpy(float)
@@ -483,7 +503,7 @@ def _local_criteria(table: pd.DataFrame, events: pd.DataFrame) -> dict[str, pd.S
     # a K complex goes with an arousal that starts during it or within arousal_gap_s after it
     first = np.searchsorted(arousal_on, kcs["onset"].to_numpy(float), side="left")
     last = np.searchsorted(
-        arousal_on, kc_end + threshold("N2.kcomplex", "arousal_gap_s"), side="right"
+        arousal_on, kc_end + rules.threshold("N2.kcomplex", "arousal_gap_s"), side="right"
     )
     free_kcs = kcs[last - first == 0]
 
@@ -493,48 +513,52 @@ def _local_criteria(table: pd.DataFrame, events: pd.DataFrame) -> dict[str, pd.S
     low_tone = table["emg_low"].to_numpy(float) == 1
     no_nrem_marks = (table["n_spindle"] == 0) & (table["n_kcomplex"] == 0)
     awake_eeg = (
-        table["fast_fraction"].to_numpy(float) > threshold("W.fast", "min_epoch_fraction")
+        table["fast_fraction"].to_numpy(float) > rules.threshold("W.fast", "min_epoch_fraction")
     ) & ~low_tone
-    eyes_open = (table["n_blink"] >= threshold("W.eyes", "min_blinks")) | (
-        table["n_rem"] >= threshold("W.eyes", "min_rems")
+    eyes_open = (table["n_blink"] >= rules.threshold("W.eyes", "min_blinks")) | (
+        table["n_rem"] >= rules.threshold("W.eyes", "min_rems")
     )
     return {
-        "W.alpha": alpha > threshold("W.alpha", "min_epoch_fraction"),
+        "W.alpha": alpha > rules.threshold("W.alpha", "min_epoch_fraction"),
         "W.fast": awake_eeg,
-        "W.eyes": eyes_open & (table["emg_quantile"] >= threshold("W.eyes", "min_tone_quantile")),
-        "N1.lamf": (lamf > threshold("N1.lamf", "min_epoch_fraction"))
-        & (alpha <= threshold("W.alpha", "min_epoch_fraction")),
-        "N1.vertex": table["n_vertex"] >= threshold("N1.vertex", "min_count"),
-        "N1.sem": table["n_sem"] >= threshold("N1.sem", "min_count"),
+        "W.eyes": eyes_open
+        & (table["emg_quantile"] >= rules.threshold("W.eyes", "min_tone_quantile")),
+        "N1.lamf": (lamf > rules.threshold("N1.lamf", "min_epoch_fraction"))
+        & (alpha <= rules.threshold("W.alpha", "min_epoch_fraction")),
+        "N1.vertex": table["n_vertex"] >= rules.threshold("N1.vertex", "min_count"),
+        "N1.sem": table["n_sem"] >= rules.threshold("N1.sem", "min_count"),
         "N2.spindle": in_half_window(events[events["kind"] == "spindle"])
-        >= threshold("N2.spindle", "min_count"),
+        >= rules.threshold("N2.spindle", "min_count"),
         # a K complex is a wave of sleep: where W.fast reads the EEG as awake, a wave of its
         # shape is an eye movement or a blink on a frontal lead
-        "N2.kcomplex": (in_half_window(free_kcs) >= threshold("N2.kcomplex", "min_count"))
+        "N2.kcomplex": (in_half_window(free_kcs) >= rules.threshold("N2.kcomplex", "min_count"))
         & ~awake_eeg,
         "N2.cont": no_nrem_marks
         & (table["n_arousal"] == 0)
-        & (movement <= threshold("major_body_movement", "min_epoch_fraction")),
+        & (movement <= rules.threshold("major_body_movement", "min_epoch_fraction")),
         "N2.arousal_end": table["n_arousal"] >= 1,
-        "N3.sw20": table["sw_coverage"] >= threshold("N3.sw20", "min_epoch_fraction"),
-        "R.rem": table["n_rem"] >= threshold("R.rem", "min_count"),
+        "N3.sw20": table["sw_coverage"] >= rules.threshold("N3.sw20", "min_epoch_fraction"),
+        "R.rem": table["n_rem"] >= rules.threshold("R.rem", "min_count"),
         "R.atonia": pd.Series(low_tone, index=table.index),
-        "R.sawtooth": table["n_sawtooth"] >= threshold("R.sawtooth", "min_count"),
-        "R.cont": no_nrem_marks & low_tone & (lamf > threshold("N1.lamf", "min_epoch_fraction")),
+        "R.sawtooth": table["n_sawtooth"] >= rules.threshold("R.sawtooth", "min_count"),
+        "R.cont": no_nrem_marks
+        & low_tone
+        & (lamf > rules.threshold("N1.lamf", "min_epoch_fraction")),
         "R.arousal_end": (table["n_arousal"] >= 1) | (movement > 0) | ~low_tone,
         "arousal": table["n_arousal"] >= 1,
-        "major_body_movement": movement > threshold("major_body_movement", "min_epoch_fraction"),
+        "major_body_movement": movement
+        > rules.threshold("major_body_movement", "min_epoch_fraction"),
     }
 
 
-def _blinks_alone(table: pd.DataFrame) -> pd.Series:
-    return table["n_blink"] >= threshold("W.eyes", "min_blinks")
+def _blinks_alone(table: pd.DataFrame, rules: RuleSet) -> pd.Series:
+    return table["n_blink"] >= rules.threshold("W.eyes", "min_blinks")
 
 
 #: Rules read in part when one role of theirs cannot be read: rule -> (that role, what is read
 #: without it, the criterion then). W.eyes: the manual ties rapid eye movements, not blinks, to
 #: chin tone, so without the chin EMG blinks alone show wake.
-_PARTIAL: dict[str, tuple[str, str, Callable[[pd.DataFrame], pd.Series]]] = {
+_PARTIAL: dict[str, tuple[str, str, Callable[[pd.DataFrame, RuleSet], pd.Series]]] = {
     "W.eyes": ("emg", "blinks alone", _blinks_alone),
 }
 
@@ -554,11 +578,16 @@ def _usable(table: pd.DataFrame, roles: Iterable[str]) -> np.ndarray:
 
 
 def _criteria(
-    table: pd.DataFrame, events: pd.DataFrame, night: _Night, failed: dict[str, str]
+    table: pd.DataFrame,
+    events: pd.DataFrame,
+    night: _Night,
+    failed: dict[str, str],
+    *,
+    rules: RuleSet,
 ) -> tuple[pd.DataFrame, dict[str, str], dict[str, str]]:
     """Per epoch and rule: met, not met or <NA>; the rules not evaluable (rule -> why) and
     those read in part (rule -> what was read and why, see :data:`_PARTIAL`)."""
-    local = _local_criteria(table, events)
+    local = _local_criteria(table, events, rules=rules)
     out = pd.DataFrame(index=table.index)
     reasons: dict[str, str] = {}
     partial: dict[str, str] = {}
@@ -572,7 +601,7 @@ def _criteria(
             # where only the optional role is unread (all night, or in some epochs), the rest
             # of the criterion decides
             lacking = np.ones(len(table), dtype=bool) if why else ~_usable(table, [optional])
-            column[lacking] = np.asarray(criterion(table), dtype=bool)[lacking]
+            column[lacking] = np.asarray(criterion(table, rules), dtype=bool)[lacking]
             column[~_usable(table, rest)] = pd.NA
             if why:
                 partial[rule_id] = f"{what} ({why})"

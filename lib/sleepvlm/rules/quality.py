@@ -20,7 +20,7 @@ import pandas as pd
 
 from sleepvlm.data.records import ROLES, STAGES, DataError
 from sleepvlm.rules.evidence import DETECTOR_KINDS, Detection, detect_all
-from sleepvlm.rules.table import RULES
+from sleepvlm.rules.table import DEFAULT_RULES, RULES, RuleSet
 from sleepvlm.signal import QualityWarning
 from sleepvlm.splits import MANIFEST_KEY
 
@@ -160,7 +160,9 @@ def quality_flags(detection: Detection, stages: Sequence[str]) -> pd.DataFrame:
     return out
 
 
-def quality_table(prepared, records: Sequence[tuple[str, str]] | None = None) -> pd.DataFrame:
+def quality_table(
+    prepared, records: Sequence[tuple[str, str]] | None = None, rules: RuleSet = DEFAULT_RULES
+) -> pd.DataFrame:
     """Quality flags of every stored epoch of a prepared dataset
     (:func:`sleepvlm.prepare.prepare_dataset`), or of the given ``(subject, night)`` records:
     the manifest's key columns (dataset, subject, night, epoch) and ``split``, then the
@@ -171,7 +173,7 @@ def quality_table(prepared, records: Sequence[tuple[str, str]] | None = None) ->
     parts = []
     for subject, night in records:
         epochs = prepared.store.read_record(subject, night)
-        table = quality_flags(detect_all(epochs), epochs.manifest["stage"])
+        table = quality_flags(detect_all(epochs, rules=rules), epochs.manifest["stage"])
         table.insert(0, "night", night)
         table.insert(0, "subject", subject)
         table.insert(0, "dataset", prepared.dataset)

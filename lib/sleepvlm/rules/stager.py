@@ -52,7 +52,7 @@ import pandas as pd
 
 from sleepvlm.data.records import EPOCH_S, EVENT_COLUMNS, ROLES, STAGES, DataError, Recording
 from sleepvlm.rules.evidence import DETECTOR_KINDS, Detection, detect_all
-from sleepvlm.rules.table import RULES
+from sleepvlm.rules.table import DEFAULT_RULES, RULES, RuleSet
 from sleepvlm.signal import Epochs
 
 #: Columns of a staged night, one row per epoch.
@@ -277,9 +277,11 @@ def stage_detection(detection: Detection) -> pd.DataFrame:
     )
 
 
-def stage(source: Recording | Epochs, roles: tuple[str, ...] = ROLES) -> pd.DataFrame:
+def stage(
+    source: Recording | Epochs, roles: tuple[str, ...] = ROLES, rules: RuleSet = DEFAULT_RULES
+) -> pd.DataFrame:
     """Run the detectors on a night (see :func:`detect_all`) and stage it."""
-    return stage_detection(detect_all(source, roles=roles))
+    return stage_detection(detect_all(source, roles=roles, rules=rules))
 
 
 def hypnogram_frame(staged: pd.DataFrame) -> pd.DataFrame:
@@ -349,12 +351,14 @@ def _yasa_labels(rec: Recording, epoch_ids: np.ndarray) -> np.ndarray:
     return labels.astype(str)
 
 
-def night_predictions(rec: Recording, epochs: Epochs, yasa: bool = True) -> pd.DataFrame:
+def night_predictions(
+    rec: Recording, epochs: Epochs, yasa: bool = True, rules: RuleSet = DEFAULT_RULES
+) -> pd.DataFrame:
     """The stager (on the stored 100-Hz epochs) and, with ``yasa``, YASA's pretrained stager
     (on the raw night) for the scored epochs of one night: one row per epoch with the scored
     ``stage``, ``stager`` and ``yasa`` labels, and each method's run time in ``attrs``."""
     start = time.perf_counter()
-    staged = stage(epochs)
+    staged = stage(epochs, rules=rules)
     seconds = {"stager": time.perf_counter() - start}
     man = epochs.manifest
     out = pd.DataFrame(
@@ -376,7 +380,11 @@ def night_predictions(rec: Recording, epochs: Epochs, yasa: bool = True) -> pd.D
 
 
 def held_out_predictions(
-    prepared, split: str = "test", max_nights: int | None = None, yasa: bool = True
+    prepared,
+    split: str = "test",
+    max_nights: int | None = None,
+    yasa: bool = True,
+    rules: RuleSet = DEFAULT_RULES,
 ) -> pd.DataFrame:
     """:func:`night_predictions` for the nights of one split of a prepared dataset
     (:func:`sleepvlm.prepare.prepare_dataset`), in subject order; the first ``max_nights``."""
@@ -395,7 +403,9 @@ def held_out_predictions(
     parts, seconds = [], {"stager": 0.0, "yasa": 0.0}
     for subject, night in nights.itertuples(index=False):
         rec = formats.load_entry(entries[(subject, night)]) if yasa else None
-        part = night_predictions(rec, prepared.store.read_record(subject, night), yasa=yasa)
+        part = night_predictions(
+            rec, prepared.store.read_record(subject, night), yasa=yasa, rules=rules
+        )
         for method, s in part.attrs["seconds"].items():
             seconds[method] += s
         parts.append(part)

@@ -4,17 +4,21 @@ Each :class:`Rule` restates one criterion of the AASM manual (Berry et al. 2020,
 ``berry2020aasm``) in our own words, with the numbers a detector needs to evaluate it. The
 numbers that the manual does not give (how far a spindle must stand out from its background, what
 counts as "low" chin tone...) are operating settings of our detectors; they live here too, in
-:data:`SETTINGS`, so that this module is the only place a threshold is written down. Detectors
-read both tables at call time, which is what lets a test (or a reader) change one and watch the
-detections move.
+:data:`SETTINGS`, so that this module is the only place a threshold is written down.
+
+Both tables are read-only. Detectors, the evidence and the stager take them as one value, a
+:class:`RuleSet` (default :data:`DEFAULT_RULES`); a variant is made with
+:meth:`RuleSet.with_settings` or :meth:`RuleSet.with_thresholds` and passed where it is meant
+(``detect_all(night, rules=variant)``), so nothing changes behind a caller's back, and a cache
+of detector output keys on :meth:`RuleSet.values`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 import pandas as pd
@@ -294,8 +298,13 @@ _RULE_LIST: tuple[Rule, ...] = (
     ),
 )
 
-#: Every rule by ID, in the order of the book's table.
-RULES: dict[str, Rule] = {r.id: r for r in _RULE_LIST}
+
+def _frozen_rule(rule: Rule) -> Rule:
+    return dataclasses.replace(rule, thresholds=MappingProxyType(dict(rule.thresholds)))
+
+
+#: Every rule by ID, in the order of the book's table (read-only).
+RULES: Mapping[str, Rule] = MappingProxyType({r.id: _frozen_rule(r) for r in _RULE_LIST})
 
 #: Frequency bands (Hz) of the per-second band powers, after the AASM definitions (delta below
 #: 4 Hz, theta 4-7.99 Hz, alpha 8-13 Hz, spindle band 11-16 Hz; beta up to 30 Hz as displayed).
@@ -324,7 +333,7 @@ def rate_for(hz: float) -> float:
 #: its criterion cannot do without. Bands that reach higher (the spindle detector's broad
 #: reference band, beta, the chin EMG band) are read as far as the recording holds them, so an
 #: older archive at 50 Hz still runs every detector.
-SETTINGS: dict[str, dict[str, Any]] = {
+_SETTINGS: dict[str, dict[str, Any]] = {
     # band powers up to the spindle band's 16 Hz; beta (16-30 Hz) and the 0.5-30 Hz total are
     # summed as far as the recording holds them
     "band_power": {"window_s": 2.0, "step_s": 1.0, "min_sfreq": rate_for(16.0)},
@@ -452,58 +461,90 @@ SETTINGS: dict[str, dict[str, Any]] = {
 }
 
 
-def threshold(rule_id: str, name: str) -> Any:
-    """A threshold of one rule (raises ``KeyError`` naming the rule if it has none such)."""
-    try:
-        return RULES[rule_id].thresholds[name]
-    except KeyError:
-        raise KeyError(f"rule {rule_id!r} has no threshold {name!r}") from None
+#: The detectors' settings by detector (read-only).
+SETTINGS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
+    {detector: MappingProxyType(values) for detector, values in _SETTINGS.items()}
+)
 
 
-def setting(detector: str, name: str) -> Any:
-    """An operating setting of one detector."""
-    try:
-        return SETTINGS[detector][name]
-    except KeyError:
-        raise KeyError(f"detector {detector!r} has no setting {name!r}") from None
+@dataclass(frozen=True)
+class RuleSet:
+    """The rules' thresholds and the detectors' settings, as one value passed to whatever
+    detects or stages. :data:`DEFAULT_RULES` is the table above; a variant changes a few
+    values and leaves the default as it is."""
+
+    rules: Mapping[str, Rule] = field(default_factory=lambda: RULES)
+    settings: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: SETTINGS)
+
+    def threshold(self, rule_id: str, name: str) -> Any:
+        """A threshold of one rule (a ``KeyError`` names the rule if it has none such)."""
+        try:
+            return self.rules[rule_id].thresholds[name]
+        except KeyError:
+            raise KeyError(f"rule {rule_id!r} has no threshold {name!r}") from None
+
+    def setting(self, detector: str, name: str) -> Any:
+        """An operating setting of one detector."""
+        try:
+            return self.settings[detector][name]
+        except KeyError:
+            raise KeyError(f"detector {detector!r} has no setting {name!r}") from None
+
+    def with_settings(self, detector: str, **values: Any) -> RuleSet:
+        """A copy with some settings of ``detector`` changed (an exercise's what-if)."""
+        unknown = sorted(set(values) - set(self.settings.get(detector, {})))
+        if detector not in self.settings or unknown:
+            raise KeyError(
+                f"detector {detector!r} has no setting(s) {unknown}; see settings_frame()"
+            )
+        changed = MappingProxyType({**self.settings[detector], **values})
+        return dataclasses.replace(
+            self, settings=MappingProxyType({**self.settings, detector: changed})
+        )
+
+    def with_thresholds(self, rule_id: str, **values: Any) -> RuleSet:
+        """A copy with some thresholds of rule ``rule_id`` changed."""
+        rule = self.rules[rule_id]
+        unknown = sorted(set(values) - set(rule.thresholds))
+        if unknown:
+            raise KeyError(f"rule {rule_id!r} has no threshold(s) {unknown}; see rules_frame()")
+        changed = dataclasses.replace(
+            rule, thresholds=MappingProxyType({**rule.thresholds, **values})
+        )
+        return dataclasses.replace(self, rules=MappingProxyType({**self.rules, rule_id: changed}))
+
+    def __reduce__(self):
+        # read-only mappings do not pickle: a rule set travels to worker processes as values
+        return (RuleSet.from_values, (self.values(),))
+
+    @staticmethod
+    def from_values(values: Mapping[str, Any]) -> RuleSet:
+        """The rule set whose :meth:`values` are ``values`` (rules as in the table)."""
+        rules = {
+            rule_id: dataclasses.replace(RULES[rule_id], thresholds=MappingProxyType(dict(t)))
+            for rule_id, t in values["thresholds"].items()
+        }
+        settings = {d: MappingProxyType(dict(v)) for d, v in values["settings"].items()}
+        return RuleSet(MappingProxyType(rules), MappingProxyType(settings))
+
+    def values(self) -> dict[str, Any]:
+        """Every threshold and setting as plain data: what a cache key of detector output must
+        hold (two rule sets with equal values detect alike)."""
+        return {
+            "thresholds": {rule_id: dict(r.thresholds) for rule_id, r in self.rules.items()},
+            "settings": {detector: dict(v) for detector, v in self.settings.items()},
+        }
 
 
-@contextlib.contextmanager
-def changed_settings(detector: str, **values: Any) -> Iterator[None]:
-    """Run a block with some settings of ``detector`` changed, restored afterwards (an
-    exercise's what-if). Cached detector output is keyed by :func:`values_in_force`, so
-    nothing computed with other values is reused inside the block."""
-    unknown = sorted(set(values) - set(SETTINGS.get(detector, {})))
-    if detector not in SETTINGS or unknown:
-        raise KeyError(f"detector {detector!r} has no setting(s) {unknown}; see settings_frame()")
-    old = {name: SETTINGS[detector][name] for name in values}
-    SETTINGS[detector].update(values)
-    try:
-        yield
-    finally:
-        SETTINGS[detector].update(old)
-
-
-@contextlib.contextmanager
-def changed_thresholds(rule_id: str, **values: Any) -> Iterator[None]:
-    """Run a block with some thresholds of rule ``rule_id`` changed (rules are frozen: the
-    rule is swapped for a copy), restored afterwards."""
-    rule = RULES[rule_id]
-    unknown = sorted(set(values) - set(rule.thresholds))
-    if unknown:
-        raise KeyError(f"rule {rule_id!r} has no threshold(s) {unknown}; see rules_frame()")
-    RULES[rule_id] = dataclasses.replace(rule, thresholds={**rule.thresholds, **values})
-    try:
-        yield
-    finally:
-        RULES[rule_id] = rule
+#: The rule table and the detectors' settings as written above.
+DEFAULT_RULES = RuleSet()
 
 
 def _format_thresholds(values: dict[str, Any]) -> str:
     return "; ".join(f"{k} = {v}" for k, v in values.items())
 
 
-def rules_frame() -> pd.DataFrame:
+def rules_frame(rules: RuleSet = DEFAULT_RULES) -> pd.DataFrame:
     """The rule table as the book shows it: one row per rule."""
     return pd.DataFrame(
         [
@@ -518,27 +559,17 @@ def rules_frame() -> pd.DataFrame:
                 "evidence": ", ".join(r.detectors),
                 "citation": r.citation,
             }
-            for r in RULES.values()
+            for r in rules.rules.values()
         ]
     )
 
 
-def values_in_force() -> dict[str, Any]:
-    """Every rule threshold and detector setting as they stand now (a chapter may have changed
-    one): what a cache key of detector output must hold, since the source of this module
-    does not change when a value is changed at run time."""
-    return {
-        "thresholds": {rule_id: rule.thresholds for rule_id, rule in RULES.items()},
-        "settings": SETTINGS,
-    }
-
-
-def settings_frame() -> pd.DataFrame:
+def settings_frame(rules: RuleSet = DEFAULT_RULES) -> pd.DataFrame:
     """The detectors' operating settings, one row per (detector, setting)."""
     return pd.DataFrame(
         [
             {"detector": d, "setting": k, "value": v}
-            for d, values in SETTINGS.items()
+            for d, values in rules.settings.items()
             for k, v in values.items()
         ]
     )

@@ -28,7 +28,7 @@ import pandas as pd
 from sleepvlm.data import dreams
 from sleepvlm.data.records import EVENT_COLUMNS, SECOND_EYE, DataError, Recording, empty_events
 from sleepvlm.rules import detectors as det
-from sleepvlm.rules.table import threshold
+from sleepvlm.rules.table import DEFAULT_RULES, RuleSet
 
 #: How each kind is matched: by IoU (default) or by onset distance.
 MATCHING: dict[str, dict[str, float]] = {
@@ -49,10 +49,10 @@ def matching_for(kind: str) -> dict[str, float]:
     return MATCHING.get(kind, MATCHING["default"])
 
 
-def dont_care(truth: pd.DataFrame) -> np.ndarray:
+def dont_care(truth: pd.DataFrame, rules: RuleSet = DEFAULT_RULES) -> np.ndarray:
     """True events that fall short of their AASM definition (slow waves under 75 µV)."""
     low_sw = (truth["kind"] == "slow_wave") & (
-        truth["amplitude"] < threshold("N3.sw20", "min_ptp_uv")
+        truth["amplitude"] < rules.threshold("N3.sw20", "min_ptp_uv")
     )
     return low_sw.to_numpy()
 
@@ -155,12 +155,14 @@ class KindScore:
         }
 
 
-def score_kind(detected: pd.DataFrame, truth: pd.DataFrame, kind: str) -> KindScore:
+def score_kind(
+    detected: pd.DataFrame, truth: pd.DataFrame, kind: str, rules: RuleSet = DEFAULT_RULES
+) -> KindScore:
     """Match the ``kind`` rows of both tables (see the module docstring for the rule)."""
     d = detected[detected["kind"] == kind].reset_index(drop=True)
     t = truth[truth["kind"] == kind].reset_index(drop=True)
     pairs = match_events(d, t, **matching_for(kind))
-    ignore = dont_care(t)
+    ignore = dont_care(t, rules=rules)
     hit = ~ignore[pairs["truth"].to_numpy(int)]
     matched_d = np.zeros(len(d), bool)
     matched_d[pairs["detected"].to_numpy(int)] = True
@@ -198,9 +200,11 @@ def _overlaps(events: pd.DataFrame, regions: pd.DataFrame) -> np.ndarray:
     return (k >= 0) & (latest_end[np.clip(k, 0, None)] > on)
 
 
-def event_scores(detected: pd.DataFrame, truth: pd.DataFrame, kinds) -> pd.DataFrame:
+def event_scores(
+    detected: pd.DataFrame, truth: pd.DataFrame, kinds, rules: RuleSet = DEFAULT_RULES
+) -> pd.DataFrame:
     """Precision/recall/F1 per kind (one row each)."""
-    return pd.DataFrame([score_kind(detected, truth, k).row() for k in kinds])
+    return pd.DataFrame([score_kind(detected, truth, k, rules=rules).row() for k in kinds])
 
 
 # --------------------------------------------------------------------------------------------
@@ -218,17 +222,22 @@ def _timed(fn: Callable[[], pd.DataFrame]) -> tuple[pd.DataFrame, float]:
 
 
 def ours(
-    kind: str, x: np.ndarray, sfreq: float, channel: str, other: np.ndarray | None = None
+    kind: str,
+    x: np.ndarray,
+    sfreq: float,
+    channel: str,
+    other: np.ndarray | None = None,
+    rules: RuleSet = DEFAULT_RULES,
 ) -> pd.DataFrame:
     """Our detector of ``kind`` on one channel (eye movements without an EEG reference, as
     YASA's REM detector has none either; ``other``: the second eye, same rate)."""
     if kind == "spindle":
-        return det.detect_spindles(x, sfreq, channel)
+        return det.detect_spindles(x, sfreq, channel, rules=rules)
     if kind == "slow_wave":
-        return det.detect_slow_waves(x, sfreq, channel)
+        return det.detect_slow_waves(x, sfreq, channel, rules=rules)
     if kind == "kcomplex":
-        return det.detect_kcomplexes(x, sfreq, channel)
-    moves = det.detect_eye_movements(x, sfreq, channel, other=other)
+        return det.detect_kcomplexes(x, sfreq, channel, rules=rules)
+    moves = det.detect_eye_movements(x, sfreq, channel, other=other, rules=rules)
     return moves[moves["kind"] == "rem"].reset_index(drop=True)
 
 
@@ -263,7 +272,9 @@ def yasa_events(
     ]
 
 
-def compare_with_yasa(rec: Recording, kinds=tuple(YASA_KINDS)) -> pd.DataFrame:
+def compare_with_yasa(
+    rec: Recording, kinds=tuple(YASA_KINDS), rules: RuleSet = DEFAULT_RULES
+) -> pd.DataFrame:
     """Ours vs YASA on one simulated night: F1 against the ground truth and wall time. Both
     read both eyes where the night has a second (``eyes``: 2), one eye otherwise (``eyes``: 1;
     YASA then gets the channel's mirror image).
@@ -276,22 +287,24 @@ def compare_with_yasa(rec: Recording, kinds=tuple(YASA_KINDS)) -> pd.DataFrame:
         x, sfreq = rec.signals[channel], rec.sfreq[channel]
         other = second_eye(rec, sfreq) if role == "eog" else None
         eyes = (1 if other is None else 2) if role == "eog" else None
-        for method, fn in (("ours", ours), ("yasa", yasa_events)):
+        for method, fn in (("ours", partial(ours, rules=rules)), ("yasa", yasa_events)):
             events, seconds = _timed(partial(fn, kind, x, sfreq, channel, other))
-            row = score_kind(events, rec.events, kind).row()
+            row = score_kind(events, rec.events, kind, rules=rules).row()
             rows.append(
                 {"record": rec.label, "method": method, **row, "eyes": eyes, "seconds": seconds}
             )
     return pd.DataFrame(rows)
 
 
-def rem_by_eyes(rec: Recording) -> pd.DataFrame:
+def rem_by_eyes(rec: Recording, rules: RuleSet = DEFAULT_RULES) -> pd.DataFrame:
     """Rapid eye movements of a two-eye night read by ours and YASA's detectors from both eyes
     and from the first alone (:func:`compare_with_yasa` rows of kind ``rem``, ``eyes`` 2 and 1):
     what the second eye is worth."""
     one_eye = replace(rec, roles={r: c for r, c in rec.roles.items() if r != SECOND_EYE})
-    both = compare_with_yasa(rec, kinds=("rem",)) if SECOND_EYE in rec.roles else None
-    return pd.concat([both, compare_with_yasa(one_eye, kinds=("rem",))], ignore_index=True)
+    both = compare_with_yasa(rec, kinds=("rem",), rules=rules) if SECOND_EYE in rec.roles else None
+    return pd.concat(
+        [both, compare_with_yasa(one_eye, kinds=("rem",), rules=rules)], ignore_index=True
+    )
 
 
 def rem_by_eyes_table(rows: list[pd.DataFrame]) -> pd.DataFrame:
@@ -356,7 +369,9 @@ def pooled_counts(scores: pd.DataFrame) -> pd.DataFrame:
     return counts
 
 
-def dreams_rem_agreement(excerpt: int = 3, loc: str = "EOG1-A1", roc: str = "EOG2-A1") -> dict:
+def dreams_rem_agreement(
+    excerpt: int = 3, loc: str = "EOG1-A1", roc: str = "EOG2-A1", rules: RuleSet = DEFAULT_RULES
+) -> dict:
     """Rapid eye movements on a DREAMS PSG's two real EOG channels (excerpt 3: 30 min of W,
     N1, N2 and N3, no REM sleep), over the whole excerpt: how many ours finds with both eyes
     and with ``loc`` alone (the fallback), how many YASA's ``rem_detect`` finds fed both eyes,
@@ -372,8 +387,8 @@ def dreams_rem_agreement(excerpt: int = 3, loc: str = "EOG1-A1", roc: str = "EOG
     reference = yasa_events("rem", x, sfreq, loc, other)
     out: dict = {"yasa": len(reference)}
     for name, second in (("both eyes", other), ("one eye", None)):
-        found = ours("rem", x, sfreq, loc, second)
-        score = score_kind(found, reference, "rem").row()
+        found = ours("rem", x, sfreq, loc, second, rules=rules)
+        score = score_kind(found, reference, "rem", rules=rules).row()
         out[name] = {
             "n": len(found),
             **{f"{k}_vs_yasa": score[k] for k in ("precision", "recall", "f1")},
@@ -381,14 +396,16 @@ def dreams_rem_agreement(excerpt: int = 3, loc: str = "EOG1-A1", roc: str = "EOG
     return out
 
 
-def agreement(kind: str, x: np.ndarray, sfreq: float, channel: str) -> dict:
+def agreement(
+    kind: str, x: np.ndarray, sfreq: float, channel: str, rules: RuleSet = DEFAULT_RULES
+) -> dict:
     """Ours vs YASA on one channel without ground truth (the real excerpts).
 
     Returns a summary row (counts, matched pairs, F1 of ours taking YASA as reference, times)
     and the events each found that the other did not."""
-    mine, t_mine = _timed(lambda: ours(kind, x, sfreq, channel))
+    mine, t_mine = _timed(lambda: ours(kind, x, sfreq, channel, rules=rules))
     theirs, t_theirs = _timed(lambda: yasa_events(kind, x, sfreq, channel))
-    result = score_kind(mine, theirs, kind)
+    result = score_kind(mine, theirs, kind, rules=rules)
     return {
         "summary": {
             "kind": kind,
@@ -484,7 +501,9 @@ def _not_evaluable_row(excerpt: int, method: str, reference: str, n_ref: int, wh
     }
 
 
-def _excerpt_rows(n: int, region: str, methods: dict[str, Callable]) -> list[dict]:
+def _excerpt_rows(
+    n: int, region: str, methods: dict[str, Callable], rules: RuleSet = DEFAULT_RULES
+) -> list[dict]:
     """Rows of one excerpt: each method against each reference, and expert 2 against 1."""
     x, sfreq, channel = dreams.read_dreams_eeg(n)
     experts = [dreams.read_dreams_spindles(n, e) for e in dreams.EXPERTS]
@@ -497,7 +516,7 @@ def _excerpt_rows(n: int, region: str, methods: dict[str, Callable]) -> list[dic
         return events_in_stages(events, labels, dreams.HYPNOGRAM_STEP_S, stages)
 
     references = {name: keep(events) for name, events in references.items()}
-    mutual = score_kind(references["expert2"], references["expert1"], "spindle")
+    mutual = score_kind(references["expert2"], references["expert1"], "spindle", rules=rules)
     rows = [_score_row(n, "expert2", "expert1", mutual)]
     for method, fn in methods.items():
         found, why = _detect_or_reason(fn, x, sfreq, channel)
@@ -505,7 +524,11 @@ def _excerpt_rows(n: int, region: str, methods: dict[str, Callable]) -> list[dic
             if found is None:
                 rows.append(_not_evaluable_row(n, method, name, len(truth), why))
             else:
-                rows.append(_score_row(n, method, name, score_kind(keep(found), truth, "spindle")))
+                rows.append(
+                    _score_row(
+                        n, method, name, score_kind(keep(found), truth, "spindle", rules=rules)
+                    )
+                )
     return rows
 
 
@@ -527,13 +550,14 @@ def expert_agreement_table(
     n_excerpts: tuple[int, ...] = dreams.EXCERPTS,
     region: str = "all",
     methods: dict[str, Callable[..., pd.DataFrame]] | None = None,
+    rules: RuleSet = DEFAULT_RULES,
 ) -> pd.DataFrame:
     """Spindle detectors against the two DREAMS experts, per excerpt and pooled.
 
     One row per (excerpt, method, reference): counts (``n_reference``, ``n_detected``, ``tp``,
     ``fp``, ``fn``), precision, recall and F1 of the method taking the reference as truth, and a
-    ``note``. Methods are ``methods`` (default :data:`SPINDLE_METHODS`, run with their own
-    settings on the whole excerpt) and ``expert2`` scored against ``expert1``: the experts'
+    ``note``. Methods are ``methods`` (default :data:`SPINDLE_METHODS`, ours with ``rules``,
+    run on the whole excerpt) and ``expert2`` scored against ``expert1``: the experts'
     mutual agreement, the human reference a detector should reach (F1 is symmetric, so which
     expert is the truth does not matter). References are expert 1, expert 2 and
     :func:`union_of_experts`. Events match one to one by the module's rule (intervals with an
@@ -546,8 +570,12 @@ def expert_agreement_table(
     """
     if region not in REGIONS:
         raise ValueError(f"region {region!r} is not one of {', '.join(REGIONS)}")
-    methods = SPINDLE_METHODS if methods is None else methods
-    rows = pd.DataFrame([r for n in n_excerpts for r in _excerpt_rows(n, region, methods)])
+    methods = (
+        {**SPINDLE_METHODS, "ours": partial(ours, rules=rules)} if methods is None else methods
+    )
+    rows = pd.DataFrame(
+        [r for n in n_excerpts for r in _excerpt_rows(n, region, methods, rules=rules)]
+    )
     table = pd.concat([rows, pd.DataFrame(_pooled_rows(rows))], ignore_index=True)
     table.insert(1, "region", region)
     return table
