@@ -301,3 +301,24 @@ def test_detection_reads_only_the_rules_it_is_given(monkeypatch):
     assert len(detection.events) > 0  # the detectors ran
     detect_all(rec)
     assert read_from_default  # the check sees reads of the default
+
+
+def test_a_rules_example_epoch_is_drawn_with_its_evidence_shaded():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from sleepvlm.rules.plots import plot_rule_example, rule_example_epoch
+
+    rec = night()
+    detection = detect_all(rec)
+    staged = stage_detection(detection)
+    rng = np.random.default_rng(0)
+    epoch = rule_example_epoch("R.rem", detection, staged, rng)
+    assert epoch == 3  # the one epoch with a rapid eye movement
+    assert rule_example_epoch("R.sawtooth", detection, staged, rng) is None
+    scored = pd.Series(rec.stages, index=range(len(rec.stages)))
+    fig = plot_rule_example("R.rem", epoch, rec, detection, staged, scored)
+    eog_axis = fig.axes[list(rec.roles).index("eog")]
+    assert len(eog_axis.patches) == 1  # the movement at 100 s, 10 s into the epoch
+    assert all(len(ax.patches) == 0 for ax in fig.axes if ax is not eog_axis)
+    assert "R.rem: epoch 3, scored N2" in fig._suptitle.get_text()

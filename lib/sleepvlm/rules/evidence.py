@@ -62,6 +62,11 @@ _SLOW_CHANNEL_HINT = "a derived signal such as an RMS envelope or 1-s means, not
 _HALF_WINDOW_RULES = ("N2.spindle", "N2.kcomplex")
 
 
+def rule_event_kinds(rule_id: str) -> list[str]:
+    """Kinds of the detected events that are the evidence of ``rule_id``."""
+    return [k for d in RULES[rule_id].detectors for k in DETECTOR_KINDS.get(d, ())]
+
+
 @dataclass
 class Detection:
     """Detector output of one night.
@@ -97,7 +102,7 @@ class Detection:
     def evidence(self, epoch: int, rule_id: str) -> pd.DataFrame:
         """The detected events that support ``rule_id`` in ``epoch`` (empty for rules read from
         per-epoch values, such as chin tone)."""
-        kinds = [k for d in RULES[rule_id].detectors for k in DETECTOR_KINDS.get(d, ())]
+        kinds = rule_event_kinds(rule_id)
         start = float(self.epochs.loc[epoch, "onset"])
         if rule_id in _HALF_WINDOW_RULES:
             start, stop = start - EPOCH_S / 2, start + EPOCH_S / 2

@@ -19,8 +19,8 @@ import numpy as np
 import pandas as pd
 
 from sleepvlm.data.records import ROLES, STAGES, DataError
-from sleepvlm.rules.evidence import DETECTOR_KINDS, Detection, detect_all
-from sleepvlm.rules.table import DEFAULT_RULES, RULES, RuleSet
+from sleepvlm.rules.evidence import Detection, detect_all, rule_event_kinds
+from sleepvlm.rules.table import DEFAULT_RULES, RuleSet
 from sleepvlm.signal import QualityWarning
 from sleepvlm.splits import MANIFEST_KEY
 
@@ -116,7 +116,7 @@ def flags_frame() -> pd.DataFrame:
 
 def _event_count(detection: Detection, rule_id: str) -> np.ndarray:
     """Per epoch: events found by the detectors that give ``rule_id`` its evidence."""
-    kinds = [k for d in RULES[rule_id].detectors for k in DETECTOR_KINDS.get(d, ())]
+    kinds = rule_event_kinds(rule_id)
     columns = [f"n_{k}" for k in kinds if f"n_{k}" in detection.epochs]
     return detection.epochs[columns].sum(axis=1).to_numpy()
 

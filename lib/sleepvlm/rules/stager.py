@@ -51,8 +51,8 @@ import numpy as np
 import pandas as pd
 
 from sleepvlm.data.records import EPOCH_S, EVENT_COLUMNS, ROLES, STAGES, DataError, Recording
-from sleepvlm.rules.evidence import DETECTOR_KINDS, Detection, detect_all
-from sleepvlm.rules.table import DEFAULT_RULES, RULES, RuleSet
+from sleepvlm.rules.evidence import Detection, detect_all, rule_event_kinds
+from sleepvlm.rules.table import DEFAULT_RULES, RuleSet
 from sleepvlm.signal import Epochs
 
 #: Columns of a staged night, one row per epoch.
@@ -189,7 +189,7 @@ class _EvidenceIndex:
 
     def _for_rule(self, rule_id: str) -> tuple:
         if rule_id not in self._arrays:
-            kinds = [k for d in RULES[rule_id].detectors for k in DETECTOR_KINDS.get(d, ())]
+            kinds = rule_event_kinds(rule_id)
             ev = self.events[self.events["kind"].isin(kinds)].sort_values("onset", kind="stable")
             columns = [ev[c].to_numpy() for c in EVENT_COLUMNS]
             longest = float(ev["duration"].max()) if len(ev) else 0.0
