@@ -26,7 +26,7 @@ install: $(STAMP)
 
 lint: install
 	$(BIN)/ruff check lib tests notebooks
-	$(BIN)/ruff format --check lib tests
+	$(BIN)/ruff format --check lib tests notebooks
 	$(BIN)/sleepvlm check-notebooks notebooks
 	$(BIN)/sleepvlm check-lock
 

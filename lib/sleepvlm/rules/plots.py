@@ -11,7 +11,7 @@ import pandas as pd
 from sleepvlm.data.records import EPOCH_S, ROLES, Recording
 from sleepvlm.rules.evidence import Detection, rule_event_kinds
 
-#: Colour of each detected event kind in the book's figures.
+#: Color of each detected event kind in the book's figures.
 KIND_COLORS: dict[str, str] = {
     "alpha": "tab:orange",
     "spindle": "tab:green",
