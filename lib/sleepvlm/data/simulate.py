@@ -752,45 +752,53 @@ def simulate_scoring(
     return truth, _night_scorers(center, subject, seed, truth, partner, weight, n)
 
 
-def simulate_night(center: str, subject: int, seed: int = 0, hours: float = 8.0) -> Recording:
-    """One simulated PSG night of ``subject`` (an int) at ``center`` ("dcsm", "shhs", "isruc").
+@dataclass
+class _Night:
+    """What every section of :func:`simulate_night` draws into, in the order it draws: one
+    random stream (the sections' order fixes the night), the per-epoch parameters, and the
+    canvas and event list the waveforms go to."""
 
-    Deterministic in (center, subject, seed); the subject's traits (age, spindle density, alpha,
-    slow-wave amplitude, EMG tone...) depend on (center, subject) only, so ``seed`` gives another
-    night of the same person. Signals are µV at the center's native rates; ``events`` lists every
-    drawn waveform; ``stages`` is scorer 1, ``other_scorers["truth"]`` the generating stage (and,
-    for two-scorer centers, ``other_scorers["scorer2"]``).
-    """
-    _check_night(center, subject, seed, hours)
-    spec = CENTERS[center]
-    n_epochs = int(round(hours * 3600 / EPOCH_S))
-    traits, rng, truth, eyes, partner, weight = _night_course(center, subject, seed, n_epochs)
-    scorers = _night_scorers(center, subject, seed, truth, partner, weight, spec.n_scorers)
-    par = _epoch_params(truth, partner, weight, eyes, traits, spec, rng)
+    spec: CenterSpec
+    traits: dict[str, float]
+    rng: np.random.Generator
+    truth: np.ndarray
+    par: np.ndarray
+    fs: float
+    n: int
+    canvas: _Canvas
+    events: _Events
 
-    fs = spec.rates["eeg"]
-    n = int(round(n_epochs * EPOCH_S * fs))
-    ch = spec.channels
-    events = _Events()
+    @property
+    def n_epochs(self) -> int:
+        return len(self.truth)
 
-    def rate(name: str) -> np.ndarray:
-        return par[:, _P[name]]
+    @property
+    def channels(self) -> dict[str, str]:
+        return self.spec.channels
 
-    def amp(role: str, freq, p2p):
+    def rate(self, name: str) -> np.ndarray:
+        """Per-epoch rate (events per second) of the waveform ``name``."""
+        return self.par[:, _P[name]]
+
+    def amp(self, role: str, freq, p2p) -> np.ndarray:
         """Template amplitude that shows as ``p2p`` µV on the recording."""
-        return np.asarray(p2p) / _chain_gain(spec, role, fs, np.asarray(freq, float))
+        return np.asarray(p2p) / _chain_gain(self.spec, role, self.fs, np.asarray(freq, float))
 
-    # ---- cortical EEG: background + waveforms ------------------------------------------------
-    hop_s = int(8 * fs) // 2 / fs
-    n_frames = int(np.ceil(n / (hop_s * fs))) + 1
+
+def _draw_eeg_background(night: _Night) -> np.ndarray:
+    """The cortical background: colored noise shaped by each epoch's band levels."""
+    hop_s = int(8 * night.fs) // 2 / night.fs
+    n_frames = int(np.ceil(night.n / (hop_s * night.fs))) + 1
     bg_cols = [_P[c] for c in ("a1", "a2", "theta_pk", "alpha_pk", "beta_pk", "hf_pk")]
-    levels = _frame_values(par[:, bg_cols], n_frames, hop_s) * traits["eeg_scale"] ** 2
-    eeg = _background(rng, n, fs, levels, traits["alpha_freq"])
-    canvas = _Canvas(n, fs)
+    levels = _frame_values(night.par[:, bg_cols], n_frames, hop_s) * night.traits["eeg_scale"] ** 2
+    return _background(night.rng, night.n, night.fs, levels, night.traits["alpha_freq"])
 
-    # spindles: waxing-waning 11-16 Hz; the listed 0.5-1.8 s is the stretch above half the peak
-    # amplitude (a sine envelope over 1.5 x that), which is what a scorer marks
-    on = _draw_onsets(rng, rate("spindle"), min_gap=3.0)
+
+def _draw_spindles(night: _Night) -> None:
+    """Waxing-waning 11-16 Hz; the listed 0.5-1.8 s is the stretch above half the peak
+    amplitude (a sine envelope over 1.5 x that), which is what a scorer marks."""
+    rng, traits, fs = night.rng, night.traits, night.fs
+    on = _draw_onsets(rng, night.rate("spindle"), min_gap=3.0)
     k = len(on)
     dur = np.clip(rng.gamma(6, 0.17, k), 0.5, 1.8)
     freq = np.clip(traits["spindle_freq"] + rng.normal(0, 0.5, k), 11.0, 16.0)
@@ -798,87 +806,104 @@ def simulate_night(center: str, subject: int, seed: int = 0, hours: float = 8.0)
     t = _times(fs, 1.5 * 1.8)
     w = np.sin(2 * np.pi * freq[:, None] * t + rng.uniform(0, 2 * np.pi, (k, 1)))
     w *= _window(t, 1.5 * dur[:, None], 1.0)
-    w *= (amp("eeg", freq, p2p) / np.maximum(_p2p(w), 1e-9))[:, None]
-    canvas.add("eeg", on, w)
-    events.add("spindle", ch["eeg"], on + dur / 4, dur, p2p)
+    w *= (night.amp("eeg", freq, p2p) / np.maximum(_p2p(w), 1e-9))[:, None]
+    night.canvas.add("eeg", on, w)
+    night.events.add("spindle", night.channels["eeg"], on + dur / 4, dur, p2p)
 
-    # K-complexes: sharp negative then slower positive wave, 0.6-1.5 s
-    on = _draw_onsets(rng, rate("kcomplex"), min_gap=3.0)
+
+def _draw_kcomplexes(night: _Night) -> None:
+    """Sharp negative then slower positive wave, 0.6-1.5 s; in N3 one more slow wave (AASM: N3
+    criteria met means no K complex is scored)."""
+    rng, traits = night.rng, night.traits
+    on = _draw_onsets(rng, night.rate("kcomplex"), min_gap=3.0)
     k = len(on)
     dur = rng.uniform(0.6, 1.5, k)[:, None]
     p2p = rng.uniform(90, 220, k) * traits["sw_amp"] * traits["eeg_scale"]
-    t = _times(fs, 1.5)
+    t = _times(night.fs, 1.5)
     w = -np.exp(-(((t - 0.3 * dur) / (0.11 * dur)) ** 2)) + 0.55 * np.exp(
         -(((t - 0.65 * dur) / (0.16 * dur)) ** 2)
     )
     w *= t < dur
-    w *= (amp("eeg", 1.0 / dur[:, 0], p2p) / _p2p(w))[:, None]
-    canvas.add("eeg", on, w)
-    # in N3 a K complex is one more slow wave (AASM: N3 criteria met means no K complex scored)
-    in_n3 = truth[np.minimum((on // EPOCH_S).astype(int), n_epochs - 1)] == "N3"
-    events.add("kcomplex", ch["eeg"], on[~in_n3], dur[~in_n3, 0], p2p[~in_n3])
-    events.add("slow_wave", ch["eeg"], on[in_n3], dur[in_n3, 0], p2p[in_n3])
+    w *= (night.amp("eeg", 1.0 / dur[:, 0], p2p) / _p2p(w))[:, None]
+    night.canvas.add("eeg", on, w)
+    epoch = np.minimum((on // EPOCH_S).astype(int), night.n_epochs - 1)
+    in_n3 = night.truth[epoch] == "N3"
+    eeg = night.channels["eeg"]
+    night.events.add("kcomplex", eeg, on[~in_n3], dur[~in_n3, 0], p2p[~in_n3])
+    night.events.add("slow_wave", eeg, on[in_n3], dur[in_n3, 0], p2p[in_n3])
 
-    # slow waves (one negative-then-positive cycle each)
-    on, dur, p2p = _slow_waves(rng, truth, partner, weight, traits)
-    k = len(on)
-    t = _times(fs, 2.0)
+
+def _draw_slow_waves(night: _Night, partner: np.ndarray, weight: np.ndarray) -> None:
+    """One negative-then-positive cycle each, where the epochs call for them."""
+    on, dur, p2p = _slow_waves(night.rng, night.truth, partner, weight, night.traits)
+    t = _times(night.fs, 2.0)
     phase = np.clip(t / dur[:, None], 0, 1)
     w = -np.sin(2 * np.pi * phase) * (t < dur[:, None]) * (1 + 0.15 * np.cos(np.pi * phase))
-    w *= (amp("eeg", 1 / dur, p2p) / np.maximum(_p2p(w), 1e-9))[:, None]
-    canvas.add("eeg", on, w)
-    events.add("slow_wave", ch["eeg"], on, dur, p2p)
+    w *= (night.amp("eeg", 1 / dur, p2p) / np.maximum(_p2p(w), 1e-9))[:, None]
+    night.canvas.add("eeg", on, w)
+    night.events.add("slow_wave", night.channels["eeg"], on, dur, p2p)
 
-    # vertex sharp waves
-    on = _draw_onsets(rng, rate("vertex"), min_gap=1.0)
+
+def _draw_vertex_waves(night: _Night) -> None:
+    on = _draw_onsets(night.rng, night.rate("vertex"), min_gap=1.0)
     k = len(on)
-    p2p = rng.uniform(50, 150, k) * traits["eeg_scale"] * (0.7 if spec.frontal else 1.0)
-    t = _times(fs, 0.5)
+    frontal = 0.7 if night.spec.frontal else 1.0
+    p2p = night.rng.uniform(50, 150, k) * night.traits["eeg_scale"] * frontal
+    t = _times(night.fs, 0.5)
     w = -np.exp(-(((t - 0.15) / 0.045) ** 2)) + 0.3 * np.exp(-(((t - 0.3) / 0.07) ** 2))
-    w = np.repeat(w, k, axis=0) * (amp("eeg", 4.0, p2p) / _p2p(w))[:, None]
-    canvas.add("eeg", on, w)
-    events.add("vertex", ch["eeg"], on, 0.5, p2p)
+    w = np.repeat(w, k, axis=0) * (night.amp("eeg", 4.0, p2p) / _p2p(w))[:, None]
+    night.canvas.add("eeg", on, w)
+    night.events.add("vertex", night.channels["eeg"], on, 0.5, p2p)
 
-    def bursts(kind: str, name: str, lo: float, hi: float, dmin: float, dmax: float, a, b):
-        on = _draw_onsets(rng, rate(name))
-        k = len(on)
-        dur = rng.uniform(dmin, dmax, k)
-        freq = rng.uniform(lo, hi, k)
-        p2p = rng.uniform(a, b, k) * traits["eeg_scale"]
-        t = _times(fs, dmax)
-        if kind == "sawtooth":
-            w = signal.sawtooth(2 * np.pi * freq[:, None] * t, width=0.15)
-        else:
-            w = np.sin(2 * np.pi * freq[:, None] * t + rng.uniform(0, 2 * np.pi, (k, 1)))
-        w *= _window(t, dur[:, None], 0.5)
-        w *= (amp("eeg", freq, p2p) / np.maximum(_p2p(w), 1e-9))[:, None]
-        canvas.add("eeg", on, w)
-        events.add(kind, ch["eeg"], on, dur, p2p)
 
-    af = traits["alpha_freq"]
-    alpha_gain = (0.6 if spec.frontal else 0.85) * traits["alpha_amp"]
-    bursts("alpha", "alpha", af - 0.6, af + 0.6, 1.5, 8.0, 20 * alpha_gain, 55 * alpha_gain)
-    bursts("theta", "theta", 4.0, 7.5, 1.0, 3.0, 25, 60)
-    bursts("sawtooth", "sawtooth", 2.0, 5.0, 1.0, 4.0, 25, 65)
+def _draw_bursts(
+    night: _Night, kind: str, lo: float, hi: float, dmin: float, dmax: float, a: float, b: float
+) -> None:
+    """Rhythmic EEG bursts of ``kind`` (alpha, theta, sawtooth): ``lo``-``hi`` Hz, lasting
+    ``dmin``-``dmax`` s, ``a``-``b`` µV peak to peak."""
+    rng = night.rng
+    on = _draw_onsets(rng, night.rate(kind))
+    k = len(on)
+    dur = rng.uniform(dmin, dmax, k)
+    freq = rng.uniform(lo, hi, k)
+    p2p = rng.uniform(a, b, k) * night.traits["eeg_scale"]
+    t = _times(night.fs, dmax)
+    if kind == "sawtooth":
+        w = signal.sawtooth(2 * np.pi * freq[:, None] * t, width=0.15)
+    else:
+        w = np.sin(2 * np.pi * freq[:, None] * t + rng.uniform(0, 2 * np.pi, (k, 1)))
+    w *= _window(t, dur[:, None], 0.5)
+    w *= (night.amp("eeg", freq, p2p) / np.maximum(_p2p(w), 1e-9))[:, None]
+    night.canvas.add("eeg", on, w)
+    night.events.add(kind, night.channels["eeg"], on, dur, p2p)
 
-    # arousals: alpha/beta intrusion in EEG and a burst of chin tone, 3-15 s
-    aro_on = _draw_onsets(rng, rate("arousal"), min_gap=20.0)
-    aro_dur = rng.uniform(3.0, 15.0, len(aro_on))
-    k = len(aro_on)
-    t = _times(fs, 15.0)
-    env = _window(t, aro_dur[:, None], 0.3)
-    w = (np.sin(2 * np.pi * rng.uniform(af - 1, af + 1, (k, 1)) * t) * 12 + 0) * env
-    canvas.add("eeg", aro_on, w * traits["eeg_scale"])
-    events.add("arousal", ch["eeg"], aro_on, aro_dur, _p2p(w) * spec.gain if k else [])
 
-    # ---- EOG: frontal EEG crosstalk + eye movements ----------------------------------------------
-    # rapid eye movements and blinks share one point process (the eyes do one thing at a time)
-    eye_rate = rate("rem") + rate("blink")
+def _draw_arousals(night: _Night) -> tuple[np.ndarray, np.ndarray]:
+    """Alpha intrusion in the EEG, 3-15 s; returns the onsets and envelopes, which the chin's
+    burst of tone (:func:`_draw_emg`) follows."""
+    rng, af = night.rng, night.traits["alpha_freq"]
+    on = _draw_onsets(rng, night.rate("arousal"), min_gap=20.0)
+    dur = rng.uniform(3.0, 15.0, len(on))
+    k = len(on)
+    t = _times(night.fs, 15.0)
+    env = _window(t, dur[:, None], 0.3)
+    w = np.sin(2 * np.pi * rng.uniform(af - 1, af + 1, (k, 1)) * t) * 12 * env
+    night.canvas.add("eeg", on, w * night.traits["eeg_scale"])
+    amplitude = _p2p(w) * night.spec.gain if k else []
+    night.events.add("arousal", night.channels["eeg"], on, dur, amplitude)
+    return on, env
+
+
+def _draw_eye_movements(night: _Night) -> None:
+    """Rapid eye movements and blinks share one point process (the eyes do one thing at a
+    time). A rapid eye movement is a fast step (saccade), a fixation, then a slow drift back;
+    its listed onset and duration are those of the step (the deflection a scorer marks). A
+    blink is vertical: the same sign on both eyes."""
+    rng, traits, fs, eog = night.rng, night.traits, night.fs, night.channels["eog"]
+    eye_rate = night.rate("rem") + night.rate("blink")
     on = _draw_onsets(rng, eye_rate, min_gap=0.6)
-    epoch = np.minimum((on // EPOCH_S).astype(int), n_epochs - 1)
-    is_rem = rng.random(len(on)) * eye_rate[epoch] < rate("rem")[epoch]
-    # a rapid eye movement: a fast step (saccade), a fixation, then a slow drift back; the
-    # listed onset and duration are those of the step (the rapid deflection a scorer marks)
+    epoch = np.minimum((on // EPOCH_S).astype(int), night.n_epochs - 1)
+    is_rem = rng.random(len(on)) * eye_rate[epoch] < night.rate("rem")[epoch]
     on_rem = on[is_rem]
     k = len(on_rem)
     p2p = rng.uniform(50, 220, k) * traits["eog_scale"]
@@ -889,49 +914,65 @@ def simulate_night(center: str, subject: int, seed: int = 0, hours: float = 8.0)
     t = _times(fs, 3.0)
     ramp = np.clip((t - 0.15 - hold) / back, 0, 1)
     w = sign * (1 + np.tanh((t - 0.15) / rise)) / 2 * np.cos(np.pi / 2 * ramp) ** 2
-    w *= (amp("eog", 2.0, p2p) / _p2p(w))[:, None]
-    canvas.add("eye", on_rem, w)
-    events.add("rem", ch["eog"], on_rem + 0.15 - 2 * rise[:, 0], 4 * rise[:, 0], p2p)
+    w *= (night.amp("eog", 2.0, p2p) / _p2p(w))[:, None]
+    night.canvas.add("eye", on_rem, w)
+    night.events.add("rem", eog, on_rem + 0.15 - 2 * rise[:, 0], 4 * rise[:, 0], p2p)
 
     on_blink = on[~is_rem]
     k = len(on_blink)
     p2p = rng.uniform(80, 300, k) * traits["eog_scale"]
     t = _times(fs, 0.6)
     w = np.exp(-(((t - 0.18) / rng.uniform(0.05, 0.09, (k, 1))) ** 2))
-    w *= (amp("eog", 3.0, p2p) / _p2p(w))[:, None]
-    canvas.add("blink", on_blink, w)  # vertical: the same sign on both eyes
-    events.add("blink", ch["eog"], on_blink, 0.4, p2p)
+    w *= (night.amp("eog", 3.0, p2p) / _p2p(w))[:, None]
+    night.canvas.add("blink", on_blink, w)
+    night.events.add("blink", eog, on_blink, 0.4, p2p)
 
-    on = _draw_onsets(rng, rate("sem"), min_gap=4.0)
+
+def _draw_slow_eye_movements(night: _Night) -> None:
+    rng = night.rng
+    on = _draw_onsets(rng, night.rate("sem"), min_gap=4.0)
     k = len(on)
     dur = rng.uniform(2.0, 6.0, k)
-    p2p = rng.uniform(50, 150, k) * traits["eog_scale"]
-    t = _times(fs, 6.0)
+    p2p = rng.uniform(50, 150, k) * night.traits["eog_scale"]
+    t = _times(night.fs, 6.0)
     w = np.sin(2 * np.pi * t / dur[:, None]) * (t < dur[:, None]) * rng.choice([-1.0, 1.0], (k, 1))
-    w *= (amp("eog", 1 / dur, p2p) / np.maximum(_p2p(w), 1e-9))[:, None]
-    canvas.add("eye", on, w)
-    events.add("sem", ch["eog"], on, dur, p2p)
+    w *= (night.amp("eog", 1 / dur, p2p) / np.maximum(_p2p(w), 1e-9))[:, None]
+    night.canvas.add("eye", on, w)
+    night.events.add("sem", night.channels["eog"], on, dur, p2p)
 
-    # ---- EMG: tone envelope, REM twitches, ECG ---------------------------------------------
-    tone = _sample_envelope(rate("emg"), n, fs)
+
+def _draw_emg(night: _Night, arousals: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """The chin: noise under each epoch's tone envelope, REM twitches, a burst of tone at each
+    arousal; and the heartbeats (layer ``ecg``) that the EEG and the chin pick up. Returns the
+    tone noise (the rest goes to the canvas)."""
+    rng, fs, n, traits = night.rng, night.fs, night.n, night.traits
+    tone = _sample_envelope(night.rate("emg"), n, fs)
     emg = rng.standard_normal(n, dtype=np.float32) * tone
-    on = _draw_onsets(rng, rate("twitch"), min_gap=0.3)
+    on = _draw_onsets(rng, night.rate("twitch"), min_gap=0.3)
     k = len(on)
     t = _times(fs, 0.4)
     noise = rng.standard_normal((k, t.shape[1]))
     dur = rng.uniform(0.08, 0.4, (k, 1))
     w = noise * _window(t, dur) * rng.uniform(8, 30, (k, 1)) * traits["emg_scale"]
-    canvas.add("emg", on, w)
-    events.add("twitch", ch["emg"], on, dur[:, 0], _p2p(w) * _role_gain(spec, "emg") if k else [])
-    canvas.add("emg", aro_on, rng.standard_normal(env.shape) * env * 15 * traits["emg_scale"])
+    night.canvas.add("emg", on, w)
+    amplitude = _p2p(w) * _role_gain(night.spec, "emg") if k else []
+    night.events.add("twitch", night.channels["emg"], on, dur[:, 0], amplitude)
+    arousal_on, arousal_env = arousals
+    burst = rng.standard_normal(arousal_env.shape) * arousal_env * 15 * traits["emg_scale"]
+    night.canvas.add("emg", arousal_on, burst)
     beats = np.cumsum(rng.normal(60 / traits["heart_rate"], 0.05, int(n / fs * 1.6)))
     beats = beats[beats < n / fs - 1]
     t = _times(fs, 0.12)
     qrs = (np.exp(-(((t - 0.05) / 0.012) ** 2)) - 0.3 * np.exp(-(((t - 0.08) / 0.02) ** 2)))[0]
-    canvas.add("ecg", beats, np.broadcast_to(qrs, (len(beats), len(qrs))))
+    night.canvas.add("ecg", beats, np.broadcast_to(qrs, (len(beats), len(qrs))))
+    return emg
 
-    # ---- artifacts: body movements (all channels), electrode pops, sweat drifts -------------
-    on = _draw_onsets(rng, rate("movement") * spec.artifact_rate, min_gap=30.0)
+
+def _draw_artifacts(night: _Night) -> None:
+    """Body movements (all channels), electrode pops and sweat drifts (EEG and EOG), as often
+    as the center's ``artifact_rate`` says."""
+    rng, fs, n, spec, ch = night.rng, night.fs, night.n, night.spec, night.channels
+    on = _draw_onsets(rng, night.rate("movement") * spec.artifact_rate, min_gap=30.0)
     k = len(on)
     dur = rng.uniform(2.0, 15.0, k)
     t = _times(fs, 15.0)
@@ -940,8 +981,9 @@ def simulate_night(center: str, subject: int, seed: int = 0, hours: float = 8.0)
     for role, scale in (("eeg", 150.0), ("eog", 200.0), ("emg", 60.0)):
         noise = rng.standard_normal(env.shape) * (0.3 if role != "emg" else 1.0)
         w = (slow * (role != "emg") + noise) * env * scale * rng.uniform(0.5, 1.5, (k, 1))
-        canvas.add("art_" + role, on, w)
-        events.add("artifact", ch[role], on, dur, _p2p(w) * _role_gain(spec, role) if k else [])
+        night.canvas.add("art_" + role, on, w)
+        amplitude = _p2p(w) * _role_gain(spec, role) if k else []
+        night.events.add("artifact", ch[role], on, dur, amplitude)
     hours_rec = n / fs / 3600
     for role in ("eeg", "eog"):
         m = rng.poisson(1.5 * spec.artifact_rate * hours_rec)
@@ -950,50 +992,99 @@ def simulate_night(center: str, subject: int, seed: int = 0, hours: float = 8.0)
         t = _times(fs, 2.0)
         w = rng.choice([-1.0, 1.0], (m, 1)) * np.exp(-t / tau) * (1 - t / 2.0)
         w *= rng.uniform(150, 500, (m, 1))
-        canvas.add("art_" + role, on, w)
-        events.add("artifact", ch[role], on, 2.0, _p2p(w) * spec.gain if m else [])
+        night.canvas.add("art_" + role, on, w)
+        night.events.add("artifact", ch[role], on, 2.0, _p2p(w) * spec.gain if m else [])
         m = rng.poisson(0.5 * spec.artifact_rate * hours_rec)
         on = np.sort(rng.uniform(0, max(n / fs - 90, 1), m))
         dur = rng.uniform(20.0, 90.0, m)
         t = _times(fs, 90.0)
         w = np.sin(2 * np.pi * t / dur[:, None]) * (t < dur[:, None])
         w *= rng.uniform(40, 150, (m, 1))
-        canvas.add("art_" + role, on, w)
-        events.add("artifact", ch[role], on, dur, _p2p(w) * spec.gain if m else [])
+        night.canvas.add("art_" + role, on, w)
+        night.events.add("artifact", ch[role], on, dur, _p2p(w) * spec.gain if m else [])
 
-    # ---- mix the layers into channels: EOG sees frontal EEG, EEG sees the eyes, both see ECG --
+
+def _mix_channels(night: _Night, eeg: np.ndarray, emg: np.ndarray) -> dict[str, np.ndarray]:
+    """The layers mixed into each role's channel: the EOG sees the frontal EEG, the EEG sees
+    the eyes, the EEG and the chin see the heart. The second eye, where the center records one,
+    is drawn last, so that the other channels do not depend on it."""
+    spec, rng, canvas = night.spec, night.rng, night.canvas
     eye_in_eeg = 0.2 if spec.frontal else 0.06
     ecg_in_emg = rng.uniform(0.3, 1.5)
-    eog_own = _eye_channel_noise(rng, n, fs)
+    eog_own = _eye_channel_noise(rng, night.n, night.fs)
+    eeg_mix = {"eeg": 1, "eye": eye_in_eeg, "blink": eye_in_eeg, "ecg": 1.5, "art_eeg": 1}
     signals = {
-        "eeg": eeg
-        + canvas.render(
-            {"eeg": 1, "eye": eye_in_eeg, "blink": eye_in_eeg, "ecg": 1.5, "art_eeg": 1}
-        ),
+        "eeg": eeg + canvas.render(eeg_mix),
         "eog": 0.55 * eeg
         + canvas.render({"eeg": 0.55, "eye": 1, "blink": 1, "art_eog": 1})
         + eog_own,
         "emg": emg + canvas.render({"emg": 1, "ecg": ecg_in_emg, "art_emg": 1}),
     }
-    if SECOND_EYE in ch:
-        # Drawn after everything else, so that the other channels do not depend on it.
-        signals[SECOND_EYE] = _second_eye(rng, canvas, eeg, n, fs)
+    if SECOND_EYE in spec.channels:
+        signals[SECOND_EYE] = _second_eye(rng, canvas, eeg, night.n, night.fs)
+    return signals
 
-    # ---- amplifier: gain, hardware filters, resampling, noise floor, mains ---------------------
+
+def _record(
+    night: _Night, signals: dict[str, np.ndarray]
+) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """Each channel through the amplifier: gain, hardware filters, resampling to the center's
+    rate, noise floor and mains. Returns the signals and rates by channel name."""
+    spec, rng = night.spec, night.rng
     out: dict[str, np.ndarray] = {}
     sfreq: dict[str, float] = {}
     for role, x in signals.items():
         native = spec.rates[role]
-        y = signal.sosfilt(_hardware(spec, role, fs), x) * _role_gain(spec, role)
-        if native != fs:
-            y = signal.resample_poly(y, int(native), int(fs))
+        y = signal.sosfilt(_hardware(spec, role, night.fs), x) * _role_gain(spec, role)
+        if native != night.fs:
+            y = signal.resample_poly(y, int(native), int(night.fs))
         y = y.astype(np.float32)
         y += rng.standard_normal(len(y), dtype=np.float32) * spec.noise_floor
         if spec.line_freq < native / 2:
             level = rng.uniform(0.7, 1.3) * spec.line_noise * (2.0 if role == "emg" else 1.0)
             y += _mains(len(y), native, spec.line_freq, level, rng.uniform(0, 2 * np.pi))
-        out[ch[role]] = y
-        sfreq[ch[role]] = native
+        out[spec.channels[role]] = y
+        sfreq[spec.channels[role]] = native
+    return out, sfreq
+
+
+def simulate_night(center: str, subject: int, seed: int = 0, hours: float = 8.0) -> Recording:
+    """One simulated PSG night of ``subject`` (an int) at ``center`` ("dcsm", "shhs", "isruc").
+
+    Deterministic in (center, subject, seed); the subject's traits (age, spindle density, alpha,
+    slow-wave amplitude, EMG tone...) depend on (center, subject) only, so ``seed`` gives another
+    night of the same person. Signals are µV at the center's native rates; ``events`` lists every
+    drawn waveform; ``stages`` is scorer 1, ``other_scorers["truth"]`` the generating stage (and,
+    for two-scorer centers, ``other_scorers["scorer2"]``). The sections draw from one random
+    stream in a fixed order (EEG, eyes, chin, artifacts, mixing, amplifier): reordering them
+    changes every night.
+    """
+    _check_night(center, subject, seed, hours)
+    spec = CENTERS[center]
+    n_epochs = int(round(hours * 3600 / EPOCH_S))
+    traits, rng, truth, eyes, partner, weight = _night_course(center, subject, seed, n_epochs)
+    scorers = _night_scorers(center, subject, seed, truth, partner, weight, spec.n_scorers)
+    par = _epoch_params(truth, partner, weight, eyes, traits, spec, rng)
+    fs = spec.rates["eeg"]
+    n = int(round(n_epochs * EPOCH_S * fs))
+    night = _Night(spec, traits, rng, truth, par, fs, n, _Canvas(n, fs), _Events())
+
+    eeg = _draw_eeg_background(night)
+    _draw_spindles(night)
+    _draw_kcomplexes(night)
+    _draw_slow_waves(night, partner, weight)
+    _draw_vertex_waves(night)
+    af = traits["alpha_freq"]
+    alpha_gain = (0.6 if spec.frontal else 0.85) * traits["alpha_amp"]
+    _draw_bursts(night, "alpha", af - 0.6, af + 0.6, 1.5, 8.0, 20 * alpha_gain, 55 * alpha_gain)
+    _draw_bursts(night, "theta", 4.0, 7.5, 1.0, 3.0, 25, 60)
+    _draw_bursts(night, "sawtooth", 2.0, 5.0, 1.0, 4.0, 25, 65)
+    arousals = _draw_arousals(night)
+    _draw_eye_movements(night)
+    _draw_slow_eye_movements(night)
+    emg = _draw_emg(night, arousals)
+    _draw_artifacts(night)
+    out, sfreq = _record(night, _mix_channels(night, eeg, emg))
 
     other = {"truth": truth}
     if spec.n_scorers > 1:
@@ -1005,11 +1096,11 @@ def simulate_night(center: str, subject: int, seed: int = 0, hours: float = 8.0)
         signals=out,
         sfreq=sfreq,
         stages=scorers[0],
-        roles=dict(ch),
+        roles=dict(spec.channels),
         hypnogram_offset=0.0,
         source=f"simulate_night({center!r}, {int(subject)}, seed={int(seed)}, hours={hours})",
         line_freq=spec.line_freq,
-        events=events.table(),
+        events=night.events.table(),
         other_scorers=other,
         simulated=True,
     )
