@@ -13,7 +13,7 @@ import pytest
 import yaml
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from sleepvlm import cli
+from sleepvlm import cli, params
 from sleepvlm.book import (
     META,
     NEEDS,
@@ -337,10 +337,21 @@ def test_smoke_book_has_its_build_log_and_teaching_pages(smoke_book):
     assert (smoke_book.html / "book" / "teaching.html").is_file()
 
 
-def test_every_chapter_draws_one_share_of_the_papers_counts():
-    defaults = [notebook_defaults(nb) for nb in chapter_notebooks(project_root())]
-    shares = {d["count_scale"] for d in defaults if "count_scale" in d}
-    assert len([d for d in defaults if "count_scale" in d]) >= 7 and len(shares) == 1
+def test_every_chapter_draws_one_share_of_the_papers_counts_set_in_one_place():
+    chapters = chapter_notebooks(project_root())
+    defaults = [notebook_defaults(nb) for nb in chapters]
+    shares = [d["count_scale"] for d in defaults if "count_scale" in d]
+    assert len(shares) >= 7 and set(shares) == {params.BOOK_COUNT_SCALE}
+    # (chapter 13's empty list means every dataset on record)
+    centers = [d[k] for d in defaults for k in ("datasets", "eval_datasets", "centers") if d.get(k)]
+    assert len(centers) >= 7 and all(c == list(params.PAPER_CENTERS) for c in centers)
+    # written as the library's constants, not as literals that could drift apart
+    for nb in chapters:
+        cell = next(
+            c for c in nbformat.read(nb, 4).cells if "parameters" in c.metadata.get("tags", [])
+        )
+        assert "count_scale: float = 0" not in cell.source, nb.name
+        assert '["dcsm", "shhs", "isruc"]' not in cell.source, nb.name
 
 
 def test_the_failure_chapter_replays_the_real_models_answers_of_the_text_chapter():

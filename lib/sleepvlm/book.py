@@ -267,8 +267,28 @@ def declared_parameters(notebook: Path) -> set[str]:
     return {name for name, _ in _parameter_assignments(notebook)}
 
 
+def _library_default(value: ast.expr):
+    """The value of a default written as a constant of :mod:`sleepvlm.params` (``NAME`` or
+    ``list(NAME)``), the one place a default shared by the chapters lives; else a
+    ``ValueError``."""
+    from sleepvlm import params
+
+    as_list = (
+        isinstance(value, ast.Call)
+        and isinstance(value.func, ast.Name)
+        and value.func.id == "list"
+        and len(value.args) == 1
+    )
+    node = value.args[0] if as_list else value
+    if not (isinstance(node, ast.Name) and node.id.isupper() and hasattr(params, node.id)):
+        raise ValueError(f"not a constant of sleepvlm.params: {ast.unparse(value)}")
+    constant = getattr(params, node.id)
+    return list(constant) if as_list else constant
+
+
 def notebook_defaults(notebook: Path) -> dict:
-    """The literal default values of the notebook's ``parameters`` cell."""
+    """The default values of the notebook's ``parameters`` cell: literals, and the shared
+    defaults of :mod:`sleepvlm.params` the cell names."""
     defaults = {}
     for name, value in _parameter_assignments(notebook):
         if value is None:
@@ -276,7 +296,10 @@ def notebook_defaults(notebook: Path) -> dict:
         try:
             defaults[name] = ast.literal_eval(value)
         except (ValueError, TypeError, SyntaxError):
-            continue  # computed defaults cannot be compared; the value is always passed
+            try:
+                defaults[name] = _library_default(value)
+            except ValueError:
+                continue  # computed defaults cannot be compared; the value is always passed
     return defaults
 
 
