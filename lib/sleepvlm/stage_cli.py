@@ -313,7 +313,7 @@ def evaluability_lines(detection: Detection) -> list[str]:
     return lines
 
 
-def cmd_stage(args: argparse.Namespace, rules: RuleSet = DEFAULT_RULES) -> int:
+def cmd_stage(args: argparse.Namespace) -> int:
     from sleepvlm.rules.stager import write_hypnogram
 
     steps = 1 + sum(bool(n) for n in (args.eog, args.eog2, args.emg)) + 2
@@ -328,7 +328,6 @@ def cmd_stage(args: argparse.Namespace, rules: RuleSet = DEFAULT_RULES) -> int:
                 progress,
                 args.eog2,
                 args.ecg,
-                rules=rules,
             )
         except DataError as err:
             progress.close()
