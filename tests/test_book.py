@@ -514,3 +514,12 @@ def test_every_chapter_opens_with_an_overview_and_a_prerequisites_table():
         rows = [line for line in table.splitlines() if line.startswith("| ")]
         row = rows[1]  # the one under the header (the |---| line does not start with "| ")
         assert all(cell.strip() for cell in row.strip("|").split("|")), (notebook.name, row)
+
+
+def test_the_mini_chapter_trains_with_the_configs_default_steps():
+    from sleepvlm.explain import MiniConfig
+
+    defaults = notebook_defaults(project_root() / "notebooks" / "11_sleepvlm_mini.ipynb")
+    config = MiniConfig()
+    assert defaults["perception_steps"] == config.perception_steps > 0
+    assert defaults["grounding_steps"] == config.grounding_steps > 0

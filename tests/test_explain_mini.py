@@ -15,6 +15,7 @@ from sleepvlm.data.dcsm import write_dcsm
 from sleepvlm.data.simulate import simulate_night
 from sleepvlm.explain import faithfulness, mini, train
 from sleepvlm.models import Engine, get_model, load_registry, running_server, user_request
+from sleepvlm.params import EXTERNAL, WITHIN
 from sleepvlm.prepare import prepare_dataset
 from sleepvlm.render import render_png
 
@@ -266,7 +267,7 @@ def test_kappa_goal_texts_follow_the_numbers():
     assert met["mini_goal_verdict"] == "met"
     assert met["mini_external_verdict"].startswith("lower than within, by 0.06")
     missed = train.kappa_goal_texts(0.72, 0.78)
-    assert missed["mini_goal_verdict"] == "not met (within 0.72 < 0.75)"
+    assert missed["mini_goal_verdict"] == "not met (within center 0.72 < 0.75)"
     assert missed["mini_external_verdict"].startswith("not lower than within (0.78 vs 0.72)")
     assert train.kappa_goal_texts(0.8, float("nan"))["mini_goal_verdict"] == "—"
 
@@ -275,7 +276,7 @@ def _ceilings(sample: float | None, nights: float | None, scorers=(None, None)):
     return pd.DataFrame(
         {
             "epochs": ["class-balanced sample", "whole test nights", "class-balanced sample"],
-            "setting": ["within", "within", "external"],
+            "setting": [WITHIN, WITHIN, EXTERNAL],
             "kappa": [0.5, 0.6, 0.4],
             "label ceiling κ": [sample, nights, 0.5],
             "share of ceiling": [0.8, 0.9, 0.7],

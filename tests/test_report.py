@@ -15,7 +15,7 @@ from sleepvlm.cache import project_root
 from sleepvlm.data.records import STAGES, DataError, file_sha256
 from sleepvlm.metrics import evaluate, result_record, write_result
 from sleepvlm.models import ModelSpec
-from sleepvlm.params import as_dict, as_list
+from sleepvlm.params import EXTERNAL, WITHIN, as_dict, as_list
 
 REGISTRY = {
     "vlm-hosted": ModelSpec(
@@ -353,7 +353,7 @@ def test_sleepvlm_table_without_records_is_paper_and_not_run(tmp_path):
     published = table[table["status"] == "paper"].set_index("tested on")["kappa"]
     assert published.to_dict() == paper.SLEEPVLM_KAPPA
     missing = table[table["status"] == "not run"]
-    assert sorted(missing["setting"]) == ["external", "within center"]
+    assert sorted(missing["setting"]) == sorted([EXTERNAL, WITHIN])
     assert set(missing["command"]) == {report.SLEEPVLM_MINI_COMMAND}
 
 
@@ -365,11 +365,11 @@ def test_sleepvlm_mini_within_and_across_centers(tmp_path):
     records = report.load_records(tmp_path)
     table = report.sleepvlm_table(records)
     measured = table[table["status"] == "measured"].set_index("setting")
-    assert measured.loc["within center", "tested on"] == "dcsm"
-    assert measured.loc["external", "tested on"] == "shhs"
+    assert measured.loc[WITHIN, "tested on"] == "dcsm"
+    assert measured.loc[EXTERNAL, "tested on"] == "shhs"
     kappa = records.set_index("dataset")["kappa"]
-    assert measured.loc["within center", "kappa"] == pytest.approx(kappa["dcsm"])
-    assert measured.loc["external", "kappa"] == pytest.approx(kappa["shhs"])
+    assert measured.loc[WITHIN, "kappa"] == pytest.approx(kappa["dcsm"])
+    assert measured.loc[EXTERNAL, "kappa"] == pytest.approx(kappa["shhs"])
     assert "not run" not in set(table["status"])
 
     main = report.main_table(records, registry=REGISTRY)
@@ -404,7 +404,7 @@ def test_sleepvlm_table_keeps_whole_nights_apart_from_the_balanced_sample(tmp_pa
     assert set(published["epochs"]) == {report.WHOLE_NIGHTS}
     kappa, epochs = report.mini_kappa(table)
     assert epochs == report.WHOLE_NIGHTS
-    assert kappa["within center"] == pytest.approx(measured.loc[report.WHOLE_NIGHTS, "kappa"])
+    assert kappa[WITHIN] == pytest.approx(measured.loc[report.WHOLE_NIGHTS, "kappa"])
     balanced_only = table[table["epochs"] != report.WHOLE_NIGHTS]
     assert report.mini_kappa(balanced_only)[1] == "class-balanced sample"
 

@@ -23,6 +23,20 @@ PAPER_CENTERS: tuple[str, ...] = ("dcsm", "shhs", "isruc")
 #: Share of the paper's class-balanced per-stage counts every chapter draws by default: 0.5
 #: keeps the cold book within its 45 minutes on 2 cores; 1 draws the paper's counts exactly.
 BOOK_COUNT_SCALE = 0.5
+#: How a model trained on one center is tested: on that center's held-out subjects, or on a
+#: center it never saw (the paper's external cohort). Every table and sentence uses these words.
+WITHIN = "within center"
+EXTERNAL = "external"
+#: SleepVLM-mini's default optimizer steps of phase 1 (waveform description) and phase 2 (stage,
+#: rules, evidence): the defaults of its config and of chapter 11's parameters.
+MINI_PERCEPTION_STEPS = 400
+MINI_GROUNDING_STEPS = 1600
+
+
+def evaluation_setting(trained_on: str, tested_on: str) -> str:
+    """:data:`WITHIN` when a model is tested on the center it was trained on, else
+    :data:`EXTERNAL`."""
+    return WITHIN if trained_on == tested_on else EXTERNAL
 
 
 class ParameterError(ValueError):

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 import sleepvlm
-from sleepvlm import paper
+from sleepvlm import paper, params
 from sleepvlm.data.records import STAGES, DataError
 from sleepvlm.environment import lock_hash
 from sleepvlm.experiment import EMBEDDED_MODELS, PROMPT_VARIANTS, rerun_command
@@ -776,7 +776,7 @@ def differences_table(table: pd.DataFrame, records: pd.DataFrame, registry=None)
 def _setting(trained: str | None, tested: str) -> str:
     if trained is None or pd.isna(trained):
         return "unknown center"
-    return "within center" if trained == tested else "external"
+    return params.evaluation_setting(trained, tested)
 
 
 def _epochs(sample: str) -> str:
@@ -854,7 +854,7 @@ def sleepvlm_table(records: pd.DataFrame) -> pd.DataFrame:
         )
     rows += _merge_prompts(measured_rows)
     measured = {row["setting"] for row in rows if row["status"] == "measured"}
-    for setting in ("within center", "external"):
+    for setting in (params.WITHIN, params.EXTERNAL):
         if setting not in measured:
             rows.append(
                 {
@@ -883,7 +883,7 @@ def sleepvlm_table(records: pd.DataFrame) -> pd.DataFrame:
         "record_id",
         "command",
     ]
-    order = {"within center": 0, "external": 1}
+    order = {params.WITHIN: 0, params.EXTERNAL: 1}
     table = pd.DataFrame(rows).reindex(columns=columns)
     return table.sort_values(
         "setting", key=lambda s: s.map(order).fillna(2), kind="stable"

@@ -33,6 +33,7 @@ import numpy as np
 
 from sleepvlm.data.records import STAGES, DataError
 from sleepvlm.models.backends import quiet_loading
+from sleepvlm.params import MINI_GROUNDING_STEPS, MINI_PERCEPTION_STEPS
 from sleepvlm.render import ImageOptions
 from sleepvlm.rules.table import BANDS, RULES
 from sleepvlm.signal import TARGET_SFREQ
@@ -95,8 +96,8 @@ class MiniConfig:
     patch_size: int = 28
     # Frames per patch: Qwen2-VL repeats a still image into 2; one halves the patch embedding.
     temporal_patch_size: int = 1
-    perception_steps: int = 400
-    grounding_steps: int = 1600
+    perception_steps: int = MINI_PERCEPTION_STEPS
+    grounding_steps: int = MINI_GROUNDING_STEPS
     batch_size: int = 8
     learning_rate: float = 1e-3
     warmup_steps: int = 30

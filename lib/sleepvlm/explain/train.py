@@ -27,6 +27,7 @@ from sleepvlm import render
 from sleepvlm.cache import cache_dir, content_hash, source_hash
 from sleepvlm.data.records import STAGES
 from sleepvlm.models.messages import wire_images
+from sleepvlm.params import EXTERNAL, WITHIN
 from sleepvlm.prepare import PreparedDataset, prepare_dataset, store_rows
 from sleepvlm.splits import balanced_sample, night_keys, nights_of
 
@@ -42,7 +43,7 @@ SMOKE = {
 #: This project's goal for SleepVLM-mini on the simulated cohort: Cohen's κ on whole held-out
 #: test nights (the SleepVLM paper's protocol), within the training center and on average over
 #: the external ones.
-KAPPA_GOAL = {"within": 0.75, "external": 0.70}
+KAPPA_GOAL = {WITHIN: 0.75, EXTERNAL: 0.70}
 
 
 def kappa_goal_texts(within: float, external: float) -> dict[str, str]:
@@ -53,7 +54,7 @@ def kappa_goal_texts(within: float, external: float) -> dict[str, str]:
         return {"mini_goal_verdict": "—", "mini_external_verdict": "— (no external center)"}
     missed = [
         f"{name} {value:.2f} < {KAPPA_GOAL[name]:.2f}"
-        for name, value in (("within", within), ("external", external))
+        for name, value in ((WITHIN, within), (EXTERNAL, external))
         if value < KAPPA_GOAL[name]
     ]
     return {
@@ -72,7 +73,7 @@ def ceiling_text(ceilings: pd.DataFrame, dataset: str) -> str:
     sample and on whole test nights (``ceilings`` has one row per ``epochs`` kind with
     ``setting``, ``kappa``, ``label ceiling κ``, ``share of ceiling`` and, for a real dataset,
     ``two scorers κ``), or, on real data, its two scorers' agreement or why there is none."""
-    within = ceilings[ceilings["setting"] == "within"].set_index("epochs")
+    within = ceilings[ceilings["setting"] == WITHIN].set_index("epochs")
     ceiling = within["label ceiling κ"].astype(float)
     if within.empty or ceiling.isna().all():
         real = (
