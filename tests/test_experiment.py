@@ -3,6 +3,7 @@ the real engine, response store and scoring; replay without calls; invalid answe
 the denominator; served and in-process answers identical; no key in anything written."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ import pytest
 from sleepvlm import experiment
 from sleepvlm.data.cohort import COHORT_SIZES, CohortSize
 from sleepvlm.data.records import STAGES
+from sleepvlm.experiment import RunSpec
 from sleepvlm.metrics import INVALID, read_results
 from sleepvlm.models import (
     USER_REGISTRY_ENV,
@@ -42,10 +44,12 @@ def cohort(tmp_path_factory):
         yield {"root": root, "prepared": prepared, "counts": counts}
 
 
-def _run(cohort, modality, model, **kwargs):
-    kwargs.setdefault("results_dir", cohort["root"] / "results")
+def _run(cohort, modality, model, results_dir="results", registry=None, **fields):
+    run = RunSpec(DATASET, modality, "plain", model, cohort_size="tiny", counts=cohort["counts"])
     return experiment.run_experiment(
-        DATASET, modality, "plain", model, cohort_size="tiny", counts=cohort["counts"], **kwargs
+        replace(run, **fields),
+        results_dir=results_dir and cohort["root"] / results_dir,
+        registry=registry,
     )
 
 
@@ -407,3 +411,12 @@ def test_a_registered_models_fit_is_counted_on_the_sample_it_would_get(cohort):
     no_budget = {"reader": spec.replace(decoding={"temperature": 0})}
     with pytest.raises(experiment.ExperimentError, match="no max_tokens"):
         experiment.sequence_context_fit([DATASET], "reader", [poor], load=False, registry=no_budget)
+
+
+def test_a_run_spec_names_what_it_cannot_run_before_anything_runs():
+    with pytest.raises(experiment.ExperimentError, match="modality 'audio' is not one of"):
+        RunSpec(DATASET, "audio", "plain", "chance")
+    with pytest.raises(experiment.ExperimentError, match="prompt variant 'terse' is not one of"):
+        RunSpec(DATASET, "text", "terse", "chance")
+    with pytest.raises(TypeError, match="count_scal"):
+        experiment.run_grid([DATASET], "text", ["chance"], count_scal=0.5)

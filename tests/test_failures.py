@@ -5,6 +5,7 @@ cohort: a model answering the first label it reads is fully anchored, majority a
 reader are not at all, chance only by noise."""
 
 import re
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -13,6 +14,7 @@ import pytest
 from sleepvlm import experiment, failures
 from sleepvlm.data.cohort import COHORT_SIZES, CohortSize
 from sleepvlm.data.records import STAGES
+from sleepvlm.experiment import RunSpec
 from sleepvlm.metrics import INVALID, PRED_LABELS
 from sleepvlm.models import ModelSpec, load_registry, register_local_model, wire_text
 from sleepvlm.prepare import prepare_dataset
@@ -399,11 +401,7 @@ def cohort(tmp_path_factory):
 
 def _anchoring(cohort, model, **variants):
     return failures.anchoring_experiment(
-        DATASET,
-        "text",
-        model,
-        cohort_size="tiny",
-        counts=cohort["counts"],
+        RunSpec(DATASET, "text", "plain", model, cohort_size="tiny", counts=cohort["counts"]),
         registry=cohort["registry"],
         store_dir=cohort["root"] / "responses",
         **variants,
@@ -432,43 +430,38 @@ def test_anchoring_experiment_tells_anchored_models_from_invariant_ones(cohort):
 
 
 def test_a_prompt_variant_is_stored_and_recorded_apart(cohort):
-    kwargs = {
-        "cohort_size": "tiny",
-        "counts": cohort["counts"],
+    run = RunSpec(
+        DATASET, "text", "plain", "first-label", cohort_size="tiny", counts=cohort["counts"]
+    )
+    options = {
         "registry": cohort["registry"],
         "store_dir": cohort["root"] / "variant-responses",
         "results_dir": cohort["root"] / "results",
     }
     variant = failures.permute_label_order(load_prompt("text", "plain"), ORDER)
-    record, frame = experiment.run_experiment(
-        DATASET, "text", "plain", "first-label", prompt=variant, **kwargs
-    )
+    record, frame = experiment.run_experiment(replace(run, prompt=variant), **options)
     assert (frame["prediction"] == "REM").all() and record["run"]["called"] == len(frame)
     assert (
         record["prompt_hash"] == variant.sha256
         and record["prompt"] == f"plain-{variant.sha256[:8]}"
     )
-    base_record, base = experiment.run_experiment(DATASET, "text", "plain", "first-label", **kwargs)
+    base_record, base = experiment.run_experiment(run, **options)
     assert (base["prediction"] == "W").all() and base_record["run"]["called"] == len(base)
     assert base_record["prompt"] == "plain"
     assert len(list((cohort["root"] / "results").glob("*.json"))) == 2
     with pytest.raises(experiment.ExperimentError, match="not a variant of text_plain"):
-        experiment.run_experiment(
-            DATASET, "text", "plain", "first-label", prompt=load_prompt("text", "expert"), **kwargs
-        )
+        experiment.run_experiment(replace(run, prompt=load_prompt("text", "expert")), **options)
 
 
 def test_an_image_prompt_variant_still_sends_the_image(cohort):
-    kwargs = {"cohort_size": "tiny", "counts": cohort["counts"], "registry": cohort["registry"]}
+    run = RunSpec(
+        DATASET, "image", "plain", "sees-image", cohort_size="tiny", counts=cohort["counts"]
+    )
+    options = {"registry": cohort["registry"], "store_dir": cohort["root"] / "image-responses"}
     variant = failures.with_leading_example(load_prompt("image", "plain"), "N3")
-    store = cohort["root"] / "image-responses"
-    _, frame = experiment.run_experiment(
-        DATASET, "image", "plain", "sees-image", prompt=variant, store_dir=store, **kwargs
-    )
+    _, frame = experiment.run_experiment(replace(run, prompt=variant), **options)
     assert (frame["answer"] == "W").all()
-    _, base = experiment.run_experiment(
-        DATASET, "image", "plain", "sees-image", store_dir=store, **kwargs
-    )
+    _, base = experiment.run_experiment(run, **options)
     assert (base["answer"] == "N1").all()
 
 

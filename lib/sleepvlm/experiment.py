@@ -21,7 +21,7 @@ import json
 import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -496,72 +496,95 @@ def _responses_path(folder: Path, spec: ModelSpec) -> Path:
 # --- the run -----------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class RunSpec:
+    """What one run measures: ``model`` asked with the ``<modality>_<prompt_variant>`` prompt
+    on a sample of ``dataset``'s held-out test subjects.
+
+    The epochs: the paper's counts per stage times ``count_scale`` (or ``counts``), drawn with
+    ``seed`` from the held-out subjects of ``data_dir`` (a real dataset's folder) or of the
+    simulated cohort of ``cohort_size``; with ``whole_nights`` instead every epoch of that many
+    held-out nights (a seeded choice; all when there are fewer), as the SleepVLM paper scores
+    its model, and the record's ``counts`` is None.
+    The inputs: ``image_context`` neighbouring epochs and ``image`` options (e.g.
+    ``{"autoscale": True}``, applied after the model's own), the ``sequence_config`` of a
+    sequence run, and ``prompt``, a variant of the template (e.g. from
+    :mod:`sleepvlm.failures`): its answers are stored under its own hash, and the record's
+    ``prompt`` is ``<prompt_variant>-<first 8 of its hash>`` so it never replaces the
+    template's.
+    The model's endpoint: ``base_url``, ``model_id`` and ``api_key_env`` override the registry
+    entry; ``decoding`` its decoding settings; ``concurrency`` (requests in flight) defaults to
+    the entry's, else :data:`~sleepvlm.models.engine.DEFAULT_CONCURRENCY`.
+    ``extra`` fields are added to the record (e.g. ``train_dataset`` of a trained model).
+    """
+
+    dataset: str
+    modality: str
+    prompt_variant: str
+    model: str
+    data_dir: str | Path | None = None
+    cohort_size: str = "full"
+    seed: int = 0
+    count_scale: float = 1.0
+    counts: dict[str, int] | None = None
+    whole_nights: int | None = None
+    image_context: int = 0
+    image: dict | None = None
+    sequence_config: SequenceConfig | None = None
+    prompt: text_features.Prompt | None = None
+    base_url: str | None = None
+    model_id: str | None = None
+    api_key_env: str | None = None
+    decoding: dict | None = None
+    concurrency: int | None = None
+    timeout_s: float = 120.0
+    extra: dict | None = None
+
+    def __post_init__(self):
+        if self.modality not in MODALITIES:
+            raise ExperimentError(f"modality {self.modality!r} is not one of {MODALITIES}")
+        if self.prompt_variant not in PROMPT_VARIANTS:
+            raise ExperimentError(
+                f"prompt variant {self.prompt_variant!r} is not one of {PROMPT_VARIANTS}"
+            )
+
+
 def run_experiment(
-    dataset: str,
-    modality: str,
-    prompt_variant: str,
-    model: str,
-    data_dir: str | Path | None = None,
-    cohort_size: str = "full",
-    seed: int = 0,
-    count_scale: float = 1.0,
+    run: RunSpec,
+    *,
     results_dir: str | Path | None = "results",
     store_dir: str | Path | None = None,
-    concurrency: int | None = None,
     executor=None,
-    base_url: str | None = None,
-    model_id: str | None = None,
-    api_key_env: str | None = None,
-    counts: dict[str, int] | None = None,
-    whole_nights: int | None = None,
-    image_context: int = 0,
-    image: dict | None = None,
-    sequence_config: SequenceConfig | None = None,
-    decoding: dict | None = None,
-    timeout_s: float = 120.0,
     progress: bool = False,
     registry: dict[str, ModelSpec] | None = None,
-    prompt: text_features.Prompt | None = None,
-    extra: dict | None = None,
 ) -> tuple[dict, pd.DataFrame]:
-    """Run ``model`` on the ``modality`` inputs of ``dataset``'s class-balanced test sample
-    with the ``prompt_variant`` prompt; returns the results record (also written to
-    ``results_dir`` unless None) and one row per epoch (:data:`EPOCH_COLUMNS`).
+    """Run ``run``: returns the results record (also written to ``results_dir`` unless None)
+    and one row per epoch (:data:`EPOCH_COLUMNS`).
 
-    The sample has the paper's counts per stage times ``count_scale`` (or ``counts``), drawn
-    with ``seed`` from the held-out subjects; with ``whole_nights`` it is instead every epoch of
-    that many held-out nights (a seeded choice; all when there are fewer), as the SleepVLM
-    paper scores its model, and the record's ``counts`` is None. Answers are kept in
-    ``store_dir`` (default: the cache's ``responses``), one JSONL file per model: a rerun asks
-    only for what is missing.
-    A request that still fails after the engine's retries is not scored: the run raises
-    :class:`ExperimentError` (the answers obtained are kept; run again to retry the rest).
-    ``registry`` replaces the packaged model registry (e.g. one loaded from your own file).
-    ``prompt`` replaces the ``<modality>_<prompt_variant>`` template by a variant of it (e.g.
-    from :mod:`sleepvlm.failures`): its answers are stored under its own hash, and the record's
-    ``prompt`` is ``<prompt_variant>-<first 8 of its hash>`` so it never replaces the template's.
-    ``image`` overrides image options (e.g. ``{"autoscale": True}``) after the model's own.
-    ``extra`` fields are added to the record (e.g. ``train_dataset`` of a trained model).
-    ``concurrency`` (requests in flight) defaults to the model's registry entry, else
-    :data:`~sleepvlm.models.engine.DEFAULT_CONCURRENCY`.
+    Answers are kept in ``store_dir`` (default: the cache's ``responses``), one JSONL file per
+    model: a rerun asks only for what is missing. A request that still fails after the
+    engine's retries is not scored: the run raises :class:`ExperimentError` (the answers
+    obtained are kept; run again to retry the rest). ``registry`` replaces the packaged model
+    registry (e.g. one loaded from your own file); ``executor`` prepares inputs in parallel.
     """
-    if modality not in MODALITIES:
-        raise ExperimentError(f"modality {modality!r} is not one of {MODALITIES}")
-    if prompt_variant not in PROMPT_VARIANTS:
-        raise ExperimentError(f"prompt variant {prompt_variant!r} is not one of {PROMPT_VARIANTS}")
-    spec = resolve_model(model, modality, base_url, model_id, api_key_env, registry)
-    prepared = prepare_dataset(dataset, data_dir, cohort_size=cohort_size, executor=executor)
-    if whole_nights is None:
-        counts = counts or sample_counts(dataset, count_scale)
+    dataset, modality, seed = run.dataset, run.modality, run.seed
+    spec = resolve_model(run.model, modality, run.base_url, run.model_id, run.api_key_env, registry)
+    prepared = prepare_dataset(
+        dataset, run.data_dir, cohort_size=run.cohort_size, executor=executor
+    )
+    if run.whole_nights is None:
+        counts = run.counts or sample_counts(dataset, run.count_scale)
         sample = balanced_test_manifest(prepared, counts, seed=seed)
     else:
-        counts, sample = None, test_night_manifest(prepared, whole_nights, seed)
+        counts, sample = None, test_night_manifest(prepared, run.whole_nights, seed)
     rows = store_rows(prepared, sample)
     ids = [f"{dataset}/{s}/{n}/{e}" for s, n, e in sample[["subject", "night", "epoch"]].values]
 
     if modality == "image":
         # A model trained on other images (e.g. SleepVLM-mini) gets the images it knows.
-        options = ImageOptions(**{"context": image_context, **(spec.image or {}), **(image or {})})
+        options = ImageOptions(
+            **{"context": run.image_context, **(spec.image or {}), **(run.image or {})}
+        )
         inputs: Sequence = image_inputs(prepared, rows, options, executor)
         input_settings = asdict(options)
     elif modality == "text":
@@ -569,25 +592,25 @@ def run_experiment(
         input_settings = {"features": sorted(text_features.FEATURES)}
     else:
         fmt = sequence_format(spec)
-        sequence_config = sequence_config or SequenceConfig()
+        sequence_config = run.sequence_config or SequenceConfig()
         inputs = sequence_inputs(prepared, rows, sequence_config, fmt)
         input_settings = {"format": fmt, **asdict(sequence_config)}
-    requests, prompt = build_requests(modality, prompt_variant, inputs, ids, prompt)
-    template = text_features.load_prompt(modality, prompt_variant)
+    requests, prompt = build_requests(modality, run.prompt_variant, inputs, ids, run.prompt)
+    template = text_features.load_prompt(modality, run.prompt_variant)
     # A variant's record never replaces the template's: its name carries its hash.
     prompt_name = (
-        prompt_variant
+        run.prompt_variant
         if prompt.sha256 == template.sha256
-        else f"{prompt_variant}-{prompt.sha256[:8]}"
+        else f"{run.prompt_variant}-{prompt.sha256[:8]}"
     )
 
     folder = Path(store_dir) if store_dir else cache_dir("responses")
     engine = Engine(
         spec,
         ResponseStore(_responses_path(folder, spec)),
-        concurrency=concurrency or spec.concurrency or DEFAULT_CONCURRENCY,
-        decoding=decoding,
-        timeout_s=timeout_s,
+        concurrency=run.concurrency or spec.concurrency or DEFAULT_CONCURRENCY,
+        decoding=run.decoding,
+        timeout_s=run.timeout_s,
         progress=progress,
         seed=seed,
     )
@@ -627,9 +650,9 @@ def run_experiment(
             "base_url": spec.base_url,
             "parse_rate": evaluation["parse_rate"],
             "seed": seed,
-            "cohort_size": cohort_size if prepared.simulated else None,
+            "cohort_size": run.cohort_size if prepared.simulated else None,
             "counts": counts,
-            "whole_nights": None if whole_nights is None else len(nights_of(sample)),
+            "whole_nights": None if run.whole_nights is None else len(nights_of(sample)),
             "source": prepared.source_label,
             "inputs": input_settings,
             "run": {
@@ -640,7 +663,7 @@ def run_experiment(
         }
     )
     record.update(local_model_info(spec))
-    record.update(extra or {})
+    record.update(run.extra or {})
     json.dumps(record, allow_nan=False)  # a record that cannot be written fails here, not later
     if results_dir is not None:
         write_result(record, results_dir)
@@ -680,7 +703,7 @@ SUMMARY_COLUMNS: tuple[str, ...] = (
 
 def per_stage_counts(per_stage: int) -> dict[str, int]:
     """Counts of a seeded subsample with ``per_stage`` epochs of every stage (e.g. the few
-    epochs a real model on a CPU can answer), for :func:`run_experiment`'s ``counts``."""
+    epochs a real model on a CPU can answer), for :class:`RunSpec`'s ``counts``."""
     if per_stage < 1:
         raise ExperimentError(f"a subsample needs at least one epoch per stage, got {per_stage}")
     return {stage: per_stage for stage in STAGES}
@@ -691,15 +714,29 @@ def run_grid(
     modality: str,
     models: Sequence[str],
     prompt_variants: Sequence[str] = PROMPT_VARIANTS,
-    **kwargs,
+    *,
+    results_dir: str | Path | None = "results",
+    store_dir: str | Path | None = None,
+    executor=None,
+    progress: bool = False,
+    registry: dict[str, ModelSpec] | None = None,
+    **run_fields,
 ) -> tuple[list[dict], dict[tuple[str, str, str], pd.DataFrame]]:
-    """:func:`run_experiment` for every dataset x model x prompt variant; the records and the
-    per-epoch tables by (dataset, model, variant)."""
+    """:func:`run_experiment` for every dataset x model x prompt variant, each a
+    :class:`RunSpec` with the other ``run_fields``; the records and the per-epoch tables by
+    (dataset, model, variant)."""
     records, frames = [], {}
     for dataset in datasets:
         for model in models:
             for variant in prompt_variants:
-                record, frame = run_experiment(dataset, modality, variant, model, **kwargs)
+                record, frame = run_experiment(
+                    RunSpec(dataset, modality, variant, model, **run_fields),
+                    results_dir=results_dir,
+                    store_dir=store_dir,
+                    executor=executor,
+                    progress=progress,
+                    registry=registry,
+                )
                 records.append(record)
                 frames[(dataset, model, variant)] = frame
     return records, frames
@@ -796,6 +833,7 @@ def not_run_rows(
 
 
 __all__ = [
+    "RunSpec",
     "CHAPTERS",
     "CHAPTER_ROLES",
     "EMBEDDED_MODELS",

@@ -40,7 +40,7 @@ import pandas as pd
 from scipy.stats import binomtest
 
 from sleepvlm.data.records import EPOCH_S, STAGES, DataError
-from sleepvlm.experiment import run_experiment
+from sleepvlm.experiment import RunSpec, run_experiment
 from sleepvlm.metrics import (
     INVALID,
     PRED_LABELS,
@@ -613,31 +613,24 @@ def _nanmean(values: Sequence[float]) -> float:
 
 
 def anchoring_experiment(
-    dataset: str,
-    modality: str,
-    model: str,
-    prompt_variant: str = "plain",
+    run: RunSpec,
     orders: Sequence[Sequence[str]] | None = None,
     examples: Sequence[str] = STAGES,
+    *,
     results_dir=None,
-    **run_kwargs,
+    **options,
 ) -> AnchoringResult:
-    """Run ``model`` on the same sample (:func:`sleepvlm.experiment.run_experiment`, with
-    ``run_kwargs``: counts, seed, data_dir, store_dir, registry ...) under every variant of
-    :func:`prompt_variants` of the ``<modality>_<prompt_variant>`` prompt. Answers are stored
-    under each variant's hash (a rerun replays them); records are written to ``results_dir``
-    only when one is given."""
-    variants, prompts = prompt_variants(load_prompt(modality, prompt_variant), orders, examples)
+    """Run ``run`` (its dataset, model, sample ...) under every variant of
+    :func:`prompt_variants` of its ``<modality>_<prompt_variant>`` prompt, with
+    :func:`sleepvlm.experiment.run_experiment`'s ``options`` (store_dir, registry ...). Answers
+    are stored under each variant's hash (a rerun replays them); records are written to
+    ``results_dir`` only when one is given."""
+    template = load_prompt(run.modality, run.prompt_variant)
+    variants, prompts = prompt_variants(template, orders, examples)
     frames, records = {}, {}
     for name in variants["name"]:
         records[name], frames[name] = run_experiment(
-            dataset,
-            modality,
-            prompt_variant,
-            model,
-            results_dir=results_dir,
-            prompt=prompts[name],
-            **run_kwargs,
+            dataclasses.replace(run, prompt=prompts[name]), results_dir=results_dir, **options
         )
     return AnchoringResult(variants, frames, records)
 
