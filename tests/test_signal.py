@@ -18,6 +18,7 @@ from sleepvlm.signal import (
     constant_run_mask,
     epoch_recording,
     filter_response,
+    notch_applies,
     notch_response,
     notch_sos,
     preprocess_channel,
@@ -110,6 +111,12 @@ def test_preprocessing_applies_the_notch():
     with_notch = middle_amplitude(preprocess_channel(x, 256, "emg", line_freq=60))
     without = middle_amplitude(preprocess_channel(x, 256, "emg", line_freq=None))
     assert with_notch < 0.1 * without
+
+
+def test_the_notch_is_left_out_where_the_channel_cannot_carry_the_mains():
+    assert notch_applies(60, 125) and notch_applies(50, 200)
+    assert not notch_applies(60, 50) and not notch_applies(50, 100)  # Nyquist at or below mains
+    assert not notch_applies(None, 256) and not notch_applies(0, 256)
 
 
 @pytest.mark.parametrize("fs", [256, 200, 125, 50])

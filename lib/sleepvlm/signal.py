@@ -110,6 +110,12 @@ def notch_sos(line_freq: float, sfreq: float, q: float = NOTCH_Q) -> np.ndarray:
     return sps.tf2sos(b, a)
 
 
+def notch_applies(line_freq: float | None, sfreq: float) -> bool:
+    """Whether a channel sampled at ``sfreq`` gets the mains notch: only when the mains
+    frequency lies below its Nyquist frequency (a channel that cannot carry it is left alone)."""
+    return bool(line_freq) and line_freq < sfreq / 2
+
+
 def _response_frame(sos: np.ndarray, sfreq: float, n: int) -> pd.DataFrame:
     freqs, h = sps.sosfreqz(sos, worN=n, fs=sfreq)
     # Floor avoids -inf dB at the exact zeros (DC of a band-pass, the notch center).
@@ -212,7 +218,7 @@ def preprocess_channel(
     y = bridge_nans(x)
     if y.size < 2:
         raise DataError(f"{role.upper()} channel has {y.size} samples; nothing to filter")
-    if line_freq and line_freq < sfreq / 2:
+    if notch_applies(line_freq, sfreq):
         y = sps.sosfiltfilt(notch_sos(line_freq, sfreq), y)
     up, down = resampling_factors(sfreq)
     warn_if_band_not_held(role, sfreq, source)
