@@ -265,6 +265,19 @@ def test_features_beat_a_shuffled_label_control(nights):
     assert result.confusion.to_numpy().sum() == result.n_test == (table["split"] == "test").sum()
     boosted = text.features_baseline(table, model="boosting")
     assert boosted.macro_f1 > 0.2 + max(c.macro_f1 for c in controls)
+    # the macro-F1 is the mean of the per-stage F1s over the stages the test split holds
+    per_stage = result.per_stage_f1()
+    held = per_stage[result.confusion.sum(axis=1) > 0]
+    assert held.mean() == pytest.approx(result.macro_f1)
+    assert ((held >= 0) & (held <= 1)).all()
+
+
+@pytest.mark.parametrize("model", ["logistic", "boosting"])
+def test_a_feature_no_night_has_is_left_out_of_the_classifier(nights, model):
+    table = _split_table(nights)
+    result = text.features_baseline(table, model=model)
+    without_eyes = text.features_baseline(table.assign(n_rem=np.nan, n_sem=np.nan), model=model)
+    assert without_eyes.n_test == result.n_test and 0 <= without_eyes.macro_f1 <= 1
 
 
 def test_classifier_refuses_leaky_or_incomplete_tables(nights):

@@ -745,6 +745,14 @@ class FeatureBaseline:
     test_subjects: int
     shuffled_labels: bool = False
 
+    def per_stage_f1(self) -> pd.Series:
+        """F1 of each stage scored in the test split (NaN for a stage neither scored nor
+        predicted)."""
+        hits = np.diag(self.confusion.to_numpy())
+        scored, predicted = self.confusion.sum(axis=1), self.confusion.sum(axis=0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return pd.Series(2 * hits / (scored + predicted).to_numpy(), index=self.confusion.index)
+
     def summary(self) -> dict[str, Any]:
         return {
             "model": self.model,
@@ -805,12 +813,15 @@ def features_baseline(
     y_fit = fit_rows["stage"].to_numpy()
     if shuffle_labels:
         y_fit = np.random.default_rng(seed).permutation(y_fit)
+    # A feature no training epoch has (a channel missing from every night) tells nothing, and
+    # scikit-learn's gradient boosting cannot bin a column that is all NaN.
+    usable = [f for f in FEATURES if fit_rows[f].notna().any()]
     classifier = _classifier(model, seed)
     # One thread: on a few thousand rows OpenMP threads mostly wait on each other, and a busy
     # machine (a book build running chapters side by side) made fits 5-10x slower.
     with threadpool_limits(1):
-        classifier.fit(fit_rows[list(FEATURES)].to_numpy(float), y_fit)
-        y_pred = classifier.predict(test_rows[list(FEATURES)].to_numpy(float))
+        classifier.fit(fit_rows[usable].to_numpy(float), y_fit)
+        y_pred = classifier.predict(test_rows[usable].to_numpy(float))
     y_true = test_rows["stage"].to_numpy()
     labels = list(STAGES)
     scored = [s for s in STAGES if s in set(y_true)]  # a stage absent from the test set has no F1
