@@ -301,3 +301,18 @@ def test_serial_and_dask_give_the_same_image_files(night, tmp_path):
     for a, b in zip(serial["image"], dask["image"], strict=True):
         assert a.split("/")[-1] == b.split("/")[-1]
         assert open(a, "rb").read() == open(b, "rb").read()
+
+
+def test_lane_ink_grows_with_the_trace_and_is_zero_for_a_gap(night):
+    epoch = night.data[0].copy()
+    thin = render.lane_ink(render.render_png(epoch))
+    thick = render.lane_ink(render.render_png(epoch, line_width=3))
+    assert all(0 < thin[role] < thick[role] < 1 for role in render.ROLES)
+    louder = epoch.copy()
+    louder[2] *= 8  # a chin eight times as loud covers more of its lane, the others unchanged
+    loud = render.lane_ink(render.render_png(louder))
+    assert loud["emg"] > thin["emg"] and loud["eeg"] == thin["eeg"]
+    epoch[1] = np.nan  # a missing EOG is a gap, not ink
+    assert render.lane_ink(render.render_png(epoch))["eog"] == 0
+    grey = render.lane_ink(render.render_png(epoch, grayscale=True), grayscale=True)
+    assert grey["eeg"] > 0

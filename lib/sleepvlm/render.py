@@ -648,6 +648,22 @@ def _blank_images(options: ImageOptions) -> tuple[np.ndarray, np.ndarray]:
 TRACE_THRESHOLD = 100
 
 
+def _trace_masks(image: np.ndarray, blank: np.ndarray, options: ImageOptions) -> dict:
+    """Per lane, which pixels of the scored epoch's columns (frame columns left out) belong to
+    a trace: those that differ from the blank layout by more than :data:`TRACE_THRESHOLD` in
+    some color channel."""
+    lay = layout(options)
+    start, stop = lay.center_columns
+    diff = np.abs(image.astype(np.int16) - blank.astype(np.int16))
+    if diff.ndim == 3:
+        diff = diff.max(axis=2)
+    masks = {}
+    for role in ROLES:
+        top, height = lay.lanes[role]
+        masks[role] = diff[top : top + height, start + 1 : stop - 1] > TRACE_THRESHOLD
+    return masks
+
+
 def trace_spans(image: np.ndarray, blank: np.ndarray, options: ImageOptions) -> dict[str, Any]:
     """Per lane, the top and bottom trace row of each column of the scored epoch (NaN: none).
 
@@ -655,21 +671,27 @@ def trace_spans(image: np.ndarray, blank: np.ndarray, options: ImageOptions) -> 
     all-NaN epoch) by more than :data:`TRACE_THRESHOLD` in some color channel; the frame
     columns at both ends of the epoch are left out.
     """
-    lay = layout(options)
-    start, stop = lay.center_columns
-    diff = np.abs(image.astype(np.int16) - blank.astype(np.int16))
-    if diff.ndim == 3:
-        diff = diff.max(axis=2)
     spans = {}
-    for role in ROLES:
-        top, height = lay.lanes[role]
-        trace = diff[top : top + height, start + 1 : stop - 1] > TRACE_THRESHOLD
+    for role, trace in _trace_masks(image, blank, options).items():
+        height = trace.shape[0]
         rows = np.arange(height)[:, None]
         has = trace.any(axis=0)
         first = np.where(has, np.where(trace, rows, height).min(axis=0), np.nan)
         last = np.where(has, np.where(trace, rows, -1).max(axis=0), np.nan)
         spans[role] = (first, last)
     return spans
+
+
+def lane_ink(png: bytes, options: ImageOptions | None = None, **kwargs: Any) -> dict[str, float]:
+    """Share of each lane's pixels in the scored epoch that its trace covers, for a PNG of the
+    fast renderer drawn with ``options``: how much of a lane a trace fills (a dense or thick
+    trace turns into a bar; a silent chin into a line)."""
+    opts = image_options(options, **kwargs)
+    image = decode_png(png, opts.grayscale)
+    # The chin's night level only rescales a trace: the blank layout is drawn without it.
+    blank = _blank_images(image_options(opts, chin_reference_uv=0.0))[0]
+    masks = _trace_masks(image, blank, opts)
+    return {role: float(mask.mean()) for role, mask in masks.items()}
 
 
 def _widen(first: np.ndarray, last: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
