@@ -31,9 +31,11 @@ from sleepvlm.book import (
     run_key,
     select_chapters,
     start_order,
+    without_folders,
 )
 from sleepvlm.cache import library_hash, project_root
 from sleepvlm.cli import book_parameters, build_parser, lab_build_dir
+from sleepvlm.data.registry import real_data_dirs
 from sleepvlm.environment import lock_hash
 from sleepvlm.models import USER_REGISTRY_ENV
 
@@ -316,7 +318,13 @@ def test_smoke_book_builds_with_warnings_as_errors_and_leaks_no_key(smoke_book):
 def test_smoke_chapters_show_no_warnings_or_local_paths(smoke_book):
     """What a chapter writes to stderr (warnings, progress bars) and the builder's own paths
     are noise to a reader: an executed chapter shows neither."""
-    local = (str(Path.home()), str(project_root()), str(smoke_book.base), "site-packages")
+    local = (
+        str(Path.home()),
+        str(project_root()),
+        str(smoke_book.base),
+        "site-packages",
+        *(str(folder.resolve()) for folder in real_data_dirs()),  # the real excerpts' folders
+    )
     for run in smoke_book.runs:
         executed = nbformat.read(smoke_book.build / "book" / f"{run.chapter}.ipynb", as_version=4)
         for index, cell in enumerate(executed.cells):
@@ -523,3 +531,10 @@ def test_the_mini_chapter_trains_with_the_configs_default_steps():
     config = MiniConfig()
     assert defaults["perception_steps"] == config.perception_steps > 0
     assert defaults["grounding_steps"] == config.grounding_steps > 0
+
+
+def test_a_message_is_shown_with_its_file_name_and_without_this_machines_folders():
+    message = "/work/shared/data/real/hyp.edf: truncated; see https://physionet.org/a/b, 50 µV/s"
+    assert without_folders(message) == "hyp.edf: truncated; see https://physionet.org/a/b, 50 µV/s"
+    assert without_folders("in '/tmp/x1/rec.json' and C:/d") == "in 'rec.json' and C:/d"
+    assert without_folders("no path here: 2/3 of N2") == "no path here: 2/3 of N2"

@@ -267,6 +267,16 @@ def declared_parameters(notebook: Path) -> set[str]:
     return {name for name, _ in _parameter_assignments(notebook)}
 
 
+#: An absolute path's folders (``/any/folder/``), as a message names a file on this machine.
+_FOLDERS = re.compile(r"(?<![\w.~:/])/(?:[^\s/'\"]+/)+")
+
+
+def without_folders(text: str) -> str:
+    """``text`` with every absolute path cut to its file name: what a chapter shows of a
+    message (a warning, an error) that names a file on the machine that built it."""
+    return _FOLDERS.sub("", text)
+
+
 def _library_default(value: ast.expr):
     """The value of a default written as a constant of :mod:`sleepvlm.params` (``NAME`` or
     ``list(NAME)``), the one place a default shared by the chapters lives; else a
