@@ -524,15 +524,6 @@ def test_every_chapter_opens_with_an_overview_and_a_prerequisites_table():
         assert all(cell.strip() for cell in row.strip("|").split("|")), (notebook.name, row)
 
 
-def test_the_mini_chapter_trains_with_the_configs_default_steps():
-    from sleepvlm.explain import MiniConfig
-
-    defaults = notebook_defaults(project_root() / "notebooks" / "11_sleepvlm_mini.ipynb")
-    config = MiniConfig()
-    assert defaults["perception_steps"] == config.perception_steps > 0
-    assert defaults["grounding_steps"] == config.grounding_steps > 0
-
-
 def test_a_message_is_shown_with_its_file_name_and_without_this_machines_folders():
     message = "/work/shared/data/real/hyp.edf: truncated; see https://physionet.org/a/b, 50 µV/s"
     assert without_folders(message) == "hyp.edf: truncated; see https://physionet.org/a/b, 50 µV/s"

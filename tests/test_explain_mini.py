@@ -219,14 +219,11 @@ def test_chapter_defaults_train_the_model_the_library_trains_by_default():
     equal defaults mean one model is trained and cached, not two."""
     import inspect
 
-    import nbformat
-
+    from sleepvlm.book import notebook_defaults
     from sleepvlm.cache import project_root
 
-    notebook = nbformat.read(project_root() / "notebooks" / "11_sleepvlm_mini.ipynb", 4)
-    cell = next(c for c in notebook.cells if "parameters" in c.metadata.get("tags", []))
-    values: dict = {}
-    exec(cell.source, values)
+    # the parameters cell's values, its names of sleepvlm.params constants resolved
+    values = notebook_defaults(project_root() / "notebooks" / "11_sleepvlm_mini.ipynb")
     defaults = inspect.signature(train.train_mini).parameters
     config = mini.MiniConfig()
     assert values["per_class"] == defaults["per_class"].default
