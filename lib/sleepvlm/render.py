@@ -638,8 +638,13 @@ def reference_image(
 
 
 @lru_cache(maxsize=8)
+def _blank_epoch() -> np.ndarray:
+    """An epoch with every sample missing: drawn, it is a renderer's layout without traces."""
+    return np.full((len(ROLES), EPOCH_SAMPLES), np.nan)
+
+
 def _blank_images(options: ImageOptions) -> tuple[np.ndarray, np.ndarray]:
-    blank = np.full((len(ROLES), EPOCH_SAMPLES), np.nan)
+    blank = _blank_epoch()
     return render_image(blank, options=options), reference_image(blank, options=options)
 
 
@@ -689,7 +694,8 @@ def lane_ink(png: bytes, options: ImageOptions | None = None, **kwargs: Any) -> 
     opts = image_options(options, **kwargs)
     image = decode_png(png, opts.grayscale)
     # The chin's night level only rescales a trace: the blank layout is drawn without it.
-    blank = _blank_images(image_options(opts, chin_reference_uv=0.0))[0]
+    # Only the fast renderer's blank is needed (the matplotlib one is the slow half).
+    blank = render_image(_blank_epoch(), options=image_options(opts, chin_reference_uv=0.0))
     masks = _trace_masks(image, blank, opts)
     return {role: float(mask.mean()) for role, mask in masks.items()}
 
