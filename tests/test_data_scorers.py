@@ -106,6 +106,7 @@ def test_simulated_scorers_disagree_like_the_five_dod_scorers(center_scorers):
 def test_centers_score_with_their_own_habits(center_scorers):
     kappa = {c: nights.pairwise_kappa(s)["kappa"].mean() for c, s in center_scorers.items()}
     n1 = {c: (s == "N1").to_numpy().mean() for c, s in center_scorers.items()}
-    # ISRUC's patients are the hardest to agree on; SHHS's scorers call N1 least readily
-    assert kappa["isruc"] < min(kappa["dcsm"], kappa["shhs"]) - 0.03
+    # the paper's order of difficulty: DCSM's clinical scorers agree most, ISRUC's patients
+    # are the hardest to agree on; SHHS's scorers call N1 least readily
+    assert kappa["dcsm"] > kappa["shhs"] > kappa["isruc"] + 0.03
     assert n1["shhs"] < n1["dcsm"] < n1["isruc"]

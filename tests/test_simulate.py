@@ -12,6 +12,7 @@ from sleepvlm.data.simulate import (
     CENTERS,
     SimulationError,
     _subject_traits,
+    _transition_mix,
     _weaken_cues,
     simulate_hypnogram,
     simulate_night,
@@ -80,16 +81,20 @@ def test_centers_differ_in_hardware():
     assert {s.line_freq for s in specs} == {50.0, 60.0}
 
 
-def _median_epoch_sd(rec, role: str) -> float:
+def _median_epoch_sd(rec, role: str, stage: str = "N2") -> float:
+    """Median SD of the ``stage`` epochs in 15-40 Hz: one stage, so that centers whose people
+    sleep differently are compared like for like, and below every center's mains."""
     ch = rec.role(role)
     per = int(EPOCH_S * rec.sfreq[ch])
-    x = rec.signals[ch]
-    return float(np.median(x[: len(x) // per * per].reshape(-1, per).std(axis=1)))
+    sos = signal.butter(4, (15, 40), btype="bandpass", fs=rec.sfreq[ch], output="sos")
+    x = signal.sosfiltfilt(sos, rec.signals[ch])
+    sd = x[: len(x) // per * per].reshape(-1, per).std(axis=1)
+    return float(np.median(sd[np.asarray(rec.stages[: len(sd)]) == stage]))
 
 
 def test_centers_differ_in_their_signals():
     """Chin EMG set-up and artifact load show in the recordings, not only in the specs."""
-    nights = {c: [simulate_night(c, s, hours=2.0) for s in range(4)] for c in CENTERS}
+    nights = {c: [simulate_night(c, s, hours=2.0) for s in range(8)] for c in CENTERS}
     emg = {c: np.median([_median_epoch_sd(r, "emg") for r in recs]) for c, recs in nights.items()}
     assert emg["shhs"] < emg["dcsm"] < emg["isruc"]
     assert emg["isruc"] > 1.5 * emg["shhs"]
@@ -110,7 +115,7 @@ def test_weak_stage_cues_are_drawn_per_person_and_blur_only_their_stages():
     )
     stages = np.array(["W", "N1", "N2", "N3", "REM"], dtype=object)
     base = np.ones((len(stages), len(_PARAM_NAMES)))
-    person = {"alpha_amp": 1.0, "alpha_intrusion": 1.0, "rem_without_atonia": 1.0}
+    person = {"alpha_amp": 1.0, "alpha_intrusion": 1.0, "rem_without_atonia": 1.0, "sedative": 0.0}
     blurred = base.copy()
     _weaken_cues(blurred, stages, person)
     changed = (blurred != base).any(axis=1)
@@ -121,6 +126,44 @@ def test_weak_stage_cues_are_drawn_per_person_and_blur_only_their_stages():
     untouched = base.copy()
     _weaken_cues(untouched, stages, {**person, "alpha_intrusion": 0.0, "rem_without_atonia": 0.0})
     np.testing.assert_array_equal(untouched, base)
+
+
+def test_a_sedative_adds_fast_activity_through_sleep_only():
+    stages = np.array(["W", "N1", "N2", "N3", "REM"], dtype=object)
+    base = np.ones((len(stages), len(_PARAM_NAMES)))
+    person = {"alpha_amp": 1.0, "alpha_intrusion": 0.0, "rem_without_atonia": 0.0, "sedative": 1.0}
+    sedated = base.copy()
+    _weaken_cues(sedated, stages, person)
+    beta = _PARAM_NAMES.index("beta_pk")
+    assert sedated[0, beta] == base[0, beta]
+    assert (sedated[1:, beta] > base[1:, beta]).all()
+    assert (np.delete(sedated, beta, axis=1) == np.delete(base, beta, axis=1)).all()
+
+
+def test_the_clinic_sees_every_age_and_more_people_on_sedatives():
+    rng = np.random.default_rng(1)
+    people = {c: [_subject_traits(rng, CENTERS[c]) for _ in range(600)] for c in CENTERS}
+    age_spread = {c: np.std([p["age"] for p in people[c]]) for c in CENTERS}
+    # SHHS recruited adults of 40 and over; ISRUC's patients were 20 to 85
+    assert age_spread["shhs"] < age_spread["dcsm"] < age_spread["isruc"]
+    for center, group in people.items():
+        assert np.mean([p["sedative"] for p in group]) == pytest.approx(
+            CENTERS[center].sedative_share, abs=0.05
+        )
+    sedated = [p for p in people["isruc"] if p["sedative"]]
+    assert np.mean([p["spindle_rate"] for p in sedated]) > np.mean(
+        [p["spindle_rate"] for p in people["isruc"] if not p["sedative"]]
+    )
+
+
+def test_ambiguous_stretches_cover_the_share_their_rate_sets():
+    stages = np.array(["N2"] * 20000, dtype=object)  # no stage change: only stretches mix
+    covered = {
+        share: (_transition_mix(np.random.default_rng(2), stages, share)[1] > 0).mean()
+        for share in (0.3, 0.65)
+    }
+    for share, seen in covered.items():  # stretches may overlap
+        assert seen == pytest.approx(1 - np.exp(-share), abs=0.04)
 
 
 def test_hypnogram_population_structure():

@@ -139,6 +139,11 @@ def train_baseline(
         train.y, dataset.usable, config.batch_size, batches, seed=config.seed
     )
     loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=lambda batch: batch)
+    # A short budget converges steadily only if the step size comes down by its end: a brief
+    # warm-up, then cosine decay over every planned step.
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=config.lr, total_steps=config.passes * batches, pct_start=0.1
+    )
     positions = validation_positions(val, seed=config.seed)
     history, best_score, best_state, waited = [], -np.inf, None, 0
     # One update per pass: a notebook keeps every refresh of a bar as output.
@@ -155,6 +160,7 @@ def train_baseline(
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), MAX_GRAD_NORM)
             optimizer.step()
+            schedule.step()
             losses.append(loss.item())
         scores = validation_scores(model, config, val, positions, torch_device)
         score = scores[f"val_{config.select_by}"]

@@ -214,9 +214,12 @@ def center_table() -> pd.DataFrame:
             "hardware band (Hz)": f"{c.highpass:g}–{c.lowpass:g}",
             "artifact rate (x)": c.artifact_rate,
             "mean age factor": c.age_mean,
+            "age concentration": c.age_concentration,
             "mean apnea severity": c.apnea_mean,
             "share with alpha in NREM": c.alpha_intrusion_share,
             "share with REM without atonia": c.rem_without_atonia_share,
+            "share on a sedative": c.sedative_share,
+            "share of night ambiguous": c.ambiguous_share,
             "N1 / N3 / W readiness": f"{c.habits.n1_readiness:g} / {c.habits.n3_readiness:g} / "
             f"{c.habits.wake_readiness:g}",
             "scorers": c.n_scorers,

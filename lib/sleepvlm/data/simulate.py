@@ -60,10 +60,18 @@ class CenterSpec:
     in pain, mood disorders and insomnia) and chin tone that persists through REM sleep (REM
     sleep without atonia: REM behaviour disorder, antidepressants). Their epochs keep their
     stage; only the signs a scorer or a model reads are blurred.
-    ``age_mean`` is the center's mean age factor (0 young adult, 1 elderly); its people's
-    obstructive sleep apnea severity (0..1) is drawn from a beta distribution of mean
-    ``apnea_mean`` (higher ``apnea_concentration``: a more uniform population). ``habits`` are
-    how its scorers read the night (:class:`~sleepvlm.data.scorers.ScoringHabits`).
+    ``age_mean`` is the center's mean age factor (0 young adult, 1 elderly), drawn from a beta
+    distribution whose ``age_concentration`` sets how alike its people's ages are (a cohort
+    recruited in one age band against a clinic that sees every age); its people's obstructive
+    sleep apnea severity (0..1) is drawn from a beta distribution of mean ``apnea_mean``
+    (higher ``apnea_concentration``: a more uniform population). ``sedative_share`` is the
+    share of its people who sleep on a benzodiazepine or Z-drug (patients of a sleep-disorder
+    clinic often do): excess fast (beta) activity through sleep, more spindles, smaller slow
+    waves. ``ambiguous_share`` sets how much of a night lies in stretches that carry the
+    features of two stages (they start at a rate that would cover that share were they never to
+    overlap; overlapping, they cover about 1 - exp(-share)): scorers agree less on some
+    patient groups than on others (κ 0.61 to 0.82 across disorders in the SIESTA study).
+    ``habits`` are how its scorers read the night (:class:`~sleepvlm.data.scorers.ScoringHabits`).
     """
 
     name: str
@@ -84,6 +92,9 @@ class CenterSpec:
     age_mean: float
     apnea_mean: float
     apnea_concentration: float
+    age_concentration: float
+    sedative_share: float
+    ambiguous_share: float
     habits: ScoringHabits
     n_scorers: int = 1
 
@@ -108,7 +119,10 @@ CENTERS: dict[str, CenterSpec] = {
         age_mean=0.45,
         apnea_mean=0.25,
         apnea_concentration=4.0,
-        habits=ScoringHabits(n1_readiness=0.8),
+        age_concentration=4.0,
+        sedative_share=0.1,
+        ambiguous_share=0.45,
+        habits=ScoringHabits(boundary_shift=1.5),
     ),
     "shhs": CenterSpec(
         name="shhs",
@@ -129,6 +143,9 @@ CENTERS: dict[str, CenterSpec] = {
         age_mean=0.65,
         apnea_mean=0.4,
         apnea_concentration=5.0,
+        age_concentration=8.0,
+        sedative_share=0.05,
+        ambiguous_share=0.5,
         habits=ScoringHabits(n1_readiness=0.75, n3_readiness=1.3, wake_readiness=1.2),
     ),
     "isruc": CenterSpec(
@@ -150,7 +167,10 @@ CENTERS: dict[str, CenterSpec] = {
         age_mean=0.5,
         apnea_mean=0.55,
         apnea_concentration=2.0,
-        habits=ScoringHabits(n1_readiness=1.0, n3_readiness=0.85, boundary_shift=2.5),
+        age_concentration=1.5,
+        sedative_share=0.45,
+        ambiguous_share=0.65,
+        habits=ScoringHabits(n3_readiness=0.85, boundary_shift=3.0, partner_reading=1.8),
         n_scorers=2,
     ),
 }
@@ -190,8 +210,8 @@ _P = {n: i for i, n in enumerate(_PARAM_NAMES)}
 # 0.5-2 Hz cycles of 75 µV p2p (about 0.15 per epoch at this level, none at 95).
 _A2_CAP = 130.0
 
-# Share of the night in ambiguous stretches, and their mean length (epochs).
-AMBIGUOUS_SHARE = 0.5
+# Mean length (epochs) of an ambiguous stretch (how much of the night they cover is the
+# center's ``ambiguous_share``).
 AMBIGUOUS_RUN = 8.0
 # Stage an ambiguous epoch drifts to (its neighbours on the depth axis).
 _AMBIGUOUS_PARTNERS = {
@@ -320,8 +340,8 @@ def simulate_hypnogram(
 
 def _subject_traits(rng: np.random.Generator, center: CenterSpec) -> dict[str, float]:
     """Stable traits of one person (same for all their nights)."""
-    age = float(np.clip(rng.beta(4 * center.age_mean + 1, 4 * (1 - center.age_mean) + 1), 0, 1))
-    return {
+    age = float(np.clip(rng.beta(*_age_shape(center.age_mean, center.age_concentration)), 0, 1))
+    traits = {
         "age": age,
         "eeg_scale": float(rng.lognormal(0.0, 0.12)),
         "eog_scale": float(rng.lognormal(0.0, 0.2)),
@@ -340,11 +360,23 @@ def _subject_traits(rng: np.random.Generator, center: CenterSpec) -> dict[str, f
         "apnea": float(rng.beta(*_beta_shape(center.apnea_mean, center.apnea_concentration))),
         "alpha_intrusion": float(rng.random() < center.alpha_intrusion_share),
         "rem_without_atonia": float(rng.random() < center.rem_without_atonia_share),
+        "sedative": float(rng.random() < center.sedative_share),
     }
+    if traits["sedative"]:  # benzodiazepines add spindles and flatten slow waves
+        traits["spindle_rate"] *= 1.3
+        traits["sw_amp"] *= 0.85
+    return traits
 
 
 def _beta_shape(mean: float, concentration: float) -> tuple[float, float]:
     return mean * concentration, (1 - mean) * concentration
+
+
+def _age_shape(mean: float, concentration: float) -> tuple[float, float]:
+    """Beta shape of the age factor: one added to each side keeps the density unimodal, so
+    even the widest clinic has more middle-aged people than extremes."""
+    a, b = _beta_shape(mean, concentration)
+    return a + 1, b + 1
 
 
 def _eye_state(rng: np.random.Generator, stages: np.ndarray, p_closed: float) -> np.ndarray:
@@ -362,9 +394,13 @@ def _eye_state(rng: np.random.Generator, stages: np.ndarray, p_closed: float) ->
     return state
 
 
-def _transition_mix(rng: np.random.Generator, stages: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _transition_mix(
+    rng: np.random.Generator, stages: np.ndarray, ambiguous_share: float
+) -> tuple[np.ndarray, np.ndarray]:
     """Partner stage and mixing weight per epoch: transitional and ambiguous epochs carry
-    features of an adjacent stage (weight 0 = pure, up to ~0.45 = nearly undecidable)."""
+    features of an adjacent stage (weight 0 = pure, up to ~0.45 = nearly undecidable);
+    ambiguous stretches start at ``ambiguous_share / AMBIGUOUS_RUN`` per epoch, so that they
+    cover about 1 - exp(-ambiguous_share) of a night, as they may overlap."""
     n = len(stages)
     partner = stages.copy()
     weight = np.zeros(n)
@@ -372,7 +408,7 @@ def _transition_mix(rng: np.random.Generator, stages: np.ndarray) -> tuple[np.nd
     # of the epochs real scorers dispute lie away from stage changes (DOD: two thirds)
     # alert wake is not ambiguous: only drowsy wake within 5 min of sleep mixes with N1
     drowsy = np.convolve(stages != "W", np.ones(21), mode="same") > 0
-    for start in np.flatnonzero(rng.random(n) < AMBIGUOUS_SHARE / AMBIGUOUS_RUN):
+    for start in np.flatnonzero(rng.random(n) < ambiguous_share / AMBIGUOUS_RUN):
         if stages[start] == "W" and not drowsy[start]:
             continue
         end = min(start + int(rng.geometric(1 / AMBIGUOUS_RUN)), n)
@@ -435,9 +471,10 @@ def _epoch_params(
 
 
 def _weaken_cues(par: np.ndarray, stages: np.ndarray, traits: dict[str, float]) -> None:
-    """Blur the stage signs of a person with alpha-delta sleep or REM sleep without atonia
-    (in place): alpha bursts and background alpha near those of relaxed wake through N2/N3,
-    and chin tone near that of N2, with more twitches, through REM."""
+    """Blur the stage signs of a person with alpha-delta sleep, REM sleep without atonia or a
+    sedative (in place): alpha bursts and background alpha near those of relaxed wake through
+    N2/N3; chin tone near that of N2, with more twitches, through REM; fast (beta) activity
+    near that of wake through all of sleep."""
     if traits["alpha_intrusion"]:
         nrem = np.isin(stages, ("N2", "N3"))
         par[nrem, _P["alpha"]] += 4.0 * traits["alpha_amp"] ** 0.5
@@ -446,6 +483,8 @@ def _weaken_cues(par: np.ndarray, stages: np.ndarray, traits: dict[str, float]) 
         rem = stages == "REM"
         par[rem, _P["emg"]] *= 5.0
         par[rem, _P["twitch"]] *= 2.0
+    if traits["sedative"]:
+        par[stages != "W", _P["beta_pk"]] += 0.5
 
 
 # --------------------------------------------------------------------------------------------
@@ -727,7 +766,7 @@ def _night_course(center: str, subject: int, seed: int, n_epochs: int):
     rng = np.random.default_rng([key, int(subject), int(seed), 1])
     truth = simulate_hypnogram(rng, n_epochs, age=traits["age"], apnea=traits["apnea"])
     eyes = _eye_state(rng, truth, traits["eyes_closed"])
-    partner, weight = _transition_mix(rng, truth)
+    partner, weight = _transition_mix(rng, truth, spec.ambiguous_share)
     return traits, rng, truth, eyes, partner, weight
 
 
