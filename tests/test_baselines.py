@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import numpy as np
@@ -24,6 +25,7 @@ from sleepvlm.baselines import (
     save_checkpoint,
     train_baseline,
     trained_baseline,
+    with_center_scale,
 )
 from sleepvlm.baselines import train as train_module
 from sleepvlm.data.records import STAGES
@@ -256,3 +258,28 @@ def test_cross_dataset_records_and_speed(prepared, tmp_path):
     assert set(results["prompt"]) == {"trained-on-dcsm"} and set(results["modality"]) == {"signal"}
     night = prepared.store.read(np.arange(len(NIGHT)))
     assert inference_speed(trained, night, repeats=1) > 0
+
+
+def test_a_model_given_another_centers_scale_reads_it_as_its_own(prepared, tmp_path):
+    """An amplifier three times as sensitive: with the center's own input scale the model
+    sees the same normalised input, so it predicts what it predicted at home."""
+    trained = train_baseline(prepared, _config("attnsleep"), progress=False)
+    store = EpochStore(tmp_path / "loud.h5", "shhs")
+    rng = np.random.default_rng(1)
+    for subject in range(10):
+        night = _night("shhs", subject, rng)
+        store.append(dataclasses.replace(night, data=3 * night.data))
+    louder = PreparedDataset("shhs", store, assign_splits(store.manifest()), True, "")
+    rescaled = with_center_scale(trained, louder)
+    home, away = trained.model.input_scale.scale, rescaled.model.input_scale.scale
+    assert torch.allclose(away[0], 3 * home[0], rtol=0.05)  # EEG
+    assert trained.model.input_scale.scale is home  # the checkpoint itself is left alone
+    x = prepared.store.read(np.arange(len(NIGHT)))
+    same = night_logits(trained.model, trained.config, x, torch.device("cpu"))
+    loud = night_logits(rescaled.model, rescaled.config, 3 * x, torch.device("cpu"))
+    # the scale is measured on other epochs (every 10th of all nights, not of the training
+    # ones), so the inputs match to a few per cent, and the stages exactly
+    np.testing.assert_allclose(loud, same, atol=0.05)
+    assert (loud.argmax(axis=1) == same.argmax(axis=1)).all()
+    unscaled = night_logits(trained.model, trained.config, 3 * x, torch.device("cpu"))
+    assert np.abs(unscaled - same).max() > 0.2  # without it the louder center reads otherwise

@@ -52,6 +52,7 @@ from .train import (
     train_baseline,
     trained_baseline,
     trained_baselines,
+    with_center_scale,
 )
 
 __all__ = [
@@ -93,5 +94,6 @@ __all__ = [
     "train_baseline",
     "trained_baseline",
     "trained_baselines",
+    "with_center_scale",
     "within_center",
 ]

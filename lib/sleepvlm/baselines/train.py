@@ -8,7 +8,7 @@ import copy
 import json
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +27,7 @@ from ..prepare import PreparedDataset
 from . import data as data_module
 from . import models as models_module
 from . import predict as predict_module
-from .data import BalancedBatchSampler, SplitData, WindowDataset, load_split
+from .data import BalancedBatchSampler, SplitData, WindowDataset, load_split, read_rows
 from .models import BaselineConfig, BaselineError, build_model, class_aware_weights
 from .predict import resolve_device, split_logits
 
@@ -70,11 +70,26 @@ def baseline_key(prepared: PreparedDataset, config: BaselineConfig) -> str:
     )
 
 
-def _input_scale(x: np.ndarray) -> torch.Tensor:
-    """Per-channel standard deviation (µV) over every 10th training epoch; 1 for a channel of
-    zeros (a role the recordings lack)."""
-    std = x[::10].std(axis=(0, 2), dtype=np.float64)
+#: Every how many epochs the input scale is measured over (a tenth of the night is plenty).
+SCALE_EVERY = 10
+
+
+def input_scale(x: np.ndarray) -> torch.Tensor:
+    """Per-channel standard deviation (µV) over the epochs ``x`` (n, channels, samples); 1 for
+    a channel of zeros (a role the recordings lack)."""
+    std = x.std(axis=(0, 2), dtype=np.float64)
     return torch.tensor(np.where(std > 0, std, 1.0), dtype=torch.float32)
+
+
+def with_center_scale(trained: TrainedBaseline, prepared: PreparedDataset) -> TrainedBaseline:
+    """A copy of ``trained`` whose input scale is measured on ``prepared``'s own recordings
+    (every :data:`SCALE_EVERY`-th epoch of its manifest) instead of its training center's:
+    scored on that center, it shows how much of the cross-center loss is amplitude alone."""
+    rows = prepared.manifest.index.to_numpy()[::SCALE_EVERY]
+    model = copy.deepcopy(trained.model)
+    x = read_rows(prepared, rows, trained.config.channel_index)
+    model.input_scale.scale.copy_(input_scale(x))
+    return replace(trained, model=model)
 
 
 def _loss_function(config: BaselineConfig) -> nn.Module:
@@ -129,7 +144,7 @@ def train_baseline(
                 f"channel(s); load it with load_split(prepared, {name!r}, config)"
             )
     model = build_model(config)  # seeds torch: initial weights, then dropout, are seeded
-    model.input_scale.scale.copy_(_input_scale(train.x))
+    model.input_scale.scale.copy_(input_scale(train.x[::SCALE_EVERY]))
     model.to(torch_device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     loss_fn = _loss_function(config).to(torch_device)
