@@ -140,7 +140,7 @@ CENTERS: dict[str, CenterSpec] = {
         artifact_rate=1.5,
         alpha_intrusion_share=0.1,
         rem_without_atonia_share=0.05,
-        age_mean=0.65,
+        age_mean=0.7,
         apnea_mean=0.4,
         apnea_concentration=5.0,
         age_concentration=8.0,
@@ -346,8 +346,10 @@ def _subject_traits(rng: np.random.Generator, center: CenterSpec) -> dict[str, f
         "eeg_scale": float(rng.lognormal(0.0, 0.12)),
         "eog_scale": float(rng.lognormal(0.0, 0.2)),
         "emg_scale": float(rng.lognormal(0.0, 0.3)),
-        "sw_amp": float(rng.uniform(0.95, 1.25) * (1.2 - 0.35 * age)),
-        "spindle_rate": float(rng.uniform(0.6, 1.4) * (1.1 - 0.3 * age)),
+        # slow waves shrink and spindles thin out with age (both about halve from young to
+        # old adulthood), so an older person's N3 lies nearer its 20 % line, N2 nearer N1
+        "sw_amp": float(rng.uniform(0.95, 1.25) * (1.3 - 0.6 * age)),
+        "spindle_rate": float(rng.uniform(0.6, 1.4) * (1.25 - 0.6 * age)),
         "spindle_freq": float(rng.normal(13.2, 0.6) - (0.8 if center.frontal else 0.0)),
         "alpha_amp": float(rng.lognormal(0.0, 0.35)),
         "alpha_freq": float(np.clip(rng.normal(10.0 - 0.6 * age, 0.6), 8.2, 11.8)),
