@@ -2,6 +2,7 @@
 the real engine, response store and scoring; replay without calls; invalid answers kept in
 the denominator; served and in-process answers identical; no key in anything written."""
 
+import dataclasses
 import json
 from dataclasses import replace
 
@@ -163,7 +164,9 @@ def test_chatts_inputs_send_their_arrays_beside_the_text():
     epochs = np.random.default_rng(1).normal(0, 25, (2, 3, 3000))
     config = SequenceConfig()
     encoded = [encode_epoch(e, config, "chatts") for e in epochs]
-    requests, prompt = experiment.build_requests("sequence", "plain", encoded, ["a", "b"])
+    prompt, name = experiment.run_prompt("sequence", "plain")
+    assert name == "plain"
+    requests = experiment.build_requests(prompt, encoded, ["a", "b"])
     for request, epoch in zip(requests, encoded, strict=True):
         system, user = request.messages
         assert system.timeseries == () and user.text.count(TS_PLACEHOLDER) == 3
@@ -173,7 +176,7 @@ def test_chatts_inputs_send_their_arrays_beside_the_text():
     # same text, other arrays: another input, another stored answer
     assert requests[0].messages[1].text == requests[1].messages[1].text
     text_format = [encode_epoch(e, config, "text") for e in epochs]
-    plain, _ = experiment.build_requests("sequence", "plain", text_format, ["a", "b"])
+    plain = experiment.build_requests(prompt, text_format, ["a", "b"])
     assert all(m.timeseries == () for r in plain for m in r.messages)
 
 
@@ -420,3 +423,16 @@ def test_a_run_spec_names_what_it_cannot_run_before_anything_runs():
         RunSpec(DATASET, "text", "terse", "chance")
     with pytest.raises(TypeError, match="count_scal"):
         experiment.run_grid([DATASET], "text", ["chance"], count_scal=0.5)
+
+
+def test_a_run_names_its_prompt_by_variant_and_refuses_another_template():
+    template, name = experiment.run_prompt("text", "plain")
+    assert name == "plain"
+    assert experiment.run_prompt("text", "plain", template) == (template, "plain")
+    variant = dataclasses.replace(template, user="Answer carefully.\n" + template.user)
+    assert experiment.run_prompt("text", "plain", variant) == (
+        variant,
+        f"plain-{variant.sha256[:8]}",
+    )
+    with pytest.raises(experiment.ExperimentError, match="text_plain.v1 is not a variant of text_expert"):
+        experiment.run_prompt("text", "expert", variant)

@@ -293,7 +293,7 @@ def sequence_prompt_tokens(
     ``prompt_variant`` holding the epoch encoded as ``config`` in format ``fmt``."""
     inputs = sequence_inputs(prepared, store_rows(prepared, sample), config, fmt)
     ids = [str(i) for i in range(len(inputs))]
-    requests, _ = build_requests("sequence", prompt_variant, inputs, ids)
+    requests = build_requests(text_features.load_prompt("sequence", prompt_variant), inputs, ids)
     return [count(r.messages) for r in requests]
 
 
@@ -443,32 +443,38 @@ def chat_request(
     return ChatRequest(messages, id=request_id, prompt_hash=prompt_hash)
 
 
-def build_requests(
-    modality: str,
-    variant: str,
-    inputs: Sequence,
-    ids: Sequence[str],
-    prompt: text_features.Prompt | None = None,
-) -> tuple[list[ChatRequest], text_features.Prompt]:
-    """One request per input with the prompt ``<modality>_<variant>``, or ``prompt`` (a
-    variant of that template; its hash keys every stored answer). A ChatTS-format
-    :class:`EncodedEpoch` sends its arrays beside its text, one series per channel."""
+def run_prompt(
+    modality: str, variant: str, prompt: text_features.Prompt | None = None
+) -> tuple[text_features.Prompt, str]:
+    """The prompt a run sends, ``prompt`` (a variant of the template ``<modality>_<variant>``)
+    or else the template itself, and the name its results records carry: the variant's, with
+    the prompt's hash appended when it departs from the template (a variant's record never
+    replaces the template's)."""
     template = text_features.load_prompt(modality, variant)
     if prompt is None:
-        prompt = template
-    elif (prompt.modality, prompt.variant) != (modality, variant):
+        return template, variant
+    if (prompt.modality, prompt.variant) != (modality, variant):
         raise ExperimentError(
             f"prompt {prompt.name} is not a variant of {template.name}; derive it from "
             f"load_prompt({modality!r}, {variant!r})"
         )
-    field = text_features.INPUT_FIELD[modality]
+    return prompt, variant if prompt.sha256 == template.sha256 else f"{variant}-{prompt.sha256[:8]}"
+
+
+def build_requests(
+    prompt: text_features.Prompt, inputs: Sequence, ids: Sequence[str]
+) -> list[ChatRequest]:
+    """One request per input with ``prompt`` (its hash keys every stored answer). A
+    ChatTS-format :class:`EncodedEpoch` sends its arrays beside its text, one series per
+    channel."""
+    field = text_features.INPUT_FIELD[prompt.modality]
     requests = []
     for value, request_id in zip(inputs, ids, strict=True):
         wire = text_features.render_prompt(prompt, **{field: value})
         chatts = isinstance(value, EncodedEpoch) and value.format == "chatts"
         timeseries = value.timeseries if chatts else ()
         requests.append(chat_request(wire, request_id, prompt.sha256[:16], timeseries))
-    return requests, prompt
+    return requests
 
 
 def local_model_info(spec: ModelSpec) -> dict:
@@ -595,14 +601,8 @@ def run_experiment(
         sequence_config = run.sequence_config or SequenceConfig()
         inputs = sequence_inputs(prepared, rows, sequence_config, fmt)
         input_settings = {"format": fmt, **asdict(sequence_config)}
-    requests, prompt = build_requests(modality, run.prompt_variant, inputs, ids, run.prompt)
-    template = text_features.load_prompt(modality, run.prompt_variant)
-    # A variant's record never replaces the template's: its name carries its hash.
-    prompt_name = (
-        run.prompt_variant
-        if prompt.sha256 == template.sha256
-        else f"{run.prompt_variant}-{prompt.sha256[:8]}"
-    )
+    prompt, prompt_name = run_prompt(modality, run.prompt_variant, run.prompt)
+    requests = build_requests(prompt, inputs, ids)
 
     folder = Path(store_dir) if store_dir else cache_dir("responses")
     engine = Engine(
@@ -841,6 +841,7 @@ __all__ = [
     "ExperimentError",
     "PROMPT_VARIANTS",
     "build_requests",
+    "run_prompt",
     "chance_floor",
     "chat_request",
     "context_fit",
