@@ -529,3 +529,8 @@ def test_a_message_is_shown_with_its_file_name_and_without_this_machines_folders
     assert without_folders(message) == "hyp.edf: truncated; see https://physionet.org/a/b, 50 µV/s"
     assert without_folders("in '/tmp/x1/rec.json' and C:/d") == "in 'rec.json' and C:/d"
     assert without_folders("no path here: 2/3 of N2") == "no path here: 2/3 of N2"
+    made = "/tmp/tmpk3x9/"
+    said = "left out 1 malformed record(s) in /tmp/tmpk3x9: /tmp/tmpk3x9/a.json"
+    assert without_folders(said, {made: "FOLDER"}) == (
+        "left out 1 malformed record(s) in FOLDER: FOLDER/a.json"
+    )

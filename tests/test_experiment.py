@@ -434,5 +434,6 @@ def test_a_run_names_its_prompt_by_variant_and_refuses_another_template():
         variant,
         f"plain-{variant.sha256[:8]}",
     )
-    with pytest.raises(experiment.ExperimentError, match="text_plain.v1 is not a variant of text_expert"):
+    refused = "text_plain.v1 is not a variant of text_expert"
+    with pytest.raises(experiment.ExperimentError, match=refused):
         experiment.run_prompt("text", "expert", variant)

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -271,9 +271,13 @@ def declared_parameters(notebook: Path) -> set[str]:
 _FOLDERS = re.compile(r"(?<![\w.~:/])/(?:[^\s/'\"]+/)+")
 
 
-def without_folders(text: str) -> str:
+def without_folders(text: str, named: Mapping[str, str] | None = None) -> str:
     """``text`` with every absolute path cut to its file name: what a chapter shows of a
-    message (a warning, an error) that names a file on the machine that built it."""
+    message (a warning, an error) that names a file on the machine that built it. A folder of
+    ``named`` (its path: the word shown) is written as that word first, so that a folder the
+    chapter made itself (a temporary one, named anew each build) reads the same every time."""
+    for folder, word in (named or {}).items():
+        text = text.replace(str(folder).rstrip("/"), word)
     return _FOLDERS.sub("", text)
 
 
