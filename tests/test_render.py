@@ -316,3 +316,13 @@ def test_lane_ink_grows_with_the_trace_and_is_zero_for_a_gap(night):
     assert render.lane_ink(render.render_png(epoch))["eog"] == 0
     grey = render.lane_ink(render.render_png(epoch, grayscale=True), grayscale=True)
     assert grey["eeg"] > 0
+
+
+def test_a_stored_epoch_is_measured_as_it_was_drawn(night, tmp_path):
+    row = int(np.flatnonzero(night.manifest["stage"].to_numpy() == "N2")[0])
+    png, recorded = render.stored_lane_ink(night, row, out_dir=tmp_path)
+    drawn = render.render_dataset(night, [row], out_dir=tmp_path)
+    assert png == Path(drawn["image"].iloc[0]).read_bytes()
+    assert recorded == render.lane_ink(png)
+    _, against_night = render.stored_lane_ink(night, row, out_dir=tmp_path, chin_reference_uv=2.0)
+    assert against_night["emg"] != recorded["emg"] and against_night["eeg"] == recorded["eeg"]

@@ -700,6 +700,22 @@ def lane_ink(png: bytes, options: ImageOptions | None = None, **kwargs: Any) -> 
     return {role: float(mask.mean()) for role, mask in masks.items()}
 
 
+def stored_lane_ink(
+    source: Any,
+    row: int,
+    out_dir: str | Path | None = None,
+    options: ImageOptions | None = None,
+    **kwargs: Any,
+) -> tuple[bytes, dict[str, float]]:
+    """One epoch of ``source`` (an epoch store or :class:`Epochs`, manifest row ``row``) drawn
+    as :func:`render_dataset` draws it (its night's chin level included), as PNG bytes, with
+    :func:`lane_ink` measured under the same options it was drawn with."""
+    opts = image_options(options, **kwargs)
+    drawn = render_dataset(source, [row], out_dir=out_dir, options=opts)
+    png = Path(drawn["image"].iloc[0]).read_bytes()
+    return png, lane_ink(png, opts)
+
+
 def _widen(first: np.ndarray, last: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Spans over each column and its two neighbours: an anti-aliased 1-px stroke spills into
     the next column on steep slopes, a column envelope does not."""
