@@ -236,7 +236,11 @@ def test_failing_chapter_stops_the_book_and_keeps_earlier_chapters(tmp_path):
     assert not (marks / "03").exists() and not (root / "book" / "03_after.ipynb").exists()
     log = (root / "book" / "build_log.md").read_text()
     assert "| 01_ok | ran |" in log and "| 02_bad | failed |" in log
-    assert "| 03_after | not run | — |" in log
+    assert "| 03_after | not run | — | — |" in log
+    seconds = float(log.split("| 01_ok | ran | ")[1].split(" |")[0])
+    share = log.split("| 01_ok | ran | ")[1].split(" | ")[1]
+    assert share == f"{100 * seconds / (45 * 60):.0f} %"  # of the cold build's 45 minutes
+    assert "of the 45-min budget of a cold full build" in log
     assert "papermill notebooks/01_ok.ipynb out.ipynb -p marks" in log
 
 

@@ -426,6 +426,15 @@ def markdown_cell_text(text: str) -> str:
     return text.replace("|", "\\|")
 
 
+#: Wall time a cold full build (fresh clone, install included) must fit in on 2 cores: the
+#: build log gives each chapter's share of it, so that a chapter that grows shows.
+BUDGET_S = 45 * 60
+
+
+def budget_share(seconds: float) -> str:
+    return f"{100 * seconds / BUDGET_S:.0f} %"
+
+
 def build_log_markdown(
     root: Path, build: Path, statuses: dict[str, str], wall_seconds: float, jobs: int = 1
 ) -> str:
@@ -439,12 +448,12 @@ def build_log_markdown(
         status = statuses.get(chapter, "not run")
         if "seconds" in record:
             total += record["seconds"]
-            seconds = f"{record['seconds']:.1f}"
+            seconds = f"{record['seconds']:.1f} | {budget_share(record['seconds'])}"
             params = f"`{markdown_cell_text(json.dumps(record['parameters']))}`"
             when = f"{record.get('finished', '?')} ({record.get('machine', '?')})"
             commands.append((chapter, rerun_command(notebook, record["parameters"])))
         else:
-            seconds = params = when = "—"
+            seconds, params, when = "— | —", "—", "—"
         rows.append(f"| {chapter} | {status} | {seconds} | {params} | {when} |")
     lines = [
         "# Build log",
@@ -458,11 +467,13 @@ def build_log_markdown(
         f"- library hash: `{library_hash()}`",
         f"- dependency lock (`{LOCK_FILE}`, SHA-256): `{lock_hash() or NO_LOCK}`",
         f"- wall time of this build's chapters: {wall_seconds:.1f} s ({wall_seconds / 60:.1f} min),"
-        f" up to {jobs} at once",
+        f" up to {jobs} at once: {budget_share(wall_seconds)} of the {BUDGET_S / 60:.0f}-min"
+        " budget of a cold full build",
         f"- total of the chapters' recorded times: {total:.1f} s ({total / 60:.1f} min)",
         "",
-        "| chapter | status | seconds | parameters | last run (machine) |",
-        "|---|---|---:|---|---|",
+        f"| chapter | status | seconds | share of {BUDGET_S / 60:.0f} min | parameters "
+        "| last run (machine) |",
+        "|---|---|---:|---:|---|---|",
         *rows,
         "",
         "## Rerunning a chapter",
