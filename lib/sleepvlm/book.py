@@ -448,13 +448,14 @@ def build_log_markdown(
         status = statuses.get(chapter, "not run")
         if "seconds" in record:
             total += record["seconds"]
-            seconds = f"{record['seconds']:.1f} | {budget_share(record['seconds'])}"
+            seconds = f"{record['seconds']:.1f}"
+            share = budget_share(record["seconds"])
             params = f"`{markdown_cell_text(json.dumps(record['parameters']))}`"
             when = f"{record.get('finished', '?')} ({record.get('machine', '?')})"
             commands.append((chapter, rerun_command(notebook, record["parameters"])))
         else:
-            seconds, params, when = "— | —", "—", "—"
-        rows.append(f"| {chapter} | {status} | {seconds} | {params} | {when} |")
+            seconds = share = params = when = "—"
+        rows.append(f"| {chapter} | {status} | {seconds} | {share} | {params} | {when} |")
     lines = [
         "# Build log",
         "",

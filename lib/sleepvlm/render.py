@@ -637,15 +637,19 @@ def reference_image(
     return decode_png(reference_png(epoch, before, after, opts, sfreq), opts.grayscale)
 
 
-@lru_cache(maxsize=8)
 def _blank_epoch() -> np.ndarray:
     """An epoch with every sample missing: drawn, it is a renderer's layout without traces."""
     return np.full((len(ROLES), EPOCH_SAMPLES), np.nan)
 
 
+@lru_cache(maxsize=8)
+def _blank_fast(options: ImageOptions) -> np.ndarray:
+    return render_image(_blank_epoch(), options=options)
+
+
+@lru_cache(maxsize=8)
 def _blank_images(options: ImageOptions) -> tuple[np.ndarray, np.ndarray]:
-    blank = _blank_epoch()
-    return render_image(blank, options=options), reference_image(blank, options=options)
+    return _blank_fast(options), reference_image(_blank_epoch(), options=options)
 
 
 #: A pixel belongs to a trace when it differs from the blank layout by more than this (0-255):
@@ -695,7 +699,7 @@ def lane_ink(png: bytes, options: ImageOptions | None = None, **kwargs: Any) -> 
     image = decode_png(png, opts.grayscale)
     # The chin's night level only rescales a trace: the blank layout is drawn without it.
     # Only the fast renderer's blank is needed (the matplotlib one is the slow half).
-    blank = render_image(_blank_epoch(), options=image_options(opts, chin_reference_uv=0.0))
+    blank = _blank_fast(image_options(opts, chin_reference_uv=0.0))
     masks = _trace_masks(image, blank, opts)
     return {role: float(mask.mean()) for role, mask in masks.items()}
 

@@ -210,8 +210,8 @@ _P = {n: i for i, n in enumerate(_PARAM_NAMES)}
 # 0.5-2 Hz cycles of 75 µV p2p (about 0.15 per epoch at this level, none at 95).
 _A2_CAP = 130.0
 
-# Mean length (epochs) of an ambiguous stretch (how much of the night they cover is the
-# center's ``ambiguous_share``).
+# Mean length (epochs) of an ambiguous stretch (how often they start is set by the center's
+# ``ambiguous_share``).
 AMBIGUOUS_RUN = 8.0
 # Stage an ambiguous epoch drifts to (its neighbours on the depth axis).
 _AMBIGUOUS_PARTNERS = {
