@@ -3,6 +3,7 @@ the reference answers of a simulated night and the same answers with shifted tim
 
 import re
 
+import pandas as pd
 import pytest
 
 from sleepvlm.data.simulate import simulate_night
@@ -190,3 +191,100 @@ def test_the_reference_of_a_real_run_is_named_as_the_detectors():
     assert "ground truth of the scored nights" in faithfulness.reference_text(True)
     real = faithfulness.reference_text(False)
     assert "our detectors" in real and "no ground truth" in real
+
+
+def _claim(kind, role, start, end):
+    return parse_answer(f"Evidence: {kind} on {role} at {start}-{end} s.").claims[0]
+
+
+def test_each_wrong_claim_is_named_by_what_it_got_wrong(n2):
+    checks = {
+        text: faithfulness.claim_error(_claim(*args), n2)
+        for text, args in {
+            "grounded": ("spindle", "EEG", 12, 13),
+            "time": ("spindle", "EEG", 25, 26),
+            "channel": ("eye blink", "EEG", 3, 4),
+            "kind": ("vertex sharp wave", "EEG", 20, 21),  # the K-complex is there
+            "invented": ("sawtooth", "EEG", 5, 6),
+        }.items()
+    }
+    assert {k: c.error for k, c in checks.items()} == {
+        "grounded": "grounded",
+        "time": "wrong time",
+        "channel": "wrong channel",
+        "kind": "wrong kind",
+        "invented": "invented",
+    }
+    assert checks["grounded"].gap_s == 0.0
+    assert checks["time"].gap_s == pytest.approx(25 - 13.1)
+    assert checks["invented"].gap_s is None and checks["kind"].gap_s is None
+
+
+def test_claim_table_breakdown_and_tolerance_curve_agree_with_the_scores(n2):
+    answers = [
+        "Stage: N2. Rules: N2.spindle. Evidence: spindle on EEG at 14-15 s; "
+        "sawtooth waves on EEG at 5-6 s.",
+        answer_text(n2),
+    ]
+    scored = score_answers(answers, [n2, n2])
+    claims = faithfulness.claim_table(scored)
+    assert len(claims) == scored["n_claims"].sum() == 4
+    first = claims[claims["epoch"] == 7].iloc[:2]
+    assert first["error"].tolist() == ["grounded", "invented"]  # 14 s lies 0.9 s from 13.1
+    assert first["time_bin"].tolist() == ["10-15 s", "5-10 s"]
+    breakdown = faithfulness.error_breakdown(claims)
+    assert breakdown.loc["spindle", "grounded"] == 1.0 and breakdown.loc["spindle", "claims"] == 2
+    assert breakdown.loc["sawtooth", "invented"] == 1.0
+    curve = faithfulness.precision_by_tolerance(claims, [0.0, 1.0, 5.0])
+    assert curve[1.0] == pytest.approx((claims["error"] == "grounded").mean())
+    assert curve[0.0] == 0.5  # the 14-15 s spindle needs 0.9 s of tolerance
+    assert curve.is_monotonic_increasing
+
+
+def test_claim_table_asks_for_scored_rows():
+    with pytest.raises(AnnotationError, match="score_answers"):
+        faithfulness.claim_table(pd.DataFrame({"x": [1]}))
+
+
+RUN = {
+    "dataset": "dcsm",
+    "modality": "image",
+    "prompt": "expert",
+    "model": "sleepvlm-mini",
+    "data": "simulated",
+    "train_dataset": "shhs",
+    "manifest_hash": "abcdef0123456789",
+    "metrics": {"accuracy": 0.5},
+}
+
+
+def test_a_faithfulness_record_is_read_as_a_summary_and_kept_out_of_the_runs(n2, tmp_path):
+    from sleepvlm.metrics import read_results
+    from sleepvlm.report import load_records, load_summaries
+
+    answers = [
+        answer_text(n2),
+        "Stage: N2. Rules: N2.spindle. Evidence: spindle on EEG at 25-26 s.",
+    ]
+    scored = score_answers(answers, [n2, n2])
+    path = faithfulness.write_faithfulness(RUN, scored, tmp_path)
+    assert path.name.startswith("faithfulness__dcsm__image__sleepvlm-mini__expert__")
+    summaries = load_summaries(tmp_path, faithfulness.FAITHFULNESS)
+    row = summaries.iloc[0]
+    assert (row["dataset"], row["train_dataset"], row["n"]) == ("dcsm", "shhs", 2)
+    assert row["nights"] == ["s/n"] and row["reference"] == ["truth"]
+    assert row["precision"] == pytest.approx(0.5)  # the mean of 1 and 0
+    assert row["ungrounded_share"] == 0.5 and row["claim_precision"] == pytest.approx(2 / 3)
+    assert row["claim_errors"]["wrong time"] == pytest.approx(1 / 3)
+    assert row["n_claims"] == 3 and row["coherence"] == 1.0
+    assert load_records(tmp_path).empty and read_results(tmp_path).empty
+    assert load_summaries(tmp_path, "something else").empty
+    goals = faithfulness.goal_table(summaries).set_index("metric")
+    assert goals["met"].tolist() == [False, False, True, False]  # comprehensiveness (1 + 0) / 2
+    assert goals.loc["ungrounded_share", "goal"] == "< 0.2"
+
+
+def test_a_faithfulness_record_needs_its_run(n2):
+    scored = score_answers([answer_text(n2)], [n2])
+    with pytest.raises(AnnotationError, match="lacks"):
+        faithfulness.faithfulness_record({"dataset": "dcsm"}, scored)

@@ -344,8 +344,19 @@ def result_record(
     }
 
 
+#: Field naming what a summary record (not a run's staging scores) summarises, e.g.
+#: ``"faithfulness"``: readers of staging records pass over records that carry it.
+SUMMARY_FIELD = "summary"
+
+
+def is_summary(record: dict) -> bool:
+    """Whether ``record`` is a summary record (:data:`SUMMARY_FIELD`), not a run's scores."""
+    return bool(record.get(SUMMARY_FIELD))
+
+
 def _file_name(record: dict) -> str:
-    parts = [record[k] for k in ("dataset", "modality", "model", "prompt")]
+    parts = [record[SUMMARY_FIELD]] if is_summary(record) else []
+    parts += [record[k] for k in ("dataset", "modality", "model", "prompt")]
     parts.append(record["manifest_hash"][:8])
     return "__".join(re.sub(r"[^A-Za-z0-9._-]+", "-", str(p)) for p in parts) + ".json"
 
@@ -379,12 +390,15 @@ def _flatten(record: dict) -> dict:
 
 
 def read_results(folder: str | Path = "results") -> pd.DataFrame:
-    """Every record in ``folder`` as one row (metrics, intervals ``<metric>_lo/_hi``,
-    per-class ``f1_<stage>``, ``parse_rate``), sorted by dataset, modality and model."""
+    """Every run's record in ``folder`` as one row (metrics, intervals ``<metric>_lo/_hi``,
+    per-class ``f1_<stage>``, ``parse_rate``), sorted by dataset, modality and model; summary
+    records (:func:`is_summary`) are not runs and are passed over."""
     rows = []
     for path in sorted(Path(folder).glob("*.json")):
         try:
             record = json.loads(path.read_text(encoding="utf-8"))
+            if isinstance(record, dict) and is_summary(record):
+                continue
             rows.append({**_flatten(record), "file": path.name})
         except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
             raise CorruptFileError(

@@ -32,7 +32,7 @@ from sleepvlm import paper, params
 from sleepvlm.data.records import STAGES, DataError
 from sleepvlm.environment import lock_hash
 from sleepvlm.experiment import EMBEDDED_MODELS, PROMPT_VARIANTS, rerun_command
-from sleepvlm.metrics import SUMMARY_METRICS
+from sleepvlm.metrics import SUMMARY_FIELD, SUMMARY_METRICS, is_summary
 from sleepvlm.models import load_registry
 
 #: The paper's time-series LLM (its registry name), whose rows :data:`paper.CHATTS_14B` holds.
@@ -256,11 +256,21 @@ def read_record(path: str | Path) -> dict:
     return _row(path, text, record)
 
 
+def _summary_file(path: Path) -> bool:
+    """Whether ``path`` holds a summary record (read by its own loader, not a run's)."""
+    try:
+        record = json.loads(path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return False
+    return isinstance(record, dict) and is_summary(record)
+
+
 def load_records(results_dir: str | Path = "results", strict: bool = False) -> pd.DataFrame:
     """Every results record in ``results_dir`` as one row: its id, file, dataset, modality,
     model, prompt, data (simulated or real), sample kind, training center, size, the summary
     metrics (fractions, κ as is) with their interval bounds ``<metric>_lo/_hi``, the epochs
-    per stage (``support``), and the record itself (``record``).
+    per stage (``support``), and the record itself (``record``). Summary records (e.g. a
+    run's rationale faithfulness) are not runs: :func:`load_summaries` reads them.
 
     Fields that later or earlier versions add or lack are tolerated. A malformed file is left
     out with a :class:`SkippedRecordWarning` naming it (``strict``: :class:`ReportError`); the
@@ -273,6 +283,8 @@ def load_records(results_dir: str | Path = "results", strict: bool = False) -> p
             raise ReportError(f"no results folder {folder}: run a chapter that writes records")
         warnings.warn(f"no results folder {folder}: every row is 'not run'", stacklevel=2)
     for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        if _summary_file(path):
+            continue
         try:
             rows.append(read_record(path))
         except ReportError as err:
@@ -292,6 +304,34 @@ def load_records(results_dir: str | Path = "results", strict: bool = False) -> p
 
 
 # --- provenance and differences ----------------------------------------------------------------
+
+
+def load_summaries(results_dir: str | Path, summary: str) -> pd.DataFrame:
+    """The summary records of kind ``summary`` (their :data:`~sleepvlm.metrics.SUMMARY_FIELD`)
+    in ``results_dir``, one row each: the record's top-level fields, its ``metrics`` flattened
+    (a nested entry ``{"mean": ...}`` as its mean), the file and the record itself. Empty when
+    there are none; a summary record that is not a JSON object with ``metrics`` is named in a
+    :class:`ReportError`."""
+    rows = []
+    folder = Path(results_dir)
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        if not _summary_file(path):
+            continue
+        record = json.loads(path.read_bytes())
+        if record[SUMMARY_FIELD] != summary:
+            continue
+        if not isinstance(record.get("metrics"), dict):
+            raise ReportError(
+                f"{path} is a {summary} summary without metrics; rewrite it with the function "
+                "that made it (e.g. sleepvlm.explain.faithfulness.write_faithfulness)"
+            )
+        top = {k: v for k, v in record.items() if k != "metrics"}
+        metrics = {
+            k: v["mean"] if isinstance(v, dict) and "mean" in v else v
+            for k, v in record["metrics"].items()
+        }
+        rows.append({**top, **metrics, "file": path.name, "record": record})
+    return pd.DataFrame(rows)
 
 
 def _short(value, length: int = 16):

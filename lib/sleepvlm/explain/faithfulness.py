@@ -16,16 +16,24 @@ expert ratings of SleepVLM (factual accuracy, evidence comprehensiveness, logica
 
 These are checks against ground truth, not expert judgement; the summary maps each to 1-5 as
 ``1 + 4 x score`` only so that it can be set beside the paper's expert ratings.
+
+Each claim is also checked for *what* it got wrong (:func:`claim_error`): the right event at the
+wrong time, on the wrong channel, another event where one is, or an event with nothing there at
+all; and how far it lies from the nearest event of its kind on its channel (``gap_s``), so that
+precision at any other tolerance follows without scoring again (:func:`precision_by_tolerance`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from sleepvlm.environment import lock_hash
 from sleepvlm.explain.annotations import (
     RULE_EVIDENCE,
     AnnotationError,
@@ -40,6 +48,7 @@ from sleepvlm.explain.annotations import (
     select,
     supported_stages,
 )
+from sleepvlm.metrics import SUMMARY_FIELD, write_result
 from sleepvlm.rules.table import RULES
 from sleepvlm.splits import night_keys, nights_of
 
@@ -54,6 +63,32 @@ PROXY_NOTE = (
     "scale_1_5 = 1 + 4 x score, for setting beside the paper's expert ratings (> 4/5), "
     "not an expert rating"
 )
+
+
+#: What an ungrounded claim got wrong, in the order :func:`claim_error` checks it.
+CLAIM_ERRORS: tuple[str, ...] = ("wrong time", "wrong channel", "wrong kind", "invented")
+GROUNDED = "grounded"
+
+
+@dataclass(frozen=True)
+class ClaimCheck:
+    """One cited event checked against its epoch: ``error`` is :data:`GROUNDED` or one of
+    :data:`CLAIM_ERRORS`; ``gap_s`` is the distance (s) to the nearest event of the claimed kind
+    on the claimed channel (0 when they overlap; None when the epoch holds none)."""
+
+    claim: Claim
+    error: str
+    gap_s: float | None
+
+    def row(self) -> dict:
+        return {
+            "kind": self.claim.kind,
+            "role": self.claim.role,
+            "start_s": self.claim.start_s,
+            "end_s": self.claim.end_s,
+            "error": self.error,
+            "gap_s": self.gap_s,
+        }
 
 
 @dataclass
@@ -75,6 +110,7 @@ class AnswerScore:
     off_stage_rules: list[str] = field(default_factory=list)
     off_stage_claims: list[Claim] = field(default_factory=list)
     n_unparsed: int = 0
+    checks: list[ClaimCheck] = field(default_factory=list)
 
     def row(self) -> dict:
         """The score as flat columns (claims as text)."""
@@ -94,21 +130,44 @@ class AnswerScore:
             "off_stage_rules": list(self.off_stage_rules),
             "off_stage_claims": [c.describe() for c in self.off_stage_claims],
             "n_unparsed": self.n_unparsed,
+            "claims": [c.row() for c in self.checks],
         }
 
 
+def _gap(claim: Claim, event: Evidence) -> float:
+    """Seconds between the claimed span and the event's (0 when they overlap)."""
+    return max(0.0, event.start_s - claim.end_s, claim.start_s - event.end_s)
+
+
 def _matches(claim: Claim, event: Evidence, tolerance_s: float) -> bool:
-    return (
-        claim.kind == event.kind
-        and claim.role == event.role
-        and claim.start_s - tolerance_s <= event.end_s
-        and claim.end_s + tolerance_s >= event.start_s
-    )
+    same = (claim.kind, claim.role) == (event.kind, event.role)
+    return same and _gap(claim, event) <= tolerance_s
 
 
-def _grounded(claim: Claim, annotation: EpochAnnotation, tolerance_s: float) -> bool:
-    events = [*annotation.evidence, *annotation.other_events]
-    return any(_matches(claim, e, tolerance_s) for e in events)
+def _events(annotation: EpochAnnotation) -> list[Evidence]:
+    return [*annotation.evidence, *annotation.other_events]
+
+
+def claim_error(claim: Claim, annotation: EpochAnnotation, tolerance_s: float = 1.0) -> ClaimCheck:
+    """What ``claim`` got wrong: nothing (grounded); the *time* (its kind is on its channel in
+    this epoch, further than ``tolerance_s``); the *channel* (its kind is there at that time, on
+    another channel); the *kind* (another event is on its channel at that time); else it is
+    *invented* (nothing of the sort, nothing there)."""
+    events = _events(annotation)
+    same = [_gap(claim, e) for e in events if (e.kind, e.role) == (claim.kind, claim.role)]
+    gap = min(same) if same else None
+    near = [e for e in events if _gap(claim, e) <= tolerance_s]
+    if gap is not None and gap <= tolerance_s:
+        error = GROUNDED
+    elif gap is not None:
+        error = "wrong time"
+    elif any(e.kind == claim.kind for e in near):
+        error = "wrong channel"
+    elif any(e.role == claim.role for e in near):
+        error = "wrong kind"
+    else:
+        error = "invented"
+    return ClaimCheck(claim, error, gap)
 
 
 def _covered(claims: Sequence[Claim], annotation: EpochAnnotation, tolerance_s: float) -> int:
@@ -147,7 +206,8 @@ def score_answer(
     if tolerance_s < 0:
         raise AnnotationError(f"tolerance_s must be >= 0 s, got {tolerance_s}")
     claims = parsed.claims
-    grounded = [c for c in claims if _grounded(c, annotation, tolerance_s)]
+    checks = [claim_error(c, annotation, tolerance_s) for c in claims]
+    grounded = [k.claim for k in checks if k.error == GROUNDED]
     decisive = decisive_evidence(annotation)
     cited = _covered(claims, annotation, tolerance_s) if decisive else 0
     unknown = [r for r in parsed.rules if r not in RULES]
@@ -178,6 +238,7 @@ def score_answer(
         off_stage_rules=off_rules,
         off_stage_claims=off_claims,
         n_unparsed=len(parsed.unparsed),
+        checks=checks,
     )
 
 
@@ -257,6 +318,51 @@ def summary_table(scored: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
     return pd.DataFrame(columns, dtype=float)
 
 
+#: Columns of :func:`claim_table` that name the epoch a claim belongs to.
+_EPOCH_COLUMNS = ("dataset", "subject", "night", "epoch", "stage", "predicted")
+
+
+def claim_table(scored: pd.DataFrame, bin_s: float = 5.0) -> pd.DataFrame:
+    """One row per cited event of the answers :func:`score_answers` scored: its epoch, kind,
+    channel, span, :func:`claim_error` verdict, ``gap_s`` and the ``bin_s``-second bin of the
+    epoch its middle falls in (``time_bin``, e.g. ``"10-15 s"``)."""
+    if "claims" not in scored:
+        raise AnnotationError("claim_table needs the rows of score_answers (a 'claims' column)")
+    keep = [c for c in _EPOCH_COLUMNS if c in scored]
+    rows = [
+        {**{c: row[c] for c in keep}, **claim}
+        for _, row in scored.iterrows()
+        for claim in row["claims"]
+    ]
+    columns = [*keep, "kind", "role", "start_s", "end_s", "error", "gap_s"]
+    table = pd.DataFrame(rows, columns=columns)
+    middle = (table["start_s"].astype(float) + table["end_s"].astype(float)) / 2
+    start = (np.floor(middle.clip(0, 30 - 1e-9) / bin_s) * bin_s).astype(int)
+    table["time_bin"] = [f"{a}-{a + bin_s:g} s" for a in start]
+    return table
+
+
+def error_breakdown(claims: pd.DataFrame, by: str = "kind") -> pd.DataFrame:
+    """Share of the claims of each ``by`` group (event kind, time bin, ...) that are grounded
+    or make each error of :data:`CLAIM_ERRORS`, with the number of claims (``claims``)."""
+    order = [GROUNDED, *CLAIM_ERRORS]
+    shares = pd.crosstab(claims[by], claims["error"], normalize="index")
+    shares = shares.reindex(columns=order, fill_value=0.0)
+    shares["claims"] = claims.groupby(by).size()
+    return shares
+
+
+def precision_by_tolerance(claims: pd.DataFrame, tolerances: Sequence[float]) -> pd.Series:
+    """Share of the claims that would be grounded at each tolerance (s): those whose claimed
+    kind lies on their channel within it (``gap_s`` of :func:`claim_table`)."""
+    gaps = pd.to_numeric(claims["gap_s"], errors="coerce")
+    return pd.Series(
+        [float((gaps <= t).mean()) if len(gaps) else float("nan") for t in tolerances],
+        index=pd.Index(tolerances, name="tolerance (s)"),
+        name="precision",
+    )
+
+
 def ungrounded_claims(
     text: str | None, annotation: EpochAnnotation, tolerance_s: float = 1.0
 ) -> list[Claim]:
@@ -290,3 +396,113 @@ def score_run(
     scores["answer"] = keep["answer"].to_numpy()
     scores["reference"] = [answer_text(a) for a in chosen]
     return scores
+
+
+#: :data:`~sleepvlm.metrics.SUMMARY_FIELD` of a faithfulness record.
+FAITHFULNESS = "faithfulness"
+#: This project's goals for SleepVLM-mini's rationales on held-out nights (issue 19), each
+#: metric of :func:`faithfulness_record` with its bound: at least (``">="``) or below (``"<"``).
+FAITHFULNESS_GOALS: dict[str, tuple[str, float]] = {
+    "precision": (">=", 0.75),
+    "comprehensiveness": (">=", 0.6),
+    "coherence": (">=", 0.9),
+    "ungrounded_share": ("<", 0.2),
+}
+#: Fields of the run's record a faithfulness record keeps (which run it summarises).
+_RUN_FIELDS = (
+    "dataset",
+    "modality",
+    "prompt",
+    "model",
+    "backend",
+    "model_id",
+    "data",
+    "train_dataset",
+    "manifest_hash",
+    "prompt_hash",
+    "counts",
+    "whole_nights",
+    "seed",
+)
+
+
+def faithfulness_metrics(scored: pd.DataFrame) -> dict:
+    """The metrics of a faithfulness record: each proxy's mean (answers it is defined on, and
+    1-5 mapping), ``ungrounded_share`` (answers citing an event that is not there), rule recall,
+    stage accuracy, the pooled share of grounded claims (``claim_precision``) and the share of
+    claims making each error of :data:`CLAIM_ERRORS` (``claim_errors``)."""
+    summary = faithfulness_summary(scored)
+    claims = claim_table(scored)
+    errors = claims["error"].value_counts(normalize=True) if len(claims) else pd.Series()
+    return {
+        **{c: summary[c] for c, _ in PROXIES},
+        "ungrounded_share": summary["share_with_ungrounded_claims"],
+        "rule_recall": summary["rule_recall"],
+        "stage_accuracy": summary["stage_accuracy"],
+        "n_claims": int(len(claims)),
+        "claim_precision": float(errors.get(GROUNDED, 0.0)) if len(claims) else None,
+        "claim_errors": {e: float(errors.get(e, 0.0)) for e in CLAIM_ERRORS},
+    }
+
+
+def faithfulness_record(run: Mapping, scored: pd.DataFrame, tolerance_s: float = 1.0) -> dict:
+    """The faithfulness summary of one run as a results record: which run (the fields of its
+    staging record ``run`` that name model, data and training center), which nights and epochs
+    were scored, against what (``reference``: true or detected events) and at which
+    ``tolerance_s``, and :func:`faithfulness_metrics`. ``scored`` are the rows of
+    :func:`score_run` for that run, scored at ``tolerance_s``."""
+    import sleepvlm
+
+    missing = [k for k in ("dataset", "modality", "model", "prompt") if k not in run]
+    if missing:
+        raise AnnotationError(
+            f"the run's record lacks {missing}: pass the record run_experiment wrote"
+        )
+    nights = sorted(
+        f"{s}/{n}" for s, n in set(zip(scored["subject"], scored["night"], strict=True))
+    )
+    return {
+        SUMMARY_FIELD: FAITHFULNESS,
+        **{k: run[k] for k in _RUN_FIELDS if k in run},
+        "n": int(len(scored)),
+        "nights": nights,
+        "reference": sorted(set(scored["source"])),
+        "tolerance_s": tolerance_s,
+        "metrics": faithfulness_metrics(scored),
+        "note": PROXY_NOTE,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "library_version": sleepvlm.__version__,
+        "lock": lock_hash(),
+    }
+
+
+def write_faithfulness(
+    run: Mapping, scored: pd.DataFrame, results_dir: str | Path, tolerance_s: float = 1.0
+) -> Path:
+    """Write :func:`faithfulness_record` beside the run's own record in ``results_dir``."""
+    return write_result(faithfulness_record(run, scored, tolerance_s), results_dir)
+
+
+def goal_table(summaries: pd.DataFrame) -> pd.DataFrame:
+    """Each faithfulness summary (rows of :func:`sleepvlm.report.load_summaries`) against
+    :data:`FAITHFULNESS_GOALS`: one row per (dataset, metric) with the measured value, the goal
+    and whether it is met (None where the metric is undefined)."""
+    rows = []
+    for _, summary in summaries.iterrows():
+        for metric, (bound, goal) in FAITHFULNESS_GOALS.items():
+            value = summary.get(metric)
+            defined = value is not None and not pd.isna(value)
+            met = (value >= goal if bound == ">=" else value < goal) if defined else None
+            rows.append(
+                {
+                    "dataset": summary["dataset"],
+                    "train_dataset": summary.get("train_dataset"),
+                    "metric": metric,
+                    "measured": value if defined else None,
+                    "goal": f"{bound} {goal:g}",
+                    "met": met,
+                }
+            )
+    return pd.DataFrame(
+        rows, columns=["dataset", "train_dataset", "metric", "measured", "goal", "met"]
+    )
