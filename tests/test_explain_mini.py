@@ -3,17 +3,21 @@ saved folder loads and answers the same, the embedded server serves it, LoRA on 
 
 import concurrent.futures
 import dataclasses
+import io
 import json
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from PIL import Image
 
 from sleepvlm import experiment
 from sleepvlm.data.dcsm import write_dcsm
 from sleepvlm.data.simulate import simulate_night
 from sleepvlm.explain import faithfulness, mini, train
+from sleepvlm.explain.annotations import parse_answer
+from sleepvlm.metrics import parse_stage
 from sleepvlm.models import Engine, get_model, load_registry, running_server, user_request
 from sleepvlm.params import EXTERNAL, WITHIN
 from sleepvlm.prepare import prepare_dataset
@@ -137,6 +141,35 @@ def test_saved_model_loads_and_answers_deterministically(trained, examples):
     assert first == model.generate(pngs)
     assert all(isinstance(a, str) for a in first)
     assert model.generate(pngs[:1]) == first[:1]  # padding does not change an answer
+
+
+def _white_png(size: tuple[int, int]) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, "white").save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def test_unreadable_images_get_no_stage_and_no_evidence(trained, examples):
+    """A blank image, one drawn at another size and one with a dead chin channel are not shown
+    to the model: their answer says what is wrong and cites nothing."""
+    model = mini.MiniModel.load(trained[0])
+    dead_chin = [_epoch("N3", k) for k in range(3)]
+    dead_chin[1][2] = 0.0
+    pngs = [
+        examples[0].image,
+        _white_png((TINY.image_width, TINY.image_height)),
+        _white_png((448, 224)),
+        render_png(dead_chin[1], dead_chin[0], dead_chin[2], options=TINY.image_options()),
+        examples[1].image,
+    ]
+    answers = model.generate(pngs)
+    assert [answers[0], answers[4]] == model.generate([pngs[0], pngs[4]])
+    for answer in answers[1:4]:
+        assert answer.startswith("Unreadable image:") and parse_stage(answer) is None
+        parsed = parse_answer(answer)
+        assert parsed.claims == [] and parsed.rules == []
+    assert "is 448x224 px, not the 224x112" in answers[2]
+    assert "EMG lane holds only a flat line" in answers[3] and "EEG" not in answers[3]
 
 
 def test_batching_answerer_gives_each_caller_its_own_answer(trained, examples):

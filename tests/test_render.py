@@ -326,3 +326,44 @@ def test_a_stored_epoch_is_measured_as_it_was_drawn(night, tmp_path):
     assert recorded == render.lane_ink(png)
     _, against_night = render.stored_lane_ink(night, row, out_dir=tmp_path, chin_reference_uv=2.0)
     assert against_night["emg"] != recorded["emg"] and against_night["eeg"] == recorded["eeg"]
+
+
+def _noise_epoch(seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.normal(0, [[20.0], [30.0], [3.0]], (3, EPOCH_SAMPLES))
+
+
+def _white_png(size: tuple[int, int]) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, "white").save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def test_lane_problems_name_the_lane_that_holds_nothing_and_the_wrong_size():
+    opts = render.ImageOptions(width=448, height=224, context=1)
+    window = [_noise_epoch(k) for k in range(3)]
+    assert (
+        render.lane_problems(render.render_png(window[1], window[0], window[2], opts), opts) == {}
+    )
+    flat, missing = window[1].copy(), window[1].copy()
+    flat[2], missing[1] = 0.0, np.nan
+    flat_png = render.render_png(flat, window[0], window[2], opts)
+    assert render.lane_problems(flat_png, opts) == {"emg": "the EMG lane holds only a flat line"}
+    missing_png = render.render_png(missing, window[0], window[2], opts)
+    assert render.lane_problems(missing_png, opts) == {"eog": "the EOG lane holds no trace"}
+    assert set(render.lane_problems(_white_png((448, 224)), opts)) == set(render.ROLES)
+    assert (
+        "is 224x224 px, not the 448x224"
+        in render.lane_problems(_white_png((224, 224)), opts)["image"]
+    )
+    assert render.lane_problems(b"not a png", opts) == {"image": "the image is not a readable PNG"}
+
+
+def test_a_quiet_chin_is_not_a_flat_line():
+    """REM atonia: a chin of 0.3 µV RMS, below the quietest amplifier's noise floor in the
+    cohort (0.5 µV), still draws a trace that moves, even at the absolute scale."""
+    opts = render.ImageOptions(width=448, height=224, context=1)
+    quiet = _noise_epoch(1)
+    quiet[2] *= 0.1
+    png = render.render_png(quiet, _noise_epoch(0), _noise_epoch(2), opts)
+    assert "emg" not in render.lane_problems(png, opts)

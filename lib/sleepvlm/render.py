@@ -704,6 +704,39 @@ def lane_ink(png: bytes, options: ImageOptions | None = None, **kwargs: Any) -> 
     return {role: float(mask.mean()) for role, mask in masks.items()}
 
 
+#: A lane whose trace touches at most this many pixel rows, the same rows in every column of
+#: the scored epoch, holds a flat line: a channel that recorded nothing (the quietest real chin
+#: of the cohort's test nights still touched 3 rows, and varied from column to column).
+FLAT_ROWS = 2
+
+
+def lane_problems(png: bytes, options: ImageOptions | None = None, **kwargs: Any) -> dict:
+    """What makes ``png`` unreadable as an image the fast renderer drew with ``options``: an
+    ``"image"`` of another size (drawn at another scale, or not by this renderer), or a lane
+    with no trace in the scored epoch or only a flat line (a missing or disconnected channel).
+    Empty when the image reads as drawn; a problem is a sentence naming the lane."""
+    opts = image_options(options, **kwargs)
+    try:
+        image = decode_png(png, opts.grayscale)
+    except OSError:
+        return {"image": "the image is not a readable PNG"}
+    size = (image.shape[1], image.shape[0])
+    if size != (opts.width, opts.height):
+        return {
+            "image": f"the image is {size[0]}x{size[1]} px, not the {opts.width}x{opts.height} "
+            "px this model reads (draw it with sleepvlm.render at the model's options)"
+        }
+    blank = _blank_fast(image_options(opts, chin_reference_uv=0.0))
+    problems = {}
+    for role, trace in _trace_masks(image, blank, opts).items():
+        rows = trace.any(axis=1)
+        if not rows.any():
+            problems[role] = f"the {role.upper()} lane holds no trace"
+        elif rows.sum() <= FLAT_ROWS and (trace == trace[:, :1]).all():
+            problems[role] = f"the {role.upper()} lane holds only a flat line"
+    return problems
+
+
 def stored_lane_ink(
     source: Any,
     row: int,

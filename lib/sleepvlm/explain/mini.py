@@ -34,7 +34,7 @@ import numpy as np
 from sleepvlm.data.records import STAGES, DataError
 from sleepvlm.models.backends import quiet_loading
 from sleepvlm.params import MINI_GROUNDING_STEPS, MINI_PERCEPTION_STEPS
-from sleepvlm.render import ImageOptions
+from sleepvlm.render import ImageOptions, lane_problems
 from sleepvlm.rules.table import BANDS, RULES
 from sleepvlm.signal import TARGET_SFREQ
 
@@ -461,8 +461,24 @@ class MiniModel:
             processor = transformers.Qwen2VLImageProcessorPil.from_pretrained(folder)
         return cls(model.to(device).eval(), tokenizer, processor, settings, device)
 
+    def image_options(self) -> ImageOptions | None:
+        """The options of the images this model was trained on (None for a base model folder
+        without SleepVLM-mini settings)."""
+        config = self.settings.get("config")
+        return MiniConfig(**config).image_options() if config else None
+
     def generate(self, pngs: Sequence[bytes], phase: str = "grounding") -> list[str]:
-        """Greedy answers for a batch of epoch images."""
+        """Greedy answers for a batch of epoch images; an image that cannot be read as one
+        drawn at the model's options (:func:`sleepvlm.render.lane_problems`) is answered with
+        :func:`unreadable_answer`, not shown to the model, which never learnt what a blank,
+        resized or flat-lane image holds and would cite evidence from it."""
+        options = self.image_options()
+        problems = [lane_problems(p, options) if options else {} for p in pngs]
+        readable = [p for p, found in zip(pngs, problems, strict=True) if not found]
+        answers = iter(self._generate(readable, phase) if readable else [])
+        return [unreadable_answer(found) if found else next(answers) for found in problems]
+
+    def _generate(self, pngs: Sequence[bytes], phase: str) -> list[str]:
         import torch
 
         max_new = self.settings.get("config", {}).get("max_new_tokens", 64)
@@ -484,6 +500,15 @@ class MiniModel:
         for start in range(0, len(pngs), batch_size):
             answers.extend(self.generate(pngs[start : start + batch_size]))
         return answers
+
+
+def unreadable_answer(problems: dict[str, str]) -> str:
+    """The answer to an image that cannot be read: what is wrong with it, and no stage and no
+    evidence (it is scored as an invalid answer, not as a guess)."""
+    return (
+        f"Unreadable image: {'; '.join(problems.values())}. No sleep stage and no evidence "
+        "can be read from it."
+    )
 
 
 class BatchingAnswerer:
