@@ -3,9 +3,12 @@ the reference answers of a simulated night and the same answers with shifted tim
 
 import re
 
+import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.colors import to_rgba
 
+from sleepvlm import render
 from sleepvlm.data.simulate import simulate_night
 from sleepvlm.explain import faithfulness
 from sleepvlm.explain.annotations import (
@@ -288,3 +291,21 @@ def test_a_faithfulness_record_needs_its_run(n2):
     scored = score_answers([answer_text(n2)], [n2])
     with pytest.raises(AnnotationError, match="lacks"):
         faithfulness.faithfulness_record({"dataset": "dcsm"}, scored)
+
+
+def test_draw_claims_marks_events_and_cited_spans_where_they_lie(n2):
+    options = render.ImageOptions(width=448, height=224, context=1)
+    epoch = np.random.default_rng(0).normal(0, 10, (3, 3000))
+    png = render.render_png(epoch, epoch, epoch, options)
+    answer = "Stage: N2. Evidence: spindle on EEG at 12-13 s; spindle on EEG at 25-26 s."
+    ax = faithfulness.draw_claims(png, n2, answer, options)
+    bands = [p for p in ax.patches if p.get_fill()]
+    outlines = [p for p in ax.patches if not p.get_fill()]
+    assert len(bands) == 3 and len(outlines) == 2  # spindle, K complex, blink; two claims
+    start, stop = render.layout(options).center_columns
+    per_s = (stop - start) / 30
+    assert outlines[0].get_x() == pytest.approx(start + 12 * per_s)
+    assert outlines[0].get_edgecolor() == to_rgba(faithfulness.CLAIM_COLORS["grounded"])
+    assert outlines[1].get_edgecolor() == to_rgba(faithfulness.CLAIM_COLORS["ungrounded"])
+    eog_top, _ = render.layout(options).lanes["eog"]
+    assert bands[2].get_y() == eog_top + 1  # the blink is drawn in the EOG lane

@@ -325,3 +325,12 @@ def test_ceiling_text_follows_the_numbers_and_says_when_there_is_none():
     isruc = train.ceiling_text(_ceilings(None, None, scorers=(0.625, 0.7)), "isruc")
     assert "its two scorers agree at κ 0.62 on the class-balanced sample" in isruc
     assert "SleepVLM-mini reaches 80 %" in isruc  # 0.5 / 0.625
+
+
+def test_token_seconds_shrink_as_the_image_widens():
+    """An image token spans 2 patches of the epoch's slot: twice the width, half the seconds
+    (up to the label margin, which does not grow with it)."""
+    default = mini.MiniConfig()
+    wide = dataclasses.replace(default, image_width=2 * default.image_width)
+    assert mini.token_seconds(wide) == pytest.approx(mini.token_seconds(default) / 2, rel=0.1)
+    assert 5 < mini.token_seconds(default) < 8  # ~6 s of a 30-s epoch

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from sleepvlm.data.records import EPOCH_S
 from sleepvlm.environment import lock_hash
 from sleepvlm.explain.annotations import (
     RULE_EVIDENCE,
@@ -337,7 +338,7 @@ def claim_table(scored: pd.DataFrame, bin_s: float = 5.0) -> pd.DataFrame:
     columns = [*keep, "kind", "role", "start_s", "end_s", "error", "gap_s"]
     table = pd.DataFrame(rows, columns=columns)
     middle = (table["start_s"].astype(float) + table["end_s"].astype(float)) / 2
-    start = (np.floor(middle.clip(0, 30 - 1e-9) / bin_s) * bin_s).astype(int)
+    start = (np.floor(middle.clip(0, EPOCH_S - 1e-9) / bin_s) * bin_s).astype(int)
     table["time_bin"] = [f"{a}-{a + bin_s:g} s" for a in start]
     return table
 
@@ -506,3 +507,41 @@ def goal_table(summaries: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(
         rows, columns=["dataset", "train_dataset", "metric", "measured", "goal", "met"]
     )
+
+
+#: Colors of :func:`draw_claims`: the epoch's events, and cited events found or not found.
+CLAIM_COLORS = {"event": "tab:green", GROUNDED: "tab:blue", "ungrounded": "tab:red"}
+
+
+def draw_claims(png: bytes, annotation: EpochAnnotation, answer: str | None, options, ax=None):
+    """The epoch image with, in each lane, the epoch's events (green bands) and the events
+    the answer cites (outlined: blue where one is there, red where none is), at the times they
+    give in the scored (middle) epoch; ``options`` are the image's
+    :class:`~sleepvlm.render.ImageOptions`. Returns the axes."""
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    from sleepvlm.render import decode_png, layout
+
+    lay = layout(options)
+    start, stop = lay.center_columns
+    per_s = (stop - start) / EPOCH_S
+
+    def box(role: str, begin_s: float, end_s: float, inset: float) -> tuple:
+        top, height = lay.lanes[role]
+        x = start + begin_s * per_s
+        return (x, top + inset), max(end_s - begin_s, 0.3) * per_s, height - 2 * inset
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(options.width / 100, options.height / 100), dpi=100)
+    ax.imshow(decode_png(png))
+    for event in _events(annotation):
+        xy, w, h = box(event.role, event.start_s, event.end_s, 1)
+        ax.add_patch(Rectangle(xy, w, h, color=CLAIM_COLORS["event"], alpha=0.25, lw=0))
+    for check in score_answer(answer, annotation).checks:
+        claim = check.claim
+        color = CLAIM_COLORS[GROUNDED if check.error == GROUNDED else "ungrounded"]
+        xy, w, h = box(claim.role, claim.start_s, claim.end_s, 3)
+        ax.add_patch(Rectangle(xy, w, h, fill=False, edgecolor=color, lw=1.5))
+    ax.set_axis_off()
+    return ax

@@ -31,10 +31,10 @@ from queue import Empty, Queue
 
 import numpy as np
 
-from sleepvlm.data.records import STAGES, DataError
+from sleepvlm.data.records import EPOCH_S, STAGES, DataError
 from sleepvlm.models.backends import quiet_loading
 from sleepvlm.params import MINI_GROUNDING_STEPS, MINI_PERCEPTION_STEPS
-from sleepvlm.render import ImageOptions, lane_problems
+from sleepvlm.render import ImageOptions, lane_problems, layout
 from sleepvlm.rules.table import BANDS, RULES
 from sleepvlm.signal import TARGET_SFREQ
 
@@ -67,6 +67,8 @@ AMPLITUDE_LEVELS: dict[str, tuple[float, ...]] = {
     "emg": (5.0, 10.0, 20.0, 40.0),
 }
 SETTINGS_FILE = "sleepvlm_mini.json"
+#: Patches per side the vision tower merges into one image token (Qwen2-VL's own 2).
+SPATIAL_MERGE = 2
 IGNORE = -100  # label of tokens the loss skips (prompt, image, padding)
 
 
@@ -111,6 +113,14 @@ class MiniConfig:
             context=self.context,
             chin_reference_uv=self.chin_reference_uv,
         )
+
+
+def token_seconds(config: MiniConfig) -> float:
+    """Seconds of the scored epoch one image token spans: :data:`SPATIAL_MERGE` patches of
+    ``patch_size`` px, on the layout's 30-s epoch slot. A model that places an event only by
+    the token it sees it in is off by up to this much."""
+    slot_px = layout(config.image_options()).slot_width
+    return SPATIAL_MERGE * config.patch_size * EPOCH_S / slot_px
 
 
 @dataclass
@@ -248,7 +258,7 @@ def build_model(tokenizer, config: MiniConfig):
             "num_heads": config.heads,
             "mlp_ratio": 2,
             "patch_size": config.patch_size,
-            "spatial_merge_size": 2,
+            "spatial_merge_size": SPATIAL_MERGE,
             "temporal_patch_size": config.temporal_patch_size,
         },
         image_token_id=ids(IMAGE_PAD),
@@ -281,7 +291,7 @@ def prompt_text(instruction: str, n_image_tokens: int) -> str:
     )
 
 
-def image_tokens(grid_thw, merge: int = 2) -> list[int]:
+def image_tokens(grid_thw, merge: int = SPATIAL_MERGE) -> list[int]:
     """Tokens each image takes in the text after the vision tower merges ``merge``² patches."""
     return [int(t * h * w) // (merge * merge) for t, h, w in grid_thw.tolist()]
 
