@@ -263,7 +263,7 @@ RUN = {
 
 def test_a_faithfulness_record_is_read_as_a_summary_and_kept_out_of_the_runs(n2, tmp_path):
     from sleepvlm.metrics import read_results
-    from sleepvlm.report import load_records, load_summaries
+    from sleepvlm.report import load_records, load_summaries, rationale_table
 
     answers = [
         answer_text(n2),
@@ -285,6 +285,10 @@ def test_a_faithfulness_record_is_read_as_a_summary_and_kept_out_of_the_runs(n2,
     goals = faithfulness.goal_table(summaries).set_index("metric")
     assert goals["met"].tolist() == [False, False, True, False]  # comprehensiveness (1 + 0) / 2
     assert goals.loc["ungrounded_share", "goal"] == "< 0.2"
+    table = rationale_table(summaries)
+    assert table["SleepVLM (paper: expert rating)"].iloc[0] == "> 4"
+    mini = table["sleepvlm-mini, DCSM (external)"]  # trained on SHHS
+    assert mini.tolist() == ["3.0", "3.0", "5.0", "50%"]  # 1 + 4 x (0.5, 0.5, 1)
 
 
 def test_a_faithfulness_record_needs_its_run(n2):
@@ -309,3 +313,13 @@ def test_draw_claims_marks_events_and_cited_spans_where_they_lie(n2):
     assert outlines[1].get_edgecolor() == to_rgba(faithfulness.CLAIM_COLORS["ungrounded"])
     eog_top, _ = render.layout(options).lanes["eog"]
     assert bands[2].get_y() == eog_top + 1  # the blink is drawn in the EOG lane
+
+
+def test_repeated_answers_measure_one_template_per_stage(n2):
+    template = "Stage: N2. Rules: N2.spindle. Evidence: spindle on EEG at 0-1 s."
+    answers = [template, template, template, answer_text(n2), "Stage: W. Rules: W.alpha."]
+    scored = score_answers(answers, [n2] * 5).assign(answer=answers)
+    shares = faithfulness.repeated_answers(scored)
+    assert shares.to_dict() == {"W": 1.0, "N2": 0.75}
+    with pytest.raises(AnnotationError, match="answer"):
+        faithfulness.repeated_answers(scored.drop(columns="answer"))

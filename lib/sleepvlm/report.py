@@ -968,3 +968,39 @@ __all__ = [
     "sleepvlm_table",
     "train_dataset",
 ]
+
+
+#: Rows of :func:`rationale_table`: a faithfulness metric and the expert rating it stands in for.
+RATIONALE_ROWS: tuple[tuple[str, str], ...] = (
+    ("precision", "factual accuracy"),
+    ("comprehensiveness", "evidence comprehensiveness"),
+    ("coherence", "logical coherence"),
+)
+
+
+def rationale_table(summaries: pd.DataFrame) -> pd.DataFrame:
+    """The paper's expert ratings of SleepVLM's rationales beside the automatic proxies of
+    each faithfulness summary on record (rows of :func:`load_summaries`): one row per criterion
+    on the 1-5 scale (a proxy ``s`` as ``1 + 4 s``), and the share of answers citing an event
+    that is not there; one column for the paper, one per summary, named by model, test center
+    and whether it is the model's own center."""
+    from sleepvlm.params import evaluation_setting
+
+    names = [f"{rating} (1–5)" for _, rating in RATIONALE_ROWS]
+    index = [*names, "answers citing an event that is not there"]
+    columns = {
+        "SleepVLM (paper: expert rating)": [
+            f"> {paper.SLEEPVLM_RATING_ABOVE:g}" for _ in RATIONALE_ROWS
+        ]
+        + [NOT_PUBLISHED]
+    }
+    for _, row in summaries.iterrows():
+        trained = row.get("train_dataset")
+        setting = evaluation_setting(trained, row["dataset"]) if trained else "zero-shot"
+        values = [
+            NOT_PUBLISHED if pd.isna(row.get(m)) else f"{1 + 4 * row[m]:.1f}"
+            for m, _ in RATIONALE_ROWS
+        ]
+        values.append(f"{row['ungrounded_share']:.0%}")
+        columns[f"{row['model']}, {str(row['dataset']).upper()} ({setting})"] = values
+    return pd.DataFrame(columns, index=index)

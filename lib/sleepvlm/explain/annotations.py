@@ -205,10 +205,11 @@ class Evidence:
     start_s: float
     end_s: float
 
-    def text(self) -> str:
-        """The event as an answer cites it, times rounded outwards to whole seconds."""
-        start = max(0, math.floor(self.start_s))
-        end = min(int(EPOCH_S), max(math.ceil(self.end_s), start + 1))
+    def text(self, step_s: int = 1) -> str:
+        """The event as an answer cites it, times rounded outwards to multiples of ``step_s``
+        seconds (1: whole seconds; 5: the 5-s segment(s) it lies in)."""
+        start = max(0, math.floor(self.start_s / step_s) * step_s)
+        end = min(int(EPOCH_S), max(math.ceil(self.end_s / step_s) * step_s, start + step_s))
         return f"{KIND_WORDS[self.kind]} on {self.role.upper()} at {start}-{end} s"
 
 
@@ -638,29 +639,32 @@ def annotate_store(
 # --- answers -----------------------------------------------------------------------------------
 
 
-def decisive_evidence(annotation: EpochAnnotation, limit: int = MAX_EVIDENCE) -> list[Evidence]:
+def decisive_evidence(
+    annotation: EpochAnnotation, limit: int = MAX_EVIDENCE, step_s: int = 1
+) -> list[Evidence]:
     """The events an answer cites: taken from the annotation's rules in turn (rule order), each
     rule's events in the annotation's order, at most ``limit``; an event that would read the
-    same as one already cited (same kind, channel and whole seconds) is passed over, since an
-    answer cannot cite it apart."""
+    same as one already cited (same kind, channel and times at ``step_s`` resolution) is passed
+    over, since an answer cannot cite it apart."""
     queues = [
         [e for e in annotation.evidence if e.kind in RULE_EVIDENCE[r]] for r in annotation.rules
     ]
     out: list[Evidence] = []
     while len(out) < limit and any(queues):
         for queue in queues:
-            while queue and queue[0].text() in {e.text() for e in out}:
+            while queue and queue[0].text(step_s) in {e.text(step_s) for e in out}:
                 queue.pop(0)
             if queue and len(out) < limit:
                 out.append(queue.pop(0))
     return out
 
 
-def answer_text(annotation: EpochAnnotation) -> str:
-    """The target answer of one epoch (see the module docstring); it starts with the stage so
-    that :func:`sleepvlm.metrics.parse_stage` reads it."""
-    cited = decisive_evidence(annotation)
-    items = [e.text() for e in cited]
+def answer_text(annotation: EpochAnnotation, step_s: int = 1) -> str:
+    """The target answer of one epoch (see the module docstring), event times at ``step_s``
+    resolution (:meth:`Evidence.text`); it starts with the stage so that
+    :func:`sleepvlm.metrics.parse_stage` reads it."""
+    cited = decisive_evidence(annotation, step_s=step_s)
+    items = [e.text(step_s) for e in cited]
     for rule_id in annotation.rules:
         if not any(e.kind in RULE_EVIDENCE[rule_id] for e in annotation.evidence):
             items.append(RULE_PHRASES[rule_id])

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sleepvlm.data.records import EPOCH_S
+from sleepvlm.data.records import EPOCH_S, STAGES
 from sleepvlm.environment import lock_hash
 from sleepvlm.explain.annotations import (
     RULE_EVIDENCE,
@@ -364,6 +364,17 @@ def precision_by_tolerance(claims: pd.DataFrame, tolerances: Sequence[float]) ->
     )
 
 
+def repeated_answers(scored: pd.DataFrame) -> pd.Series:
+    """Per predicted stage, the share of its answers (``answer`` of :func:`score_run`) that are
+    word for word its most frequent one: a model that writes one template per stage cites the
+    same events at the same times whatever the image holds."""
+    if "answer" not in scored:
+        raise AnnotationError("repeated_answers needs the rows of score_run (an 'answer' column)")
+    answered = scored.dropna(subset=["predicted"])
+    top = answered.groupby("predicted")["answer"].agg(lambda a: a.value_counts().iloc[0] / len(a))
+    return top.reindex([s for s in STAGES if s in top.index]).rename("same answer")
+
+
 def ungrounded_claims(
     text: str | None, annotation: EpochAnnotation, tolerance_s: float = 1.0
 ) -> list[Claim]:
@@ -383,7 +394,12 @@ def reference_text(simulated: bool) -> str:
 
 
 def score_run(
-    prepared, frame: pd.DataFrame, max_nights: int | None = None, seed: int = 0, executor=None
+    prepared,
+    frame: pd.DataFrame,
+    max_nights: int | None = None,
+    seed: int = 0,
+    executor=None,
+    tolerance_s: float = 1.0,
 ) -> pd.DataFrame:
     """Scores of the answers of one run (the per-epoch table of
     :func:`sleepvlm.experiment.run_experiment`, with ``answer``) against the rule annotations
@@ -393,7 +409,7 @@ def score_run(
     found = annotate_store(prepared, nights, executor=executor)
     keep = frame[night_keys(frame).isin(nights)]
     chosen = select(found, keep.assign(dataset=prepared.dataset))
-    scores = score_answers(keep["answer"].tolist(), chosen)
+    scores = score_answers(keep["answer"].tolist(), chosen, tolerance_s)
     scores["answer"] = keep["answer"].to_numpy()
     scores["reference"] = [answer_text(a) for a in chosen]
     return scores

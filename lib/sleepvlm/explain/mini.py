@@ -98,6 +98,9 @@ class MiniConfig:
     patch_size: int = 28
     # Frames per patch: Qwen2-VL repeats a still image into 2; one halves the patch embedding.
     temporal_patch_size: int = 1
+    # Resolution (s) of the event times the answers cite: each event's span rounded outwards
+    # to multiples of it.
+    time_step_s: int = 1
     perception_steps: int = MINI_PERCEPTION_STEPS
     grounding_steps: int = MINI_GROUNDING_STEPS
     batch_size: int = 8

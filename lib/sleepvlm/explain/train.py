@@ -125,10 +125,11 @@ def build_examples(
     for annotation, image, epoch in zip(
         annotations.select(found, sample), drawn["image"], epochs, strict=True
     ):
-        events = [e.text() for e in annotation.evidence]
+        step = config.time_step_s
+        events = list(dict.fromkeys(e.text(step) for e in annotation.evidence))
         targets = {
             "perception": mini.waveform_description(epoch, events),
-            "grounding": annotations.answer_text(annotation),
+            "grounding": annotations.answer_text(annotation, step),
         }
         examples.append(Example(Path(image).read_bytes(), targets, annotation.key))
     return examples
