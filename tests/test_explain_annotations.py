@@ -330,3 +330,20 @@ def test_store_annotations_use_true_events_and_are_cached(prepared, monkeypatch)
         select(found, ready.manifest)
     with pytest.raises(AnnotationError, match="not in the store"):
         annotate_store(ready, [("nobody", "1")])
+
+
+def test_event_times_at_a_coarser_step_cover_the_event():
+    spindle = Evidence("spindle", "eeg", 12.2, 13.1)
+    assert spindle.text() == "spindle on EEG at 12-14 s"
+    assert spindle.text(5) == "spindle on EEG at 10-15 s"
+    assert Evidence("spindle", "eeg", 13.5, 16.2).text(5) == "spindle on EEG at 10-20 s"
+    assert Evidence("blink", "eog", 29.6, 30.0).text(5) == "eye blink on EOG at 25-30 s"
+
+
+def test_a_coarse_answer_cites_two_events_of_one_segment_once():
+    spindles = [Evidence("spindle", "eeg", 11.0, 12.0), Evidence("spindle", "eeg", 13.0, 14.0)]
+    n2 = EpochAnnotation("d", "s", "n", 0, "N2", ["N2.spindle"], spindles, "truth")
+    assert answer_text(n2).count("spindle on EEG") == 2
+    assert answer_text(n2, 5) == (
+        "Stage: N2. Rules: N2.spindle. Evidence: spindle on EEG at 10-15 s."
+    )

@@ -16,7 +16,7 @@ from sleepvlm import experiment
 from sleepvlm.data.dcsm import write_dcsm
 from sleepvlm.data.simulate import simulate_night
 from sleepvlm.explain import faithfulness, mini, train
-from sleepvlm.explain.annotations import parse_answer
+from sleepvlm.explain.annotations import Evidence, parse_answer
 from sleepvlm.metrics import parse_stage
 from sleepvlm.models import Engine, get_model, load_registry, running_server, user_request
 from sleepvlm.params import EXTERNAL, WITHIN
@@ -334,3 +334,17 @@ def test_token_seconds_shrink_as_the_image_widens():
     wide = dataclasses.replace(default, image_width=2 * default.image_width)
     assert mini.token_seconds(wide) == pytest.approx(mini.token_seconds(default) / 2, rel=0.1)
     assert 5 < mini.token_seconds(default) < 8  # ~6 s of a 30-s epoch
+
+
+def test_segment_events_name_each_segments_own_events():
+    events = [
+        Evidence("kcomplex", "eeg", 4.5, 5.6),  # crosses into the second segment
+        Evidence("spindle", "eeg", 12.2, 13.1),
+        Evidence("spindle", "eeg", 13.5, 14.0),  # the same kind twice: named once
+        Evidence("blink", "eog", 29.5, 30.0),
+    ]
+    words = mini.segment_event_words(events)
+    assert words == [["kcomplex@EEG"], ["kcomplex@EEG"], ["spindle@EEG"], [], [], ["blink@EOG"]]
+    text = mini.waveform_description(_epoch("N3", 0), segment_events=words).split()
+    assert text[5:7] == ["kcomplex@EEG", "t5"] and text[-1] == "blink@EOG"
+    assert "events:" not in text

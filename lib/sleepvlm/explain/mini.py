@@ -101,6 +101,9 @@ class MiniConfig:
     # Resolution (s) of the event times the answers cite: each event's span rounded outwards
     # to multiples of it.
     time_step_s: int = 1
+    # Perception targets name each 5-s segment's events in it (True) rather than listing the
+    # events with their times after the segments (False).
+    segment_events: bool = False
     perception_steps: int = MINI_PERCEPTION_STEPS
     grounding_steps: int = MINI_GROUNDING_STEPS
     batch_size: int = 8
@@ -162,22 +165,45 @@ def dominant_band(x: np.ndarray, sfreq: float = TARGET_SFREQ) -> str:
     return max(weighted, key=weighted.get)
 
 
-def waveform_description(epoch: np.ndarray, events: Sequence[str] = ()) -> str:
+def waveform_description(
+    epoch: np.ndarray,
+    events: Sequence[str] = (),
+    segment_events: Sequence[Sequence[str]] | None = None,
+) -> str:
     """The perception target of one (3, 3000) epoch at 100 Hz: per 5-s segment the dominant
     EEG band and the amplitude level (0-4) of EEG, EOG and EMG, then the events given
-    (already written as text, e.g. ``"spindle EEG 12-13"``)."""
+    (already written as text, e.g. ``"spindle EEG 12-13"``). With ``segment_events`` (one
+    list of words per segment, :func:`segment_event_words`) each segment names its own events
+    instead, so that the model learns *where* in the image each event lies."""
     step = int(SEGMENT_S * TARGET_SFREQ)
     words = []
-    for start in range(0, epoch.shape[1], step):
+    for k, start in enumerate(range(0, epoch.shape[1], step)):
         seg = epoch[:, start : start + step]
         words.append(f"t{start // int(TARGET_SFREQ)}")
         words.append(dominant_band(seg[0]))
         for i, role in enumerate(("eeg", "eog", "emg")):
             amplitude = np.ptp(seg[i]) if role != "emg" else 2 * seg[i].std()
             words.append(f"{role}{_level(float(amplitude), AMPLITUDE_LEVELS[role])}")
-    words.append("events:")
-    words.extend(f"{e} ;" for e in events) if events else words.append("none")
+        if segment_events is not None:
+            words.extend(segment_events[k])
+    if segment_events is None:
+        words.append("events:")
+        words.extend(f"{e} ;" for e in events) if events else words.append("none")
     return " ".join(words)
+
+
+def segment_event_words(events) -> list[list[str]]:
+    """Per 5-s segment of the epoch, ``kind@ROLE`` of each event that overlaps it (once per
+    kind and channel), from :class:`~sleepvlm.explain.annotations.Evidence`-like events."""
+    segments = [[] for _ in range(int(EPOCH_S // SEGMENT_S))]
+    for event in events:
+        first = max(0, int(event.start_s // SEGMENT_S))
+        last = min(len(segments) - 1, int(max(event.end_s - 1e-9, event.start_s) // SEGMENT_S))
+        for k in range(first, last + 1):
+            word = f"{event.kind}@{event.role.upper()}"
+            if word not in segments[k]:
+                segments[k].append(word)
+    return segments
 
 
 # --- tokenizer, image processor, model ---------------------------------------------------------

@@ -127,8 +127,13 @@ def build_examples(
     ):
         step = config.time_step_s
         events = list(dict.fromkeys(e.text(step) for e in annotation.evidence))
+        located = (
+            mini.segment_event_words([*annotation.evidence, *annotation.other_events])
+            if config.segment_events
+            else None
+        )
         targets = {
-            "perception": mini.waveform_description(epoch, events),
+            "perception": mini.waveform_description(epoch, events, located),
             "grounding": annotations.answer_text(annotation, step),
         }
         examples.append(Example(Path(image).read_bytes(), targets, annotation.key))
