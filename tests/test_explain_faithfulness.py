@@ -323,3 +323,11 @@ def test_repeated_answers_measure_one_template_per_stage(n2):
     assert shares.to_dict() == {"W": 1.0, "N2": 0.75}
     with pytest.raises(AnnotationError, match="answer"):
         faithfulness.repeated_answers(scored.drop(columns="answer"))
+
+
+def test_template_sentence_follows_the_repeated_shares():
+    mostly = pd.DataFrame({"dcsm": {"N2": 0.7, "W": 0.2}, "shhs": {"N2": 0.5, "W": 0.1}})
+    assert faithfulness.template_sentence(mostly).startswith("60% of its N2 answers are one")
+    varied = mostly * 0.5
+    assert faithfulness.template_sentence(varied).startswith("No stage's answers are mostly")
+    assert "none repeats" in faithfulness.template_sentence(pd.DataFrame())

@@ -29,8 +29,8 @@ WITHIN = "within center"
 EXTERNAL = "external"
 #: SleepVLM-mini's default optimizer steps of phase 1 (waveform description) and phase 2 (stage,
 #: rules, evidence): the defaults of its config and of chapter 11's parameters.
-MINI_PERCEPTION_STEPS = 400
-MINI_GROUNDING_STEPS = 1600
+MINI_PERCEPTION_STEPS = 800
+MINI_GROUNDING_STEPS = 1200
 
 
 def evaluation_setting(trained_on: str, tested_on: str) -> str:

@@ -375,6 +375,30 @@ def repeated_answers(scored: pd.DataFrame) -> pd.Series:
     return top.reindex([s for s in STAGES if s in top.index]).rename("same answer")
 
 
+#: Share of a stage's answers being one sentence above which the answers are a template.
+TEMPLATE_SHARE = 0.5
+
+
+def template_sentence(repeated: pd.DataFrame) -> str:
+    """What :func:`repeated_answers` of each center (one column each) say, as the book says
+    it: whether the most repeated stage's answers (mean over the centers) are a template."""
+    shares = repeated.mean(axis=1).dropna()
+    if shares.empty:
+        return "No answer names a stage, so none repeats."
+    stage, share = shares.idxmax(), shares.max()
+    if share >= TEMPLATE_SHARE:
+        return (
+            f"{share:.0%} of its {stage} answers are one and the same sentence (mean over the "
+            "centers): it has learnt the stage and which rules and event kinds go with it, "
+            "but not where in the image the events lie, and writes the times most frequent "
+            "in its training answers."
+        )
+    return (
+        f"No stage's answers are mostly one sentence (at most {share:.0%}, {stage}): the "
+        "cited times change with the image."
+    )
+
+
 def ungrounded_claims(
     text: str | None, annotation: EpochAnnotation, tolerance_s: float = 1.0
 ) -> list[Claim]:
@@ -530,7 +554,7 @@ CLAIM_COLORS = {"event": "tab:green", GROUNDED: "tab:blue", "ungrounded": "tab:r
 
 
 def draw_claims(png: bytes, annotation: EpochAnnotation, answer: str | None, options, ax=None):
-    """The epoch image with, in each lane, the epoch's events (green bands) and the events
+    """The epoch image with, in each lane, the epoch's events (green bands, named) and the events
     the answer cites (outlined: blue where one is there, red where none is), at the times they
     give in the scored (middle) epoch; ``options`` are the image's
     :class:`~sleepvlm.render.ImageOptions`. Returns the axes."""
@@ -554,6 +578,7 @@ def draw_claims(png: bytes, annotation: EpochAnnotation, answer: str | None, opt
     for event in _events(annotation):
         xy, w, h = box(event.role, event.start_s, event.end_s, 1)
         ax.add_patch(Rectangle(xy, w, h, color=CLAIM_COLORS["event"], alpha=0.25, lw=0))
+        ax.text(xy[0], xy[1] + h, event.kind, fontsize=5, color=CLAIM_COLORS["event"], va="top")
     for check in score_answer(answer, annotation).checks:
         claim = check.claim
         color = CLAIM_COLORS[GROUNDED if check.error == GROUNDED else "ungrounded"]
