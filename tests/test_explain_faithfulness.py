@@ -325,9 +325,13 @@ def test_repeated_answers_measure_one_template_per_stage(n2):
         faithfulness.repeated_answers(scored.drop(columns="answer"))
 
 
-def test_template_sentence_follows_the_repeated_shares():
+def test_template_sentence_follows_the_repeated_shares(n2):
     mostly = pd.DataFrame({"dcsm": {"N2": 0.7, "W": 0.2}, "shhs": {"N2": 0.5, "W": 0.1}})
     assert faithfulness.template_sentence(mostly).startswith("60% of its N2 answers are one")
     varied = mostly * 0.5
     assert faithfulness.template_sentence(varied).startswith("No stage's answers are mostly")
     assert "none repeats" in faithfulness.template_sentence(pd.DataFrame())
+    # a model that names no stage (the smoke build's) leaves every center empty
+    none = score_answers(["no idea", "unsure"], [n2, n2]).assign(answer=["no idea", "unsure"])
+    empty = pd.DataFrame({"dcsm": faithfulness.repeated_answers(none)})
+    assert "none repeats" in faithfulness.template_sentence(empty)

@@ -372,7 +372,8 @@ def repeated_answers(scored: pd.DataFrame) -> pd.Series:
         raise AnnotationError("repeated_answers needs the rows of score_run (an 'answer' column)")
     answered = scored.dropna(subset=["predicted"])
     top = answered.groupby("predicted")["answer"].agg(lambda a: a.value_counts().iloc[0] / len(a))
-    return top.reindex([s for s in STAGES if s in top.index]).rename("same answer")
+    stages = [s for s in STAGES if s in top.index]
+    return top.reindex(stages).astype(float).rename("same answer")
 
 
 #: Share of a stage's answers being one sentence above which the answers are a template.
@@ -382,7 +383,7 @@ TEMPLATE_SHARE = 0.5
 def template_sentence(repeated: pd.DataFrame) -> str:
     """What :func:`repeated_answers` of each center (one column each) say, as the book says
     it: whether the most repeated stage's answers (mean over the centers) are a template."""
-    shares = repeated.mean(axis=1).dropna()
+    shares = repeated.astype(float).mean(axis=1).dropna()
     if shares.empty:
         return "No answer names a stage, so none repeats."
     stage, share = shares.idxmax(), shares.max()
