@@ -453,3 +453,12 @@ def test_a_real_pretrained_models_rows_are_filled_by_its_chapters_real_llm(tmp_p
         assert row.command.startswith(f"papermill notebooks/{chapter}.ipynb")
         assert f"-p real_llm smollm2-135m-instruct -p dataset {row.dataset}" in row.command
         assert f"-p prompt_variants {row.prompt}" in row.command and "-p models" not in row.command
+
+
+def test_a_summary_record_without_metrics_is_named(tmp_path):
+    bad = tmp_path / "faithfulness__dcsm__image__m__expert__00000000.json"
+    bad.write_text(json.dumps({"summary": "faithfulness", "dataset": "dcsm", "metrics": [1]}))
+    with pytest.raises(report.ReportError, match="faithfulness__dcsm.*without metrics"):
+        report.load_summaries(tmp_path, "faithfulness")
+    assert report.load_summaries(tmp_path, "other").empty
+    assert report.load_summaries(tmp_path / "missing", "faithfulness").empty
