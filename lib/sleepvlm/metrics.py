@@ -338,6 +338,14 @@ def result_record(
         "manifest_hash": manifest_hash,
         "prompt_hash": prompt_hash,
         "decoding": decoding,
+        **provenance(),
+    }
+
+
+def provenance() -> dict:
+    """When a record was made, by which library version and dependency lock (every record,
+    a run's or a summary's, carries these)."""
+    return {
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "library_version": sleepvlm.__version__,
         "lock": lock_hash(),

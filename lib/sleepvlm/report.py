@@ -256,13 +256,13 @@ def read_record(path: str | Path) -> dict:
     return _row(path, text, record)
 
 
-def _summary_file(path: Path) -> bool:
-    """Whether ``path`` holds a summary record (read by its own loader, not a run's)."""
+def _summary_record(path: Path) -> dict | None:
+    """The summary record ``path`` holds (read by its own loader, not a run's), else None."""
     try:
         record = json.loads(path.read_bytes())
     except (json.JSONDecodeError, UnicodeDecodeError):
-        return False
-    return isinstance(record, dict) and is_summary(record)
+        return None
+    return record if isinstance(record, dict) and is_summary(record) else None
 
 
 def load_records(results_dir: str | Path = "results", strict: bool = False) -> pd.DataFrame:
@@ -283,7 +283,7 @@ def load_records(results_dir: str | Path = "results", strict: bool = False) -> p
             raise ReportError(f"no results folder {folder}: run a chapter that writes records")
         warnings.warn(f"no results folder {folder}: every row is 'not run'", stacklevel=2)
     for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
-        if _summary_file(path):
+        if _summary_record(path) is not None:
             continue
         try:
             rows.append(read_record(path))
@@ -315,10 +315,8 @@ def load_summaries(results_dir: str | Path, summary: str) -> pd.DataFrame:
     rows = []
     folder = Path(results_dir)
     for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
-        if not _summary_file(path):
-            continue
-        record = json.loads(path.read_bytes())
-        if record[SUMMARY_FIELD] != summary:
+        record = _summary_record(path)
+        if record is None or record[SUMMARY_FIELD] != summary:
             continue
         if not isinstance(record.get("metrics"), dict):
             raise ReportError(

@@ -27,14 +27,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from sleepvlm.data.records import EPOCH_S, STAGES
-from sleepvlm.environment import lock_hash
 from sleepvlm.explain.annotations import (
     RULE_EVIDENCE,
     AnnotationError,
@@ -49,7 +47,7 @@ from sleepvlm.explain.annotations import (
     select,
     supported_stages,
 )
-from sleepvlm.metrics import SUMMARY_FIELD, write_result
+from sleepvlm.metrics import SUMMARY_FIELD, provenance, write_result
 from sleepvlm.rules.table import RULES
 from sleepvlm.splits import night_keys, nights_of
 
@@ -493,8 +491,6 @@ def faithfulness_record(run: Mapping, scored: pd.DataFrame, tolerance_s: float =
     were scored, against what (``reference``: true or detected events) and at which
     ``tolerance_s``, and :func:`faithfulness_metrics`. ``scored`` are the rows of
     :func:`score_run` for that run, scored at ``tolerance_s``."""
-    import sleepvlm
-
     missing = [k for k in ("dataset", "modality", "model", "prompt") if k not in run]
     if missing:
         raise AnnotationError(
@@ -512,9 +508,7 @@ def faithfulness_record(run: Mapping, scored: pd.DataFrame, tolerance_s: float =
         "tolerance_s": tolerance_s,
         "metrics": faithfulness_metrics(scored),
         "note": PROXY_NOTE,
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "library_version": sleepvlm.__version__,
-        "lock": lock_hash(),
+        **provenance(),
     }
 
 
