@@ -348,3 +348,36 @@ def test_segment_events_name_each_segments_own_events():
     text = mini.waveform_description(_epoch("N3", 0), segment_events=words).split()
     assert text[5:7] == ["kcomplex@EEG", "t5"] and text[-1] == "blink@EOG"
     assert "events:" not in text
+
+
+def test_scored_answers_are_the_answers_with_a_probability_per_character(trained, examples):
+    model = mini.MiniModel.load(trained[0])
+    pngs = [e.image for e in examples[:3]] + [_white_png((448, 224))]
+    scored = model.generate_scored(pngs)
+    assert [a.text for a in scored] == model.generate(pngs)
+    for answer in scored[:3]:
+        assert len(answer.confidence) == len(answer.text)
+        assert ((answer.confidence > 0) & (answer.confidence <= 1)).all()
+        assert answer.least_confidence(0, len(answer.text)) == answer.confidence.min()
+    assert scored[3].confidence.tolist() == [1.0] * len(scored[3].text)  # not the model's words
+
+
+def test_night_answers_pair_each_epoch_of_the_nights_with_its_annotation(trained, prepared):
+    from sleepvlm.explain import citations
+    from sleepvlm.splits import night_keys, nights_of
+
+    model = mini.MiniModel.load(trained[0])
+    manifest = prepared.manifest
+    night = nights_of(manifest[manifest["split"] == "test"], 1)
+    answers, found = citations.night_answers(model, prepared, night)
+    epochs = manifest[night_keys(manifest).isin(night)]
+    assert len(answers) == len(found) == len(epochs)
+    assert [a.epoch for a in found] == epochs["epoch"].tolist()
+    curve = citations.confidence_curve(answers, found, thresholds=[0.0, 1.0])
+    assert curve.loc[1, "claims_per_answer"] <= curve.loc[0, "claims_per_answer"]
+    curve, chosen = citations.validation_threshold(model, prepared, 1)  # the one val night
+    assert curve["min_confidence"].tolist() == list(citations.THRESHOLDS)
+    assert chosen == citations.choose_min_confidence(curve)
+    no_val = dataclasses.replace(prepared, manifest=manifest[manifest["split"] != "val"])
+    curve, chosen = citations.validation_threshold(model, no_val, 1)
+    assert curve.empty and chosen is None

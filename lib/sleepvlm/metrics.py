@@ -355,6 +355,12 @@ def provenance() -> dict:
 #: Field naming what a summary record (not a run's staging scores) summarises, e.g.
 #: ``"faithfulness"``: readers of staging records pass over records that carry it.
 SUMMARY_FIELD = "summary"
+#: Field of a faithfulness summary whose answers were cut to the evidence items the model was
+#: sure of: the least token probability kept (absent: the answers as written).
+MIN_CLAIM_CONFIDENCE = "min_claim_confidence"
+#: Numeric fields of a summary record that tell apart summaries of one run's answers cut in
+#: different ways; each is in the file name.
+SUMMARY_VARIANTS: tuple[str, ...] = (MIN_CLAIM_CONFIDENCE,)
 
 
 def is_summary(record: dict) -> bool:
@@ -366,6 +372,9 @@ def _file_name(record: dict) -> str:
     parts = [record[SUMMARY_FIELD]] if is_summary(record) else []
     parts += [record[k] for k in ("dataset", "modality", "model", "prompt")]
     parts.append(record["manifest_hash"][:8])
+    # A summary of the same run's answers cut another way (e.g. a faithfulness record's
+    # min_claim_confidence) is another file.
+    parts += [f"{k}-{record[k]:g}" for k in SUMMARY_VARIANTS if record.get(k) is not None]
     return "__".join(re.sub(r"[^A-Za-z0-9._-]+", "-", str(p)) for p in parts) + ".json"
 
 

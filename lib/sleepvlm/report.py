@@ -32,7 +32,7 @@ from sleepvlm import paper, params
 from sleepvlm.data.records import STAGES, DataError
 from sleepvlm.environment import lock_hash
 from sleepvlm.experiment import EMBEDDED_MODELS, PROMPT_VARIANTS, rerun_command
-from sleepvlm.metrics import SUMMARY_FIELD, SUMMARY_METRICS, is_summary
+from sleepvlm.metrics import MIN_CLAIM_CONFIDENCE, SUMMARY_FIELD, SUMMARY_METRICS, is_summary
 from sleepvlm.models import load_registry
 
 #: The paper's time-series LLM (its registry name), whose rows :data:`paper.CHATTS_14B` holds.
@@ -982,6 +982,7 @@ def rationale_table(summaries: pd.DataFrame) -> pd.DataFrame:
     on the 1-5 scale (a proxy ``s`` as ``1 + 4 s``), and the share of answers citing an event
     that is not there; one column for the paper, one per summary, named by model, test center
     and whether it is the model's own center."""
+    from sleepvlm.explain.faithfulness import answers_label
     from sleepvlm.params import evaluation_setting
 
     names = [f"{rating} (1–5)" for _, rating in RATIONALE_ROWS]
@@ -1000,5 +1001,7 @@ def rationale_table(summaries: pd.DataFrame) -> pd.DataFrame:
             for m, _ in RATIONALE_ROWS
         ]
         values.append(f"{row['ungrounded_share']:.0%}")
-        columns[f"{row['model']}, {str(row['dataset']).upper()} ({setting})"] = values
+        cut = row.get(MIN_CLAIM_CONFIDENCE)
+        answers = "" if cut is None or pd.isna(cut) else f", {answers_label(cut)}"
+        columns[f"{row['model']}, {str(row['dataset']).upper()} ({setting}){answers}"] = values
     return pd.DataFrame(columns, index=index)

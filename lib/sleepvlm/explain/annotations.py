@@ -789,6 +789,21 @@ def _span(match: re.Match) -> tuple[float, float]:
     return min(values), max(values)
 
 
+def evidence_items(text: str) -> tuple[int | None, list[tuple[int, int]]]:
+    """Where an answer's evidence section starts ("Evidence:"; None without one) and the
+    character spans of its items, split as :func:`parse_answer` splits them (empty items left
+    out)."""
+    section = _EVIDENCE_SECTION.search(text)
+    if section is None:
+        return None, []
+    spans, begin = [], section.start("body")
+    for separator in _SEGMENT_SPLIT.finditer(text, begin):
+        spans.append((begin, separator.start()))
+        begin = separator.end()
+    spans.append((begin, len(text)))
+    return section.start(), [(a, b) for a, b in spans if text[a:b].strip()]
+
+
 def parse_answer(text: str | None) -> ParsedAnswer:
     """Read an answer of SleepVLM-mini (:func:`answer_text`'s format) or free text of any model:
     the stage by :func:`sleepvlm.metrics.parse_stage`, rule IDs, and event claims with times

@@ -47,7 +47,7 @@ from sleepvlm.explain.annotations import (
     select,
     supported_stages,
 )
-from sleepvlm.metrics import SUMMARY_FIELD, provenance, write_result
+from sleepvlm.metrics import MIN_CLAIM_CONFIDENCE, SUMMARY_FIELD, provenance, write_result
 from sleepvlm.rules.table import RULES
 from sleepvlm.splits import night_keys, nights_of
 
@@ -398,6 +398,40 @@ def template_sentence(repeated: pd.DataFrame) -> str:
     )
 
 
+#: Glue names of :func:`error_texts`.
+ERROR_TEXTS: tuple[str, ...] = (
+    "share_wrong_time",
+    "share_wrong_kind",
+    "share_invented",
+    "wrong_time_median_s",
+    "precision_at_token",
+    "precision_at_epoch",
+    "top_error",
+)
+
+
+def error_texts(claims: pd.DataFrame, token_s: float) -> dict[str, str]:
+    """The sentences' numbers of a :func:`claim_table`, as text: the share of claims making each
+    error, the median gap of the wrong-time ones, precision read with one image token
+    (``token_s``) and with the whole epoch as tolerance, and the most frequent error; a dash
+    where there is nothing to count."""
+    if not len(claims):
+        return dict.fromkeys(ERROR_TEXTS, "— (no cited events)")
+    errors = claims["error"].value_counts(normalize=True)
+    gaps = claims.loc[claims["error"] == "wrong time", "gap_s"]
+    precision = precision_by_tolerance(claims, [token_s, EPOCH_S])
+    wrong = errors.drop(GROUNDED, errors="ignore")
+    return {
+        "share_wrong_time": f"{errors.get('wrong time', 0):.0%}",
+        "share_wrong_kind": f"{errors.get('wrong kind', 0):.0%}",
+        "share_invented": f"{errors.get('invented', 0):.0%}",
+        "wrong_time_median_s": f"{gaps.median():.1f}" if len(gaps) else "—",
+        "precision_at_token": f"{precision[token_s]:.2f}",
+        "precision_at_epoch": f"{precision[EPOCH_S]:.2f}",
+        "top_error": wrong.idxmax() if len(wrong) else "none (all are there)",
+    }
+
+
 def ungrounded_claims(
     text: str | None, annotation: EpochAnnotation, tolerance_s: float = 1.0
 ) -> list[Claim]:
@@ -485,12 +519,19 @@ def faithfulness_metrics(scored: pd.DataFrame) -> dict:
     }
 
 
-def faithfulness_record(run: Mapping, scored: pd.DataFrame, tolerance_s: float = 1.0) -> dict:
+def faithfulness_record(
+    run: Mapping,
+    scored: pd.DataFrame,
+    tolerance_s: float = 1.0,
+    min_claim_confidence: float | None = None,
+) -> dict:
     """The faithfulness summary of one run as a results record: which run (the fields of its
     staging record ``run`` that name model, data and training center), which nights and epochs
     were scored, against what (``reference``: true or detected events) and at which
     ``tolerance_s``, and :func:`faithfulness_metrics`. ``scored`` are the rows of
-    :func:`score_run` for that run, scored at ``tolerance_s``."""
+    :func:`score_run` for that run, scored at ``tolerance_s``; or of its answers cut to the
+    items the model was sure of (:func:`sleepvlm.explain.citations.cite_confident`), with the
+    ``min_claim_confidence`` they were cut at, which the record keeps (and its file name)."""
     missing = [k for k in ("dataset", "modality", "model", "prompt") if k not in run]
     if missing:
         raise AnnotationError(
@@ -506,6 +547,7 @@ def faithfulness_record(run: Mapping, scored: pd.DataFrame, tolerance_s: float =
         "nights": nights,
         "reference": sorted(set(scored["source"])),
         "tolerance_s": tolerance_s,
+        **({} if min_claim_confidence is None else {MIN_CLAIM_CONFIDENCE: min_claim_confidence}),
         "metrics": faithfulness_metrics(scored),
         "note": PROXY_NOTE,
         **provenance(),
@@ -513,16 +555,22 @@ def faithfulness_record(run: Mapping, scored: pd.DataFrame, tolerance_s: float =
 
 
 def write_faithfulness(
-    run: Mapping, scored: pd.DataFrame, results_dir: str | Path, tolerance_s: float = 1.0
+    run: Mapping,
+    scored: pd.DataFrame,
+    results_dir: str | Path,
+    tolerance_s: float = 1.0,
+    min_claim_confidence: float | None = None,
 ) -> Path:
     """Write :func:`faithfulness_record` beside the run's own record in ``results_dir``."""
-    return write_result(faithfulness_record(run, scored, tolerance_s), results_dir)
+    record = faithfulness_record(run, scored, tolerance_s, min_claim_confidence)
+    return write_result(record, results_dir)
 
 
 def goal_table(summaries: pd.DataFrame) -> pd.DataFrame:
     """Each faithfulness summary (rows of :func:`sleepvlm.report.load_summaries`) against
-    :data:`FAITHFULNESS_GOALS`: one row per (dataset, metric) with the measured value, the goal
-    and whether it is met (None where the metric is undefined)."""
+    :data:`FAITHFULNESS_GOALS`: one row per (dataset, answers, metric) with the measured value,
+    the goal and whether it is met (None where the metric is undefined); ``answers`` is
+    :func:`answers_label` of the summary."""
     rows = []
     for _, summary in summaries.iterrows():
         for metric, (bound, goal) in FAITHFULNESS_GOALS.items():
@@ -533,15 +581,23 @@ def goal_table(summaries: pd.DataFrame) -> pd.DataFrame:
                 {
                     "dataset": summary["dataset"],
                     "train_dataset": summary.get("train_dataset"),
+                    "answers": answers_label(summary.get(MIN_CLAIM_CONFIDENCE)),
                     "metric": metric,
                     "measured": value if defined else None,
                     "goal": f"{bound} {goal:g}",
                     "met": met,
                 }
             )
-    return pd.DataFrame(
-        rows, columns=["dataset", "train_dataset", "metric", "measured", "goal", "met"]
-    )
+    columns = ["dataset", "train_dataset", "answers", "metric", "measured", "goal", "met"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def answers_label(min_claim_confidence: float | None) -> str:
+    """How a faithfulness summary's answers were read: as written, or cut to the evidence items
+    the model was sure of (its :data:`~sleepvlm.metrics.MIN_CLAIM_CONFIDENCE`)."""
+    if min_claim_confidence is None or pd.isna(min_claim_confidence):
+        return "as written"
+    return f"items with confidence ≥ {min_claim_confidence:g}"
 
 
 #: Colors of :func:`draw_claims`: the epoch's events, and cited events found or not found.

@@ -514,13 +514,23 @@ class MiniModel:
         drawn at the model's options (:func:`sleepvlm.render.lane_problems`) is answered with
         :func:`unreadable_answer`, not shown to the model, which never learnt what a blank,
         resized or flat-lane image holds and would cite evidence from it."""
+        return [answer.text for answer in self.generate_scored(pngs, phase)]
+
+    def generate_scored(
+        self, pngs: Sequence[bytes], phase: str = "grounding"
+    ) -> list[ScoredAnswer]:
+        """:meth:`generate`'s answers with the probability of each character's token (an
+        unreadable image's answer is certain: the model did not write it)."""
         options = self.image_options()
         problems = [lane_problems(p, options) if options else {} for p in pngs]
         readable = [p for p, found in zip(pngs, problems, strict=True) if not found]
         answers = iter(self._generate(readable, phase) if readable else [])
-        return [unreadable_answer(found) if found else next(answers) for found in problems]
+        return [
+            ScoredAnswer.certain(unreadable_answer(found)) if found else next(answers)
+            for found in problems
+        ]
 
-    def _generate(self, pngs: Sequence[bytes], phase: str) -> list[str]:
+    def _generate(self, pngs: Sequence[bytes], phase: str) -> list[ScoredAnswer]:
         import torch
 
         max_new = self.settings.get("config", {}).get("max_new_tokens", 64)
@@ -533,15 +543,54 @@ class MiniModel:
                 do_sample=False,
                 eos_token_id=self.tokenizer.convert_tokens_to_ids(IM_END),
                 pad_token_id=self.tokenizer.convert_tokens_to_ids(PAD),
+                return_dict_in_generate=True,
+                output_scores=True,
             )
-        new = output[:, batch["input_ids"].shape[1] :]
-        return [t.strip() for t in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
+        new = output.sequences[:, batch["input_ids"].shape[1] :]
+        chosen = torch.stack(output.scores, 1).softmax(-1).gather(2, new.unsqueeze(-1))
+        return [
+            _scored_text(self.tokenizer, ids, probs)
+            for ids, probs in zip(new.tolist(), chosen.squeeze(-1).tolist(), strict=True)
+        ]
 
-    def answer_all(self, pngs: Sequence[bytes], batch_size: int = 16) -> list[str]:
+    def answer_all_scored(self, pngs: Sequence[bytes], batch_size: int = 16) -> list[ScoredAnswer]:
         answers = []
         for start in range(0, len(pngs), batch_size):
-            answers.extend(self.generate(pngs[start : start + batch_size]))
+            answers.extend(self.generate_scored(pngs[start : start + batch_size]))
         return answers
+
+
+@dataclass(frozen=True)
+class ScoredAnswer:
+    """An answer and, for each of its characters, the probability the model gave the token
+    that wrote it: how sure it was of each word and each cited time."""
+
+    text: str
+    confidence: np.ndarray
+
+    @classmethod
+    def certain(cls, text: str) -> ScoredAnswer:
+        return cls(text, np.ones(len(text)))
+
+    def least_confidence(self, start: int, stop: int) -> float:
+        """The least sure token's probability among the characters ``start:stop``."""
+        span = self.confidence[start:stop]
+        return float(span.min()) if len(span) else 1.0
+
+
+def _scored_text(tokenizer, ids: list[int], probs: list[float]) -> ScoredAnswer:
+    """The decoded answer with each character's token probability: the text of every prefix
+    of the tokens is decoded, so a token's characters are those its decoding adds (a word-level
+    tokenizer decodes the spaces between words, not inside tokens)."""
+    confidence: list[float] = []
+    text = ""
+    for end, prob in enumerate(probs, start=1):
+        longer = tokenizer.decode(ids[:end], skip_special_tokens=True)
+        confidence += [prob] * (len(longer) - len(text))
+        text = longer
+    lead = len(text) - len(text.lstrip())
+    stripped = text.strip()
+    return ScoredAnswer(stripped, np.array(confidence[lead : lead + len(stripped)], dtype=float))
 
 
 def unreadable_answer(problems: dict[str, str]) -> str:

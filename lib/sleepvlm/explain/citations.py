@@ -1,0 +1,161 @@
+"""A lever at answer time (issue 19): SleepVLM-mini cites only the events it is sure of.
+
+The mini writes every cited time token by token; where it does not know when an event happened,
+its probability is spread over several times and the greedy answer takes one of them, often the
+wrong one. :func:`cite_confident` keeps an evidence item only when its least sure token had at
+least ``min_confidence``: the answer is still the model's own words, with the items it guessed
+left out (nothing is checked against the detectors or added). Precision rises and fewer answers
+cite absent events, at the cost of comprehensiveness, a separate goal: :func:`confidence_curve`
+measures the trade-off, and :func:`choose_min_confidence` picks the threshold on validation
+nights, never on the test nights it is reported on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from sleepvlm.explain.annotations import (
+    EpochAnnotation,
+    annotate_store,
+    evidence_items,
+    select,
+)
+from sleepvlm.explain.faithfulness import (
+    FAITHFULNESS_GOALS,
+    answers_label,
+    faithfulness_metrics,
+    score_answers,
+)
+from sleepvlm.explain.mini import MiniModel, ScoredAnswer
+from sleepvlm.splits import night_keys, nights_of
+
+#: Thresholds the validation curve is measured at (probability of the least sure token).
+THRESHOLDS: tuple[float, ...] = tuple(np.round(np.arange(0.0, 1.0, 0.05), 2))
+#: The goals a threshold is chosen to meet: the two that leaving out unsure items can reach
+#: (comprehensiveness can only fall, coherence does not depend on it).
+CHOSEN_FOR: tuple[str, ...] = ("precision", "ungrounded_share")
+
+
+def cite_confident(answer: ScoredAnswer, min_confidence: float) -> str:
+    """``answer`` without the evidence items whose least sure token's probability is below
+    ``min_confidence``, and without its evidence section when none is left."""
+    section, spans = evidence_items(answer.text)
+    text = answer.text
+    kept = [text[a:b].strip() for a, b in spans if answer.least_confidence(a, b) >= min_confidence]
+    if len(kept) == len(spans):
+        return text
+    head = text[:section].rstrip()
+    return f"{head} Evidence: {'; '.join(kept)}." if kept else head
+
+
+def night_answers(
+    model: MiniModel, prepared, nights: Sequence
+) -> tuple[list[ScoredAnswer], list[EpochAnnotation]]:
+    """The model's scored answers to every epoch of ``nights`` (keys of
+    :func:`sleepvlm.splits.night_keys`) of a prepared dataset, drawn at the model's image
+    options, and the annotations of the same epochs in the same order."""
+    from sleepvlm.prepare import store_rows
+    from sleepvlm.render import render_dataset
+
+    manifest = prepared.manifest
+    rows = manifest[night_keys(manifest).isin(nights)]
+    options = model.image_options()
+    drawn = render_dataset(prepared.store, store_rows(prepared, rows), options=options)
+    answers = model.answer_all_scored([Path(path).read_bytes() for path in drawn["image"]])
+    chosen = select(annotate_store(prepared, list(nights)), rows.assign(dataset=prepared.dataset))
+    return answers, chosen
+
+
+def score_confident(
+    answers: Sequence[ScoredAnswer],
+    annotations: Sequence[EpochAnnotation],
+    min_confidence: float,
+    tolerance_s: float = 1.0,
+) -> pd.DataFrame:
+    """:func:`~sleepvlm.explain.faithfulness.score_answers` of the answers cut at
+    ``min_confidence``, with the cut ``answer`` each row was scored on."""
+    texts = [cite_confident(a, min_confidence) for a in answers]
+    return score_answers(texts, annotations, tolerance_s).assign(answer=texts)
+
+
+def validation_threshold(
+    model: MiniModel, prepared, max_nights: int, seed: int = 0, tolerance_s: float = 1.0
+) -> tuple[pd.DataFrame, float | None]:
+    """The confidence curve of ``max_nights`` validation nights of the model's training center
+    (``prepared``; chosen with ``seed``) and the threshold :func:`choose_min_confidence` takes
+    from it; an empty curve and None when the center has no validation nights."""
+    pool = prepared.manifest[prepared.manifest["split"] == "val"]
+    nights = nights_of(pool, max_nights, seed)
+    if not nights:
+        return pd.DataFrame(), None
+    curve = confidence_curve(*night_answers(model, prepared, nights), tolerance_s=tolerance_s)
+    return curve, choose_min_confidence(curve)
+
+
+def confidence_curve(
+    answers: Sequence[ScoredAnswer],
+    annotations: Sequence[EpochAnnotation],
+    thresholds: Sequence[float] = THRESHOLDS,
+    tolerance_s: float = 1.0,
+) -> pd.DataFrame:
+    """One row per threshold: the faithfulness goals' metrics of the answers cut at it
+    (:func:`cite_confident`), the share of answers still citing an event and the claims per
+    answer."""
+    rows = []
+    for threshold in thresholds:
+        scored = score_confident(answers, annotations, threshold, tolerance_s)
+        metrics = faithfulness_metrics(scored)
+        rows.append(
+            {
+                "min_confidence": float(threshold),
+                **{m: _mean(metrics[m]) for m in FAITHFULNESS_GOALS},
+                "answers_citing": float((scored["n_claims"] > 0).mean()),
+                "claims_per_answer": metrics["n_claims"] / max(len(scored), 1),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _mean(value):
+    return value["mean"] if isinstance(value, dict) else value
+
+
+def choose_min_confidence(curve: pd.DataFrame, goals: Sequence[str] = CHOSEN_FOR) -> float | None:
+    """The lowest threshold of ``curve`` (the validation nights') at which each of ``goals``
+    (names in :data:`~sleepvlm.explain.faithfulness.FAITHFULNESS_GOALS`) is met: it keeps as
+    many items as the goals allow. None when no threshold meets them."""
+    met = pd.Series(True, index=curve.index)
+    for goal in goals:
+        bound, value = FAITHFULNESS_GOALS[goal]
+        column = pd.to_numeric(curve[goal], errors="coerce")
+        met &= column >= value if bound == ">=" else column < value
+    chosen = curve.loc[met, "min_confidence"]
+    return float(chosen.min()) if len(chosen) else None
+
+
+def cut_sentence(goals: pd.DataFrame, dataset: str) -> str:
+    """What cutting the answers changed on ``dataset``'s test nights, from a
+    :func:`~sleepvlm.explain.faithfulness.goal_table` holding its summaries as written and cut:
+    each goal metric before and after; or that there is no cut summary to compare."""
+    rows = goals[goals["dataset"] == dataset]
+    written = rows["answers"] == answers_label(None)
+    if written.all() or not written.any():
+        return f"There is no cut summary of {dataset.upper()} to set beside its answers as written."
+    before = rows[written].set_index("metric")["measured"]
+    after = rows[~written].set_index("metric")["measured"]
+    changes = [
+        f"{metric.replace('_', ' ')} from {_value(metric, before.get(metric))} to "
+        f"{_value(metric, after.get(metric))}"
+        for metric in FAITHFULNESS_GOALS
+    ]
+    return f"On {dataset.upper()}'s test nights, {', '.join(changes)}."
+
+
+def _value(metric: str, value) -> str:
+    if value is None or pd.isna(value):
+        return "—"
+    return f"{value:.0%}" if metric == "ungrounded_share" else f"{value:.2f}"

@@ -1,0 +1,120 @@
+"""Tests of citing only what SleepVLM-mini is sure of: hand-made answers with hand-made token
+probabilities against the hand-made N2 epoch of the faithfulness tests."""
+
+import numpy as np
+import pandas as pd
+
+from sleepvlm.explain import citations, faithfulness
+from sleepvlm.explain.annotations import (
+    EpochAnnotation,
+    Evidence,
+    answer_text,
+    evidence_items,
+    parse_answer,
+)
+from sleepvlm.explain.mini import ScoredAnswer
+
+SPINDLE = Evidence("spindle", "eeg", 12.2, 13.1)
+KCOMPLEX = Evidence("kcomplex", "eeg", 20.3, 21.0)
+N2 = EpochAnnotation(
+    "d", "s", "n", 7, "N2", ["N2.spindle", "N2.kcomplex"], [SPINDLE, KCOMPLEX], "truth"
+)
+RIGHT = "spindle on EEG at 12-13 s"
+WRONG = "K complex on EEG at 5-6 s"
+TEXT = f"Stage: N2. Rules: N2.spindle, N2.kcomplex. Evidence: {RIGHT}; {WRONG}."
+
+
+def _scored(text: str, unsure: dict[str, float]) -> ScoredAnswer:
+    """``text`` written with certainty except the words of ``unsure`` (item: probability)."""
+    confidence = np.ones(len(text))
+    for words, probability in unsure.items():
+        start = text.index(words)
+        confidence[start : start + len(words)] = probability
+    return ScoredAnswer(text, confidence)
+
+
+def test_evidence_items_are_split_as_the_parser_splits_them():
+    section, spans = evidence_items(TEXT)
+    assert TEXT[section:].startswith("Evidence:")
+    assert [TEXT[a:b].strip() for a, b in spans] == [RIGHT, WRONG]
+    assert evidence_items("Stage: W.") == (None, [])
+
+
+def test_unsure_items_are_left_out_and_sure_ones_kept():
+    answer = _scored(TEXT, {"5-6": 0.2, "12": 0.6})
+    assert citations.cite_confident(answer, 0.0) == TEXT
+    assert citations.cite_confident(answer, 0.5) == (
+        f"Stage: N2. Rules: N2.spindle, N2.kcomplex. Evidence: {RIGHT}."
+    )
+    nothing_left = citations.cite_confident(answer, 0.7)
+    assert nothing_left == "Stage: N2. Rules: N2.spindle, N2.kcomplex."
+    assert parse_answer(nothing_left).claims == [] and parse_answer(nothing_left).stage == "N2"
+
+
+def test_the_curve_trades_precision_for_comprehensiveness():
+    answers = [_scored(TEXT, {"5-6": 0.2, "12": 0.6}), ScoredAnswer.certain(answer_text(N2))]
+    curve = citations.confidence_curve(answers, [N2, N2], thresholds=[0.0, 0.5, 0.7])
+    assert curve["precision"].tolist() == [0.75, 1.0, 1.0]  # (0.5 + 1) / 2, then 1
+    assert curve["ungrounded_share"].tolist() == [0.5, 0.0, 0.0]
+    assert curve["comprehensiveness"].is_monotonic_decreasing
+    assert curve["answers_citing"].tolist() == [1.0, 1.0, 0.5]
+    assert curve["claims_per_answer"].tolist() == [2.0, 1.5, 1.0]
+    assert citations.choose_min_confidence(curve) == 0.5
+
+
+def test_no_threshold_is_chosen_when_none_meets_the_goals():
+    curve = pd.DataFrame(
+        {"min_confidence": [0.0, 0.5], "precision": [0.5, 0.9], "ungrounded_share": [0.5, 0.3]}
+    )
+    assert citations.choose_min_confidence(curve) is None
+    assert citations.choose_min_confidence(curve, goals=("precision",)) == 0.5
+
+
+RUN = {
+    "dataset": "dcsm",
+    "modality": "image",
+    "prompt": "expert",
+    "model": "sleepvlm-mini",
+    "data": "simulated",
+    "train_dataset": "dcsm",
+    "manifest_hash": "abcdef0123456789",
+}
+
+
+def test_cut_answers_are_a_summary_of_their_own_beside_the_answers_as_written(tmp_path):
+    from sleepvlm.report import load_summaries, rationale_table
+
+    answers = [_scored(TEXT, {"5-6": 0.2})]
+    written = faithfulness.write_faithfulness(
+        RUN, citations.score_confident(answers, [N2], 0.0), tmp_path
+    )
+    cut = citations.score_confident(answers, [N2], 0.3)
+    assert cut["answer"].tolist() == [citations.cite_confident(answers[0], 0.3)]
+    cut_path = faithfulness.write_faithfulness(RUN, cut, tmp_path, min_claim_confidence=0.3)
+    assert cut_path != written and cut_path.name.endswith("min_claim_confidence-0.3.json")
+    summaries = load_summaries(tmp_path, faithfulness.FAITHFULNESS)
+    goals = faithfulness.goal_table(summaries)
+    assert set(goals["answers"]) == {"as written", "items with confidence ≥ 0.3"}
+    precision = goals[goals["metric"] == "precision"].set_index("answers")["measured"]
+    assert precision["as written"] == 0.5 and precision["items with confidence ≥ 0.3"] == 1.0
+    sentence = citations.cut_sentence(goals, "dcsm")
+    assert (
+        "precision from 0.50 to 1.00" in sentence and "ungrounded share from 100% to 0%" in sentence
+    )
+    assert "no cut summary" in citations.cut_sentence(
+        goals[goals["answers"] == "as written"], "dcsm"
+    )
+    columns = rationale_table(summaries).columns
+    assert "sleepvlm-mini, DCSM (within center), items with confidence ≥ 0.3" in columns
+    assert "sleepvlm-mini, DCSM (within center)" in columns
+
+
+def test_error_texts_name_the_shares_and_say_when_nothing_was_cited():
+    scored = faithfulness.score_answers([TEXT], [N2])
+    texts = faithfulness.error_texts(faithfulness.claim_table(scored), token_s=6.0)
+    assert set(texts) == set(faithfulness.ERROR_TEXTS)
+    assert texts["share_wrong_time"] == "50%" and texts["top_error"] == "wrong time"
+    assert texts["wrong_time_median_s"] == f"{20.3 - 6:.1f}"
+    assert texts["precision_at_epoch"] == "1.00"
+    empty = faithfulness.error_texts(faithfulness.claim_table(scored.iloc[:0]), token_s=6.0)
+    assert set(empty.values()) == {"— (no cited events)"}
