@@ -241,13 +241,20 @@ def read_record(path: str | Path) -> dict:
     """One record file as a row of :func:`load_records`; :class:`ReportError` naming the file
     when it is not a results record."""
     path = Path(path)
+    return _run_row(path, *_read_json(path))
+
+
+def _read_json(path: Path) -> tuple[bytes, object, str | None]:
+    """The file's bytes, what they parse to (None if they do not) and why they do not."""
     text = path.read_bytes()
     try:
-        record = json.loads(text)
+        return text, json.loads(text), None
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        problem = f"not JSON ({err})"
-    else:
-        problem = _problem(record)
+        return text, None, f"not JSON ({err})"
+
+
+def _run_row(path: Path, text: bytes, record: object, problem: str | None) -> dict:
+    problem = problem or _problem(record)
     if problem:
         raise ReportError(
             f"{path} is not a results record: {problem}; rewrite it with "
@@ -256,13 +263,9 @@ def read_record(path: str | Path) -> dict:
     return _row(path, text, record)
 
 
-def _summary_record(path: Path) -> dict | None:
-    """The summary record ``path`` holds (read by its own loader, not a run's), else None."""
-    try:
-        record = json.loads(path.read_bytes())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return None
-    return record if isinstance(record, dict) and is_summary(record) else None
+def _is_summary(record: object) -> bool:
+    """Whether a parsed file is a summary record (read by its own loader, not a run's)."""
+    return isinstance(record, dict) and is_summary(record)
 
 
 def load_records(results_dir: str | Path = "results", strict: bool = False) -> pd.DataFrame:
@@ -283,10 +286,11 @@ def load_records(results_dir: str | Path = "results", strict: bool = False) -> p
             raise ReportError(f"no results folder {folder}: run a chapter that writes records")
         warnings.warn(f"no results folder {folder}: every row is 'not run'", stacklevel=2)
     for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
-        if _summary_record(path) is not None:
+        text, record, problem = _read_json(path)
+        if _is_summary(record):
             continue
         try:
-            rows.append(read_record(path))
+            rows.append(_run_row(path, text, record, problem))
         except ReportError as err:
             if strict:
                 raise
@@ -315,8 +319,8 @@ def load_summaries(results_dir: str | Path, summary: str) -> pd.DataFrame:
     rows = []
     folder = Path(results_dir)
     for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
-        record = _summary_record(path)
-        if record is None or record[SUMMARY_FIELD] != summary:
+        _, record, _ = _read_json(path)
+        if not _is_summary(record) or record[SUMMARY_FIELD] != summary:
             continue
         if not isinstance(record.get("metrics"), dict):
             raise ReportError(
