@@ -336,6 +336,19 @@ def test_token_seconds_shrink_as_the_image_widens():
     assert 5 < mini.token_seconds(default) < 8  # ~6 s of a 30-s epoch
 
 
+def test_unmerged_patches_give_four_times_the_tokens_each_half_as_wide(examples):
+    unmerged = dataclasses.replace(TINY, spatial_merge=1)
+    assert mini.token_seconds(unmerged) == pytest.approx(mini.token_seconds(TINY) / 2)
+    counts = {}
+    for config in (TINY, unmerged):
+        processor = mini.image_processor(config)
+        grid = processor(images=[mini._rgb(examples[0].image)], return_tensors="pt")
+        counts[config.spatial_merge] = mini.image_tokens(
+            grid["image_grid_thw"], processor.merge_size
+        )
+    assert counts[1] == [4 * n for n in counts[2]]
+
+
 def test_segment_events_name_each_segments_own_events():
     events = [
         Evidence("kcomplex", "eeg", 4.5, 5.6),  # crosses into the second segment

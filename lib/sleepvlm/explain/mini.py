@@ -67,8 +67,6 @@ AMPLITUDE_LEVELS: dict[str, tuple[float, ...]] = {
     "emg": (5.0, 10.0, 20.0, 40.0),
 }
 SETTINGS_FILE = "sleepvlm_mini.json"
-#: Patches per side the vision tower merges into one image token (Qwen2-VL's own 2).
-SPATIAL_MERGE = 2
 IGNORE = -100  # label of tokens the loss skips (prompt, image, padding)
 
 
@@ -98,6 +96,9 @@ class MiniConfig:
     patch_size: int = 28
     # Frames per patch: Qwen2-VL repeats a still image into 2; one halves the patch embedding.
     temporal_patch_size: int = 1
+    # Patches per side the vision tower merges into one image token (Qwen2-VL's own 2): one
+    # token then spans about 6 s of the epoch (token_seconds); 1 gives four times the tokens.
+    spatial_merge: int = 2
     # Resolution (s) of the event times the answers cite: each event's span rounded outwards
     # to multiples of it. One image token spans ~6 s of the epoch; cited to the second, the
     # model wrote one template of times per stage (precision 0.29 on DCSM's test nights);
@@ -125,11 +126,11 @@ class MiniConfig:
 
 
 def token_seconds(config: MiniConfig) -> float:
-    """Seconds of the scored epoch one image token spans: :data:`SPATIAL_MERGE` patches of
+    """Seconds of the scored epoch one image token spans: ``spatial_merge`` patches of
     ``patch_size`` px, on the layout's 30-s epoch slot. A model that places an event only by
     the token it sees it in is off by up to this much."""
     slot_px = layout(config.image_options()).slot_width
-    return SPATIAL_MERGE * config.patch_size * EPOCH_S / slot_px
+    return config.spatial_merge * config.patch_size * EPOCH_S / slot_px
 
 
 @dataclass
@@ -257,6 +258,7 @@ def image_processor(config: MiniConfig):
         max_pixels=pixels,
         patch_size=config.patch_size,
         temporal_patch_size=config.temporal_patch_size,
+        merge_size=config.spatial_merge,
     )
 
 
@@ -290,7 +292,7 @@ def build_model(tokenizer, config: MiniConfig):
             "num_heads": config.heads,
             "mlp_ratio": 2,
             "patch_size": config.patch_size,
-            "spatial_merge_size": SPATIAL_MERGE,
+            "spatial_merge_size": config.spatial_merge,
             "temporal_patch_size": config.temporal_patch_size,
         },
         image_token_id=ids(IMAGE_PAD),
@@ -323,7 +325,7 @@ def prompt_text(instruction: str, n_image_tokens: int) -> str:
     )
 
 
-def image_tokens(grid_thw, merge: int = SPATIAL_MERGE) -> list[int]:
+def image_tokens(grid_thw, merge: int) -> list[int]:
     """Tokens each image takes in the text after the vision tower merges ``merge``² patches."""
     return [int(t * h * w) // (merge * merge) for t, h, w in grid_thw.tolist()]
 
@@ -334,7 +336,7 @@ def make_batch(tokenizer, processor, pngs: Sequence[bytes], instruction: str, ta
     import torch
 
     vision = processor(images=[_rgb(p) for p in pngs], return_tensors="pt")
-    counts = image_tokens(vision["image_grid_thw"])
+    counts = image_tokens(vision["image_grid_thw"], processor.merge_size)
     prompts = [prompt_text(instruction, n) for n in counts]
     if targets is None:
         tokenizer.padding_side = "left"
