@@ -5,17 +5,10 @@ import numpy as np
 import pandas as pd
 
 from sleepvlm.explain import citations, faithfulness
-from sleepvlm.explain.annotations import (
-    EpochAnnotation,
-    Evidence,
-    answer_text,
-    evidence_items,
-    parse_answer,
-)
+from sleepvlm.explain.annotations import EpochAnnotation, answer_text, evidence_items, parse_answer
 from sleepvlm.explain.mini import ScoredAnswer
+from test_explain_faithfulness import KCOMPLEX, RUN, SPINDLE
 
-SPINDLE = Evidence("spindle", "eeg", 12.2, 13.1)
-KCOMPLEX = Evidence("kcomplex", "eeg", 20.3, 21.0)
 N2 = EpochAnnotation(
     "d", "s", "n", 7, "N2", ["N2.spindle", "N2.kcomplex"], [SPINDLE, KCOMPLEX], "truth"
 )
@@ -70,17 +63,6 @@ def test_no_threshold_is_chosen_when_none_meets_the_goals():
     assert citations.choose_min_confidence(curve, goals=("precision",)) == 0.5
 
 
-RUN = {
-    "dataset": "dcsm",
-    "modality": "image",
-    "prompt": "expert",
-    "model": "sleepvlm-mini",
-    "data": "simulated",
-    "train_dataset": "dcsm",
-    "manifest_hash": "abcdef0123456789",
-}
-
-
 def test_cut_answers_are_a_summary_of_their_own_beside_the_answers_as_written(tmp_path):
     from sleepvlm.report import load_summaries, rationale_table
 
@@ -105,8 +87,8 @@ def test_cut_answers_are_a_summary_of_their_own_beside_the_answers_as_written(tm
         goals[goals["answers"] == "as written"], "dcsm"
     )
     columns = rationale_table(summaries).columns
-    assert "sleepvlm-mini, DCSM (within center), items with confidence ≥ 0.3" in columns
-    assert "sleepvlm-mini, DCSM (within center)" in columns
+    assert "sleepvlm-mini, DCSM (external), items with confidence ≥ 0.3" in columns
+    assert "sleepvlm-mini, DCSM (external)" in columns
 
 
 def test_error_texts_name_the_shares_and_say_when_nothing_was_cited():
