@@ -31,6 +31,8 @@ from sleepvlm.explain.faithfulness import (
     score_answers,
 )
 from sleepvlm.explain.mini import MiniModel, ScoredAnswer
+from sleepvlm.prepare import store_rows
+from sleepvlm.render import render_dataset
 from sleepvlm.splits import night_keys, nights_of
 
 #: Thresholds the validation curve is measured at (probability of the least sure token).
@@ -58,9 +60,6 @@ def night_answers(
     """The model's scored answers to every epoch of ``nights`` (keys of
     :func:`sleepvlm.splits.night_keys`) of a prepared dataset, drawn at the model's image
     options, and the annotations of the same epochs in the same order."""
-    from sleepvlm.prepare import store_rows
-    from sleepvlm.render import render_dataset
-
     manifest = prepared.manifest
     rows = manifest[night_keys(manifest).isin(nights)]
     options = model.image_options()
