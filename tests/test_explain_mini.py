@@ -394,3 +394,34 @@ def test_night_answers_pair_each_epoch_of_the_nights_with_its_annotation(trained
     no_val = dataclasses.replace(prepared, manifest=manifest[manifest["split"] != "val"])
     curve, chosen = citations.validation_threshold(model, no_val, 1)
     assert curve.empty and chosen is None
+
+
+def test_evidence_tokens_can_weigh_more_in_the_grounding_loss(trained, examples):
+    folder, _ = trained
+    model = mini.MiniModel.load(folder)
+    batch = mini.make_batch(
+        model.tokenizer,
+        model.processor,
+        [e.image for e in examples[:2]],
+        mini.INSTRUCTIONS["grounding"],
+        [e.targets["grounding"] for e in examples[:2]],
+    )
+    marker = model.tokenizer.convert_tokens_to_ids(mini.EVIDENCE)
+    weights = mini.evidence_weights(batch["input_ids"], marker, 3.0)
+    for ids, row in zip(batch["input_ids"].tolist(), weights.tolist(), strict=True):
+        at = ids.index(marker)
+        assert set(row[: at + 1]) == {1.0} and set(row[at + 1 :]) == {3.0}
+    with torch.no_grad():
+        output = model.model(**batch)
+    plain = mini.weighted_next_token_loss(output.logits, batch["labels"], torch.ones_like(weights))
+    assert float(plain) == pytest.approx(float(output.loss), rel=1e-4)
+    # Weight 0 before the marker: the model's own loss of the evidence tokens alone.
+    evidence_only = (weights == 3.0).float()
+    labels = batch["labels"].masked_fill(evidence_only == 0, mini.IGNORE)
+    with torch.no_grad():
+        own = model.model(**{**batch, "labels": labels}).loss
+    weighted = mini.weighted_next_token_loss(output.logits, batch["labels"], evidence_only)
+    assert float(weighted) == pytest.approx(float(own), rel=1e-4)
+    config = dataclasses.replace(TINY, evidence_weight=3.0, grounding_steps=2)
+    log = train.train_phases(model.model, model.tokenizer, model.processor, examples, config)
+    assert len(log.loss["grounding"]) == 2 and all(np.isfinite(log.loss["grounding"]))
