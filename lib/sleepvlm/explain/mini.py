@@ -557,23 +557,28 @@ class MiniModel:
         drawn at the model's options (:func:`sleepvlm.render.lane_problems`) is answered with
         :func:`unreadable_answer`, not shown to the model, which never learnt what a blank,
         resized or flat-lane image holds and would cite evidence from it."""
-        return [answer.text for answer in self.generate_scored(pngs, phase)]
+        return [answer.text for answer in self._answers(pngs, phase, scored=False)]
 
     def generate_scored(
         self, pngs: Sequence[bytes], phase: str = "grounding"
     ) -> list[ScoredAnswer]:
         """:meth:`generate`'s answers with the probability of each character's token (an
         unreadable image's answer is certain: the model did not write it)."""
+        return self._answers(pngs, phase, scored=True)
+
+    def _answers(self, pngs: Sequence[bytes], phase: str, scored: bool) -> list[ScoredAnswer]:
         options = self.image_options()
         problems = [lane_problems(p, options) if options else {} for p in pngs]
         readable = [p for p, found in zip(pngs, problems, strict=True) if not found]
-        answers = iter(self._generate(readable, phase) if readable else [])
+        answers = iter(self._generate(readable, phase, scored) if readable else [])
         return [
             ScoredAnswer.certain(unreadable_answer(found)) if found else next(answers)
             for found in problems
         ]
 
-    def _generate(self, pngs: Sequence[bytes], phase: str) -> list[ScoredAnswer]:
+    def _generate(self, pngs: Sequence[bytes], phase: str, scored: bool) -> list[ScoredAnswer]:
+        """Greedy answers; with ``scored``, each character's token probability (decoding
+        every prefix of the answer: kept off the served path, which needs the text only)."""
         import torch
 
         max_new = self.settings.get("config", {}).get("max_new_tokens", 64)
@@ -587,9 +592,12 @@ class MiniModel:
                 eos_token_id=self.tokenizer.convert_tokens_to_ids(IM_END),
                 pad_token_id=self.tokenizer.convert_tokens_to_ids(PAD),
                 return_dict_in_generate=True,
-                output_scores=True,
+                output_scores=scored,
             )
         new = output.sequences[:, batch["input_ids"].shape[1] :]
+        if not scored:
+            texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
+            return [ScoredAnswer(t.strip(), np.full(len(t.strip()), np.nan)) for t in texts]
         chosen = torch.stack(output.scores, 1).softmax(-1).gather(2, new.unsqueeze(-1))
         return [
             _scored_text(self.tokenizer, ids, probs)
