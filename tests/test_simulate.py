@@ -1,3 +1,5 @@
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -9,8 +11,11 @@ from sleepvlm.data.realism import hypnogram_stats
 from sleepvlm.data.records import EPOCH_S, EVENT_COLUMNS, EVENT_KINDS, STAGES, DataError
 from sleepvlm.data.simulate import (
     _PARAM_NAMES,
+    _PARAMS,
     CENTERS,
+    PERSON_SD,
     SimulationError,
+    _person_signature,
     _subject_traits,
     _transition_mix,
     _weaken_cues,
@@ -93,8 +98,9 @@ def _median_epoch_sd(rec, role: str, stage: str = "N2") -> float:
 
 
 def test_centers_differ_in_their_signals():
-    """Chin EMG set-up and artifact load show in the recordings, not only in the specs."""
-    nights = {c: [simulate_night(c, s, hours=2.0) for s in range(8)] for c in CENTERS}
+    """Chin EMG set-up and artifact load show in the recordings, not only in the specs (over 16
+    people: a center's people differ, so a handful cannot show its median)."""
+    nights = {c: [simulate_night(c, s, hours=2.0) for s in range(16)] for c in CENTERS}
     emg = {c: np.median([_median_epoch_sd(r, "emg") for r in recs]) for c, recs in nights.items()}
     assert emg["shhs"] < emg["dcsm"] < emg["isruc"]
     assert emg["isruc"] > 1.5 * emg["shhs"]
@@ -154,6 +160,22 @@ def test_the_clinic_sees_every_age_and_more_people_on_sedatives():
     assert np.mean([p["spindle_rate"] for p in sedated]) > np.mean(
         [p["spindle_rate"] for p in people["isruc"] if not p["sedative"]]
     )
+
+
+def test_people_differ_more_where_the_center_sees_more_kinds_of_people():
+    rng = np.random.default_rng(3)
+    listed = _PARAMS > 0
+    for spread in (1.0, 2.0):
+        center = dataclasses.replace(CENTERS["dcsm"], person_spread=spread)
+        factors = np.log(
+            [_person_signature(rng, center)[listed] / _PARAMS[listed] for _ in range(300)]
+        )
+        # each stage's own signature varies, entry by entry, not one factor for the whole table
+        assert factors.std(axis=0).mean() == pytest.approx(PERSON_SD * spread, rel=0.1)
+        assert np.abs(np.corrcoef(factors[:, :2].T)[0, 1]) < 0.2
+        emg = np.log([_subject_traits(rng, center)["emg_scale"] for _ in range(600)])
+        assert emg.std() == pytest.approx(0.3 * spread, rel=0.1)
+    assert CENTERS["isruc"].person_spread > CENTERS["dcsm"].person_spread
 
 
 def test_ambiguous_stretches_cover_the_share_their_rate_sets():
@@ -306,7 +328,7 @@ def test_listed_rem_is_the_rapid_deflection(shhs_night):
     fs = rec.sfreq[ch]
     x = rec.signals[ch]
     rem = rec.events[rec.events["kind"] == "rem"]
-    rem = rem[rem["amplitude"] >= 100]
+    rem = rem[(rem["amplitude"] >= 100) & (rem["onset"] + rem["duration"] + 0.02 < len(x) / fs)]
     at = lambda t: x[np.round(t * fs).astype(int)]  # noqa: E731
     step = np.abs(at(rem["onset"] + rem["duration"] + 0.02) - at(rem["onset"] - 0.02))
     assert (rem["duration"] < 0.25).all()
@@ -350,7 +372,11 @@ def test_stage_signatures_in_signals(shhs_night):
 
     eeg, emg = epoch_sd("eeg"), epoch_sd("emg")
     med = {s: np.median(eeg[truth == s]) for s in STAGES}
-    assert med["N3"] > 1.5 * med["N2"] > 1.5 * med["W"] * 0.9
+    assert med["N3"] > 1.5 * med["N2"]
+    assert med["N3"] > 1.5 * med["W"]
+    # N2 is not far below wake: how close they come is the person's own (their alpha, their
+    # muscle), 0.8 to 1.5 of wake among the first eight SHHS-like people
+    assert med["N2"] > 0.8 * med["W"]
     assert np.median(emg[truth == "REM"]) < 0.5 * np.median(emg[truth == "W"])
 
 

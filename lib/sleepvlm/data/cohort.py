@@ -220,6 +220,7 @@ def center_table() -> pd.DataFrame:
             "share with REM without atonia": c.rem_without_atonia_share,
             "share on a sedative": c.sedative_share,
             "share of night ambiguous": c.ambiguous_share,
+            "spread between nights (x)": c.person_spread,
             "N1 / N3 / W readiness": f"{c.habits.n1_readiness:g} / {c.habits.n3_readiness:g} / "
             f"{c.habits.wake_readiness:g}",
             "scorers": c.n_scorers,

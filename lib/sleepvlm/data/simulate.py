@@ -72,6 +72,12 @@ class CenterSpec:
     overlap; overlapping, they cover about 1 - exp(-share)): scorers agree less on some
     patient groups than on others (κ 0.61 to 0.82 across disorders in the SIESTA study).
     ``habits`` are how its scorers read the night (:class:`~sleepvlm.data.scorers.ScoringHabits`).
+    ``person_spread`` widens how far its nights differ from each other (1: one lab's usual
+    spread): recorded amplitudes (scalp, electrodes, set-up) and each stage's own signature in
+    a person (how much theta their N1 holds, how much tone their chin keeps in REM), as
+    :data:`PERSON_SD` sets them. A clinic that sees many disorders and medications meets more
+    different people than one lab's referrals do, and a study recorded at home by several
+    sites more different set-ups.
     """
 
     name: str
@@ -97,6 +103,7 @@ class CenterSpec:
     ambiguous_share: float
     habits: ScoringHabits
     n_scorers: int = 1
+    person_spread: float = 1.0
 
 
 CENTERS: dict[str, CenterSpec] = {
@@ -147,6 +154,7 @@ CENTERS: dict[str, CenterSpec] = {
         sedative_share=0.05,
         ambiguous_share=0.5,
         habits=ScoringHabits(n1_readiness=0.75, n3_readiness=1.3, wake_readiness=1.2),
+        person_spread=1.3,
     ),
     "isruc": CenterSpec(
         name="isruc",
@@ -172,6 +180,7 @@ CENTERS: dict[str, CenterSpec] = {
         ambiguous_share=0.65,
         habits=ScoringHabits(n3_readiness=0.85, boundary_shift=3.0, partner_reading=1.8),
         n_scorers=2,
+        person_spread=2.0,
     ),
 }
 
@@ -209,6 +218,16 @@ _P = {n: i for i, n in enumerate(_PARAM_NAMES)}
 # Highest ``a2`` level (µV²/Hz, as recorded): above it a Gaussian background starts to hold
 # 0.5-2 Hz cycles of 75 µV p2p (about 0.15 per epoch at this level, none at 95).
 _A2_CAP = 130.0
+
+# How far one person's signature of a stage departs from the table above: the SD of the log
+# factor on each stage's band levels and event rates, at a ``person_spread`` of 1 (people's
+# spectra differ stage by stage, not only in overall amplitude).
+PERSON_SD = 0.15
+
+# 20-Hz (beta) level a benzodiazepine or Z-drug adds through sleep (µV²/Hz, as ``beta_pk``):
+# it raises sleep's fast activity a few-fold (N2's level 0.05 to 0.15), but not to the level of
+# wake (0.4-0.6), which would make a sedated person's sleep read as wake.
+SEDATIVE_BETA = 0.1
 
 # Mean length (epochs) of an ambiguous stretch (how often they start is set by the center's
 # ``ambiguous_share``).
@@ -343,9 +362,9 @@ def _subject_traits(rng: np.random.Generator, center: CenterSpec) -> dict[str, f
     age = float(np.clip(rng.beta(*_age_shape(center.age_mean, center.age_concentration)), 0, 1))
     traits = {
         "age": age,
-        "eeg_scale": float(rng.lognormal(0.0, 0.12)),
-        "eog_scale": float(rng.lognormal(0.0, 0.2)),
-        "emg_scale": float(rng.lognormal(0.0, 0.3)),
+        "eeg_scale": float(rng.lognormal(0.0, 0.12 * center.person_spread)),
+        "eog_scale": float(rng.lognormal(0.0, 0.2 * center.person_spread)),
+        "emg_scale": float(rng.lognormal(0.0, 0.3 * center.person_spread)),
         # slow waves shrink and spindles thin out with age (both about halve from young to
         # old adulthood), so an older person's N3 lies nearer its 20 % line, N2 nearer N1
         "sw_amp": float(rng.uniform(0.95, 1.25) * (1.3 - 0.6 * age)),
@@ -368,6 +387,13 @@ def _subject_traits(rng: np.random.Generator, center: CenterSpec) -> dict[str, f
         traits["spindle_rate"] *= 1.3
         traits["sw_amp"] *= 0.85
     return traits
+
+
+def _person_signature(rng: np.random.Generator, center: CenterSpec) -> np.ndarray:
+    """One person's per-state parameter table: :data:`_PARAMS` with each entry scaled by a
+    log-normal factor of SD ``PERSON_SD * center.person_spread`` (same for all their nights)."""
+    sd = PERSON_SD * center.person_spread
+    return _PARAMS * np.exp(rng.normal(0.0, sd, _PARAMS.shape))
 
 
 def _beta_shape(mean: float, concentration: float) -> tuple[float, float]:
@@ -445,10 +471,12 @@ def _epoch_params(
     traits: dict[str, float],
     center: CenterSpec,
     rng: np.random.Generator,
+    signature: np.ndarray = _PARAMS,
 ) -> np.ndarray:
-    """Parameter table (epochs x _PARAM_NAMES) after mixing, subject traits and night trends."""
-    own = _PARAMS[_state_rows(stages, eyes_closed)]
-    other = _PARAMS[_state_rows(partner, np.ones(len(stages), bool))]
+    """Parameter table (epochs x _PARAM_NAMES) after mixing, subject traits and night trends;
+    ``signature`` is the person's per-state table (:func:`_person_signature`)."""
+    own = signature[_state_rows(stages, eyes_closed)]
+    other = signature[_state_rows(partner, np.ones(len(stages), bool))]
     par = (1 - weight)[:, None] * own + weight[:, None] * other
     n = len(stages)
     night = np.linspace(0.0, 1.0, n)
@@ -485,8 +513,8 @@ def _weaken_cues(par: np.ndarray, stages: np.ndarray, traits: dict[str, float]) 
         rem = stages == "REM"
         par[rem, _P["emg"]] *= 5.0
         par[rem, _P["twitch"]] *= 2.0
-    if traits["sedative"]:
-        par[stages != "W", _P["beta_pk"]] += 0.5
+    if traits["sedative"]:  # a few times sleep's own beta, still well below that of wake
+        par[stages != "W", _P["beta_pk"]] += SEDATIVE_BETA
 
 
 # --------------------------------------------------------------------------------------------
@@ -1105,7 +1133,9 @@ def simulate_night(center: str, subject: int, seed: int = 0, hours: float = 8.0)
     n_epochs = int(round(hours * 3600 / EPOCH_S))
     traits, rng, truth, eyes, partner, weight = _night_course(center, subject, seed, n_epochs)
     scorers = _night_scorers(center, subject, seed, truth, partner, weight, spec.n_scorers)
-    par = _epoch_params(truth, partner, weight, eyes, traits, spec, rng)
+    person = np.random.default_rng([zlib.crc32(center.encode()), int(subject), 3])
+    signature = _person_signature(person, spec)
+    par = _epoch_params(truth, partner, weight, eyes, traits, spec, rng, signature)
     fs = spec.rates["eeg"]
     n = int(round(n_epochs * EPOCH_S * fs))
     night = _Night(spec, traits, rng, truth, par, fs, n, _Canvas(n, fs), _Events())
