@@ -471,7 +471,7 @@ def _epoch_params(
     traits: dict[str, float],
     center: CenterSpec,
     rng: np.random.Generator,
-    signature: np.ndarray = _PARAMS,
+    signature: np.ndarray,
 ) -> np.ndarray:
     """Parameter table (epochs x _PARAM_NAMES) after mixing, subject traits and night trends;
     ``signature`` is the person's per-state table (:func:`_person_signature`)."""
