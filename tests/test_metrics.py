@@ -20,6 +20,7 @@ from sleepvlm.metrics import (
     kappa_text,
     metrics_from_confusion,
     parse_stage,
+    point_value,
     predictions,
     read_results,
     result_record,
@@ -276,3 +277,9 @@ def test_kappa_text_names_each_group_and_its_kappa():
     kappas = pd.Series({"dcsm": 0.712, "shhs": 0.65, "isruc": 0.6})
     assert kappa_text(kappas) == "0.71 (DCSM), 0.65 (SHHS) and 0.60 (ISRUC)"
     assert kappa_text(kappas.iloc[:1]) == "0.71 (DCSM)"
+
+
+def test_point_value_reads_the_mean_of_an_entry_with_its_interval():
+    assert point_value({"mean": 0.42, "ci95": [0.3, 0.5]}) == 0.42
+    assert point_value(0.7) == 0.7
+    assert point_value({"W": 0.1}) == {"W": 0.1}  # a per-stage table is not a point

@@ -363,6 +363,12 @@ MIN_CLAIM_CONFIDENCE = "min_claim_confidence"
 SUMMARY_VARIANTS: tuple[str, ...] = (MIN_CLAIM_CONFIDENCE,)
 
 
+def point_value(value):
+    """A summary metric's point value: the mean of an entry that carries its interval
+    (``{"mean": ..., "ci95": [...]}``), else the value as it is."""
+    return value["mean"] if isinstance(value, dict) and "mean" in value else value
+
+
 def is_summary(record: dict) -> bool:
     """Whether ``record`` is a summary record (:data:`SUMMARY_FIELD`), not a run's scores."""
     return bool(record.get(SUMMARY_FIELD))

@@ -32,7 +32,13 @@ from sleepvlm import paper, params
 from sleepvlm.data.records import STAGES, DataError
 from sleepvlm.environment import lock_hash
 from sleepvlm.experiment import EMBEDDED_MODELS, PROMPT_VARIANTS, rerun_command
-from sleepvlm.metrics import MIN_CLAIM_CONFIDENCE, SUMMARY_FIELD, SUMMARY_METRICS, is_summary
+from sleepvlm.metrics import (
+    MIN_CLAIM_CONFIDENCE,
+    SUMMARY_FIELD,
+    SUMMARY_METRICS,
+    is_summary,
+    point_value,
+)
 from sleepvlm.models import load_registry
 
 #: The paper's time-series LLM (its registry name), whose rows :data:`paper.CHATTS_14B` holds.
@@ -328,10 +334,7 @@ def load_summaries(results_dir: str | Path, summary: str) -> pd.DataFrame:
                 "that made it (e.g. sleepvlm.explain.faithfulness.write_faithfulness)"
             )
         top = {k: v for k, v in record.items() if k != "metrics"}
-        metrics = {
-            k: v["mean"] if isinstance(v, dict) and "mean" in v else v
-            for k, v in record["metrics"].items()
-        }
+        metrics = {k: point_value(v) for k, v in record["metrics"].items()}
         rows.append({**top, **metrics, "file": path.name, "record": record})
     return pd.DataFrame(rows)
 

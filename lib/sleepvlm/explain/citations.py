@@ -31,6 +31,7 @@ from sleepvlm.explain.faithfulness import (
     score_answers,
 )
 from sleepvlm.explain.mini import MiniModel, ScoredAnswer
+from sleepvlm.metrics import point_value
 from sleepvlm.prepare import store_rows
 from sleepvlm.render import render_dataset
 from sleepvlm.splits import night_keys, nights_of
@@ -111,16 +112,12 @@ def confidence_curve(
         rows.append(
             {
                 "min_confidence": float(threshold),
-                **{m: _mean(metrics[m]) for m in FAITHFULNESS_GOALS},
+                **{m: point_value(metrics[m]) for m in FAITHFULNESS_GOALS},
                 "answers_citing": float((scored["n_claims"] > 0).mean()),
                 "claims_per_answer": metrics["n_claims"] / max(len(scored), 1),
             }
         )
     return pd.DataFrame(rows)
-
-
-def _mean(value):
-    return value["mean"] if isinstance(value, dict) else value
 
 
 def choose_min_confidence(curve: pd.DataFrame, goals: Sequence[str] = CHOSEN_FOR) -> float | None:
