@@ -474,7 +474,6 @@ VERDICT_WORDS = re.compile(
 VERDICTS_ALLOWED = {
     # (chapter, text around the word): why it cannot go false
     ("01", "finds hardest {cite"): "the literature's finding, cited",
-    ("01", "the paper's counts exactly"): "what count_scale 1 does, by construction",
     ("03", "power and beats theta"): "the rule's definition",
     ("03", "around the neighbouring beats"): "heartbeats, not a comparison",
     ("04", "dataset exactly as the models"): "the same renderer, by construction",

@@ -3,7 +3,7 @@ the real engine, response store and scoring; replay without calls; invalid answe
 the denominator; served and in-process answers identical; no key in anything written."""
 
 import dataclasses
-import json
+import itertools
 from dataclasses import replace
 
 import numpy as np
@@ -91,9 +91,11 @@ def test_a_rerun_replays_every_answer_without_a_call(cohort):
 
 
 def test_answers_without_a_label_stay_in_the_denominator(cohort):
+    calls = itertools.count()
+
     def mumbling(messages):
         # a stage for every other request, prose without a label for the rest
-        return "N2" if len(json.dumps(messages)) % 2 else "I would need more context."
+        return "N2" if next(calls) % 2 == 0 else "I would need more context."
 
     register_local_model("mumbling", mumbling, replace=True)
     registry = load_registry() | {
