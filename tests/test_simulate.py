@@ -12,6 +12,7 @@ from sleepvlm.data.records import EPOCH_S, EVENT_COLUMNS, EVENT_KINDS, STAGES, D
 from sleepvlm.data.simulate import (
     _PARAM_NAMES,
     _PARAMS,
+    AMPLITUDE_SD,
     CENTERS,
     PERSON_SD,
     SimulationError,
@@ -174,7 +175,7 @@ def test_people_differ_more_where_the_center_sees_more_kinds_of_people():
         assert factors.std(axis=0).mean() == pytest.approx(PERSON_SD * spread, rel=0.1)
         assert np.abs(np.corrcoef(factors[:, :2].T)[0, 1]) < 0.2
         emg = np.log([_subject_traits(rng, center)["emg_scale"] for _ in range(600)])
-        assert emg.std() == pytest.approx(0.3 * spread, rel=0.1)
+        assert emg.std() == pytest.approx(AMPLITUDE_SD["emg"] * spread, rel=0.1)
     assert CENTERS["isruc"].person_spread > CENTERS["dcsm"].person_spread
 
 

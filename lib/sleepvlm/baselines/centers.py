@@ -9,7 +9,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .evaluate import SAMPLE
+from .. import paper
+from ..report import BALANCED, NOT_BALANCED
+from .evaluate import MODALITY, NIGHTS, SAMPLE
 
 #: The paper's centers from easiest to hardest (accuracy and κ, DeepSleepNet and AttnSleep).
 PAPER_ORDER = ("dcsm", "shhs", "isruc")
@@ -27,6 +29,54 @@ def within_center(scores: pd.DataFrame) -> pd.DataFrame:
     table = own.set_index(["model", "test"])[["accuracy", "kappa"]].copy()
     table["accuracy"] *= 100
     return table.rename_axis(["model", "center"])
+
+
+def paper_within_center(centers=PAPER_ORDER) -> str:
+    """The paper's within-center accuracy of each baseline, as text: "deepsleepnet 65.2 / 59.0
+    / 48.1 %, ..." in the order of ``centers``."""
+    return ", ".join(
+        f"{model} " + " / ".join(f"{per[c]['accuracy']:.1f}" for c in centers) + " %"
+        for model, per in paper.BASELINE_RESULTS.items()
+    )
+
+
+def beside_paper(scores: pd.DataFrame) -> pd.DataFrame:
+    """:func:`within_center` with the paper's accuracy of the same model and center beside it
+    (NaN where the paper has none)."""
+    table = within_center(scores)
+    table["paper accuracy"] = [
+        paper.BASELINE_RESULTS.get(model, {}).get(center, {}).get("accuracy", np.nan)
+        for model, center in table.index
+    ]
+    return table
+
+
+def scores_from_records(records: pd.DataFrame, data: str = "simulated") -> pd.DataFrame:
+    """The baselines' runs among ``records`` (:func:`sleepvlm.report.load_records`) on ``data``
+    (simulated or real) as :func:`~sleepvlm.baselines.evaluate.cross_dataset` lays out its
+    scores: one row per (model, train, test, epochs) with accuracy and κ, so the center goals
+    can be checked on whatever records exist. A run on record more than once (a rebuild, an
+    earlier version) counts once, by its latest record."""
+    runs = records[
+        (records["modality"] == MODALITY)
+        & records["train_dataset"].notna()
+        & (records["data"] == data)
+    ]
+    scores = pd.DataFrame(
+        {
+            "model": runs["model"],
+            "train": runs["train_dataset"],
+            "test": runs["dataset"],
+            "epochs": runs["sample"].map({BALANCED: SAMPLE, NOT_BALANCED: NIGHTS}),
+            "accuracy": runs["accuracy"],
+            "kappa": runs["kappa"],
+            "created": runs["created"].fillna(""),  # records of early versions have no date
+        }
+    ).dropna(subset=["epochs"])
+    latest = scores.sort_values("created", kind="stable").drop_duplicates(
+        ["model", "train", "test", "epochs"], keep="last"
+    )
+    return latest.drop(columns="created").reset_index(drop=True)
 
 
 def kappa_matrix(scores: pd.DataFrame, model: str, centers) -> pd.DataFrame:

@@ -224,6 +224,11 @@ _A2_CAP = 130.0
 # spectra differ stage by stage, not only in overall amplitude).
 PERSON_SD = 0.15
 
+# How far one person's recorded amplitudes depart from the center's (SD of the log factor, at a
+# ``person_spread`` of 1): scalp and skull thickness for the EEG, electrode placement for the
+# eyes, and the chin's fat and electrode spacing most of all.
+AMPLITUDE_SD = {"eeg": 0.12, "eog": 0.2, "emg": 0.3}
+
 # 20-Hz (beta) level a benzodiazepine or Z-drug adds through sleep (µV²/Hz, as ``beta_pk``):
 # it raises sleep's fast activity a few-fold (N2's level 0.05 to 0.15), but not to the level of
 # wake (0.4-0.6), which would make a sedated person's sleep read as wake.
@@ -362,9 +367,10 @@ def _subject_traits(rng: np.random.Generator, center: CenterSpec) -> dict[str, f
     age = float(np.clip(rng.beta(*_age_shape(center.age_mean, center.age_concentration)), 0, 1))
     traits = {
         "age": age,
-        "eeg_scale": float(rng.lognormal(0.0, 0.12 * center.person_spread)),
-        "eog_scale": float(rng.lognormal(0.0, 0.2 * center.person_spread)),
-        "emg_scale": float(rng.lognormal(0.0, 0.3 * center.person_spread)),
+        **{
+            f"{role}_scale": float(rng.lognormal(0.0, sd * center.person_spread))
+            for role, sd in AMPLITUDE_SD.items()
+        },
         # slow waves shrink and spindles thin out with age (both about halve from young to
         # old adulthood), so an older person's N3 lies nearer its 20 % line, N2 nearer N1
         "sw_amp": float(rng.uniform(0.95, 1.25) * (1.3 - 0.6 * age)),
@@ -787,13 +793,19 @@ def _check_night(center: str, subject: int, seed: int, hours: float) -> None:
         raise SimulationError(f"subject and seed must be >= 0, got {subject}, {seed}")
 
 
+def _stream(center: str, *keys: int) -> np.random.Generator:
+    """A random stream of the center's person or night ``keys``: (subject,) draws the person's
+    traits, (subject, 3) their signature; (subject, seed, 1) a night's signals, (subject,
+    seed, 2) its scorers. Streams of their own keep each draw unchanged when another grows."""
+    return np.random.default_rng([zlib.crc32(center.encode()), *map(int, keys)])
+
+
 def _night_course(center: str, subject: int, seed: int, n_epochs: int):
     """The person's traits, the night's random stream (left where the signals start), its
     generating stages, eye state and mixing of neighbouring stages."""
     spec = CENTERS[center]
-    key = zlib.crc32(center.encode())
-    traits = _subject_traits(np.random.default_rng([key, int(subject)]), spec)
-    rng = np.random.default_rng([key, int(subject), int(seed), 1])
+    traits = _subject_traits(_stream(center, subject), spec)
+    rng = _stream(center, subject, seed, 1)
     truth = simulate_hypnogram(rng, n_epochs, age=traits["age"], apnea=traits["apnea"])
     eyes = _eye_state(rng, truth, traits["eyes_closed"])
     partner, weight = _transition_mix(rng, truth, spec.ambiguous_share)
@@ -803,7 +815,7 @@ def _night_course(center: str, subject: int, seed: int, n_epochs: int):
 def _night_scorers(center, subject, seed, truth, partner, weight, n_scorers: int):
     """The scorers of a night, from a random stream of their own, so that the scored
     hypnograms can be had without drawing the signals (:func:`simulate_scoring`)."""
-    rng = np.random.default_rng([zlib.crc32(center.encode()), int(subject), int(seed), 2])
+    rng = _stream(center, subject, seed, 2)
     return simulate_scorers(rng, truth, partner, weight, CENTERS[center].habits, n_scorers)
 
 
@@ -1133,8 +1145,7 @@ def simulate_night(center: str, subject: int, seed: int = 0, hours: float = 8.0)
     n_epochs = int(round(hours * 3600 / EPOCH_S))
     traits, rng, truth, eyes, partner, weight = _night_course(center, subject, seed, n_epochs)
     scorers = _night_scorers(center, subject, seed, truth, partner, weight, spec.n_scorers)
-    person = np.random.default_rng([zlib.crc32(center.encode()), int(subject), 3])
-    signature = _person_signature(person, spec)
+    signature = _person_signature(_stream(center, subject, 3), spec)
     par = _epoch_params(truth, partner, weight, eyes, traits, spec, rng, signature)
     fs = spec.rates["eeg"]
     n = int(round(n_epochs * EPOCH_S * fs))
