@@ -28,6 +28,7 @@ from sleepvlm.explain.faithfulness import (
     FAITHFULNESS_GOALS,
     answers_label,
     faithfulness_metrics,
+    metric_text,
     score_answers,
 )
 from sleepvlm.explain.mini import MiniModel, ScoredAnswer
@@ -55,6 +56,17 @@ def cite_confident(answer: ScoredAnswer, min_confidence: float) -> str:
     return f"{head} Evidence: {'; '.join(kept)}." if kept else head
 
 
+def epoch_inputs(
+    prepared, rows: pd.DataFrame, options
+) -> tuple[list[bytes], list[EpochAnnotation]]:
+    """The images (drawn at ``options``) and the annotations of the epochs ``rows`` of a
+    prepared dataset's manifest, in the order of ``rows``."""
+    drawn = render_dataset(prepared.store, store_rows(prepared, rows), options=options)
+    pngs = [Path(path).read_bytes() for path in drawn["image"]]
+    found = annotate_store(prepared, set(night_keys(rows)))
+    return pngs, select(found, rows.assign(dataset=prepared.dataset))
+
+
 def night_answers(
     model: MiniModel, prepared, nights: Sequence
 ) -> tuple[list[ScoredAnswer], list[EpochAnnotation]]:
@@ -62,12 +74,10 @@ def night_answers(
     :func:`sleepvlm.splits.night_keys`) of a prepared dataset, drawn at the model's image
     options, and the annotations of the same epochs in the same order."""
     manifest = prepared.manifest
-    rows = manifest[night_keys(manifest).isin(nights)]
-    options = model.image_options()
-    drawn = render_dataset(prepared.store, store_rows(prepared, rows), options=options)
-    answers = model.answer_all_scored([Path(path).read_bytes() for path in drawn["image"]])
-    chosen = select(annotate_store(prepared, list(nights)), rows.assign(dataset=prepared.dataset))
-    return answers, chosen
+    pngs, chosen = epoch_inputs(
+        prepared, manifest[night_keys(manifest).isin(nights)], model.image_options()
+    )
+    return model.answer_all(pngs, scored=True), chosen
 
 
 def score_confident(
@@ -144,14 +154,8 @@ def cut_sentence(goals: pd.DataFrame, dataset: str) -> str:
     before = rows[written].set_index("metric")["measured"]
     after = rows[~written].set_index("metric")["measured"]
     changes = [
-        f"{metric.replace('_', ' ')} from {_value(metric, before.get(metric))} to "
-        f"{_value(metric, after.get(metric))}"
+        f"{metric.replace('_', ' ')} from {metric_text(metric, before.get(metric))} to "
+        f"{metric_text(metric, after.get(metric))}"
         for metric in FAITHFULNESS_GOALS
     ]
     return f"On {dataset.upper()}'s test nights, {', '.join(changes)}."
-
-
-def _value(metric: str, value) -> str:
-    if value is None or pd.isna(value):
-        return "—"
-    return f"{value:.0%}" if metric == "ungrounded_share" else f"{value:.2f}"

@@ -592,6 +592,14 @@ def goal_table(summaries: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns)
 
 
+def metric_text(metric: str, value) -> str:
+    """A goal metric's value as the book writes it: the share of answers citing an absent
+    event in per cent, the others to two decimals, a dash where it is undefined."""
+    if value is None or pd.isna(value):
+        return "—"
+    return f"{value:.0%}" if metric == "ungrounded_share" else f"{value:.2f}"
+
+
 def answers_label(min_claim_confidence: float | None) -> str:
     """How a faithfulness summary's answers were read: as written, or cut to the evidence items
     the model was sure of (its :data:`~sleepvlm.metrics.MIN_CLAIM_CONFIDENCE`)."""

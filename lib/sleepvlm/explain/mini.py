@@ -23,7 +23,7 @@ import random
 import shutil
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -67,6 +67,8 @@ AMPLITUDE_LEVELS: dict[str, tuple[float, ...]] = {
     "emg": (5.0, 10.0, 20.0, 40.0),
 }
 SETTINGS_FILE = "sleepvlm_mini.json"
+#: Folder of a saved model that holds the weights of its training snapshots (snapshot_path).
+SNAPSHOTS = "snapshots"
 IGNORE = -100  # label of tokens the loss skips (prompt, image, padding)
 EVIDENCE = "Evidence:"  # the token that opens an answer's evidence
 
@@ -148,10 +150,12 @@ class Example:
 
 @dataclass
 class TrainingLog:
-    """Loss per step and wall time per phase."""
+    """Loss per step and wall time per phase, and the trained weights (:func:`trainable_weights`)
+    after each step count asked for by ``snapshot_at`` of :func:`train_phase`."""
 
     loss: dict[str, list[float]] = field(default_factory=lambda: {p: [] for p in PHASES})
     seconds: dict[str, float] = field(default_factory=dict)
+    snapshots: dict[int, dict] = field(default_factory=dict)
 
 
 # --- perception targets ------------------------------------------------------------------------
@@ -393,10 +397,13 @@ def train_phase(
     log: TrainingLog | None = None,
     max_seconds: float | None = None,
     progress: Callable[[int, float], None] | None = None,
+    snapshot_at: Collection[int] = (),
 ) -> TrainingLog:
     """``steps`` optimizer steps of next-token loss on the ``phase`` targets of ``examples``
     (batches drawn without replacement, reshuffled each pass; seeded). Stops early after
-    ``max_seconds`` of wall time."""
+    ``max_seconds`` of wall time. After each step count of ``snapshot_at`` the weights are kept
+    in ``log.snapshots``: points along this one run (its learning rate still on its schedule),
+    not shorter runs."""
     import torch
 
     if phase not in PHASES:
@@ -444,6 +451,8 @@ def train_phase(
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         log.loss[phase].append(float(loss.detach()))
+        if step + 1 in snapshot_at:
+            log.snapshots[step + 1] = trainable_weights(model)
         if progress:
             progress(step, log.loss[phase][-1])
         if max_seconds is not None and time.perf_counter() - start > max_seconds:
@@ -496,9 +505,28 @@ def add_lora(model, rank: int = 8, alpha: int = 16, dropout: float = 0.05):
 # --- saving, loading, answering ----------------------------------------------------------------
 
 
-def save(model, tokenizer, processor, folder: str | Path, settings: dict) -> Path:
+def trainable_weights(model) -> dict:
+    """Copies of the weights training changes, by name."""
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def snapshot_path(folder: str | Path, step: int) -> Path:
+    """Where a saved model keeps its weights after ``step`` steps of the grounding phase."""
+    return Path(folder) / SNAPSHOTS / f"grounding-{step}.pt"
+
+
+def save(
+    model,
+    tokenizer,
+    processor,
+    folder: str | Path,
+    settings: dict,
+    snapshots: Mapping[int, dict] | None = None,
+) -> Path:
     """Save a trained model as a Hugging Face folder (LoRA adapters merged into the weights),
-    with ``settings`` (config, data, training log) in :data:`SETTINGS_FILE`."""
+    with ``settings`` (config, data, training log) in :data:`SETTINGS_FILE` and the weights of
+    its grounding ``snapshots`` (step -> :func:`trainable_weights`) beside them."""
+    import torch
     import transformers
 
     folder = Path(folder)
@@ -510,6 +538,10 @@ def save(model, tokenizer, processor, folder: str | Path, settings: dict) -> Pat
         tokenizer.save_pretrained(partial)
         processor.save_pretrained(partial)
     (partial / SETTINGS_FILE).write_text(json.dumps(settings, indent=1, default=str))
+    for step, weights in (snapshots or {}).items():
+        path = snapshot_path(partial, step)
+        path.parent.mkdir(exist_ok=True)
+        torch.save(weights, path)
     if folder.exists():
         shutil.rmtree(folder)
     partial.replace(folder)
@@ -528,8 +560,12 @@ class MiniModel:
     device: str = "cpu"
 
     @classmethod
-    def load(cls, folder: str | Path, device: str = "cpu") -> MiniModel:
-        """A SleepVLM-mini folder, or a pretrained Qwen2-VL-family folder (a base to fine-tune)."""
+    def load(
+        cls, folder: str | Path, device: str = "cpu", snapshot: int | None = None
+    ) -> MiniModel:
+        """A SleepVLM-mini folder, or a pretrained Qwen2-VL-family folder (a base to fine-tune);
+        with ``snapshot``, the folder's model as it was after that many grounding steps."""
+        import torch
         import transformers
 
         folder = Path(folder)
@@ -544,6 +580,16 @@ class MiniModel:
             model = transformers.AutoModelForImageTextToText.from_pretrained(folder)
             tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
             processor = transformers.Qwen2VLImageProcessorPil.from_pretrained(folder)
+        if snapshot is not None:
+            path = snapshot_path(folder, snapshot)
+            if not path.is_file():
+                raise MiniError(
+                    f"{folder} keeps no snapshot after {snapshot} grounding steps; it keeps "
+                    f"{settings.get('snapshot_steps') or 'none'} (train_mini's snapshots)"
+                )
+            unexpected = model.load_state_dict(torch.load(path), strict=False).unexpected_keys
+            if unexpected:
+                raise MiniError(f"{path} holds weights the model lacks: {unexpected[:3]}")
         return cls(model.to(device).eval(), tokenizer, processor, settings, device)
 
     def image_options(self) -> ImageOptions | None:
@@ -604,10 +650,14 @@ class MiniModel:
             for ids, probs in zip(new.tolist(), chosen.squeeze(-1).tolist(), strict=True)
         ]
 
-    def answer_all_scored(self, pngs: Sequence[bytes], batch_size: int = 16) -> list[ScoredAnswer]:
+    def answer_all(
+        self, pngs: Sequence[bytes], batch_size: int = 16, scored: bool = False
+    ) -> list[ScoredAnswer]:
+        """Grounding answers to any number of images, ``batch_size`` at a time; with ``scored``,
+        with each character's token probability (:meth:`generate_scored`)."""
         answers = []
         for start in range(0, len(pngs), batch_size):
-            answers.extend(self.generate_scored(pngs[start : start + batch_size]))
+            answers.extend(self._answers(pngs[start : start + batch_size], "grounding", scored))
         return answers
 
 

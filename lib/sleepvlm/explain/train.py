@@ -177,6 +177,7 @@ def train_mini(
     make_default: bool = True,
     progress: bool = False,
     base_model_dir: str | Path | None = None,
+    snapshots: int = 0,
 ) -> Path:
     """Train SleepVLM-mini on ``dataset``'s training subjects (both phases) and save it; the
     saved folder when this data, config and code were trained before.
@@ -184,12 +185,17 @@ def train_mini(
     With ``base_model_dir`` (a pretrained Qwen2-VL-family folder, e.g. Qwen2.5-VL-3B-Instruct
     with its tokenizer and image processor), the same two phases fine-tune LoRA adapters on it
     instead of training a small model from scratch (use ``device="cuda"``). ``max_seconds``
-    caps the wall time: a quarter for perception, the rest for grounding."""
+    caps the wall time: a quarter for perception, the rest for grounding. ``snapshots`` keeps
+    the weights at that many evenly spaced steps of the grounding phase before its last
+    (:func:`snapshot_steps`), for the training curve of :mod:`sleepvlm.explain.snapshots`; a
+    LoRA fine-tune keeps none (its adapters are merged into the saved weights)."""
     import torch
 
     config = config or MiniConfig()
     prepared = prepare_dataset(dataset, data_dir, cohort_size=cohort_size, executor=executor)
-    key = model_key(prepared, config, (per_class, max_nights), base_model_dir)
+    if base_model_dir is not None:
+        snapshots = 0
+    key = model_key(prepared, config, (per_class, max_nights, snapshots), base_model_dir)
     folder = cache_dir("models") / f"sleepvlm-mini-{dataset}-{key}"
     if not (folder / mini.SETTINGS_FILE).is_file():
         torch.manual_seed(config.seed)
@@ -198,7 +204,15 @@ def train_mini(
         examples = build_examples(prepared, sample, config, executor)
         model, tokenizer, processor = _starting_point(examples, config, base_model_dir)
         log = train_phases(
-            model, tokenizer, processor, examples, config, device, max_seconds, progress
+            model,
+            tokenizer,
+            processor,
+            examples,
+            config,
+            device,
+            max_seconds,
+            progress,
+            snapshot_steps(config.grounding_steps, snapshots),
         )
         settings = mini.settings_of(
             config,
@@ -214,8 +228,9 @@ def train_mini(
             seconds=time.perf_counter() - started,
             log={"loss": log.loss, "seconds": log.seconds},
             parameters=sum(p.numel() for p in model.parameters()),
+            snapshot_steps=sorted(log.snapshots),
         )
-        mini.save(model, tokenizer, processor, folder, settings)
+        mini.save(model, tokenizer, processor, folder, settings, log.snapshots)
     if make_default:
         (cache_dir("models") / DEFAULT_POINTER).write_text(str(folder))
     return folder
@@ -230,10 +245,25 @@ def _starting_point(examples: list[Example], config: MiniConfig, base_model_dir)
     return mini.add_lora(base.model), base.tokenizer, base.processor
 
 
+def snapshot_steps(total: int, count: int) -> list[int]:
+    """``count`` step counts spaced evenly through a phase of ``total`` steps, its last excluded
+    (the saved model is that one)."""
+    return sorted({round(total * k / (count + 1)) for k in range(1, count + 1)} - {0, total})
+
+
 def train_phases(
-    model, tokenizer, processor, examples, config, device="cpu", max_seconds=None, progress=False
+    model,
+    tokenizer,
+    processor,
+    examples,
+    config,
+    device="cpu",
+    max_seconds=None,
+    progress=False,
+    snapshot_at=(),
 ) -> mini.TrainingLog:
-    """Perception, then grounding, on the same examples."""
+    """Perception, then grounding, on the same examples; the grounding weights kept after each
+    step count of ``snapshot_at`` (in the log's ``snapshots``)."""
     log = mini.TrainingLog()
     budget = {"perception": None, "grounding": None}
     if max_seconds is not None:
@@ -253,6 +283,7 @@ def train_phases(
                 log,
                 budget[phase],
                 _printer(phase) if progress else None,
+                snapshot_at if phase == "grounding" else (),
             )
     return log
 

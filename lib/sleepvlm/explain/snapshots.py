@@ -1,0 +1,120 @@
+"""SleepVLM-mini's training curve (issue 19): κ and the rationales' faithfulness against
+grounding steps, so that whether longer training is what the mini needs is measured, not guessed.
+
+:func:`sleepvlm.explain.train_mini` with ``snapshots`` keeps the weights at evenly spaced steps
+of the grounding phase; :func:`training_curve` answers the same held-out epochs (a seeded
+sample of each center's validation nights, subjects the model never saw) with each snapshot and
+with the finished model. The snapshots are points along one run, not shorter runs of their own:
+an early snapshot's learning rate is still high on its cosine schedule, where a run of that
+length would have decayed it. What the curve shows is how far the run had come at each point,
+and how much its last stretch still changed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+
+import pandas as pd
+
+from sleepvlm.explain.citations import epoch_inputs
+from sleepvlm.explain.faithfulness import (
+    FAITHFULNESS_GOALS,
+    faithfulness_metrics,
+    metric_text,
+    score_answers,
+)
+from sleepvlm.explain.mini import SETTINGS_FILE, MiniConfig, MiniModel
+from sleepvlm.metrics import classification_metrics, point_value, predictions
+from sleepvlm.params import WITHIN
+from sleepvlm.splits import night_keys, nights_of
+
+#: What each point of the curve measures: Cohen's κ of the stages, then the faithfulness goals.
+CURVE_METRICS: tuple[str, ...] = ("kappa", *FAITHFULNESS_GOALS)
+
+
+def held_out_epochs(prepared, max_nights: int, max_epochs: int, seed: int = 0) -> pd.DataFrame:
+    """A seeded sample of at most ``max_epochs`` epochs (in night order) of ``max_nights``
+    validation nights of a prepared dataset (the nights :func:`nights_of` chooses with
+    ``seed``); empty when it has no validation nights."""
+    pool = prepared.manifest[prepared.manifest["split"] == "val"]
+    rows = pool[night_keys(pool).isin(nights_of(pool, max_nights, seed))]
+    if len(rows) > max_epochs:
+        rows = rows.sample(max_epochs, random_state=seed).sort_index()
+    return rows
+
+
+def curve_points(folder: str | Path) -> list[int | None]:
+    """The grounding steps a saved model kept snapshots at, then None for the finished model."""
+    settings = json.loads((Path(folder) / SETTINGS_FILE).read_text())
+    return [*settings.get("snapshot_steps", []), None]
+
+
+def finished_steps(folder: str | Path) -> int:
+    """How many grounding steps the saved model trained (fewer than asked when capped)."""
+    settings = json.loads((Path(folder) / SETTINGS_FILE).read_text())
+    return len(settings["log"]["loss"]["grounding"])
+
+
+def score_point(texts: list[str], annotations, tolerance_s: float) -> dict:
+    """κ of the stages the answers give, read as every run's answers are (an answer without
+    one counts as wrong), and the faithfulness goals' metrics of their evidence."""
+    scored = score_answers(texts, annotations, tolerance_s)
+    metrics = faithfulness_metrics(scored)
+    stages = classification_metrics(scored["stage"].tolist(), predictions(texts))
+    return {"kappa": stages["kappa"], **{m: point_value(metrics[m]) for m in FAITHFULNESS_GOALS}}
+
+
+def training_curve(
+    folder: str | Path,
+    prepared: Mapping[str, object],
+    max_nights: int = 1,
+    max_epochs: int = 200,
+    seed: int = 0,
+    tolerance_s: float = 1.0,
+) -> pd.DataFrame:
+    """One row per (grounding step, dataset): the :data:`CURVE_METRICS` of the answers of the
+    model in ``folder`` at each snapshot it kept and finished, on the same
+    :func:`held_out_epochs` of each prepared dataset (name -> dataset)."""
+    config = MiniConfig(**json.loads((Path(folder) / SETTINGS_FILE).read_text())["config"])
+    inputs = {}
+    for name, data in prepared.items():
+        rows = held_out_epochs(data, max_nights, max_epochs, seed)
+        if len(rows):
+            inputs[name] = epoch_inputs(data, rows, config.image_options())
+    out = []
+    for point in curve_points(folder):
+        model = MiniModel.load(folder, snapshot=point)
+        step = finished_steps(folder) if point is None else point
+        for name, (pngs, found) in inputs.items():
+            texts = [answer.text for answer in model.answer_all(pngs)]
+            row = score_point(texts, found, tolerance_s)
+            out.append({"step": step, "dataset": name, "epochs": len(pngs), **row})
+    curve = pd.DataFrame(out, columns=["step", "dataset", "epochs", *CURVE_METRICS])
+    return curve.astype(dict.fromkeys(CURVE_METRICS, float))  # undefined: NaN, not None
+
+
+def last_stretch_text(curve: pd.DataFrame) -> str:
+    """What the last stretch of the run (last snapshot to finished model) changed, per
+    setting: each metric's value at both ends. ``curve`` holds :func:`training_curve`'s rows
+    with a ``setting`` column (within or external)."""
+    steps = sorted(curve["step"].unique())
+    if len(steps) < 2:
+        return "The run kept no snapshot, so there is no curve to read."
+    before, after = steps[-2], steps[-1]
+    means = curve.groupby(["setting", "step"])[list(CURVE_METRICS)].mean()
+    parts = []
+    settings = means.index.get_level_values("setting").unique()
+    for setting in sorted(settings, key=lambda s: s != WITHIN):  # within its center first
+        changes = ", ".join(
+            f"{_name(m)} {metric_text(m, means.loc[(setting, before), m])} → "
+            f"{metric_text(m, means.loc[(setting, after), m])}"
+            for m in CURVE_METRICS
+        )
+        parts.append(f"{setting}: {changes}")
+    return f"From step {before} to step {after} of the grounding phase, " + "; ".join(parts) + "."
+
+
+def _name(metric: str) -> str:
+    return "κ" if metric == "kappa" else metric.replace("_", " ")
