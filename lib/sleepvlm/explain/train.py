@@ -27,7 +27,7 @@ from sleepvlm import render
 from sleepvlm.cache import cache_dir, content_hash, source_hash
 from sleepvlm.data.records import STAGES
 from sleepvlm.models.messages import wire_images
-from sleepvlm.params import EXTERNAL, WITHIN
+from sleepvlm.params import EXTERNAL, MINI_SNAPSHOTS, WITHIN
 from sleepvlm.prepare import PreparedDataset, prepare_dataset, store_rows
 from sleepvlm.splits import balanced_sample, night_keys, nights_of
 
@@ -177,7 +177,7 @@ def train_mini(
     make_default: bool = True,
     progress: bool = False,
     base_model_dir: str | Path | None = None,
-    snapshots: int = 0,
+    snapshots: int = MINI_SNAPSHOTS,
 ) -> Path:
     """Train SleepVLM-mini on ``dataset``'s training subjects (both phases) and save it; the
     saved folder when this data, config and code were trained before.
