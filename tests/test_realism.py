@@ -178,8 +178,11 @@ def test_goal_sentences_follow_the_numbers_and_say_when_nothing_was_measured():
         "kappa_goal": "is missed on dcsm (0.65)",
         "f1_goal": "not every stage reaches it: N1 0.40",
         "kappa_goal_value": "0.7",
-        "f1_goal_value": "0.6",
+        "f1_goal_value": "0.6 (N1: 0.45)",
     }
+    n1_reaches_its_own = {**result, "f1": {s: 0.7 for s in STAGES} | {"N1": 0.5, "N3": 0.55}}
+    texts = yasa_goal_texts(agreement_table({("dcsm", "s0"): n1_reaches_its_own}))
+    assert texts["f1_goal"] == "not every stage reaches it: N3 0.55"
     good = {**result, "kappa": 0.8}
     both = agreement_table({("dcsm", "s0"): good, ("shhs", "s0"): good, ("shhs", "s1"): result})
     assert yasa_goal_texts(both)["kappa_goal"] == "is met on every center"  # shhs mean 0.725

@@ -187,6 +187,8 @@ def agreement_table(results: dict) -> pd.DataFrame:
 #: YASA's agreement with the scored labels a realistic night should reach (chapter 01).
 YASA_KAPPA_GOAL = 0.7
 YASA_STAGE_F1_GOAL = 0.6
+#: N1's own, lower bar: scorers and stagers find it hardest on real nights too (issue 16).
+YASA_N1_F1_GOAL = 0.45
 #: What a goal that needs the simulated nights says when the chapter reads a real dataset.
 NOT_MEASURED = "not measured (this run reads a real dataset, without simulated nights)"
 
@@ -194,14 +196,19 @@ NOT_MEASURED = "not measured (this run reads a real dataset, without simulated n
 def yasa_goal_texts(table: pd.DataFrame) -> dict[str, str]:
     """The chapter's sentences on YASA's agreement (:func:`agreement_table`) with its goals:
     the mean κ, whether every center's mean κ meets :data:`YASA_KAPPA_GOAL`, and which stages
-    miss :data:`YASA_STAGE_F1_GOAL`; :data:`NOT_MEASURED` for an empty table."""
-    goals = {"kappa_goal_value": f"{YASA_KAPPA_GOAL:g}", "f1_goal_value": f"{YASA_STAGE_F1_GOAL:g}"}
+    miss their F1 goal (:data:`YASA_N1_F1_GOAL` for N1, :data:`YASA_STAGE_F1_GOAL` for the
+    others); :data:`NOT_MEASURED` for an empty table."""
+    goals = {
+        "kappa_goal_value": f"{YASA_KAPPA_GOAL:g}",
+        "f1_goal_value": f"{YASA_STAGE_F1_GOAL:g} (N1: {YASA_N1_F1_GOAL:g})",
+    }
     if table.empty:
         return {"yasa_kappa": "—", "kappa_goal": NOT_MEASURED, "f1_goal": NOT_MEASURED, **goals}
     per_center = table["kappa"].groupby(level="center").mean()
     missed = per_center[per_center < YASA_KAPPA_GOAL]
     stage_f1 = table[[f"F1 {s}" for s in STAGES]].mean()
-    low = {s[3:]: v for s, v in stage_f1.items() if v < YASA_STAGE_F1_GOAL}
+    goal = {s: YASA_N1_F1_GOAL if s == "N1" else YASA_STAGE_F1_GOAL for s in STAGES}
+    low = {s[3:]: v for s, v in stage_f1.items() if v < goal[s[3:]]}
     return {
         "yasa_kappa": f"{table['kappa'].mean():.2f}",
         "kappa_goal": "is met on every center"
