@@ -83,9 +83,10 @@ def test_training_curve_scores_every_snapshot_on_the_same_held_out_epochs(snapsh
     assert snapshots.training_curve(folder, {"dcsm": no_val}).empty
 
 
-def test_last_stretch_text_reads_the_last_two_points_of_each_setting():
+def test_curve_text_reads_the_first_and_last_snapshots_and_the_end_of_each_setting():
     rows = []
-    for step, kappa, precision in ((100, 0.5, 0.3), (200, 0.6, 0.45)):
+    points = ((100, 0.5, 0.3), (200, 0.55, 0.4), (300, 0.6, 0.45), (400, 0.62, None))
+    for step, kappa, precision in points:
         for setting, shift in ((WITHIN, 0.0), (EXTERNAL, -0.1)):
             rows.append(
                 {
@@ -98,13 +99,15 @@ def test_last_stretch_text_reads_the_last_two_points_of_each_setting():
                     "ungrounded_share": 0.5,
                 }
             )
-    text = snapshots.last_stretch_text(pd.DataFrame(rows))
-    assert text.startswith("From step 100 to step 200 of the grounding phase, within center: κ")
-    assert "external: κ 0.40 → 0.50, precision 0.30 → 0.45, comprehensiveness — → —" in text
-    assert "within center: κ 0.50 → 0.60, precision 0.30 → 0.45" in text
-    assert "ungrounded share 50% → 50%" in text
+    text = snapshots.curve_text(pd.DataFrame(rows))
+    assert text.startswith("At grounding steps 100 → 300 → 400 (the finished model): within")
+    assert "within center: κ 0.50 → 0.60 → 0.62, precision 0.30 → 0.45 → —" in text
+    assert "external: κ 0.40 → 0.50 → 0.52, precision" in text
+    assert "comprehensiveness — → — → —, coherence 0.90 → 0.90 → 0.90" in text
+    assert "ungrounded share 50% → 50% → 50%." in text
     assert set(snapshots.CURVE_METRICS) == {"kappa", *FAITHFULNESS_GOALS}
-    one = pd.DataFrame(rows[:2])
-    assert snapshots.last_stretch_text(one) == (
+    two = snapshots.curve_text(pd.DataFrame(rows[4:]))
+    assert two.startswith("At grounding steps 300 → 400 (the finished model)")
+    assert snapshots.curve_text(pd.DataFrame(rows[:2])) == (
         "The run kept no snapshot, so there is no curve to read."
     )

@@ -35,7 +35,7 @@ MINI_PERCEPTION_STEPS = 1600
 MINI_GROUNDING_STEPS = 2400
 #: Weights SleepVLM-mini keeps along its grounding phase for chapter 11's training curve: the
 #: default of train_mini, so that every chapter that trains it (07 and 11) asks for one model.
-MINI_SNAPSHOTS = 3
+MINI_SNAPSHOTS = 7
 
 
 def evaluation_setting(trained_on: str, tested_on: str) -> str:

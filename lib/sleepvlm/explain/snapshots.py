@@ -95,25 +95,26 @@ def training_curve(
     return curve.astype(dict.fromkeys(CURVE_METRICS, float))  # undefined: NaN, not None
 
 
-def last_stretch_text(curve: pd.DataFrame) -> str:
-    """What the last stretch of the run (last snapshot to finished model) changed, per
-    setting: each metric's value at both ends. ``curve`` holds :func:`training_curve`'s rows
-    with a ``setting`` column (within or external)."""
+def curve_text(curve: pd.DataFrame) -> str:
+    """Where the run stood at its first snapshot, its last snapshot and its end, per setting:
+    each metric's mean over the setting's centers at those steps (whether it had already
+    flattened, and what the last stretch changed). ``curve`` holds :func:`training_curve`'s
+    rows with a ``setting`` column (within or external)."""
     steps = sorted(curve["step"].unique())
     if len(steps) < 2:
         return "The run kept no snapshot, so there is no curve to read."
-    before, after = steps[-2], steps[-1]
+    shown = sorted({steps[0], steps[-2], steps[-1]})
     means = curve.groupby(["setting", "step"])[list(CURVE_METRICS)].mean()
     parts = []
     settings = means.index.get_level_values("setting").unique()
     for setting in sorted(settings, key=lambda s: s != WITHIN):  # within its center first
-        changes = ", ".join(
-            f"{_name(m)} {metric_text(m, means.loc[(setting, before), m])} → "
-            f"{metric_text(m, means.loc[(setting, after), m])}"
+        values = ", ".join(
+            f"{_name(m)} " + " → ".join(metric_text(m, means.loc[(setting, k), m]) for k in shown)
             for m in CURVE_METRICS
         )
-        parts.append(f"{setting}: {changes}")
-    return f"From step {before} to step {after} of the grounding phase, " + "; ".join(parts) + "."
+        parts.append(f"{setting}: {values}")
+    at = " → ".join(str(k) for k in shown)
+    return f"At grounding steps {at} (the finished model): " + "; ".join(parts) + "."
 
 
 def _name(metric: str) -> str:
