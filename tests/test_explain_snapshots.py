@@ -55,6 +55,9 @@ def test_a_saved_snapshot_loads_as_the_model_was_at_that_step(snapshotted):
     folder, _ = snapshotted
     settings = json.loads((folder / mini.SETTINGS_FILE).read_text())
     assert settings["snapshot_steps"] == [3, 6]
+    assert snapshots.curve_steps(settings) == {3: 3, 6: 6, 9: None}
+    capped = {**settings, "log": {"loss": {"grounding": [1.0] * 5}}, "snapshot_steps": [3]}
+    assert snapshots.curve_steps(capped) == {3: 3, 5: None}
     kept = torch.load(mini.snapshot_path(folder, 3))
     early = mini.MiniModel.load(folder, snapshot=3)
     for name, weights in mini.trainable_weights(early.model).items():

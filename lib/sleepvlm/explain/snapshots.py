@@ -45,16 +45,12 @@ def held_out_epochs(prepared, max_nights: int, max_epochs: int, seed: int = 0) -
     return rows
 
 
-def curve_points(folder: str | Path) -> list[int | None]:
-    """The grounding steps a saved model kept snapshots at, then None for the finished model."""
-    settings = json.loads((Path(folder) / SETTINGS_FILE).read_text())
-    return [*settings.get("snapshot_steps", []), None]
-
-
-def finished_steps(folder: str | Path) -> int:
-    """How many grounding steps the saved model trained (fewer than asked when capped)."""
-    settings = json.loads((Path(folder) / SETTINGS_FILE).read_text())
-    return len(settings["log"]["loss"]["grounding"])
+def curve_steps(settings: dict) -> dict[int, int | None]:
+    """Each point of a saved model's curve (its :data:`SETTINGS_FILE` ``settings``): grounding
+    step -> the snapshot to load, None for the finished model (which trained fewer steps than
+    asked when its time was capped)."""
+    finished = len(settings["log"]["loss"]["grounding"])
+    return {**{step: step for step in settings.get("snapshot_steps", [])}, finished: None}
 
 
 def score_point(texts: list[str], annotations, tolerance_s: float) -> dict:
@@ -77,16 +73,16 @@ def training_curve(
     """One row per (grounding step, dataset): the :data:`CURVE_METRICS` of the answers of the
     model in ``folder`` at each snapshot it kept and finished, on the same
     :func:`held_out_epochs` of each prepared dataset (name -> dataset)."""
-    config = MiniConfig(**json.loads((Path(folder) / SETTINGS_FILE).read_text())["config"])
+    settings = json.loads((Path(folder) / SETTINGS_FILE).read_text())
+    config = MiniConfig(**settings["config"])
     inputs = {}
     for name, data in prepared.items():
         rows = held_out_epochs(data, max_nights, max_epochs, seed)
         if len(rows):
             inputs[name] = epoch_inputs(data, rows, config.image_options())
     out = []
-    for point in curve_points(folder):
-        model = MiniModel.load(folder, snapshot=point)
-        step = finished_steps(folder) if point is None else point
+    for step, snapshot in curve_steps(settings).items():
+        model = MiniModel.load(folder, snapshot=snapshot)
         for name, (pngs, found) in inputs.items():
             texts = [answer.text for answer in model.answer_all(pngs)]
             row = score_point(texts, found, tolerance_s)
