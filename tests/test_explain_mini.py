@@ -14,6 +14,7 @@ from PIL import Image
 
 from sleepvlm import experiment
 from sleepvlm.data.dcsm import write_dcsm
+from sleepvlm.data.records import EVENT_KINDS
 from sleepvlm.data.simulate import simulate_night
 from sleepvlm.explain import faithfulness, mini, train
 from sleepvlm.explain.annotations import Evidence, parse_answer
@@ -425,3 +426,64 @@ def test_evidence_tokens_can_weigh_more_in_the_grounding_loss(trained, examples)
     config = dataclasses.replace(TINY, evidence_weight=3.0, grounding_steps=2)
     log = train.train_phases(model.model, model.tokenizer, model.processor, examples, config)
     assert len(log.loss["grounding"]) == 2 and all(np.isfinite(log.loss["grounding"]))
+
+
+def test_column_spans_cover_the_scored_epoch_once():
+    config = mini.MiniConfig()
+    spans = mini.column_spans(config)
+    assert len(spans) == config.image_width // (config.spatial_merge * config.patch_size)
+    inside = [k for k, span in enumerate(spans) if span is not None]
+    assert inside == list(range(inside[0], inside[-1] + 1))  # one run of columns
+    assert spans[inside[0]][0] == 0.0 and 29 < spans[inside[-1]][1] <= 30
+    for k in inside[:-1]:
+        assert spans[k][1] == pytest.approx(spans[k + 1][0])  # no gap, no overlap
+        assert spans[k][1] - spans[k][0] <= mini.token_seconds(config) + 1e-9
+
+
+def test_presence_targets_mark_the_columns_an_event_overlaps():
+    config = mini.MiniConfig()
+    spans = mini.column_spans(config)
+    spindle = Evidence("spindle", "eeg", 12.0, 13.5)
+    targets = mini.presence_targets([spindle, Evidence("rem", "eog", 0.0, 0.0)], config)
+    assert targets.shape == (len(spans), len(EVENT_KINDS))
+    kind = EVENT_KINDS.index("spindle")
+    for span, row in zip(spans, targets, strict=True):
+        if span is None:
+            assert np.isnan(row).all()  # the neighbours' columns: their events are unknown
+        else:
+            assert row[kind] == float(span[0] < 13.5 and span[1] > 12.0)
+    assert targets[:, EVENT_KINDS.index("rem")][[s is not None for s in spans]].tolist()[0] == 1
+    assert np.nansum(targets) == 2  # each event in one column here, nothing else marked
+
+
+def test_the_presence_loss_trains_the_image_tokens_and_leaves_no_hook(prepared):
+    config = dataclasses.replace(TINY, presence_weight=1.0, image_width=448)
+    sample = train.training_sample(prepared, per_class=2, seed=0, max_nights=1)
+    examples = train.build_examples(prepared, sample, config)
+    assert all(e.presence.shape[1] == len(EVENT_KINDS) for e in examples)
+    torch.manual_seed(0)
+    tokenizer = mini.train_tokenizer([e.targets[p] for e in examples for p in mini.PHASES])
+    model = mini.build_model(tokenizer, config)
+    processor = mini.image_processor(config)
+    head = mini.PresenceHead(model, config)
+    batch = mini.make_batch(tokenizer, processor, [e.image for e in examples], "Describe.")
+    optimizer = torch.optim.AdamW([*model.parameters(), *head.linear.parameters()], lr=1e-2)
+    targets = np.stack([e.presence for e in examples])
+    losses = []
+    for _ in range(15):
+        model(**batch)
+        loss = head.loss(targets)
+        loss.backward()
+        tower = [p.grad for p in model.model.visual.parameters() if p.grad is not None]
+        assert tower and any(g.abs().sum() > 0 for g in tower)  # it reaches the vision tower
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(float(loss.detach()))
+    head.close()
+    assert losses[-1] < 0.5 * losses[0]
+    log = mini.train_phase(model, tokenizer, processor, examples, "perception", 2, config)
+    assert len(log.loss["perception"]) == 2
+    assert not model.model.visual._forward_hooks  # the head is gone after training
+    bare = [dataclasses.replace(e, presence=None) for e in examples]
+    with pytest.raises(mini.MiniError, match="presence_weight needs each example's presence"):
+        mini.train_phase(model, tokenizer, processor, bare, "perception", 1, config)

@@ -28,7 +28,7 @@ def test_training_keeps_the_weights_of_each_snapshot_step():
     log = train.train_phases(
         model, tokenizer, mini.image_processor(TINY), examples, TINY, snapshot_at=(4, 8)
     )
-    assert sorted(log.snapshots) == [4, 8]  # grounding steps; perception keeps none
+    assert sorted(log.snapshots) == [mini.PERCEPTION_SNAPSHOT, 4, 8]  # and perception's end
     final = mini.trainable_weights(model)
     name = next(iter(final))
     assert not torch.equal(log.snapshots[4][name], log.snapshots[8][name])
@@ -54,7 +54,8 @@ def snapshotted(prepared):  # noqa: F811 (the fixture imported above)
 def test_a_saved_snapshot_loads_as_the_model_was_at_that_step(snapshotted):
     folder, _ = snapshotted
     settings = json.loads((folder / mini.SETTINGS_FILE).read_text())
-    assert settings["snapshot_steps"] == [3, 6]
+    assert settings["snapshot_steps"] == [mini.PERCEPTION_SNAPSHOT, 3, 6]
+    assert snapshots.grounding_snapshots(settings) == [3, 6]
     assert snapshots.curve_steps(settings) == {3: 3, 6: 6, 9: None}
     capped = {**settings, "log": {"loss": {"grounding": [1.0] * 5}}, "snapshot_steps": [3]}
     assert snapshots.curve_steps(capped) == {3: 3, 5: None}
@@ -64,7 +65,7 @@ def test_a_saved_snapshot_loads_as_the_model_was_at_that_step(snapshotted):
         assert torch.equal(weights, kept[name])
     finished = mini.trainable_weights(mini.MiniModel.load(folder).model)
     assert any(not torch.equal(finished[n], kept[n]) for n in kept)
-    with pytest.raises(mini.MiniError, match=r"no snapshot after 5 grounding steps.*\[3, 6\]"):
+    with pytest.raises(mini.MiniError, match=r"no snapshot after 5 grounding steps.*\[0, 3, 6\]"):
         mini.MiniModel.load(folder, snapshot=5)
 
 

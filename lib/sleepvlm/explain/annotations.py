@@ -247,6 +247,11 @@ class EpochAnnotation:
         self.other_events = [_checked_evidence(e, where) for e in self.other_events]
 
     @property
+    def all_events(self) -> list[Evidence]:
+        """Every event of the epoch: the evidence, then the others."""
+        return [*self.evidence, *self.other_events]
+
+    @property
     def key(self) -> tuple[str, str, str, int]:
         return (self.dataset, self.subject, self.night, self.epoch)
 

@@ -143,16 +143,12 @@ def _matches(claim: Claim, event: Evidence, tolerance_s: float) -> bool:
     return same and _gap(claim, event) <= tolerance_s
 
 
-def _events(annotation: EpochAnnotation) -> list[Evidence]:
-    return [*annotation.evidence, *annotation.other_events]
-
-
 def claim_error(claim: Claim, annotation: EpochAnnotation, tolerance_s: float = 1.0) -> ClaimCheck:
     """What ``claim`` got wrong: nothing (grounded); the *time* (its kind is on its channel in
     this epoch, further than ``tolerance_s``); the *channel* (its kind is there at that time, on
     another channel); the *kind* (another event is on its channel at that time); else it is
     *invented* (nothing of the sort, nothing there)."""
-    events = _events(annotation)
+    events = annotation.all_events
     same = [_gap(claim, e) for e in events if (e.kind, e.role) == (claim.kind, claim.role)]
     gap = min(same) if same else None
     near = [e for e in events if _gap(claim, e) <= tolerance_s]
@@ -634,7 +630,7 @@ def draw_claims(png: bytes, annotation: EpochAnnotation, answer: str | None, opt
     if ax is None:
         _, ax = plt.subplots(figsize=(options.width / 100, options.height / 100), dpi=100)
     ax.imshow(decode_png(png))
-    for event in _events(annotation):
+    for event in annotation.all_events:
         xy, w, h = box(event.role, event.start_s, event.end_s, 1)
         ax.add_patch(Rectangle(xy, w, h, color=CLAIM_COLORS["event"], alpha=0.25, lw=0))
         ax.text(xy[0], xy[1] + h, event.kind, fontsize=5, color=CLAIM_COLORS["event"], va="top")

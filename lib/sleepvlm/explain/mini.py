@@ -31,7 +31,7 @@ from queue import Empty, Queue
 
 import numpy as np
 
-from sleepvlm.data.records import EPOCH_S, STAGES, DataError
+from sleepvlm.data.records import EPOCH_S, EVENT_KINDS, STAGES, DataError
 from sleepvlm.models.backends import quiet_loading
 from sleepvlm.params import MINI_GROUNDING_STEPS, MINI_PERCEPTION_STEPS
 from sleepvlm.render import ImageOptions, lane_problems, layout
@@ -69,6 +69,8 @@ AMPLITUDE_LEVELS: dict[str, tuple[float, ...]] = {
 SETTINGS_FILE = "sleepvlm_mini.json"
 #: Folder of a saved model that holds the weights of its training snapshots (snapshot_path).
 SNAPSHOTS = "snapshots"
+#: The snapshot of the weights as the perception phase left them (0 grounding steps).
+PERCEPTION_SNAPSHOT = 0
 IGNORE = -100  # label of tokens the loss skips (prompt, image, padding)
 EVIDENCE = "Evidence:"  # the token that opens an answer's evidence
 
@@ -114,6 +116,11 @@ class MiniConfig:
     # Loss weight of the grounding targets' evidence tokens (after "Evidence:"), where the
     # answers go wrong (mostly the time of an event); 1 is plain next-token loss.
     evidence_weight: float = 1.0
+    # Weight of an auxiliary loss on the image tokens (both phases): a linear head on each
+    # token must say which event kinds lie in its stretch of the scored epoch
+    # (presence_targets), so that the vision tower learns where events are, not only that
+    # they are; 0 trains on the answers' text alone.
+    presence_weight: float = 0.0
     perception_steps: int = MINI_PERCEPTION_STEPS
     grounding_steps: int = MINI_GROUNDING_STEPS
     batch_size: int = 8
@@ -139,13 +146,49 @@ def token_seconds(config: MiniConfig) -> float:
     return config.spatial_merge * config.patch_size * EPOCH_S / slot_px
 
 
+def column_spans(config: MiniConfig) -> list[tuple[float, float] | None]:
+    """Per column of image tokens (``spatial_merge`` patches wide), the stretch of the scored
+    epoch it shows (s from its start); None for a column of which less than half lies in the
+    scored epoch (its events are the neighbours', which no target names)."""
+    geometry = layout(config.image_options())
+    start, stop = geometry.center_columns
+    width = config.spatial_merge * config.patch_size
+    spans = []
+    for left in range(0, config.image_width - width + 1, width):
+        inside = min(left + width, stop) - max(left, start)
+        if inside < width / 2:
+            spans.append(None)
+            continue
+        seconds = [(x - start) * EPOCH_S / geometry.slot_width for x in (left, left + width)]
+        spans.append((max(0.0, seconds[0]), min(EPOCH_S, seconds[1])))
+    return spans
+
+
+def presence_targets(events, config: MiniConfig) -> np.ndarray:
+    """(columns, event kinds): 1 where an event of that kind overlaps the column's stretch of
+    the scored epoch (:func:`column_spans`), 0 where none does, NaN for a column outside it;
+    from :class:`~sleepvlm.explain.annotations.Evidence`-like events."""
+    spans = column_spans(config)
+    targets = np.full((len(spans), len(EVENT_KINDS)), np.nan)
+    for col, span in enumerate(spans):
+        if span is None:
+            continue
+        targets[col] = 0.0
+        for event in events:
+            if event.start_s < span[1] and max(event.end_s, event.start_s + 1e-3) > span[0]:
+                targets[col, EVENT_KINDS.index(event.kind)] = 1.0
+    return targets
+
+
 @dataclass
 class Example:
-    """One training or test epoch: its image (PNG) and the target text of each phase."""
+    """One training or test epoch: its image (PNG), the target text of each phase and the
+    event kinds in each image-token column (:func:`presence_targets`)."""
 
     image: bytes
     targets: dict[str, str]
     key: tuple = ()
+    presence: np.ndarray | None = None
 
 
 @dataclass
@@ -413,6 +456,15 @@ def train_phase(
     log = log or TrainingLog()
     model.to(device).train()
     trainable = [p for p in model.parameters() if p.requires_grad]
+    presence = None
+    if config.presence_weight:
+        if any(e.presence is None for e in examples):
+            raise MiniError(
+                "presence_weight needs each example's presence targets (Example.presence, "
+                "as train.build_examples writes them); leave it at 0 to train on text alone"
+            )
+        presence = PresenceHead(model, config, device)
+        trainable += list(presence.linear.parameters())
     optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=0.01)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: _schedule(s, steps, config.warmup_steps)
@@ -445,6 +497,9 @@ def train_phase(
                 )
             weights = evidence_weights(batch["input_ids"], marker, config.evidence_weight)
             loss = weighted_next_token_loss(output.logits, batch["labels"], weights)
+        if presence is not None:
+            targets = np.stack([e.presence for e in chosen])
+            loss = loss + config.presence_weight * presence.loss(targets)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         optimizer.step()
@@ -457,8 +512,47 @@ def train_phase(
             progress(step, log.loss[phase][-1])
         if max_seconds is not None and time.perf_counter() - start > max_seconds:
             break
+    if presence is not None:
+        presence.close()
     log.seconds[phase] = log.seconds.get(phase, 0.0) + time.perf_counter() - start
     return log
+
+
+class PresenceHead:
+    """The auxiliary loss of ``presence_weight``: a linear head on the image tokens the vision
+    tower hands the language model (caught by a hook on its forward pass), each token's logit
+    per event kind; a column's logit is its rows' maximum (an event shows in its own lane),
+    trained with binary cross-entropy against :func:`presence_targets`. Used in training only:
+    the saved model has no head."""
+
+    def __init__(self, model, config: MiniConfig, device: str = "cpu"):
+        import torch
+
+        merged = config.spatial_merge * config.patch_size
+        self.grid = (config.image_height // merged, config.image_width // merged)
+        width = model.get_input_embeddings().embedding_dim
+        self.linear = torch.nn.Linear(width, len(EVENT_KINDS)).to(device)
+        visual = next(m for name, m in model.named_modules() if name.endswith("visual"))
+        self._tokens = []
+        self._hook = visual.register_forward_hook(
+            lambda module, args, output: self._tokens.append(output.pooler_output)
+        )
+
+    def loss(self, targets: np.ndarray):
+        """Mean binary cross-entropy of the last forward pass's image tokens against
+        ``targets`` (images, columns, kinds; NaN where unknown)."""
+        import torch
+        import torch.nn.functional as F
+
+        tokens = self._tokens.pop()
+        self._tokens.clear()
+        logits = self.linear(tokens).view(len(targets), *self.grid, -1).amax(1)
+        truth = torch.as_tensor(targets, dtype=logits.dtype, device=logits.device)
+        known = ~truth.isnan()
+        return F.binary_cross_entropy_with_logits(logits[known], truth[known])
+
+    def close(self) -> None:
+        self._hook.remove()
 
 
 def evidence_weights(input_ids, evidence_id: int, weight: float):
@@ -651,13 +745,18 @@ class MiniModel:
         ]
 
     def answer_all(
-        self, pngs: Sequence[bytes], batch_size: int = 16, scored: bool = False
+        self,
+        pngs: Sequence[bytes],
+        batch_size: int = 16,
+        scored: bool = False,
+        phase: str = "grounding",
     ) -> list[ScoredAnswer]:
-        """Grounding answers to any number of images, ``batch_size`` at a time; with ``scored``,
-        with each character's token probability (:meth:`generate_scored`)."""
+        """Answers to any number of images (to ``phase``'s instruction), ``batch_size`` at a
+        time; with ``scored``, with each character's token probability
+        (:meth:`generate_scored`)."""
         answers = []
         for start in range(0, len(pngs), batch_size):
-            answers.extend(self._answers(pngs[start : start + batch_size], "grounding", scored))
+            answers.extend(self._answers(pngs[start : start + batch_size], phase, scored))
         return answers
 
 

@@ -25,7 +25,7 @@ from sleepvlm.explain.faithfulness import (
     metric_text,
     score_answers,
 )
-from sleepvlm.explain.mini import SETTINGS_FILE, MiniConfig, MiniModel
+from sleepvlm.explain.mini import PERCEPTION_SNAPSHOT, SETTINGS_FILE, MiniConfig, MiniModel
 from sleepvlm.metrics import classification_metrics, point_value, predictions
 from sleepvlm.params import WITHIN
 from sleepvlm.splits import night_keys, nights_of
@@ -45,12 +45,17 @@ def held_out_epochs(prepared, max_nights: int, max_epochs: int, seed: int = 0) -
     return rows
 
 
+def grounding_snapshots(settings: dict) -> list[int]:
+    """The grounding steps after which a saved model (its :data:`SETTINGS_FILE` ``settings``)
+    kept its weights (not the perception phase's snapshot, which writes no stage)."""
+    return [s for s in settings.get("snapshot_steps", []) if s != PERCEPTION_SNAPSHOT]
+
+
 def curve_steps(settings: dict) -> dict[int, int | None]:
-    """Each point of a saved model's curve (its :data:`SETTINGS_FILE` ``settings``): grounding
-    step -> the snapshot to load, None for the finished model (which trained fewer steps than
-    asked when its time was capped)."""
+    """Each point of a saved model's curve: grounding step -> the snapshot to load, None for
+    the finished model (which trained fewer steps than asked when its time was capped)."""
     finished = len(settings["log"]["loss"]["grounding"])
-    return {**{step: step for step in settings.get("snapshot_steps", [])}, finished: None}
+    return {**{step: step for step in grounding_snapshots(settings)}, finished: None}
 
 
 def score_point(texts: list[str], annotations, tolerance_s: float) -> dict:

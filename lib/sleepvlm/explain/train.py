@@ -127,16 +127,13 @@ def build_examples(
     ):
         step = config.time_step_s
         events = list(dict.fromkeys(e.text(step) for e in annotation.evidence))
-        located = (
-            mini.segment_event_words([*annotation.evidence, *annotation.other_events])
-            if config.segment_events
-            else None
-        )
+        located = mini.segment_event_words(annotation.all_events) if config.segment_events else None
         targets = {
             "perception": mini.waveform_description(epoch, events, located),
             "grounding": annotations.answer_text(annotation, step),
         }
-        examples.append(Example(Path(image).read_bytes(), targets, annotation.key))
+        presence = mini.presence_targets(annotation.all_events, config)
+        examples.append(Example(Path(image).read_bytes(), targets, annotation.key, presence))
     return examples
 
 
@@ -263,13 +260,16 @@ def train_phases(
     snapshot_at=(),
 ) -> mini.TrainingLog:
     """Perception, then grounding, on the same examples; the grounding weights kept after each
-    step count of ``snapshot_at`` (in the log's ``snapshots``)."""
+    step count of ``snapshot_at`` (in the log's ``snapshots``), and with them the weights the
+    perception phase left (:data:`~sleepvlm.explain.mini.PERCEPTION_SNAPSHOT`)."""
     log = mini.TrainingLog()
     budget = {"perception": None, "grounding": None}
     if max_seconds is not None:
         budget = {"perception": max_seconds / 4, "grounding": 3 * max_seconds / 4}
     steps = {"perception": config.perception_steps, "grounding": config.grounding_steps}
     for phase in mini.PHASES:
+        if phase == "grounding" and snapshot_at and steps["perception"]:
+            log.snapshots[mini.PERCEPTION_SNAPSHOT] = mini.trainable_weights(model)
         if steps[phase]:
             mini.train_phase(
                 model,
