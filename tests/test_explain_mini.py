@@ -487,3 +487,60 @@ def test_the_presence_loss_trains_the_image_tokens_and_leaves_no_hook(prepared):
     bare = [dataclasses.replace(e, presence=None) for e in examples]
     with pytest.raises(mini.MiniError, match="presence_weight needs each example's presence"):
         mini.train_phase(model, tokenizer, processor, bare, "perception", 1, config)
+
+
+def test_a_column_embedding_is_trained_saved_and_loaded_with_the_model(examples, tmp_path):
+    config = dataclasses.replace(TINY, column_embedding=True)
+    torch.manual_seed(0)
+    tokenizer = mini.train_tokenizer([e.targets[p] for e in examples for p in mini.PHASES])
+    model = mini.build_model(tokenizer, config)
+    processor = mini.image_processor(config)
+    columns = model.model.visual.column_embedding
+    assert columns.shape == (mini.token_grid(config)[1], config.text_dim)
+    before = columns.detach().clone()
+    batch = mini.make_batch(tokenizer, processor, [examples[0].image], "Describe.")
+    plain = model.model.get_image_features(batch["pixel_values"], batch["image_grid_thw"])
+    tokens = plain.pooler_output[0].detach().view(*mini.token_grid(config), -1)
+    # each column's tokens are shifted by that column's vector (the tokens of one column
+    # differ from their row neighbours' by more than the tower alone makes them differ)
+    with torch.no_grad():
+        columns.zero_()
+        bare = model.model.get_image_features(batch["pixel_values"], batch["image_grid_thw"])
+        columns.copy_(before)
+    shift = tokens - bare.pooler_output[0].view(*mini.token_grid(config), -1)
+    assert torch.allclose(shift, before.expand_as(shift), atol=1e-6)
+    log = train.train_phases(model, tokenizer, processor, examples, config)
+    assert not torch.equal(columns.detach(), before)  # trained
+    mini.save(model, tokenizer, processor, tmp_path / "m", mini.settings_of(config, log=log.loss))
+    loaded = mini.MiniModel.load(tmp_path / "m")
+    assert torch.equal(loaded.model.model.visual.column_embedding.detach(), columns.detach())
+    model.eval()
+    assert loaded.generate([e.image for e in examples[:2]]) == mini.MiniModel(
+        model, tokenizer, processor, mini.settings_of(config)
+    ).generate([e.image for e in examples[:2]])
+    # a folder whose settings ask for the embedding but whose weights lack it
+    plain = mini.save(mini.build_model(tokenizer, TINY), tokenizer, processor, tmp_path / "p", {})
+    (plain / mini.SETTINGS_FILE).write_text(json.dumps(mini.settings_of(config)))
+    with pytest.raises(mini.MiniError, match="column embedding it does not hold"):
+        mini.MiniModel.load(plain)
+
+
+def test_a_grounding_batch_mixes_in_the_perception_share_asked():
+    assert mini.batch_phases("grounding", 8, 0.25) == ["perception"] * 2 + ["grounding"] * 6
+    assert mini.batch_phases("grounding", 8, 0.0) == ["grounding"] * 8
+    assert mini.batch_phases("perception", 8, 0.25) == ["perception"] * 8
+    examples = make_examples(4)
+    tokenizer = mini.train_tokenizer([e.targets[p] for e in examples for p in mini.PHASES])
+    processor = mini.image_processor(TINY)
+    tasks = mini.batch_phases("grounding", 4, 0.5)
+    batch = mini.make_batch(
+        tokenizer,
+        processor,
+        [e.image for e in examples],
+        [mini.INSTRUCTIONS[t] for t in tasks],
+        [e.targets[t] for e, t in zip(examples, tasks, strict=True)],
+    )
+    asked = tokenizer.batch_decode(batch["input_ids"], skip_special_tokens=True)
+    assert [mini.INSTRUCTIONS["perception"] in a for a in asked] == [True, True, False, False]
+    assert asked[0].strip().endswith(examples[0].targets["perception"])
+    assert asked[3].strip().endswith(examples[3].targets["grounding"])

@@ -121,6 +121,14 @@ class MiniConfig:
     # (presence_targets), so that the vision tower learns where events are, not only that
     # they are; 0 trains on the answers' text alone.
     presence_weight: float = 0.0
+    # Add a learned embedding of each image-token column to its tokens (add_column_embedding).
+    # Qwen2-VL places image tokens by rotary positions, which weight attention but put nothing
+    # of *where* into what a token hands on; with it, each token carries which stretch of the
+    # image it shows, so an answer can read an event's time from the token that shows it.
+    column_embedding: bool = False
+    # Share of each grounding batch asked the perception instruction (and trained on its
+    # target), so that grounding does not overwrite what perception taught; 0: none.
+    perception_mix: float = 0.0
     perception_steps: int = MINI_PERCEPTION_STEPS
     grounding_steps: int = MINI_GROUNDING_STEPS
     batch_size: int = 8
@@ -355,7 +363,40 @@ def build_model(tokenizer, config: MiniConfig):
         pad_token_id=ids(PAD),
     )
     transformers.set_seed(config.seed)
-    return transformers.Qwen2VLForConditionalGeneration(model_config)
+    model = transformers.Qwen2VLForConditionalGeneration(model_config)
+    if config.column_embedding:
+        add_column_embedding(model, config)
+    return model
+
+
+def token_grid(config: MiniConfig) -> tuple[int, int]:
+    """Rows and columns of the image tokens of one image (after the vision tower's merge)."""
+    merged = config.spatial_merge * config.patch_size
+    return config.image_height // merged, config.image_width // merged
+
+
+def vision_tower(model):
+    """The vision tower of a Qwen2-VL-family model (wrapped in LoRA or not)."""
+    return next(m for name, m in model.named_modules() if name.endswith("visual"))
+
+
+def add_column_embedding(model, config: MiniConfig) -> None:
+    """Give ``model``'s vision tower a learned vector per image-token column
+    (``column_embedding``, saved with its weights) and add it to each token it hands the
+    language model (the tokens come row by row, :func:`token_grid`)."""
+    import torch
+
+    tower = vision_tower(model)
+    columns = token_grid(config)[1]
+    width = model.get_input_embeddings().embedding_dim
+    tower.column_embedding = torch.nn.Parameter(0.02 * torch.randn(columns, width))
+    tower.register_forward_hook(_add_columns)
+
+
+def _add_columns(tower, args, output):
+    tokens, columns = output.pooler_output, tower.column_embedding
+    output.pooler_output = (tokens.view(-1, *columns.shape) + columns).view_as(tokens)
+    return output
 
 
 # --- batches -----------------------------------------------------------------------------------
@@ -381,14 +422,18 @@ def image_tokens(grid_thw, merge: int) -> list[int]:
     return [int(t * h * w) // (merge * merge) for t, h, w in grid_thw.tolist()]
 
 
-def make_batch(tokenizer, processor, pngs: Sequence[bytes], instruction: str, targets=None):
-    """Model inputs of a batch; with ``targets``, labels for the target tokens only (right
-    padding, for training), else left padding (for generation)."""
+def make_batch(
+    tokenizer, processor, pngs: Sequence[bytes], instruction: str | Sequence[str], targets=None
+):
+    """Model inputs of a batch (one instruction for all images, or one per image); with
+    ``targets``, labels for the target tokens only (right padding, for training), else left
+    padding (for generation)."""
     import torch
 
     vision = processor(images=[_rgb(p) for p in pngs], return_tensors="pt")
     counts = image_tokens(vision["image_grid_thw"], processor.merge_size)
-    prompts = [prompt_text(instruction, n) for n in counts]
+    asked = [instruction] * len(pngs) if isinstance(instruction, str) else instruction
+    prompts = [prompt_text(a, n) for a, n in zip(asked, counts, strict=True)]
     if targets is None:
         tokenizer.padding_side = "left"
         encoded = tokenizer(prompts, return_tensors="pt", padding=True)
@@ -471,19 +516,19 @@ def train_phase(
     )
     rng = random.Random(f"{config.seed}-{phase}")
     order: list[int] = []
-    instruction = INSTRUCTIONS[phase]
     start = time.perf_counter()
     for step in range(steps):
         if len(order) < config.batch_size:
             order = list(range(len(examples)))
             rng.shuffle(order)
         chosen = [examples[order.pop()] for _ in range(min(config.batch_size, len(examples)))]
+        tasks = batch_phases(phase, len(chosen), config.perception_mix)
         batch = make_batch(
             tokenizer,
             processor,
             [e.image for e in chosen],
-            instruction,
-            [e.targets[phase] for e in chosen],
+            [INSTRUCTIONS[t] for t in tasks],
+            [e.targets[t] for e, t in zip(chosen, tasks, strict=True)],
         )
         batch = {k: v.to(device) for k, v in batch.items()}
         output = model(**batch)
@@ -528,13 +573,11 @@ class PresenceHead:
     def __init__(self, model, config: MiniConfig, device: str = "cpu"):
         import torch
 
-        merged = config.spatial_merge * config.patch_size
-        self.grid = (config.image_height // merged, config.image_width // merged)
+        self.grid = token_grid(config)
         width = model.get_input_embeddings().embedding_dim
         self.linear = torch.nn.Linear(width, len(EVENT_KINDS)).to(device)
-        visual = next(m for name, m in model.named_modules() if name.endswith("visual"))
         self._tokens = []
-        self._hook = visual.register_forward_hook(
+        self._hook = vision_tower(model).register_forward_hook(
             lambda module, args, output: self._tokens.append(output.pooler_output)
         )
 
@@ -553,6 +596,13 @@ class PresenceHead:
 
     def close(self) -> None:
         self._hook.remove()
+
+
+def batch_phases(phase: str, size: int, perception_mix: float) -> list[str]:
+    """The task of each example of a batch of ``phase``: a grounding batch gives its first
+    ``perception_mix`` share the perception instruction and target."""
+    mixed = round(size * perception_mix) if phase == "grounding" else 0
+    return ["perception"] * mixed + [phase] * (size - mixed)
 
 
 def evidence_weights(input_ids, evidence_id: int, weight: float):
@@ -674,6 +724,9 @@ class MiniModel:
             model = transformers.AutoModelForImageTextToText.from_pretrained(folder)
             tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
             processor = transformers.Qwen2VLImageProcessorPil.from_pretrained(folder)
+        config = settings.get("config")
+        if config and config.get("column_embedding"):
+            _load_column_embedding(model, MiniConfig(**config), folder)
         if snapshot is not None:
             path = snapshot_path(folder, snapshot)
             if not path.is_file():
@@ -758,6 +811,21 @@ class MiniModel:
         for start in range(0, len(pngs), batch_size):
             answers.extend(self._answers(pngs[start : start + batch_size], phase, scored))
         return answers
+
+
+def _load_column_embedding(model, config: MiniConfig, folder: Path) -> None:
+    """Add the column embedding to a model loaded from ``folder`` with its saved weights
+    (transformers' loader drops weights its architecture lacks)."""
+    from safetensors import safe_open
+
+    add_column_embedding(model, config)
+    with safe_open(folder / "model.safetensors", framework="pt") as saved:
+        # saved under the checkpoint's own prefix (transformers renames the vision tower's)
+        found = [k for k in saved.keys() if k.endswith("column_embedding")]
+        if not found:
+            raise MiniError(f"{folder}: its settings ask for a column embedding it does not hold")
+        weights = saved.get_tensor(found[0])
+    vision_tower(model).column_embedding.data.copy_(weights)
 
 
 @dataclass(frozen=True)

@@ -238,6 +238,11 @@ def _starting_point(examples: list[Example], config: MiniConfig, base_model_dir)
     if base_model_dir is None:
         tokenizer = mini.train_tokenizer([e.targets[p] for e in examples for p in mini.PHASES])
         return mini.build_model(tokenizer, config), tokenizer, mini.image_processor(config)
+    if config.column_embedding:
+        raise MiniError(
+            "column_embedding trains a new vector per image column, which LoRA would leave "
+            "frozen: leave it off to fine-tune a pretrained model"
+        )
     base = mini.MiniModel.load(base_model_dir)
     return mini.add_lora(base.model), base.tokenizer, base.processor
 
