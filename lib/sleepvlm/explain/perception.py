@@ -24,7 +24,6 @@ import numpy as np
 import pandas as pd
 
 from sleepvlm.explain.annotations import EpochAnnotation
-from sleepvlm.explain.citations import epoch_inputs
 from sleepvlm.explain.mini import (
     PERCEPTION_SNAPSHOT,
     SEGMENT_S,
@@ -33,7 +32,7 @@ from sleepvlm.explain.mini import (
     MiniModel,
     segment_event_words,
 )
-from sleepvlm.explain.snapshots import held_out_epochs
+from sleepvlm.explain.snapshots import held_out_inputs
 
 PERCEPTION_METRICS: tuple[str, ...] = ("precision", "recall", "same_every_segment")
 
@@ -90,11 +89,7 @@ def perception_table(
     stages = {"after perception": PERCEPTION_SNAPSHOT, "finished": None}
     if PERCEPTION_SNAPSHOT not in settings.get("snapshot_steps", []):
         stages.pop("after perception")
-    inputs = {}
-    for name, data in prepared.items():
-        rows = held_out_epochs(data, max_nights, max_epochs, seed)
-        if len(rows):
-            inputs[name] = epoch_inputs(data, rows, options)
+    inputs = held_out_inputs(prepared, options, max_nights, max_epochs, seed)
     out = []
     for stage, snapshot in stages.items():
         model = MiniModel.load(folder, snapshot=snapshot)

@@ -51,6 +51,19 @@ def grounding_snapshots(settings: dict) -> list[int]:
     return [s for s in settings.get("snapshot_steps", []) if s != PERCEPTION_SNAPSHOT]
 
 
+def held_out_inputs(
+    prepared: Mapping[str, object], options, max_nights: int, max_epochs: int, seed: int = 0
+) -> dict[str, tuple[list[bytes], list]]:
+    """Per prepared dataset (name -> dataset) with validation nights, the images (drawn at
+    ``options``) and annotations of its :func:`held_out_epochs`."""
+    inputs = {}
+    for name, data in prepared.items():
+        rows = held_out_epochs(data, max_nights, max_epochs, seed)
+        if len(rows):
+            inputs[name] = epoch_inputs(data, rows, options)
+    return inputs
+
+
 def curve_steps(settings: dict) -> dict[int, int | None]:
     """Each point of a saved model's curve: grounding step -> the snapshot to load, None for
     the finished model (which trained fewer steps than asked when its time was capped)."""
@@ -79,12 +92,8 @@ def training_curve(
     model in ``folder`` at each snapshot it kept and finished, on the same
     :func:`held_out_epochs` of each prepared dataset (name -> dataset)."""
     settings = json.loads((Path(folder) / SETTINGS_FILE).read_text())
-    config = MiniConfig(**settings["config"])
-    inputs = {}
-    for name, data in prepared.items():
-        rows = held_out_epochs(data, max_nights, max_epochs, seed)
-        if len(rows):
-            inputs[name] = epoch_inputs(data, rows, config.image_options())
+    options = MiniConfig(**settings["config"]).image_options()
+    inputs = held_out_inputs(prepared, options, max_nights, max_epochs, seed)
     out = []
     for step, snapshot in curve_steps(settings).items():
         model = MiniModel.load(folder, snapshot=snapshot)
