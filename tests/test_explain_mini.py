@@ -489,7 +489,7 @@ def test_the_presence_loss_trains_the_image_tokens_and_leaves_no_hook(prepared):
         mini.train_phase(model, tokenizer, processor, bare, "perception", 1, config)
 
 
-def test_a_column_embedding_is_trained_saved_and_loaded_with_the_model(examples, tmp_path):
+def test_a_column_embedding_is_trained_saved_and_loaded_with_the_model(examples, tmp_path, capfd):
     config = dataclasses.replace(TINY, column_embedding=True)
     torch.manual_seed(0)
     tokenizer = mini.train_tokenizer([e.targets[p] for e in examples for p in mini.PHASES])
@@ -512,7 +512,9 @@ def test_a_column_embedding_is_trained_saved_and_loaded_with_the_model(examples,
     log = train.train_phases(model, tokenizer, processor, examples, config)
     assert not torch.equal(columns.detach(), before)  # trained
     mini.save(model, tokenizer, processor, tmp_path / "m", mini.settings_of(config, log=log.loss))
+    capfd.readouterr()
     loaded = mini.MiniModel.load(tmp_path / "m")
+    assert "UNEXPECTED" not in "".join(capfd.readouterr())  # no stray loader report
     assert torch.equal(loaded.model.model.visual.column_embedding.detach(), columns.detach())
     model.eval()
     assert loaded.generate([e.image for e in examples[:2]]) == mini.MiniModel(

@@ -720,12 +720,19 @@ class MiniModel:
             )
         settings_path = folder / SETTINGS_FILE
         settings = json.loads(settings_path.read_text()) if settings_path.is_file() else {}
-        with quiet_loading(transformers):
-            model = transformers.AutoModelForImageTextToText.from_pretrained(folder)
-            tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
-            processor = transformers.Qwen2VLImageProcessorPil.from_pretrained(folder)
-        config = settings.get("config")
-        if config and config.get("column_embedding"):
+        config = settings.get("config") or {}
+        verbosity = transformers.utils.logging.get_verbosity()
+        if config.get("column_embedding"):
+            # its loader reports the one weight Qwen2-VL lacks; _load_column_embedding sets it
+            transformers.utils.logging.set_verbosity_error()
+        try:
+            with quiet_loading(transformers):
+                model = transformers.AutoModelForImageTextToText.from_pretrained(folder)
+                tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+                processor = transformers.Qwen2VLImageProcessorPil.from_pretrained(folder)
+        finally:
+            transformers.utils.logging.set_verbosity(verbosity)
+        if config.get("column_embedding"):
             _load_column_embedding(model, MiniConfig(**config), folder)
         if snapshot is not None:
             path = snapshot_path(folder, snapshot)
