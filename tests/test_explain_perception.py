@@ -1,6 +1,7 @@
 """What SleepVLM-mini sees: its perception answers scored per 5-s segment against the true
 events, after its perception phase and when finished."""
 
+import dataclasses
 import json
 import shutil
 
@@ -8,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sleepvlm.explain import mini, perception
+from sleepvlm.explain import mini, perception, snapshots
 from sleepvlm.explain.annotations import EpochAnnotation, Evidence
 from test_explain_mini import TINY, prepared  # noqa: F401 (a fixture)
 from test_explain_snapshots import snapshotted  # noqa: F401 (a fixture)
@@ -89,3 +90,68 @@ def test_perception_text_says_what_the_table_shows():
     text = perception.perception_text(seeing)
     assert "names most of the events" in text and text.endswith("keeps 97% of that recall.")
     assert perception.perception_text(table.iloc[:0]).startswith("No held-out epoch")
+
+
+class _Tokens:
+    """A stand-in for a trained model whose image tokens are given (``token_probe`` reads only
+    ``settings`` and ``image_tokens``)."""
+
+    def __init__(self, tokens: dict[bytes, np.ndarray]):
+        self.tokens = tokens
+        self.settings = {"config": dataclasses.asdict(mini.MiniConfig())}
+
+    def image_tokens(self, pngs):
+        return np.stack([self.tokens[p] for p in pngs])
+
+
+def _probe_inputs(n: int, seed: int, informative: bool):
+    """``n`` epochs, each with a spindle in one random column of the scored epoch, and tokens
+    that show which column (a large value on the column's tokens) or are noise."""
+    config = mini.MiniConfig()
+    rng = np.random.default_rng(seed)
+    spans = [s for s in mini.column_spans(config) if s is not None]
+    columns = [k for k, s in enumerate(mini.column_spans(config)) if s is not None]
+    rows, width = mini.token_grid(config)
+    pngs, found, tokens = [], [], {}
+    for i in range(n):
+        k = int(rng.integers(len(spans)))
+        middle = sum(spans[k]) / 2
+        found.append(_epoch(Evidence("spindle", "eeg", middle - 0.5, middle + 0.5)))
+        grid = rng.normal(size=(rows, width, 4))
+        if informative:
+            grid[:, columns[k], 0] += 3.0
+        png = f"{seed}-{i}".encode()
+        pngs.append(png)
+        tokens[png] = grid
+    return pngs, found, tokens
+
+
+def test_token_probe_finds_where_the_tokens_show_an_event_and_nothing_in_noise():
+    fit_pngs, fit_found, fit_tokens = _probe_inputs(60, 0, informative=True)
+    pngs, found, tokens = _probe_inputs(40, 1, informative=True)
+    model = _Tokens({**fit_tokens, **tokens})
+    table = perception.token_probe(model, fit_pngs, fit_found, pngs, found)
+    spindle = table.set_index("kind").loc["spindle"]
+    assert spindle["within_epoch_auc"] > 0.95 and spindle["epochs"] == 40
+    assert spindle["positives"] >= 40
+    noise_fit = _probe_inputs(60, 2, informative=False)
+    noise = _probe_inputs(40, 3, informative=False)
+    model = _Tokens({**noise_fit[2], **noise[2]})
+    table = perception.token_probe(model, *noise_fit[:2], *noise[:2])
+    assert 0.3 < table.set_index("kind").loc["spindle", "within_epoch_auc"] < 0.7
+    text = perception.probe_text({"dcsm": table, "shhs": table.iloc[:0]})
+    assert text.startswith("Which column of a held-out epoch holds an event")
+    assert "DCSM 0." in text and "(spindle 0." in text and "SHHS" not in text
+    assert perception.probe_text({}) == "No event kind had enough positive columns for a probe."
+
+
+def test_image_tokens_are_the_vision_towers_on_their_grid(snapshotted):  # noqa: F811
+    folder, data = snapshotted
+    model = mini.MiniModel.load(folder)
+    pngs, _ = snapshots.held_out_inputs({"d": data}, model.image_options(), 1, 3)["d"]
+    tokens = model.image_tokens(pngs, batch_size=2)
+    config = mini.MiniConfig(**model.settings["config"])
+    assert tokens.shape == (3, *mini.token_grid(config), config.text_dim)
+    batch = mini.make_batch(model.tokenizer, model.processor, pngs[:1], "")
+    direct = model.model.get_image_features(batch["pixel_values"], batch["image_grid_thw"])
+    assert np.allclose(tokens[0].reshape(-1, config.text_dim), direct.pooler_output[0].detach())

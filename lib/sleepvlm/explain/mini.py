@@ -746,6 +746,22 @@ class MiniModel:
                 raise MiniError(f"{path} holds weights the model lacks: {unexpected[:3]}")
         return cls(model.to(device).eval(), tokenizer, processor, settings, device)
 
+    def image_tokens(self, pngs: Sequence[bytes], batch_size: int = 32) -> np.ndarray:
+        """(images, rows, columns, width): the tokens the vision tower hands the language
+        model for each image, on their grid (:func:`token_grid`)."""
+        import torch
+
+        grid = token_grid(MiniConfig(**self.settings["config"]))
+        out = []
+        for start in range(0, len(pngs), batch_size):
+            batch = make_batch(self.tokenizer, self.processor, pngs[start : start + batch_size], "")
+            with torch.inference_mode():
+                found = self.model.get_image_features(
+                    batch["pixel_values"].to(self.device), batch["image_grid_thw"].to(self.device)
+                )
+            out.extend(t.view(*grid, -1).float().cpu().numpy() for t in found.pooler_output)
+        return np.stack(out)
+
     def image_options(self) -> ImageOptions | None:
         """The options of the images this model was trained on (None for a base model folder
         without SleepVLM-mini settings)."""

@@ -12,6 +12,13 @@ of a model that describes the epoch as a whole and not where things lie.
 kept before grounding, :data:`sleepvlm.explain.mini.PERCEPTION_SNAPSHOT`) and of the finished
 model, on the same held-out epochs as :mod:`sleepvlm.explain.snapshots`: how much it saw, and
 how much of that the grounding phase kept.
+
+:func:`token_probe` asks the image tokens themselves, without the language model: a linear
+probe per event kind, fitted on the frozen tokens of training epochs, says from a column's
+tokens whether an event of that kind lies in its stretch of the epoch. Its AUC *within* held-out
+epochs (which column of an epoch holds the event) measures how much of *where* the vision
+tower hands on; where the probe finds it and the answers do not, the language side is what
+writes the wrong times.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from sleepvlm.data.records import EVENT_KINDS
 from sleepvlm.explain.annotations import EpochAnnotation
 from sleepvlm.explain.mini import (
     PERCEPTION_SNAPSHOT,
@@ -30,6 +38,8 @@ from sleepvlm.explain.mini import (
     SETTINGS_FILE,
     MiniConfig,
     MiniModel,
+    column_spans,
+    presence_targets,
     segment_event_words,
 )
 from sleepvlm.explain.snapshots import held_out_inputs
@@ -119,8 +129,8 @@ def perception_text(table: pd.DataFrame) -> str:
     recall = table.groupby("model", sort=False)["recall"].mean()
     first = recall.iloc[0]
     verdict = (
-        "It names fewer than half of the events that are there: the wrong times start in what "
-        "it sees, before an answer is written."
+        "It names fewer than half of the events that are there: even asked only to describe "
+        "the epoch, it does not write where the events lie."
         if first < 0.5
         else "It names most of the events that are there, in their segments."
     )
@@ -140,3 +150,87 @@ def _share(value: float) -> str:
 
 def _percent(value: float) -> str:
     return "—" if np.isnan(value) else f"{value:.0%}"
+
+
+#: What the probe of each event kind reports (:func:`token_probe`).
+PROBE_COLUMNS: tuple[str, ...] = ("kind", "positives", "auc", "epochs", "within_epoch_auc")
+#: Fewest positive columns of a kind, in training and held out, for its probe to be fitted.
+MIN_POSITIVES = 10
+
+
+def column_features(tokens: np.ndarray, columns: Sequence[int]) -> np.ndarray:
+    """(images × columns, rows × width): each chosen column's tokens side by side, image by
+    image (from :meth:`MiniModel.image_tokens`)."""
+    chosen = tokens[:, :, list(columns), :].transpose(0, 2, 1, 3)
+    return chosen.reshape(len(tokens) * len(columns), -1)
+
+
+def token_probe(
+    model: MiniModel,
+    train_pngs: Sequence[bytes],
+    train_annotations: Sequence[EpochAnnotation],
+    pngs: Sequence[bytes],
+    annotations: Sequence[EpochAnnotation],
+) -> pd.DataFrame:
+    """One row per event kind with enough positive columns: a logistic regression fitted on the
+    image tokens of the scored epoch's columns of ``train_pngs`` against
+    :func:`~sleepvlm.explain.mini.presence_targets`, scored on ``pngs``: AUC over all columns,
+    and the mean AUC within the held-out epochs where the kind lies in some columns but not all
+    (``epochs`` of them), which only *where* can raise."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    config = MiniConfig(**model.settings["config"])
+    columns = [k for k, span in enumerate(column_spans(config)) if span is not None]
+
+    def targets(found):
+        return np.stack([presence_targets(a.all_events, config)[columns] for a in found])
+
+    fit_x = column_features(model.image_tokens(train_pngs), columns)
+    test_x = column_features(model.image_tokens(pngs), columns)
+    fit_y, test_y = targets(train_annotations), targets(annotations)
+    rows = []
+    for k, kind in enumerate(EVENT_KINDS):
+        y, truth = fit_y[:, :, k].ravel(), test_y[:, :, k]
+        if min(y.sum(), truth.sum()) < MIN_POSITIVES:
+            continue
+        probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)).fit(fit_x, y)
+        scores = probe.predict_proba(test_x)[:, 1].reshape(truth.shape)
+        mixed = (truth.sum(1) > 0) & (truth.sum(1) < len(columns))
+        within = [roc_auc_score(t, p) for t, p in zip(truth[mixed], scores[mixed], strict=True)]
+        rows.append(
+            {
+                "kind": kind,
+                "positives": int(truth.sum()),
+                "auc": roc_auc_score(truth.ravel(), scores.ravel()),
+                "epochs": int(mixed.sum()),
+                "within_epoch_auc": float(np.mean(within)) if within else np.nan,
+            }
+        )
+    return pd.DataFrame(rows, columns=list(PROBE_COLUMNS))
+
+
+def probe_text(probes: Mapping[str, pd.DataFrame]) -> str:
+    """Per dataset (name -> :func:`token_probe` table): the median over event kinds of the
+    within-epoch AUC, and the spindle's and K complex's (N2's decisive events)."""
+    parts = []
+    for name, table in probes.items():
+        if table.empty:
+            continue
+        within = table.set_index("kind")["within_epoch_auc"]
+        named = ", ".join(
+            f"{kind.replace('kcomplex', 'K complex')} {within[kind]:.2f}"
+            for kind in ("spindle", "kcomplex")
+            if kind in within and not np.isnan(within[kind])
+        )
+        parts.append(f"{name.upper()} {within.median():.2f}" + (f" ({named})" if named else ""))
+    if not parts:
+        return "No event kind had enough positive columns for a probe."
+    return (
+        "Which column of a held-out epoch holds an event, read by a linear probe from the image "
+        "tokens (AUC within epochs, median over event kinds; 0.5 is chance): "
+        + "; ".join(parts)
+        + "."
+    )
