@@ -385,8 +385,8 @@ def template_sentence(repeated: pd.DataFrame) -> str:
         return (
             f"{share:.0%} of its {stage} answers are one and the same sentence (mean over the "
             "centers): it has learnt the stage and which rules and event kinds go with it, "
-            "but not where in the image the events lie, and writes the times most frequent "
-            "in its training answers."
+            "but does not write where in the image the events lie: it writes the times most "
+            "frequent in its training answers."
         )
     return (
         f"No stage's answers are mostly one sentence (at most {share:.0%}, {stage}): the "
