@@ -130,14 +130,14 @@ def test_token_probe_finds_where_the_tokens_show_an_event_and_nothing_in_noise()
     fit_pngs, fit_found, fit_tokens = _probe_inputs(60, 0, informative=True)
     pngs, found, tokens = _probe_inputs(40, 1, informative=True)
     model = _Tokens({**fit_tokens, **tokens})
-    table = perception.token_probe(model, fit_pngs, fit_found, pngs, found)
+    table = perception.token_probe(model, fit_pngs, fit_found, {"d": (pngs, found)})["d"]
     spindle = table.set_index("kind").loc["spindle"]
     assert spindle["within_epoch_auc"] > 0.95 and spindle["epochs"] == 40
     assert spindle["positives"] >= 40
     noise_fit = _probe_inputs(60, 2, informative=False)
     noise = _probe_inputs(40, 3, informative=False)
     model = _Tokens({**noise_fit[2], **noise[2]})
-    table = perception.token_probe(model, *noise_fit[:2], *noise[:2])
+    table = perception.token_probe(model, *noise_fit[:2], {"d": noise[:2]})["d"]
     assert 0.3 < table.set_index("kind").loc["spindle", "within_epoch_auc"] < 0.7
     text = perception.probe_text({"dcsm": table, "shhs": table.iloc[:0]})
     assert text.startswith("Which column of a held-out epoch holds an event")
@@ -155,3 +155,13 @@ def test_image_tokens_are_the_vision_towers_on_their_grid(snapshotted):  # noqa:
     batch = mini.make_batch(model.tokenizer, model.processor, pngs[:1], "")
     direct = model.model.get_image_features(batch["pixel_values"], batch["image_grid_thw"])
     assert np.allclose(tokens[0].reshape(-1, config.text_dim), direct.pooler_output[0].detach())
+
+
+def test_probe_tables_fit_on_the_training_center_and_score_each_held_out_one(snapshotted):  # noqa: F811
+    folder, data = snapshotted
+    model = mini.MiniModel.load(folder)
+    tables = perception.probe_tables(model, data, {"a": data, "b": data}, 3, 1, max_epochs=4)
+    assert list(tables) == ["a", "b"]
+    for table in tables.values():
+        assert list(table.columns) == list(perception.PROBE_COLUMNS)
+        assert table["auc"].dropna().between(0, 1).all()

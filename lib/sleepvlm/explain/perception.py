@@ -30,8 +30,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sleepvlm.data.records import EVENT_KINDS
-from sleepvlm.explain.annotations import EpochAnnotation
+from sleepvlm.data.records import EPOCH_S, EVENT_KINDS
+from sleepvlm.explain.annotations import KIND_WORDS, EpochAnnotation
+from sleepvlm.explain.citations import epoch_inputs
 from sleepvlm.explain.mini import (
     PERCEPTION_SNAPSHOT,
     SEGMENT_S,
@@ -43,6 +44,7 @@ from sleepvlm.explain.mini import (
     segment_event_words,
 )
 from sleepvlm.explain.snapshots import held_out_inputs
+from sleepvlm.explain.train import training_sample
 
 PERCEPTION_METRICS: tuple[str, ...] = ("precision", "recall", "same_every_segment")
 
@@ -50,7 +52,7 @@ PERCEPTION_METRICS: tuple[str, ...] = ("precision", "recall", "same_every_segmen
 def described_segments(text: str) -> list[set[str]]:
     """The event words (``kind@ROLE``) a perception answer names in each segment it opens with
     ``t<seconds>``; segments it does not describe are empty."""
-    segments: list[set[str]] = [set() for _ in range(int(30 // SEGMENT_S))]
+    segments: list[set[str]] = [set() for _ in range(int(EPOCH_S // SEGMENT_S))]
     current = None
     for word in text.split():
         if word[:1] == "t" and word[1:].isdigit():
@@ -169,16 +171,14 @@ def token_probe(
     model: MiniModel,
     train_pngs: Sequence[bytes],
     train_annotations: Sequence[EpochAnnotation],
-    pngs: Sequence[bytes],
-    annotations: Sequence[EpochAnnotation],
-) -> pd.DataFrame:
-    """One row per event kind with enough positive columns: a logistic regression fitted on the
-    image tokens of the scored epoch's columns of ``train_pngs`` against
-    :func:`~sleepvlm.explain.mini.presence_targets`, scored on ``pngs``: AUC over all columns,
-    and the mean AUC within the held-out epochs where the kind lies in some columns but not all
-    (``epochs`` of them), which only *where* can raise."""
+    held_out: Mapping[str, tuple[Sequence[bytes], Sequence[EpochAnnotation]]],
+) -> dict[str, pd.DataFrame]:
+    """Per held-out set (name -> images and annotations), one row per event kind with enough
+    positive columns: a logistic regression fitted once on the image tokens of the scored
+    epoch's columns of ``train_pngs`` against :func:`~sleepvlm.explain.mini.presence_targets`,
+    scored on the set: AUC over all columns, and the mean AUC within the epochs where the kind
+    lies in some columns but not all (``epochs`` of them), which only *where* can raise."""
     from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import roc_auc_score
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
@@ -189,27 +189,55 @@ def token_probe(
         return np.stack([presence_targets(a.all_events, config)[columns] for a in found])
 
     fit_x = column_features(model.image_tokens(train_pngs), columns)
-    test_x = column_features(model.image_tokens(pngs), columns)
-    fit_y, test_y = targets(train_annotations), targets(annotations)
-    rows = []
+    fit_y = targets(train_annotations)
+    tests = {
+        name: (column_features(model.image_tokens(pngs), columns), targets(found))
+        for name, (pngs, found) in held_out.items()
+    }
+    rows = {name: [] for name in held_out}
     for k, kind in enumerate(EVENT_KINDS):
-        y, truth = fit_y[:, :, k].ravel(), test_y[:, :, k]
-        if min(y.sum(), truth.sum()) < MIN_POSITIVES:
+        y = fit_y[:, :, k].ravel()
+        if y.sum() < MIN_POSITIVES:
             continue
         probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)).fit(fit_x, y)
-        scores = probe.predict_proba(test_x)[:, 1].reshape(truth.shape)
-        mixed = (truth.sum(1) > 0) & (truth.sum(1) < len(columns))
-        within = [roc_auc_score(t, p) for t, p in zip(truth[mixed], scores[mixed], strict=True)]
-        rows.append(
-            {
-                "kind": kind,
-                "positives": int(truth.sum()),
-                "auc": roc_auc_score(truth.ravel(), scores.ravel()),
-                "epochs": int(mixed.sum()),
-                "within_epoch_auc": float(np.mean(within)) if within else np.nan,
-            }
-        )
-    return pd.DataFrame(rows, columns=list(PROBE_COLUMNS))
+        for name, (test_x, test_y) in tests.items():
+            truth = test_y[:, :, k]
+            if truth.sum() >= MIN_POSITIVES:
+                scores = probe.predict_proba(test_x)[:, 1].reshape(truth.shape)
+                rows[name].append({"kind": kind, **_probe_scores(truth, scores)})
+    return {name: pd.DataFrame(r, columns=list(PROBE_COLUMNS)) for name, r in rows.items()}
+
+
+def _probe_scores(truth: np.ndarray, scores: np.ndarray) -> dict:
+    """AUC over all (epoch, column) cells, and within the epochs whose columns differ."""
+    from sklearn.metrics import roc_auc_score
+
+    mixed = (truth.sum(1) > 0) & (truth.sum(1) < truth.shape[1])
+    within = [roc_auc_score(t, p) for t, p in zip(truth[mixed], scores[mixed], strict=True)]
+    return {
+        "positives": int(truth.sum()),
+        "auc": roc_auc_score(truth.ravel(), scores.ravel()),
+        "epochs": int(mixed.sum()),
+        "within_epoch_auc": float(np.mean(within)) if within else np.nan,
+    }
+
+
+def probe_tables(
+    model: MiniModel,
+    prepared,
+    held_out: Mapping[str, object],
+    per_class: int,
+    max_nights: int | None,
+    max_epochs: int = 200,
+    seed: int = 0,
+) -> dict[str, pd.DataFrame]:
+    """:func:`token_probe` fitted on ``per_class`` epochs per stage of the training split of
+    ``prepared`` (the model's own center, from ``max_nights`` of its training nights) and
+    scored on the :func:`~sleepvlm.explain.snapshots.held_out_epochs` of each dataset of
+    ``held_out`` (name -> prepared dataset)."""
+    options = model.image_options()
+    fit = epoch_inputs(prepared, training_sample(prepared, per_class, seed, max_nights), options)
+    return token_probe(model, *fit, held_out_inputs(held_out, options, 1, max_epochs, seed))
 
 
 def probe_text(probes: Mapping[str, pd.DataFrame]) -> str:
@@ -221,7 +249,7 @@ def probe_text(probes: Mapping[str, pd.DataFrame]) -> str:
             continue
         within = table.set_index("kind")["within_epoch_auc"]
         named = ", ".join(
-            f"{kind.replace('kcomplex', 'K complex')} {within[kind]:.2f}"
+            f"{KIND_WORDS[kind]} {within[kind]:.2f}"
             for kind in ("spindle", "kcomplex")
             if kind in within and not np.isnan(within[kind])
         )
