@@ -63,31 +63,40 @@ def test_no_threshold_is_chosen_when_none_meets_the_goals():
     assert citations.choose_min_confidence(curve, goals=("precision",)) == 0.5
 
 
-def test_cut_answers_are_a_summary_of_their_own_beside_the_answers_as_written(tmp_path):
+def test_cut_and_contrasted_answers_are_summaries_of_their_own_beside_the_answers_as_written(
+    tmp_path,
+):
     from sleepvlm.report import load_summaries, rationale_table
 
     answers = [_scored(TEXT, {"5-6": 0.2})]
-    written = faithfulness.write_faithfulness(
-        RUN, citations.score_confident(answers, [N2], 0.0), tmp_path
-    )
+    as_written = citations.score_confident(answers, [N2], 0.0)
+    written = faithfulness.write_faithfulness(RUN, as_written, tmp_path)
     cut = citations.score_confident(answers, [N2], 0.3)
     assert cut["answer"].tolist() == [citations.cite_confident(answers[0], 0.3)]
     cut_path = faithfulness.write_faithfulness(RUN, cut, tmp_path, min_claim_confidence=0.3)
     assert cut_path != written and cut_path.name.endswith("min_claim_confidence-0.3.json")
+    pulled = "against the blank image, weight 4"
+    pulled_path = faithfulness.write_faithfulness(RUN, as_written, tmp_path, contrast=pulled)
+    assert pulled_path.name.endswith("contrast-against-the-blank-image-weight-4.json")
     summaries = load_summaries(tmp_path, faithfulness.FAITHFULNESS)
     goals = faithfulness.goal_table(summaries)
-    assert set(goals["answers"]) == {"as written", "items with confidence ≥ 0.3"}
+    cut_label = "items with confidence ≥ 0.3"
+    assert set(goals["answers"]) == {"as written", cut_label, f"decoded {pulled}"}
     precision = goals[goals["metric"] == "precision"].set_index("answers")["measured"]
-    assert precision["as written"] == 0.5 and precision["items with confidence ≥ 0.3"] == 1.0
-    sentence = citations.cut_sentence(goals, "dcsm")
+    assert precision["as written"] == 0.5 and precision[cut_label] == 1.0
+    sentence = citations.cut_sentence(goals, "dcsm", cut_label)
     assert (
         "precision from 0.50 to 1.00" in sentence and "ungrounded share from 100% to 0%" in sentence
     )
-    assert "no cut summary" in citations.cut_sentence(
-        goals[goals["answers"] == "as written"], "dcsm"
+    same = citations.cut_sentence(goals, "dcsm", faithfulness.answers_label(None, pulled))
+    assert "precision from 0.50 to 0.50" in same
+    only_written = goals[goals["answers"] == "as written"]
+    assert "no summary of DCSM with items" in citations.cut_sentence(
+        only_written, "dcsm", cut_label
     )
     columns = rationale_table(summaries).columns
     assert "sleepvlm-mini, DCSM (external), items with confidence ≥ 0.3" in columns
+    assert f"sleepvlm-mini, DCSM (external), decoded {pulled}" in columns
     assert "sleepvlm-mini, DCSM (external)" in columns
 
 

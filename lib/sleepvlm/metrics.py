@@ -358,9 +358,12 @@ SUMMARY_FIELD = "summary"
 #: Field of a faithfulness summary whose answers were cut to the evidence items the model was
 #: sure of: the least token probability kept (absent: the answers as written).
 MIN_CLAIM_CONFIDENCE = "min_claim_confidence"
-#: Numeric fields of a summary record that tell apart summaries of one run's answers cut in
-#: different ways; each is in the file name.
-SUMMARY_VARIANTS: tuple[str, ...] = (MIN_CLAIM_CONFIDENCE,)
+#: Field of a faithfulness summary whose answers were decoded contrastively (the label of its
+#: sleepvlm.explain.contrast.Contrast; absent: greedy decoding).
+CONTRAST = "contrast"
+#: Fields of a summary record that tell apart summaries of one run's answers read or decoded
+#: in different ways; each is in the file name.
+SUMMARY_VARIANTS: tuple[str, ...] = (MIN_CLAIM_CONFIDENCE, CONTRAST)
 
 
 def point_value(value):
@@ -378,10 +381,14 @@ def _file_name(record: dict) -> str:
     parts = [record[SUMMARY_FIELD]] if is_summary(record) else []
     parts += [record[k] for k in ("dataset", "modality", "model", "prompt")]
     parts.append(record["manifest_hash"][:8])
-    # A summary of the same run's answers cut another way (e.g. a faithfulness record's
-    # min_claim_confidence) is another file.
-    parts += [f"{k}-{record[k]:g}" for k in SUMMARY_VARIANTS if record.get(k) is not None]
+    # A summary of the same run's answers cut or decoded another way (e.g. a faithfulness
+    # record's min_claim_confidence) is another file.
+    parts += [f"{k}-{_variant(record[k])}" for k in SUMMARY_VARIANTS if record.get(k) is not None]
     return "__".join(re.sub(r"[^A-Za-z0-9._-]+", "-", str(p)) for p in parts) + ".json"
+
+
+def _variant(value) -> str:
+    return f"{value:g}" if isinstance(value, int | float) else str(value)
 
 
 def write_result(record: dict, folder: str | Path = "results") -> Path:

@@ -33,6 +33,7 @@ from sleepvlm.data.records import STAGES, DataError
 from sleepvlm.environment import lock_hash
 from sleepvlm.experiment import EMBEDDED_MODELS, PROMPT_VARIANTS, rerun_command
 from sleepvlm.metrics import (
+    CONTRAST,
     MIN_CLAIM_CONFIDENCE,
     SUMMARY_FIELD,
     SUMMARY_METRICS,
@@ -1008,7 +1009,7 @@ def rationale_table(summaries: pd.DataFrame) -> pd.DataFrame:
             for m, _ in RATIONALE_ROWS
         ]
         values.append(f"{row['ungrounded_share']:.0%}")
-        cut = row.get(MIN_CLAIM_CONFIDENCE)
-        answers = "" if cut is None or pd.isna(cut) else f", {answers_label(cut)}"
+        label = answers_label(row.get(MIN_CLAIM_CONFIDENCE), row.get(CONTRAST))
+        answers = "" if label == answers_label(None) else f", {label}"
         columns[f"{row['model']}, {str(row['dataset']).upper()} ({setting}){answers}"] = values
     return pd.DataFrame(columns, index=index)

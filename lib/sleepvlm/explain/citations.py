@@ -67,16 +67,19 @@ def epoch_inputs(
     return pngs, select(found, rows.assign(dataset=prepared.dataset))
 
 
+def night_inputs(prepared, nights: Sequence, options) -> tuple[list[bytes], list[EpochAnnotation]]:
+    """:func:`epoch_inputs` of every epoch of ``nights`` (keys of
+    :func:`sleepvlm.splits.night_keys`) of a prepared dataset."""
+    manifest = prepared.manifest
+    return epoch_inputs(prepared, manifest[night_keys(manifest).isin(nights)], options)
+
+
 def night_answers(
     model: MiniModel, prepared, nights: Sequence
 ) -> tuple[list[ScoredAnswer], list[EpochAnnotation]]:
-    """The model's scored answers to every epoch of ``nights`` (keys of
-    :func:`sleepvlm.splits.night_keys`) of a prepared dataset, drawn at the model's image
-    options, and the annotations of the same epochs in the same order."""
-    manifest = prepared.manifest
-    pngs, chosen = epoch_inputs(
-        prepared, manifest[night_keys(manifest).isin(nights)], model.image_options()
-    )
+    """The model's scored answers to every epoch of ``nights`` of a prepared dataset, drawn at
+    the model's image options, and the annotations of the same epochs in the same order."""
+    pngs, chosen = night_inputs(prepared, nights, model.image_options())
     return model.answer_all(pngs, scored=True), chosen
 
 
@@ -143,16 +146,21 @@ def choose_min_confidence(curve: pd.DataFrame, goals: Sequence[str] = CHOSEN_FOR
     return float(chosen.min()) if len(chosen) else None
 
 
-def cut_sentence(goals: pd.DataFrame, dataset: str) -> str:
-    """What cutting the answers changed on ``dataset``'s test nights, from a
-    :func:`~sleepvlm.explain.faithfulness.goal_table` holding its summaries as written and cut:
-    each goal metric before and after; or that there is no cut summary to compare."""
+def cut_sentence(goals: pd.DataFrame, dataset: str, answers: str) -> str:
+    """What reading the answers as ``answers`` (an :func:`answers_label`: cut, or decoded
+    another way) changed on ``dataset``'s test nights, from a
+    :func:`~sleepvlm.explain.faithfulness.goal_table` holding its summaries as written and so:
+    each goal metric before and after; or that there is no such summary to compare."""
     rows = goals[goals["dataset"] == dataset]
     written = rows["answers"] == answers_label(None)
-    if written.all() or not written.any():
-        return f"There is no cut summary of {dataset.upper()} to set beside its answers as written."
+    other = rows["answers"] == answers
+    if not written.any() or not other.any():
+        return (
+            f"There is no summary of {dataset.upper()} with {answers} to set beside its answers "
+            "as written."
+        )
     before = rows[written].set_index("metric")["measured"]
-    after = rows[~written].set_index("metric")["measured"]
+    after = rows[other].set_index("metric")["measured"]
     changes = [
         f"{metric.replace('_', ' ')} from {metric_text(metric, before.get(metric))} to "
         f"{metric_text(metric, after.get(metric))}"

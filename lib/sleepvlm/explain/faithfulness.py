@@ -47,7 +47,13 @@ from sleepvlm.explain.annotations import (
     select,
     supported_stages,
 )
-from sleepvlm.metrics import MIN_CLAIM_CONFIDENCE, SUMMARY_FIELD, provenance, write_result
+from sleepvlm.metrics import (
+    CONTRAST,
+    MIN_CLAIM_CONFIDENCE,
+    SUMMARY_FIELD,
+    provenance,
+    write_result,
+)
 from sleepvlm.rules.table import RULES
 from sleepvlm.splits import night_keys, nights_of
 
@@ -520,6 +526,7 @@ def faithfulness_record(
     scored: pd.DataFrame,
     tolerance_s: float = 1.0,
     min_claim_confidence: float | None = None,
+    contrast: str | None = None,
 ) -> dict:
     """The faithfulness summary of one run as a results record: which run (the fields of its
     staging record ``run`` that name model, data and training center), which nights and epochs
@@ -527,7 +534,9 @@ def faithfulness_record(
     ``tolerance_s``, and :func:`faithfulness_metrics`. ``scored`` are the rows of
     :func:`score_run` for that run, scored at ``tolerance_s``; or of its answers cut to the
     items the model was sure of (:func:`sleepvlm.explain.citations.cite_confident`), with the
-    ``min_claim_confidence`` they were cut at, which the record keeps (and its file name)."""
+    ``min_claim_confidence`` they were cut at, which the record keeps (and its file name); or
+    of answers decoded contrastively, with the ``contrast`` label
+    (:class:`sleepvlm.explain.contrast.Contrast`), kept the same way."""
     missing = [k for k in ("dataset", "modality", "model", "prompt") if k not in run]
     if missing:
         raise AnnotationError(
@@ -544,6 +553,7 @@ def faithfulness_record(
         "reference": sorted(set(scored["source"])),
         "tolerance_s": tolerance_s,
         **({} if min_claim_confidence is None else {MIN_CLAIM_CONFIDENCE: min_claim_confidence}),
+        **({} if contrast is None else {CONTRAST: contrast}),
         "metrics": faithfulness_metrics(scored),
         "note": PROXY_NOTE,
         **provenance(),
@@ -556,9 +566,10 @@ def write_faithfulness(
     results_dir: str | Path,
     tolerance_s: float = 1.0,
     min_claim_confidence: float | None = None,
+    contrast: str | None = None,
 ) -> Path:
     """Write :func:`faithfulness_record` beside the run's own record in ``results_dir``."""
-    record = faithfulness_record(run, scored, tolerance_s, min_claim_confidence)
+    record = faithfulness_record(run, scored, tolerance_s, min_claim_confidence, contrast)
     return write_result(record, results_dir)
 
 
@@ -577,7 +588,9 @@ def goal_table(summaries: pd.DataFrame) -> pd.DataFrame:
                 {
                     "dataset": summary["dataset"],
                     "train_dataset": summary.get("train_dataset"),
-                    "answers": answers_label(summary.get(MIN_CLAIM_CONFIDENCE)),
+                    "answers": answers_label(
+                        summary.get(MIN_CLAIM_CONFIDENCE), summary.get(CONTRAST)
+                    ),
                     "metric": metric,
                     "measured": value if defined else None,
                     "goal": f"{bound} {goal:g}",
@@ -596,12 +609,16 @@ def metric_text(metric: str, value) -> str:
     return f"{value:.0%}" if metric == "ungrounded_share" else f"{value:.2f}"
 
 
-def answers_label(min_claim_confidence: float | None) -> str:
-    """How a faithfulness summary's answers were read: as written, or cut to the evidence items
-    the model was sure of (its :data:`~sleepvlm.metrics.MIN_CLAIM_CONFIDENCE`)."""
-    if min_claim_confidence is None or pd.isna(min_claim_confidence):
-        return "as written"
-    return f"items with confidence ≥ {min_claim_confidence:g}"
+def answers_label(min_claim_confidence: float | None, contrast: str | None = None) -> str:
+    """How a faithfulness summary's answers were read: as written, cut to the evidence items
+    the model was sure of (its :data:`~sleepvlm.metrics.MIN_CLAIM_CONFIDENCE`), or decoded
+    contrastively (its :data:`~sleepvlm.metrics.CONTRAST`)."""
+    parts = []
+    if contrast is not None and not pd.isna(contrast):
+        parts.append(f"decoded {contrast}")
+    if min_claim_confidence is not None and not pd.isna(min_claim_confidence):
+        parts.append(f"items with confidence ≥ {min_claim_confidence:g}")
+    return "; ".join(parts) or "as written"
 
 
 #: Colors of :func:`draw_claims`: the epoch's events, and cited events found or not found.

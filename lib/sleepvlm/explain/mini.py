@@ -28,6 +28,7 @@ from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from queue import Empty, Queue
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -37,6 +38,9 @@ from sleepvlm.params import MINI_GROUNDING_STEPS, MINI_PERCEPTION_STEPS
 from sleepvlm.render import ImageOptions, lane_problems, layout
 from sleepvlm.rules.table import BANDS, RULES
 from sleepvlm.signal import TARGET_SFREQ
+
+if TYPE_CHECKING:  # contrast imports this module
+    from sleepvlm.explain.contrast import Contrast
 
 PHASES: tuple[str, ...] = ("perception", "grounding")
 #: The instruction of each phase: the whole user text the model is trained and served with.
@@ -777,37 +781,55 @@ class MiniModel:
         config = self.settings.get("config")
         return MiniConfig(**config).image_options() if config else None
 
-    def generate(self, pngs: Sequence[bytes], phase: str = "grounding") -> list[str]:
+    def generate(
+        self, pngs: Sequence[bytes], phase: str = "grounding", contrast: Contrast | None = None
+    ) -> list[str]:
         """Greedy answers for a batch of epoch images; an image that cannot be read as one
         drawn at the model's options (:func:`sleepvlm.render.lane_problems`) is answered with
         :func:`unreadable_answer`, not shown to the model, which never learnt what a blank,
-        resized or flat-lane image holds and would cite evidence from it."""
-        return [answer.text for answer in self._answers(pngs, phase, scored=False)]
+        resized or flat-lane image holds and would cite evidence from it. With ``contrast``,
+        decoded contrastively against a negative of each image
+        (:mod:`sleepvlm.explain.contrast`) instead."""
+        return [answer.text for answer in self._answers(pngs, phase, False, contrast)]
 
     def generate_scored(
-        self, pngs: Sequence[bytes], phase: str = "grounding"
+        self, pngs: Sequence[bytes], phase: str = "grounding", contrast: Contrast | None = None
     ) -> list[ScoredAnswer]:
         """:meth:`generate`'s answers with the probability of each character's token (an
         unreadable image's answer is certain: the model did not write it)."""
-        return self._answers(pngs, phase, scored=True)
+        return self._answers(pngs, phase, True, contrast)
 
-    def _answers(self, pngs: Sequence[bytes], phase: str, scored: bool) -> list[ScoredAnswer]:
+    def _answers(
+        self, pngs: Sequence[bytes], phase: str, scored: bool, contrast: Contrast | None
+    ) -> list[ScoredAnswer]:
         options = self.image_options()
         problems = [lane_problems(p, options) if options else {} for p in pngs]
         readable = [p for p, found in zip(pngs, problems, strict=True) if not found]
-        answers = iter(self._generate(readable, phase, scored) if readable else [])
+        answers = iter(self._generate(readable, phase, scored, contrast) if readable else [])
         return [
             ScoredAnswer.certain(unreadable_answer(found)) if found else next(answers)
             for found in problems
         ]
 
-    def _generate(self, pngs: Sequence[bytes], phase: str, scored: bool) -> list[ScoredAnswer]:
-        """Greedy answers; with ``scored``, each character's token probability (decoding
-        every prefix of the answer: kept off the served path, which needs the text only)."""
+    def _generate(
+        self, pngs: Sequence[bytes], phase: str, scored: bool, contrast: Contrast | None
+    ) -> list[ScoredAnswer]:
+        """Greedy answers, or contrastive ones with ``contrast`` (each image's negative answered
+        in the rows after the images); with ``scored``, each character's token probability
+        (decoding every prefix of the answer: kept off the served path, which needs the text
+        only)."""
         import torch
 
         max_new = self.settings.get("config", {}).get("max_new_tokens", 64)
-        batch = make_batch(self.tokenizer, self.processor, pngs, INSTRUCTIONS[phase])
+        shown = [*pngs, *contrast.negatives(pngs)] if contrast else list(pngs)
+        marker = self.tokenizer.convert_tokens_to_ids(EVIDENCE)
+        if contrast and contrast.evidence_only and marker == self.tokenizer.unk_token_id:
+            raise MiniError(
+                f"contrastive decoding of the evidence only needs {EVIDENCE!r} as one token of "
+                "the vocabulary (the mini's own tokenizer); contrast the whole answer instead"
+            )
+        processors = [contrast.logits(len(pngs), marker)] if contrast else []
+        batch = make_batch(self.tokenizer, self.processor, shown, INSTRUCTIONS[phase])
         batch = {k: v.to(self.device) for k, v in batch.items()}
         with torch.inference_mode():
             output = self.model.generate(
@@ -818,12 +840,15 @@ class MiniModel:
                 pad_token_id=self.tokenizer.convert_tokens_to_ids(PAD),
                 return_dict_in_generate=True,
                 output_scores=scored,
+                logits_processor=processors,
             )
-        new = output.sequences[:, batch["input_ids"].shape[1] :]
+        # the real images' rows (a contrast's negatives follow them, writing the same tokens)
+        new = output.sequences[: len(pngs), batch["input_ids"].shape[1] :]
         if not scored:
             texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
             return [ScoredAnswer(t.strip(), np.full(len(t.strip()), np.nan)) for t in texts]
-        chosen = torch.stack(output.scores, 1).softmax(-1).gather(2, new.unsqueeze(-1))
+        scores = torch.stack(output.scores, 1)[: len(pngs)]
+        chosen = scores.softmax(-1).gather(2, new.unsqueeze(-1))
         return [
             _scored_text(self.tokenizer, ids, probs)
             for ids, probs in zip(new.tolist(), chosen.squeeze(-1).tolist(), strict=True)
@@ -835,13 +860,15 @@ class MiniModel:
         batch_size: int = 16,
         scored: bool = False,
         phase: str = "grounding",
+        contrast: Contrast | None = None,
     ) -> list[ScoredAnswer]:
         """Answers to any number of images (to ``phase``'s instruction), ``batch_size`` at a
         time; with ``scored``, with each character's token probability
-        (:meth:`generate_scored`)."""
+        (:meth:`generate_scored`); with ``contrast``, decoded contrastively (:meth:`generate`)."""
         answers = []
         for start in range(0, len(pngs), batch_size):
-            answers.extend(self._answers(pngs[start : start + batch_size], phase, scored))
+            chunk = pngs[start : start + batch_size]
+            answers.extend(self._answers(chunk, phase, scored, contrast))
         return answers
 
 
