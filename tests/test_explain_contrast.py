@@ -44,6 +44,19 @@ def test_contrast_settings_are_checked():
     assert contrast.Contrast("mirrored", 2.0).label == "against the mirrored image, weight 2"
 
 
+def test_a_setting_is_named_as_a_chapter_parameter_names_it():
+    for setting in [*contrast.SETTINGS, contrast.Contrast("blank", 0.5)]:
+        assert contrast.Contrast.from_name(setting.name) == setting
+    assert contrast.Contrast.from_name("blank-4-evidence") == contrast.Contrast(
+        "blank", 4.0, evidence_only=True
+    )
+    for wrong in ("blank", "blank-x", "blank-4-whole", "blank-4-evidence-2"):
+        with pytest.raises(mini.MiniError, match="is not <negative>-<weight>"):
+            contrast.Contrast.from_name(wrong)
+    with pytest.raises(mini.MiniError, match="'noise' is not one of"):
+        contrast.Contrast.from_name("noise-4")
+
+
 def test_contrasted_scores_prefer_what_the_real_image_makes_more_likely():
     # token 0: the stage's template, as likely with either image; token 1: likelier with the
     # real image; token 2: implausible with the real image, however unlikely with the negative

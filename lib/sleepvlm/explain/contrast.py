@@ -43,6 +43,8 @@ from sleepvlm.explain.snapshots import CURVE_METRICS, score_point
 #: The negative images contrastive decoding can answer beside the real one.
 NEGATIVE_IMAGES: tuple[str, ...] = ("mirrored", "blank")
 
+#: The last part of a setting's name (Contrast.from_name) that contrasts the evidence only.
+EVIDENCE_ONLY = "evidence"
 #: The label of answers decoded greedily from the image alone.
 GREEDY = "greedy"
 #: How much lower than greedy decoding's a setting's κ may be on the validation epochs and the
@@ -73,6 +75,30 @@ class Contrast:
                 f"contrastive decoding needs weight >= 0 and 0 < plausibility <= 1, got "
                 f"weight {self.weight} and plausibility {self.plausibility}"
             )
+
+    @property
+    def name(self) -> str:
+        """The setting as a chapter parameter names it (:meth:`from_name`)."""
+        return f"{self.negative}-{self.weight:g}" + (
+            f"-{EVIDENCE_ONLY}" if self.evidence_only else ""
+        )
+
+    @classmethod
+    def from_name(cls, name: str) -> Contrast:
+        """The setting ``name`` names: ``<negative>-<weight>``, then ``-evidence`` to contrast
+        the evidence only (``mirrored-1``, ``blank-4-evidence``); the default plausibility."""
+        parts = name.split("-")
+        try:
+            weight = float(parts[1])
+        except (IndexError, ValueError):
+            weight = None
+        extra = parts[2:]
+        if weight is None or extra not in ([], [EVIDENCE_ONLY]):
+            raise MiniError(
+                f"contrastive decoding {name!r} is not <negative>-<weight>[-{EVIDENCE_ONLY}] "
+                f"with a negative of {NEGATIVE_IMAGES}, e.g. 'blank-4-{EVIDENCE_ONLY}'"
+            )
+        return cls(parts[0], weight, evidence_only=bool(extra))
 
     @property
     def label(self) -> str:
