@@ -120,24 +120,24 @@ def test_contrast_table_scores_greedy_and_each_setting_on_the_same_epochs(
     assert seen == [(4, 2.0), (2, 2.0)] * 3
 
 
-def test_contrast_text_names_the_setting_that_raised_precision_most():
+def test_contrast_text_says_what_the_chosen_setting_changed():
+    blank = contrast.Contrast("blank", 2.0)
     rows = [
         (contrast.GREEDY, "dcsm", 0.77, 0.42, 0.49, 1.0, 0.80),
         (contrast.GREEDY, "isruc", 0.59, 0.32, 0.32, 1.0, 0.82),
         ("mirrored 1", "dcsm", 0.74, 0.42, 0.50, 1.0, 0.79),
         ("mirrored 1", "isruc", 0.55, 0.32, 0.31, 1.0, 0.81),
-        ("blank 2", "dcsm", 0.65, 0.49, 0.43, 1.0, 0.69),
-        ("blank 2", "isruc", 0.41, 0.33, 0.22, 1.0, 0.73),
+        (blank.label, "dcsm", 0.65, 0.49, 0.43, 1.0, 0.69),
+        (blank.label, "isruc", 0.41, 0.33, 0.22, 1.0, 0.73),
     ]
     table = pd.DataFrame(rows, columns=["decoding", "dataset", *CURVE_METRICS])
-    text = contrast.contrast_text(table)
-    assert "(blank 2)" in text
+    text = contrast.contrast_text(table, blank, "dcsm")
+    assert text.startswith(f"Chosen on DCSM's held-out epochs: decoding {blank.label}.")
     assert "precision 0.37 → 0.41" in text
     assert "absent event 81% → 71%" in text
     assert "κ 0.68 → 0.53" in text
-    assert contrast.contrast_text(table[table["decoding"] == contrast.GREEDY]).startswith("No ")
-    silent = table.assign(precision=np.nan)  # no answer cited an event
-    assert contrast.contrast_text(silent).startswith("No contrastive setting's answers cited")
+    nothing = contrast.contrast_text(table, None, "isruc")
+    assert nothing.startswith("On ISRUC's held-out epochs no setting raised")
 
 
 def _table(rows) -> pd.DataFrame:
