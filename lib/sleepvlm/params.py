@@ -17,8 +17,8 @@ import yaml
 #: Characters that never belong to a name: they are left over from a list or dict written wrong.
 NOT_IN_NAMES = "[]{}\"'"
 
-#: The paper's three centers, in its order: the simulated cohort's centers and the default
-#: datasets of every chapter.
+#: The paper's three centers, in its order (easiest to hardest for its supervised models): the
+#: simulated cohort's centers and the default datasets of every chapter.
 PAPER_CENTERS: tuple[str, ...] = ("dcsm", "shhs", "isruc")
 #: Share of the paper's class-balanced per-stage counts every chapter draws by default: 1, the
 #: paper's counts exactly (a smaller share is a reader's choice, ``-p count_scale 0.5``).

@@ -12,7 +12,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from .centers import (
     CROSS_LOSS_GOAL,
-    PAPER_ORDER,
     SPREAD_GOAL,
     beside_paper,
     center_goal_texts,
@@ -61,7 +60,6 @@ from .train import (
 __all__ = [
     "CROSS_LOSS_GOAL",
     "MODELS",
-    "PAPER_ORDER",
     "SPREAD_GOAL",
     "AttnSleep",
     "BalancedBatchSampler",

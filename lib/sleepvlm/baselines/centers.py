@@ -10,11 +10,10 @@ import numpy as np
 import pandas as pd
 
 from .. import paper
+from ..params import PAPER_CENTERS
 from ..report import BALANCED, NOT_BALANCED
 from .evaluate import MODALITY, NIGHTS, SAMPLE
 
-#: The paper's centers from easiest to hardest (accuracy and κ, DeepSleepNet and AttnSleep).
-PAPER_ORDER = ("dcsm", "shhs", "isruc")
 #: Accuracy points between the easiest and the hardest center (paper: 17 and 13).
 SPREAD_GOAL = 8.0
 #: Mean κ lost by a model on the centers it was not trained on.
@@ -31,7 +30,7 @@ def within_center(scores: pd.DataFrame) -> pd.DataFrame:
     return table.rename_axis(["model", "center"])
 
 
-def paper_within_center(centers=PAPER_ORDER) -> str:
+def paper_within_center(centers=PAPER_CENTERS) -> str:
     """The paper's within-center accuracy of each baseline, as text: "deepsleepnet 65.2 / 59.0
     / 48.1 %, ..." in the order of ``centers``."""
     return ", ".join(
@@ -109,7 +108,7 @@ def cross_center_texts(matrix: pd.DataFrame) -> dict[str, str]:
     }
 
 
-def center_goals(scores: pd.DataFrame, centers=PAPER_ORDER) -> pd.DataFrame:
+def center_goals(scores: pd.DataFrame, centers=PAPER_CENTERS) -> pd.DataFrame:
     """One row per (model, goal): what was measured, the goal, and whether it is met. Empty
     when ``scores`` does not hold every center of ``centers`` as training and test set."""
     centers = list(centers)
