@@ -546,3 +546,29 @@ def test_a_grounding_batch_mixes_in_the_perception_share_asked():
     assert [mini.INSTRUCTIONS["perception"] in a for a in asked] == [True, True, False, False]
     assert asked[0].strip().endswith(examples[0].targets["perception"])
     assert asked[3].strip().endswith(examples[3].targets["grounding"])
+
+
+def test_a_grounding_batch_shows_a_blank_image_to_the_unconditional_share(monkeypatch, examples):
+    assert mini.blanked_rows("grounding", 8, 0.125) == 1
+    assert mini.blanked_rows("grounding", 8, 0.0) == 0
+    assert mini.blanked_rows("perception", 8, 0.5) == 0
+    blank = np.asarray(Image.open(io.BytesIO(mini.blank_like(examples[0].image))))
+    assert blank.shape[:2] == (TINY.image_height, TINY.image_width) and (blank == 255).all()
+    tokenizer = mini.train_tokenizer([e.targets[p] for e in examples for p in mini.PHASES])
+    processor = mini.image_processor(TINY)
+    shown = []
+    real_batch = mini.make_batch
+
+    def batch(tokenizer, processor, pngs, instruction, targets=None):
+        shown.append([np.asarray(Image.open(io.BytesIO(p))).min() for p in pngs])
+        return real_batch(tokenizer, processor, pngs, instruction, targets)
+
+    monkeypatch.setattr(mini, "make_batch", batch)
+    config = dataclasses.replace(TINY, unconditional_share=0.5, grounding_steps=2)
+    model = mini.build_model(tokenizer, config)
+    mini.train_phase(model, tokenizer, processor, examples, "grounding", 2, config)
+    for darkest in shown:  # the drawn traces are dark; a blank image has none
+        assert [d == 255 for d in darkest] == [False, False, True, True]
+    shown.clear()
+    mini.train_phase(model, tokenizer, processor, examples, "perception", 1, config)
+    assert not any(d == 255 for d in shown[0])

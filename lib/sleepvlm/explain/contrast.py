@@ -37,7 +37,7 @@ import pandas as pd
 
 from sleepvlm.explain.citations import night_inputs
 from sleepvlm.explain.faithfulness import metric_text, score_answers
-from sleepvlm.explain.mini import MiniError, MiniModel
+from sleepvlm.explain.mini import MiniError, MiniModel, blank_like
 from sleepvlm.explain.snapshots import CURVE_METRICS, score_point
 
 #: The negative images contrastive decoding can answer beside the real one.
@@ -141,14 +141,12 @@ def negative_image(png: bytes, negative: str) -> bytes:
     at other times), or blank white."""
     from PIL import Image, ImageOps
 
+    if negative == "blank":
+        return blank_like(png)
+    if negative != "mirrored":
+        raise MiniError(f"negative image {negative!r} is not one of {NEGATIVE_IMAGES}")
     with Image.open(io.BytesIO(png)) as image:
-        image = image.convert("RGB")
-        if negative == "mirrored":
-            out = ImageOps.mirror(image)
-        elif negative == "blank":
-            out = Image.new("RGB", image.size, "white")
-        else:
-            raise MiniError(f"negative image {negative!r} is not one of {NEGATIVE_IMAGES}")
+        out = ImageOps.mirror(image.convert("RGB"))
     buffer = io.BytesIO()
     out.save(buffer, format="PNG")
     return buffer.getvalue()

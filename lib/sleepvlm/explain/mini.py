@@ -142,6 +142,11 @@ class MiniConfig:
     # Share of each grounding batch asked the perception instruction (and trained on its
     # target), so that grounding does not overwrite what perception taught; 0: none.
     perception_mix: float = 0.0
+    # Share of each grounding batch shown a blank image with its epoch's answer, as
+    # classifier-free guidance trains an unconditional model beside the conditional one: the
+    # model then knows what it writes from no image, which contrastive decoding against the blank
+    # image (sleepvlm.explain.contrast) takes away; 0: none (a blank image is one it never saw).
+    unconditional_share: float = 0.0
     perception_steps: int = MINI_PERCEPTION_STEPS
     grounding_steps: int = MINI_GROUNDING_STEPS
     batch_size: int = 8
@@ -415,6 +420,17 @@ def _add_columns(tower, args, output):
 # --- batches -----------------------------------------------------------------------------------
 
 
+def blank_like(png: bytes) -> bytes:
+    """A white PNG of the size of image ``png``."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(png)) as image:
+        size = image.size
+    buffer = io.BytesIO()
+    Image.new("RGB", size, "white").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def _rgb(png: bytes):
     from PIL import Image
 
@@ -536,10 +552,13 @@ def train_phase(
             rng.shuffle(order)
         chosen = [examples[order.pop()] for _ in range(min(config.batch_size, len(examples)))]
         tasks = batch_phases(phase, len(chosen), config.perception_mix)
+        blanked = blanked_rows(phase, len(chosen), config.unconditional_share)
+        shown = [e.image for e in chosen]
+        shown[len(shown) - blanked :] = [blank_like(png) for png in shown[len(shown) - blanked :]]
         batch = make_batch(
             tokenizer,
             processor,
-            [e.image for e in chosen],
+            shown,
             [INSTRUCTIONS[t] for t in tasks],
             [e.targets[t] for e, t in zip(chosen, tasks, strict=True)],
         )
@@ -557,6 +576,7 @@ def train_phase(
             loss = weighted_next_token_loss(output.logits, batch["labels"], weights)
         if presence is not None:
             targets = np.stack([e.presence for e in chosen])
+            targets[len(chosen) - blanked :] = 0  # a blank image shows no event
             loss = loss + config.presence_weight * presence.loss(targets)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
@@ -616,6 +636,12 @@ def batch_phases(phase: str, size: int, perception_mix: float) -> list[str]:
     ``perception_mix`` share the perception instruction and target."""
     mixed = round(size * perception_mix) if phase == "grounding" else 0
     return ["perception"] * mixed + [phase] * (size - mixed)
+
+
+def blanked_rows(phase: str, size: int, unconditional_share: float) -> int:
+    """How many rows, at the end of a batch of ``phase``, are shown a blank image
+    (``unconditional_share`` of a grounding batch)."""
+    return round(size * unconditional_share) if phase == "grounding" else 0
 
 
 def evidence_weights(input_ids, evidence_id: int, weight: float):
