@@ -146,6 +146,10 @@ class MiniConfig:
     # classifier-free guidance trains an unconditional model beside the conditional one: the
     # model then knows what it writes from no image, which contrastive decoding against the blank
     # image (sleepvlm.explain.contrast) takes away; 0: none (a blank image is one it never saw).
+    # Measured at 0.125 (200 held-out epochs per center, one seed): greedy precision 0.41 / 0.42
+    # / 0.32, as without it; contrasted from the evidence on (blank, weight 4), 0.42 / 0.42 /
+    # 0.35, less than the default model gained (0.46 / 0.57 / 0.41): the contrast pulls less
+    # from a blank image the model has learnt to answer.
     unconditional_share: float = 0.0
     perception_steps: int = MINI_PERCEPTION_STEPS
     grounding_steps: int = MINI_GROUNDING_STEPS
