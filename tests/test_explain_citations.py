@@ -3,10 +3,18 @@ probabilities against the hand-made N2 epoch of the faithfulness tests."""
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from sleepvlm.explain import citations, faithfulness
-from sleepvlm.explain.annotations import EpochAnnotation, answer_text, evidence_items, parse_answer
+from sleepvlm.explain.annotations import (
+    AnnotationError,
+    EpochAnnotation,
+    answer_text,
+    evidence_items,
+    parse_answer,
+)
 from sleepvlm.explain.mini import ScoredAnswer
+from sleepvlm.params import EXTERNAL, WITHIN
 from test_explain_faithfulness import KCOMPLEX, RUN, SPINDLE
 
 N2 = EpochAnnotation(
@@ -98,6 +106,82 @@ def test_cut_and_contrasted_answers_are_summaries_of_their_own_beside_the_answer
     assert "sleepvlm-mini, DCSM (external), items with confidence ≥ 0.3" in columns
     assert f"sleepvlm-mini, DCSM (external), decoded {pulled}" in columns
     assert "sleepvlm-mini, DCSM (external)" in columns
+
+
+def test_a_build_keeps_one_record_per_setting_and_replaces_an_earlier_builds_choice(tmp_path):
+    from sleepvlm.metrics import CONTRAST, MIN_CLAIM_CONFIDENCE
+    from sleepvlm.report import load_summaries
+
+    answers = [_scored(TEXT, {"5-6": 0.2})]
+    other_run = {**RUN, "manifest_hash": "ffff000011112222"}
+    faithfulness.write_faithfulness(RUN, citations.score_confident(answers, [N2], 0.0), tmp_path)
+    faithfulness.write_faithfulness(
+        other_run, citations.score_confident(answers, [N2], 0.5), tmp_path, min_claim_confidence=0.5
+    )
+    faithfulness.write_faithfulness(
+        RUN, citations.score_confident(answers, [N2], 0.0), tmp_path, contrast="x"
+    )
+
+    def on_file():
+        found = load_summaries(tmp_path, faithfulness.FAITHFULNESS)
+        return sorted(
+            (
+                row["manifest_hash"][:4],
+                faithfulness.answers_label(row.get(MIN_CLAIM_CONFIDENCE), row.get(CONTRAST)),
+            )
+            for _, row in found.iterrows()
+        )
+
+    runs = {"dcsm": RUN}
+    for threshold in (0.5, 0.3):  # a rebuild that chooses 0.3 replaces its own earlier 0.5
+        cut = {"dcsm": citations.score_confident(answers, [N2], threshold)}
+        faithfulness.write_setting(
+            runs, cut, tmp_path, variant=MIN_CLAIM_CONFIDENCE, value=threshold
+        )
+    assert on_file() == [
+        ("abcd", "as written"),
+        ("abcd", "decoded x"),
+        ("abcd", "items with confidence ≥ 0.3"),
+        ("ffff", "items with confidence ≥ 0.5"),  # another run's record is not this build's
+    ]
+    faithfulness.write_setting(runs, {}, tmp_path, variant=CONTRAST, value=None)
+    assert ("abcd", "decoded x") not in on_file()  # none chosen: the earlier choice goes
+    with pytest.raises(ValueError, match="pass its value"):
+        faithfulness.write_setting(runs, cut, tmp_path, variant=CONTRAST, value=None)
+    with pytest.raises(ValueError, match="not one of"):
+        faithfulness.write_setting(runs, {}, tmp_path, variant="temperature", value=1.0)
+    with pytest.raises(AnnotationError, match="no run's record for \\['shhs'\\]"):
+        faithfulness.write_setting(
+            runs, {"shhs": cut["dcsm"]}, tmp_path, variant=MIN_CLAIM_CONFIDENCE, value=0.3
+        )
+
+
+def test_setting_goals_are_this_builds_answers_as_written_and_in_one_setting(tmp_path):
+    from sleepvlm.report import load_summaries
+
+    answers = [_scored(TEXT, {"5-6": 0.2})]
+    other_run = {**RUN, "manifest_hash": "ffff000011112222"}
+    other_model = {**RUN, "model": "gpt-4o"}
+    for run in (RUN, other_run, other_model):
+        faithfulness.write_faithfulness(
+            run, citations.score_confident(answers, [N2], 0.0), tmp_path
+        )
+    cut = citations.score_confident(answers, [N2], 0.3)
+    faithfulness.write_faithfulness(RUN, cut, tmp_path, min_claim_confidence=0.3)
+    faithfulness.write_faithfulness(RUN, cut, tmp_path, min_claim_confidence=0.6)
+    summaries = load_summaries(tmp_path, faithfulness.FAITHFULNESS)
+    label = faithfulness.answers_label(0.3)
+    goals = faithfulness.setting_goals(summaries, [RUN["manifest_hash"]], label, "shhs")
+    assert sorted(set(goals["answers"])) == ["as written", label]
+    assert len(goals) == 2 * len(faithfulness.FAITHFULNESS_GOALS)  # one model, one manifest
+    assert set(goals["setting"]) == {EXTERNAL} and set(goals["dataset"]) == {"dcsm"}
+    assert faithfulness.goals_met_text(goals, label) == "3 of 4"  # all but comprehensiveness
+    assert faithfulness.goals_met_text(goals, "as written") == "1 of 4"  # coherence
+    within = faithfulness.setting_goals(summaries, [RUN["manifest_hash"]], label, "dcsm")
+    assert set(within["setting"]) == {WITHIN}
+    assert faithfulness.goals_met_text(goals, faithfulness.answers_label(0.9)) == "none measured"
+    empty = faithfulness.setting_goals(summaries.iloc[:0], [], label, "dcsm")
+    assert empty.empty and faithfulness.goals_met_text(empty, label) == "none measured"
 
 
 def test_error_texts_name_the_shares_and_say_when_nothing_was_cited():

@@ -389,6 +389,8 @@ def test_night_answers_pair_each_epoch_of_the_nights_with_its_annotation(trained
     assert [a.epoch for a in found] == epochs["epoch"].tolist()
     curve = citations.confidence_curve(answers, found, thresholds=[0.0, 1.0])
     assert curve.loc[1, "claims_per_answer"] <= curve.loc[0, "claims_per_answer"]
+    cut = citations.score_nights(model, prepared, night, 0.5)
+    assert cut["answer"].tolist() == [citations.cite_confident(a, 0.5) for a in answers]
     curve, chosen = citations.validation_threshold(model, prepared, 1)  # the one val night
     assert curve["min_confidence"].tolist() == list(citations.THRESHOLDS)
     assert chosen == citations.choose_min_confidence(curve)

@@ -95,6 +95,14 @@ def score_confident(
     return score_answers(texts, annotations, tolerance_s).assign(answer=texts)
 
 
+def score_nights(
+    model: MiniModel, prepared, nights: Sequence, min_confidence: float, tolerance_s: float = 1.0
+) -> pd.DataFrame:
+    """:func:`score_confident` of ``model``'s answers to every epoch of ``nights`` of a prepared
+    dataset, cut at ``min_confidence``."""
+    return score_confident(*night_answers(model, prepared, nights), min_confidence, tolerance_s)
+
+
 def validation_threshold(
     model: MiniModel, prepared, max_nights: int, seed: int = 0, tolerance_s: float = 1.0
 ) -> tuple[pd.DataFrame, float | None]:

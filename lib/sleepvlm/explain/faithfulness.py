@@ -25,7 +25,7 @@ precision at any other tolerance follows without scoring again (:func:`precision
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,9 +51,12 @@ from sleepvlm.metrics import (
     CONTRAST,
     MIN_CLAIM_CONFIDENCE,
     SUMMARY_FIELD,
+    SUMMARY_VARIANTS,
     provenance,
     write_result,
 )
+from sleepvlm.params import evaluation_setting
+from sleepvlm.report import SLEEPVLM_MINI, load_summaries
 from sleepvlm.rules.table import RULES
 from sleepvlm.splits import night_keys, nights_of
 
@@ -571,6 +574,75 @@ def write_faithfulness(
     """Write :func:`faithfulness_record` beside the run's own record in ``results_dir``."""
     record = faithfulness_record(run, scored, tolerance_s, min_claim_confidence, contrast)
     return write_result(record, results_dir)
+
+
+def scored_nights(night_frames: Mapping, max_nights: int, seed: int = 0) -> dict[str, list]:
+    """The (subject, night) pairs of each center's whole-night run whose rationales are scored,
+    as :func:`score_run` chooses them: ``night_frames`` are the per-epoch tables of
+    :func:`sleepvlm.experiment.run_grid`, keyed by (dataset, modality, model)."""
+    return {key[0]: nights_of(frame, max_nights, seed) for key, frame in night_frames.items()}
+
+
+def write_setting(
+    runs: Mapping[str, Mapping],
+    scored: Mapping[str, pd.DataFrame],
+    results_dir: str | Path,
+    tolerance_s: float = 1.0,
+    *,
+    variant: str,
+    value,
+) -> list[Path]:
+    """Write each center's faithfulness record (:func:`write_faithfulness` of ``scored[dataset]``
+    beside ``runs[dataset]``) of the answers read in the one setting a build chose: ``variant``
+    (one of :data:`~sleepvlm.metrics.SUMMARY_VARIANTS`) at ``value``; None when none was chosen
+    (``scored`` then empty). The same runs' records of that variant at another value go first:
+    an earlier build into the same folder chose it, and chapter 13, which reads every record on
+    file, would show it as this build's."""
+    if variant not in SUMMARY_VARIANTS:
+        raise ValueError(f"variant {variant!r} is not one of {SUMMARY_VARIANTS}")
+    unknown = sorted(set(scored) - set(runs))
+    if unknown:
+        raise AnnotationError(f"no run's record for {unknown}: pass the records run_grid wrote")
+    if value is None and scored:
+        raise ValueError(f"answers scored in a setting, but {variant} is None: pass its value")
+    on_file = load_summaries(results_dir, FAITHFULNESS)
+    manifests = {run["manifest_hash"] for run in runs.values()}
+    for _, row in on_file.iterrows():
+        other = row.get(variant)
+        if row["manifest_hash"] in manifests and pd.notna(other) and other != value:
+            (Path(results_dir) / row["file"]).unlink()
+    return [
+        write_faithfulness(runs[dataset], frame, results_dir, tolerance_s, **{variant: value})
+        for dataset, frame in scored.items()
+    ]
+
+
+def setting_goals(
+    summaries: pd.DataFrame,
+    manifests: Collection[str],
+    answers: str,
+    train_dataset: str,
+    model: str = SLEEPVLM_MINI,
+) -> pd.DataFrame:
+    """:func:`goal_table` of ``model``'s faithfulness summaries (rows of
+    :func:`sleepvlm.report.load_summaries`) of the runs with these ``manifests`` (one build's),
+    read as written and as ``answers`` (an :func:`answers_label`), with each center's
+    ``setting`` against ``train_dataset`` (within center or external)."""
+    if not len(summaries):
+        return goal_table(summaries).assign(setting=[])
+    mine = summaries[summaries["manifest_hash"].isin(manifests) & (summaries["model"] == model)]
+    goals = goal_table(mine)
+    goals["setting"] = [evaluation_setting(train_dataset, d) for d in goals["dataset"]]
+    return goals[goals["answers"].isin([answers_label(None), answers])].reset_index(drop=True)
+
+
+def goals_met_text(goals: pd.DataFrame, answers: str) -> str:
+    """How many of the goals measured with ``answers`` a :func:`goal_table` shows met
+    ("3 of 12"), or "none measured"."""
+    judged = goals[goals["answers"] == answers].dropna(subset=["met"])
+    if not len(judged):
+        return "none measured"
+    return f"{int(judged['met'].astype(bool).sum())} of {len(judged)}"
 
 
 def goal_table(summaries: pd.DataFrame) -> pd.DataFrame:
