@@ -46,8 +46,9 @@ def source_hash(*modules: object) -> str:
 
 @functools.cache
 def library_hash() -> str:
-    """Hash of every library source and data file (code, prompt templates, registry), taken
-    once per process."""
+    """Hash of every library source and data file (code, prompt templates, registry, measured
+    lever records), taken once per process."""
     package = Path(__file__).parent
-    files = [p for p in package.rglob("*") if p.suffix in (".py", ".md", ".yaml") and p.is_file()]
+    suffixes = (".py", ".md", ".yaml", ".json")
+    files = [p for p in package.rglob("*") if p.suffix in suffixes and p.is_file()]
     return content_hash(*sorted(files))

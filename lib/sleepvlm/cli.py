@@ -160,6 +160,28 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_lever(args: argparse.Namespace) -> int:
+    from .explain import levers
+
+    if args.list or not args.names:
+        for lever in levers.LEVERS:
+            print(f"{lever.name}: {lever.why} {lever.changes or ''}".rstrip())
+        return 0
+    try:
+        chosen = [levers.lever_named(name) for name in args.names]
+    except levers.LeverError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for lever in chosen:
+        records = levers.run_lever(lever, args.train_dataset, progress=True)
+        for path, record in zip(levers.write_lever(records, args.out), records, strict=True):
+            scores = ", ".join(
+                f"{k} {v:.3f}" for k, v in record["metrics"].items() if v is not None
+            )
+            print(f"{lever.name} {record['dataset']}: {scores} -> {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sleepvlm", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -250,6 +272,18 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("-n", type=int, default=300, help="render: images; requests: requests")
     bench.add_argument("--concurrency", type=int, default=32, help="requests: in flight at once")
     bench.set_defaults(func=cmd_bench)
+
+    lever = sub.add_parser(
+        "lever",
+        help="train SleepVLM-mini with a lever of issue 19 and write its records",
+    )
+    lever.add_argument("names", nargs="*", metavar="LEVER", help="levers to run, in turn")
+    lever.add_argument("--list", action="store_true", help="list the levers and exit")
+    lever.add_argument("--train-dataset", default="dcsm", help="center the mini is trained on")
+    lever.add_argument(
+        "--out", type=Path, help="folder of the records (default: the project's, in the package)"
+    )
+    lever.set_defaults(func=cmd_lever)
 
     add_stage_parser(sub)
 

@@ -391,12 +391,13 @@ def _variant(value) -> str:
     return f"{value:g}" if isinstance(value, int | float) else str(value)
 
 
-def write_result(record: dict, folder: str | Path = "results") -> Path:
-    """Write ``record`` as ``<dataset>__<modality>__<model>__<prompt>__<manifest>.json``
-    (replacing the same run's earlier file); anything secret-looking is redacted."""
+def write_result(record: dict, folder: str | Path = "results", name: str | None = None) -> Path:
+    """Write ``record`` as ``<dataset>__<modality>__<model>__<prompt>__<manifest>.json``, or as
+    ``name`` when given (replacing the same run's earlier file); anything secret-looking is
+    redacted."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / _file_name(record)
+    path = folder / (name or _file_name(record))
     text = redact(json.dumps(record, indent=2, sort_keys=True, allow_nan=False))
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(text + "\n", encoding="utf-8")

@@ -1,0 +1,306 @@
+"""Training levers of SleepVLM-mini (issue 19), each measured by a training run of its own.
+
+A lever is a change to :class:`~sleepvlm.explain.mini.MiniConfig` that a VLM engineer would try
+to make the mini's evidence as reliable as its stage (:data:`LEVERS`). :func:`run_lever` trains
+the mini from scratch with it, on the training center and with every other setting as the book
+trains it (:func:`~sleepvlm.explain.train.train_mini`'s defaults), then scores the finished
+model on the held-out epochs of chapter 11's training curve
+(:func:`~sleepvlm.explain.snapshots.held_out_inputs`) with the curve's metrics. The default
+lever is the book's own model, so its record and the curve's last point must agree.
+
+One run trains for 15-40 minutes on the book's two cores, so a dozen do not fit in the book's
+time budget: ``sleepvlm lever NAME`` runs one and writes its records (one per center, summary
+records of the results-record shape, :data:`LEVER`); the project's are committed in
+:data:`RECORDS_DIR` and chapter 11 reads them, marking those measured on other code than its
+own (:func:`code_hash`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import pandas as pd
+
+from sleepvlm import render
+from sleepvlm.cache import content_hash, source_hash
+from sleepvlm.explain import annotations, faithfulness, mini, snapshots
+from sleepvlm.explain.mini import SETTINGS_FILE, MiniConfig, MiniError, MiniModel
+from sleepvlm.explain.train import train_mini
+from sleepvlm.metrics import SUMMARY_FIELD, provenance, write_result
+from sleepvlm.params import PAPER_CENTERS, WITHIN, evaluation_setting
+from sleepvlm.prepare import prepare_dataset
+from sleepvlm.report import SLEEPVLM_MINI, load_summaries
+
+#: :data:`~sleepvlm.metrics.SUMMARY_FIELD` of a lever's record.
+LEVER = "lever"
+#: Folder of the project's lever records: package data, so that the chapters that read them
+#: rerun when one is added (the book's run key hashes the library).
+RECORDS_DIR = Path(__file__).with_name("lever_records")
+#: The lever every other is read against: the book's own settings.
+DEFAULT = "default"
+#: The same run with another seed: how far two runs of one setting differ.
+SEED_NOISE = "seed-1"
+
+
+@dataclass(frozen=True)
+class Lever:
+    """A named change to the mini's settings (``MiniConfig`` fields -> values) and why."""
+
+    name: str
+    why: str
+    changes: dict = field(default_factory=dict)
+
+
+LEVERS: tuple[Lever, ...] = (
+    Lever(DEFAULT, "the book's settings"),
+    Lever(SEED_NOISE, "the book's settings trained with another seed", {"seed": 1}),
+    Lever(
+        "presence-loss",
+        "a head on each image token must say which events lie in its stretch of the epoch",
+        {"presence_weight": 1.0},
+    ),
+    Lever(
+        "column-embedding",
+        "each image token carries a learned embedding of the stretch it shows",
+        {"column_embedding": True},
+    ),
+    Lever("no-context", "the scored epoch alone, drawn three times as wide", {"context": 0}),
+    Lever("deeper-vision", "four vision blocks instead of two", {"vision_depth": 4}),
+    Lever(
+        "evidence-weight",
+        "the evidence tokens weigh three times as much in the grounding loss",
+        {"evidence_weight": 3.0},
+    ),
+    Lever(
+        "perception-mix",
+        "a quarter of each grounding batch keeps describing the waveforms",
+        {"perception_mix": 0.25},
+    ),
+    Lever(
+        "unconditional-share",
+        "an eighth of each grounding batch sees a blank image with its epoch's answer",
+        {"unconditional_share": 0.125},
+    ),
+    Lever(
+        "larger-language-model",
+        "the language model twice as wide and deep",
+        {"text_dim": 256, "text_layers": 4},
+    ),
+    Lever(
+        "times-to-the-second",
+        "evidence times cited to the second rather than to the 5-s segment",
+        {"time_step_s": 1},
+    ),
+    Lever(
+        "events-after-segments",
+        "the perception targets list the events with their times after the segments",
+        {"segment_events": False},
+    ),
+    Lever(
+        "longer-grounding",
+        "twice the grounding steps",
+        {"grounding_steps": 2 * MiniConfig().grounding_steps},
+    ),
+)
+#: The metrics of a lever's record: those of chapter 11's training curve.
+LEVER_METRICS = snapshots.CURVE_METRICS
+
+
+class LeverError(MiniError):
+    """A lever cannot be run or read as asked."""
+
+
+def lever_named(name: str) -> Lever:
+    """The lever of :data:`LEVERS` called ``name``."""
+    for lever in LEVERS:
+        if lever.name == name:
+            return lever
+    known = ", ".join(lever.name for lever in LEVERS)
+    raise LeverError(f"no lever {name!r}; the levers are: {known}")
+
+
+def code_hash() -> str:
+    """Hash of the code a lever's numbers depend on: the model, its targets and images, and
+    the scoring of its answers."""
+    return source_hash(mini, annotations, render, faithfulness, snapshots)
+
+
+def run_lever(
+    lever: Lever,
+    train_dataset: str = "dcsm",
+    eval_datasets: Sequence[str] = PAPER_CENTERS,
+    data_dirs: Mapping[str, str | Path] | None = None,
+    cohort_size: str = "full",
+    base: MiniConfig | None = None,
+    per_class: int = 800,
+    max_nights: int = 8,
+    max_epochs: int = 200,
+    seed: int = 0,
+    tolerance_s: float = 1.0,
+    progress: bool = False,
+) -> list[dict]:
+    """Train the mini with ``lever``'s changes to ``base`` (the default config) on
+    ``train_dataset`` (a cached model when these settings were trained before) and score it on
+    the training curve's held-out epochs of each of ``eval_datasets``: one record per center.
+    ``data_dirs``: the folder of each dataset that is not the simulated cohort's."""
+    config = replace(base or MiniConfig(), **lever.changes)
+    data_dirs = data_dirs or {}
+    folder = train_mini(
+        train_dataset,
+        data_dirs.get(train_dataset),
+        cohort_size=cohort_size,
+        config=config,
+        per_class=per_class,
+        max_nights=max_nights,
+        make_default=False,
+        progress=progress,
+    )
+    trained = json.loads((Path(folder) / SETTINGS_FILE).read_text())
+    prepared = {
+        name: prepare_dataset(name, data_dirs.get(name), cohort_size=cohort_size)
+        for name in eval_datasets
+    }
+    inputs = snapshots.held_out_inputs(prepared, config.image_options(), 1, max_epochs, seed)
+    model = MiniModel.load(folder)
+    records = []
+    for name, (pngs, found) in inputs.items():
+        texts = [answer.text for answer in model.answer_all(pngs)]
+        records.append(
+            {
+                SUMMARY_FIELD: LEVER,
+                LEVER: lever.name,
+                "why": lever.why,
+                "changes": lever.changes,
+                "dataset": name,
+                "modality": "image",
+                "model": SLEEPVLM_MINI,
+                "prompt": "expert",
+                "data": "simulated" if prepared[name].simulated else "real",
+                "train_dataset": train_dataset,
+                "n": len(pngs),
+                "manifest_hash": content_hash([list(a.key) for a in found]),
+                "tolerance_s": tolerance_s,
+                "config": asdict(config),
+                "train_seconds": trained["seconds"],
+                "grounding_steps_done": len(trained["log"]["loss"]["grounding"]),
+                "parameters": trained["parameters"],
+                "code": code_hash(),
+                "metrics": snapshots.score_point(texts, found, tolerance_s),
+                **provenance(),
+            }
+        )
+    return records
+
+
+def write_lever(records: Sequence[Mapping], folder: str | Path | None = None) -> list[Path]:
+    """Write a lever's records (:func:`run_lever`) into ``folder`` (default: the project's), one
+    file per lever and center, replacing that lever's earlier record of the center."""
+    folder = Path(folder) if folder else RECORDS_DIR
+    return [write_result(dict(r), folder, name=f"{r[LEVER]}__{r['dataset']}.json") for r in records]
+
+
+def lever_table(summaries: pd.DataFrame, train_dataset: str) -> pd.DataFrame:
+    """One row per lever of :data:`LEVERS` (in order) and setting (within center, external):
+    the mean of each metric over the setting's centers, the change of precision against the
+    default lever's, minutes of training, and whether the records were measured on this code
+    (``code``: "this", "other", or "not measured" without a record). ``summaries`` are the
+    lever records (:func:`sleepvlm.report.load_summaries` of :data:`LEVER`)."""
+    columns = ["lever", "changes", "setting", *LEVER_METRICS, "train_minutes", "code"]
+    if len(summaries):
+        summaries = summaries[summaries["train_dataset"] == train_dataset]
+    rows, current = [], code_hash()
+    for lever in LEVERS:
+        mine = summaries[summaries[LEVER] == lever.name] if len(summaries) else summaries
+        changes = ", ".join(f"{k}={v}" for k, v in lever.changes.items()) or "—"
+        if not len(mine):
+            rows.append({"lever": lever.name, "changes": changes, "code": "not measured"})
+            continue
+        mine = mine.assign(setting=[evaluation_setting(train_dataset, d) for d in mine["dataset"]])
+        for setting, group in mine.groupby("setting", sort=False):
+            rows.append(
+                {
+                    "lever": lever.name,
+                    "changes": changes,
+                    "setting": setting,
+                    **group[list(LEVER_METRICS)].astype(float).mean().to_dict(),
+                    "train_minutes": group["train_seconds"].max() / 60,
+                    "code": "this" if (group["code"] == current).all() else "other",
+                }
+            )
+    table = pd.DataFrame(rows, columns=columns)
+    default = table[table["lever"] == DEFAULT].set_index("setting")["precision"]
+    table["Δ precision"] = table["precision"] - table["setting"].map(default)
+    return table
+
+
+def load_levers(folder: str | Path | None = None) -> pd.DataFrame:
+    """The lever records in ``folder`` (default: the project's), as
+    :func:`sleepvlm.report.load_summaries` reads summaries."""
+    return load_summaries(Path(folder) if folder else RECORDS_DIR, LEVER)
+
+
+def lever_text(table: pd.DataFrame) -> str:
+    """What :func:`lever_table` shows within the training center: how far the second seed
+    moved precision and κ (the noise), which levers moved precision further, and the best
+    precision against the goal."""
+    measured = table[table["code"] != "not measured"]
+    within = measured[measured["setting"] == WITHIN].set_index("lever")
+    if DEFAULT not in within.index:
+        return "The default lever has no record, so no lever can be read against it."
+    stale = sorted(set(measured[measured["code"] == "other"]["lever"]))
+    counted = f"{len(set(measured['lever']))} of {len(LEVERS)} levers have records"
+    if stale:
+        counted += f" ({', '.join(stale)} measured on other code than this build's)"
+    goal = faithfulness.FAITHFULNESS_GOALS["precision"][1]
+    shown = faithfulness.metric_text
+    text = (
+        f"{counted}. Within the training center the default lever's precision is "
+        f"{shown('precision', within.loc[DEFAULT, 'precision'])} and κ "
+        f"{shown('kappa', within.loc[DEFAULT, 'kappa'])}"
+    )
+    cited = within["precision"].dropna()
+    if len(cited):
+        best = cited.idxmax()
+        text += f"; the highest precision is {best}'s, {cited[best]:.2f} (goal {goal:g})."
+    else:
+        text += "; no lever's answers cite an event there."
+    if SEED_NOISE not in within.index:
+        return text + " The second seed has no record, so the noise is not known."
+    noise = abs(within.loc[SEED_NOISE, "Δ precision"])
+    kappa_noise = abs(within.loc[SEED_NOISE, "kappa"] - within.loc[DEFAULT, "kappa"])
+    beyond = within[(within["Δ precision"].abs() > noise) & ~within.index.isin([SEED_NOISE])]
+    moved = (
+        ", ".join(f"{name} {row['Δ precision']:+.2f}" for name, row in beyond.iterrows()) or "none"
+    )
+    return text + (
+        f" A second seed of the default settings moves precision by "
+        f"{shown('precision', noise)} and κ by {shown('kappa', kappa_noise)}; levers that move "
+        f"precision further: {moved}."
+    )
+
+
+def agreement_text(table: pd.DataFrame, curve: pd.DataFrame) -> str:
+    """Whether the default lever's record and the last point of this build's training curve
+    (:func:`~sleepvlm.explain.snapshots.training_curve` with a ``setting`` column), which score
+    the same model on the same epochs, agree within the training center."""
+    default = table[(table["lever"] == DEFAULT) & (table["setting"] == WITHIN)]
+    last = curve[(curve["step"] == curve["step"].max()) & (curve["setting"] == WITHIN)]
+    if default.empty or last.empty:
+        return "There is no default record or no curve within the training center to compare."
+    record = default.iloc[0][list(LEVER_METRICS)].astype(float)
+    built = last[list(LEVER_METRICS)].astype(float).mean()
+    gap = (record - built).abs().max()
+    verdict = (
+        "they agree"
+        if gap < 0.005
+        else f"they differ by up to {gap:.2f}, so the records are "
+        "not of the model this build trained"
+    )
+    return (
+        f"The default record gives precision {record['precision']:.2f} and κ "
+        f"{record['kappa']:.2f} within the training center, this build's model "
+        f"{built['precision']:.2f} and {built['kappa']:.2f} on the same epochs: {verdict}."
+    )

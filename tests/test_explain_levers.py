@@ -1,0 +1,145 @@
+"""SleepVLM-mini's training levers: a lever's run trains the mini with its change and scores the
+finished model as the training curve does; its records are read into the lever table, which
+marks what is missing and what was measured on other code."""
+
+import dataclasses
+import json
+
+import pandas as pd
+import pytest
+
+from sleepvlm.cli import main
+from sleepvlm.explain import levers, mini, snapshots
+from sleepvlm.params import EXTERNAL, WITHIN
+from test_explain_mini import TINY, prepared  # noqa: F401 (a fixture)
+
+
+def test_levers_change_known_settings_and_are_found_by_name():
+    fields = {f.name for f in dataclasses.fields(mini.MiniConfig)}
+    names = [lever.name for lever in levers.LEVERS]
+    assert len(set(names)) == len(names) and names[:2] == [levers.DEFAULT, levers.SEED_NOISE]
+    for lever in levers.LEVERS:
+        assert set(lever.changes) <= fields, lever.name
+        config = dataclasses.replace(mini.MiniConfig(), **lever.changes)
+        assert (config == mini.MiniConfig()) == (lever.name == levers.DEFAULT)
+    assert levers.lever_named("seed-1").changes == {"seed": 1}
+    with pytest.raises(levers.LeverError, match="no lever 'nope'; the levers are: default"):
+        levers.lever_named("nope")
+
+
+def test_a_levers_run_is_scored_as_the_curves_last_point_and_read_back(prepared, tmp_path):  # noqa: F811
+    base = dataclasses.replace(TINY, grounding_steps=6)
+    run = dict(
+        train_dataset="dcsm",
+        eval_datasets=["dcsm"],
+        data_dirs={"dcsm": prepared.source},
+        base=base,
+        per_class=3,
+        max_nights=1,
+        max_epochs=6,
+    )
+    records = levers.run_lever(levers.lever_named(levers.DEFAULT), **run)
+    (record,) = records
+    assert record["summary"] == levers.LEVER and record["lever"] == levers.DEFAULT
+    assert record["config"] == dataclasses.asdict(base) and record["code"] == levers.code_hash()
+    assert record["n"] == 6 and record["grounding_steps_done"] == 6
+    assert set(record["metrics"]) == set(levers.LEVER_METRICS)
+    folders = sorted((tmp_path / "cache" / "models").glob("sleepvlm-mini-dcsm-*"))
+    curve = snapshots.training_curve(folders[0], {"dcsm": prepared}, max_epochs=6)
+    last = curve[curve["step"] == curve["step"].max()].iloc[0]
+    for metric, value in record["metrics"].items():  # the same model on the same epochs
+        assert value == pytest.approx(last[metric], nan_ok=True) or pd.isna(last[metric])
+
+    paths = levers.write_lever(records, tmp_path / "levers")
+    assert [p.name for p in paths] == ["default__dcsm.json"]
+    seeded = levers.run_lever(levers.lever_named(levers.SEED_NOISE), **run)
+    assert seeded[0]["config"]["seed"] == 1
+    levers.write_lever(seeded, tmp_path / "levers")
+    table = levers.lever_table(levers.load_levers(tmp_path / "levers"), "dcsm")
+    assert table["lever"].tolist() == [lever.name for lever in levers.LEVERS]
+    measured = table.set_index("lever")
+    assert measured.loc[levers.DEFAULT, "Δ precision"] == 0 or pd.isna(
+        measured.loc[levers.DEFAULT, "precision"]
+    )
+    assert measured.loc[levers.DEFAULT, "code"] == "this"
+    assert measured.loc["presence-loss", "code"] == "not measured"
+
+    stale = json.loads(paths[0].read_text())
+    paths[0].write_text(json.dumps({**stale, "code": "0" * 16}))
+    table = levers.lever_table(levers.load_levers(tmp_path / "levers"), "dcsm")
+    assert table.set_index("lever").loc[levers.DEFAULT, "code"] == "other"
+    assert "(default measured on other code" in levers.lever_text(table)
+
+
+def _records(precision: dict[str, tuple[float, float]], kappa: float = 0.7) -> pd.DataFrame:
+    """Lever records as load_levers reads them: lever -> (precision on DCSM, on SHHS)."""
+    rows = []
+    for name, values in precision.items():
+        for dataset, value in zip(("dcsm", "shhs"), values, strict=True):
+            rows.append(
+                {
+                    "lever": name,
+                    "dataset": dataset,
+                    "train_dataset": "dcsm",
+                    "kappa": kappa,
+                    "precision": value,
+                    "comprehensiveness": 0.4,
+                    "coherence": 1.0,
+                    "ungrounded_share": 0.7,
+                    "train_seconds": 900.0,
+                    "code": levers.code_hash(),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def test_the_lever_table_reads_each_lever_against_the_default_and_the_seed_noise():
+    records = _records(
+        {"default": (0.42, 0.40), "seed-1": (0.40, 0.41), "presence-loss": (0.50, 0.30)}
+    )
+    table = levers.lever_table(records, "dcsm")
+    rows = table.set_index(["lever", "setting"])
+    assert rows.loc[("presence-loss", WITHIN), "Δ precision"] == pytest.approx(0.08)
+    assert rows.loc[("presence-loss", EXTERNAL), "Δ precision"] == pytest.approx(-0.10)
+    assert rows.loc[("presence-loss", WITHIN), "train_minutes"] == 15
+    assert rows.loc[("presence-loss", WITHIN), "changes"] == "presence_weight=1.0"
+    text = levers.lever_text(table)
+    assert text.startswith("3 of 13 levers have records.")
+    assert "the highest precision is presence-loss's, 0.50 (goal 0.75)" in text
+    assert "moves precision by 0.02 and κ by 0.00" in text
+    assert text.endswith("levers that move precision further: presence-loss +0.08.")
+    quiet = levers.lever_table(_records({"default": (0.42, 0.4), "seed-1": (0.3, 0.4)}), "dcsm")
+    assert levers.lever_text(quiet).endswith("levers that move precision further: none.")
+    no_seed = levers.lever_table(_records({"default": (0.42, 0.4)}), "dcsm")
+    assert levers.lever_text(no_seed).endswith("so the noise is not known.")
+    nothing = levers.lever_table(pd.DataFrame(), "dcsm")
+    assert (nothing["code"] == "not measured").all()
+    assert levers.lever_text(nothing).startswith("The default lever has no record")
+
+
+def test_the_default_record_is_compared_with_this_builds_curve():
+    table = levers.lever_table(_records({"default": (0.42, 0.40)}), "dcsm")
+    curve = pd.DataFrame(
+        {
+            "step": [100, 200, 200],
+            "setting": [WITHIN, WITHIN, EXTERNAL],
+            "kappa": [0.1, 0.7, 0.5],
+            "precision": [0.1, 0.42, 0.3],
+            "comprehensiveness": [0.1, 0.4, 0.3],
+            "coherence": [0.1, 1.0, 1.0],
+            "ungrounded_share": [0.1, 0.7, 0.7],
+        }
+    )
+    assert levers.agreement_text(table, curve).endswith(
+        "0.42 and 0.70 on the same epochs: they agree."
+    )
+    moved = curve.assign(precision=[0.1, 0.5, 0.3])
+    assert "they differ by up to 0.08" in levers.agreement_text(table, moved)
+    assert levers.agreement_text(table, curve.iloc[:0]).startswith("There is no default record")
+
+
+def test_the_command_lists_the_levers_and_names_an_unknown_one(capsys):
+    assert main(["lever", "--list"]) == 0
+    assert "presence-loss: a head on each image token" in capsys.readouterr().out
+    assert main(["lever", "nope"]) == 2
+    assert "no lever 'nope'" in capsys.readouterr().err
