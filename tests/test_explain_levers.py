@@ -4,6 +4,7 @@ marks what is missing and what was measured on other code."""
 
 import dataclasses
 import json
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -143,3 +144,15 @@ def test_the_command_lists_the_levers_and_names_an_unknown_one(capsys):
     assert "presence-loss: a head on each image token" in capsys.readouterr().out
     assert main(["lever", "nope"]) == 2
     assert "no lever 'nope'" in capsys.readouterr().err
+
+
+def test_the_code_hash_follows_code_not_comments(tmp_path, monkeypatch):
+    def hash_of(source: str) -> str:
+        path = tmp_path / f"module_{abs(hash(source))}.py"
+        path.write_text(source)
+        monkeypatch.setattr(levers, "_MEASURED_CODE", (SimpleNamespace(__file__=str(path)),))
+        return levers.code_hash()
+
+    plain = hash_of("x = 1\n")
+    assert hash_of("x = 1  # measured: precision 0.42\n") == plain
+    assert hash_of("x = 2\n") != plain
