@@ -8,7 +8,7 @@ model on the held-out epochs of chapter 11's training curve
 (:func:`~sleepvlm.explain.snapshots.held_out_inputs`) with the curve's metrics. The default
 lever is the book's own model, so its record and the curve's last point must agree.
 
-One run trains for 15-40 minutes on the book's two cores, so a dozen do not fit in the book's
+Each is a full training run (the table gives its minutes), so a dozen do not fit in the book's
 time budget: ``sleepvlm lever NAME`` runs one and writes its records (one per center, summary
 records of the results-record shape, :data:`LEVER`); the project's are committed in
 :data:`RECORDS_DIR` and chapter 11 reads them, marking those measured on other code than its
