@@ -110,8 +110,9 @@ LEVERS: tuple[Lever, ...] = (
 LEVER_METRICS = snapshots.CURVE_METRICS
 
 
-#: The modules whose code a lever's numbers depend on (:func:`code_hash`).
-_MEASURED_CODE = (mini, annotations, render, faithfulness, snapshots)
+#: The modules whose code decides the model a lever trains (:func:`code_hash`), as they decide
+#: its cache key: its architecture and training, its targets and its images.
+_MEASURED_CODE = (mini, annotations, render)
 
 
 class LeverError(MiniError):
@@ -128,9 +129,9 @@ def lever_named(name: str) -> Lever:
 
 
 def code_hash() -> str:
-    """Hash of the code a lever's numbers depend on: the model, its targets and images, and
-    the scoring of its answers; of their syntax trees, so that an edited comment (where
-    ``MiniConfig`` keeps what its options measured) leaves the records current."""
+    """Hash of the code that decides the model a lever trains, of its syntax trees, so that an
+    edited comment (where ``MiniConfig`` keeps what its options measured) leaves the records
+    current. The scoring is the library's, named by each record's ``library_version``."""
     trees = [ast.dump(ast.parse(Path(m.__file__).read_text())) for m in _MEASURED_CODE]
     return content_hash(*trees)
 
