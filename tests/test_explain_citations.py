@@ -193,3 +193,20 @@ def test_error_texts_name_the_shares_and_say_when_nothing_was_cited():
     assert texts["precision_at_epoch"] == "1.00"
     empty = faithfulness.error_texts(faithfulness.claim_table(scored.iloc[:0]), token_s=6.0)
     assert set(empty.values()) == {"— (no cited events)"}
+
+
+def test_cuts_text_sets_what_each_cut_keeps_at_its_chosen_threshold():
+    kept = pd.DataFrame(
+        {
+            "min_confidence": [0.0, 0.5],
+            "precision": [0.5, 0.9],
+            "ungrounded_share": [0.5, 0.1],
+            "comprehensiveness": [0.6, 0.3],
+        }
+    )
+    never = kept.assign(ungrounded_share=[0.5, 0.4])
+    text = citations.cuts_text({"tokens": kept, "probe": never, "none": pd.DataFrame()})
+    assert text == (
+        "On the validation nights, tokens at 0.5: comprehensiveness 0.30, precision 0.90; "
+        "probe: no threshold meets the goals; none: no threshold meets the goals."
+    )

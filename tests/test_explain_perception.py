@@ -130,14 +130,17 @@ def test_token_probe_finds_where_the_tokens_show_an_event_and_nothing_in_noise()
     fit_pngs, fit_found, fit_tokens = _probe_inputs(60, 0, informative=True)
     pngs, found, tokens = _probe_inputs(40, 1, informative=True)
     model = _Tokens({**fit_tokens, **tokens})
-    table = perception.token_probe(model, fit_pngs, fit_found, {"d": (pngs, found)})["d"]
+    probe = perception.fit_event_probe(model, fit_pngs, fit_found)
+    assert list(probe.probes) == ["spindle"]  # the one kind with positive columns
+    table = perception.probe_scores(model, probe, {"d": (pngs, found)})["d"]
     spindle = table.set_index("kind").loc["spindle"]
     assert spindle["within_epoch_auc"] > 0.95 and spindle["epochs"] == 40
     assert spindle["positives"] >= 40
     noise_fit = _probe_inputs(60, 2, informative=False)
     noise = _probe_inputs(40, 3, informative=False)
     model = _Tokens({**noise_fit[2], **noise[2]})
-    table = perception.token_probe(model, *noise_fit[:2], {"d": noise[:2]})["d"]
+    noise_probe = perception.fit_event_probe(model, *noise_fit[:2])
+    table = perception.probe_scores(model, noise_probe, {"d": noise[:2]})["d"]
     assert 0.3 < table.set_index("kind").loc["spindle", "within_epoch_auc"] < 0.7
     text = perception.probe_text({"dcsm": table, "shhs": table.iloc[:0]})
     assert text.startswith("Which column of a held-out epoch holds an event")
@@ -160,8 +163,46 @@ def test_image_tokens_are_the_vision_towers_on_their_grid(snapshotted):  # noqa:
 def test_probe_tables_fit_on_the_training_center_and_score_each_held_out_one(snapshotted):  # noqa: F811
     folder, data = snapshotted
     model = mini.MiniModel.load(folder)
-    tables = perception.probe_tables(model, data, {"a": data, "b": data}, 3, 1, max_epochs=4)
+    probe = perception.fit_probe(model, data, per_class=3, max_nights=1)
+    tables = perception.probe_tables(model, probe, {"a": data, "b": data}, max_epochs=4)
     assert list(tables) == ["a", "b"]
     for table in tables.values():
         assert list(table.columns) == list(perception.PROBE_COLUMNS)
         assert table["auc"].dropna().between(0, 1).all()
+
+
+def test_an_item_is_supported_where_the_probe_finds_its_kind_in_the_columns_it_cites():
+    from sleepvlm.data.records import EVENT_KINDS
+    from sleepvlm.explain.citations import cite_confident
+
+    probe = perception.EventProbe(mini.MiniConfig(), probes={"spindle": None})  # fitted: its name
+    spans = [mini.column_spans(probe.config)[k] for k in probe.columns]
+    probabilities = np.full((len(spans), len(EVENT_KINDS)), np.nan)
+    spindle = EVENT_KINDS.index("spindle")
+    probabilities[:, spindle] = [0.9 if a < 12 < b else 0.1 for a, b in spans]
+    assert probe.item_support("spindle on EEG at 10-15 s", probabilities) == 0.9
+    assert probe.item_support("spindle on EEG at 25-30 s", probabilities) == 0.1
+    assert probe.item_support("K complex on EEG at 25-30 s", probabilities) == 1.0  # no probe
+    assert probe.item_support("low chin tone", probabilities) == 1.0  # no event cited
+    head = "Stage: N2. Rules: N2.spindle. Evidence: spindle on EEG at 10-15 s"
+    text = f"{head}; spindle on EEG at 25-30 s."
+    supported = probe.supported(text, probabilities)
+    assert supported.text == text
+    assert cite_confident(supported, 0.5) == f"{head}."
+    assert cite_confident(supported, 0.0) == text
+
+
+def test_probe_night_answers_are_the_greedy_answers_with_the_probes_support(snapshotted):  # noqa: F811
+    from sleepvlm.explain import citations
+    from sleepvlm.splits import night_keys, nights_of
+
+    folder, data = snapshotted
+    model = mini.MiniModel.load(folder)
+    probe = perception.fit_probe(model, data, per_class=3, max_nights=1)
+    test = data.manifest[data.manifest["split"] == "test"]
+    nights = nights_of(test, 1, 0)
+    answers, found = perception.probe_night_answers(model, data, nights, probe)
+    pngs, truth = citations.night_inputs(data, nights, model.image_options())
+    assert len(answers) == len(found) == int(night_keys(test).isin(nights).sum())
+    assert [a.text for a in answers] == model.generate(pngs)
+    assert [a.key for a in found] == [a.key for a in truth]

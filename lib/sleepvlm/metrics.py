@@ -361,9 +361,13 @@ MIN_CLAIM_CONFIDENCE = "min_claim_confidence"
 #: Field of a faithfulness summary whose answers were decoded contrastively (the label of its
 #: sleepvlm.explain.contrast.Contrast; absent: greedy decoding).
 CONTRAST = "contrast"
+#: Field of a faithfulness summary whose answers were cut to the evidence items a probe on the
+#: model's own image tokens supports (sleepvlm.explain.perception.EventProbe): the least
+#: support kept.
+MIN_PROBE_SUPPORT = "min_probe_support"
 #: Fields of a summary record that tell apart summaries of one run's answers read or decoded
 #: in different ways; each is in the file name.
-SUMMARY_VARIANTS: tuple[str, ...] = (MIN_CLAIM_CONFIDENCE, CONTRAST)
+SUMMARY_VARIANTS: tuple[str, ...] = (MIN_CLAIM_CONFIDENCE, CONTRAST, MIN_PROBE_SUPPORT)
 
 
 def point_value(value):

@@ -33,8 +33,6 @@ from sleepvlm.data.records import STAGES, DataError
 from sleepvlm.environment import lock_hash
 from sleepvlm.experiment import EMBEDDED_MODELS, PROMPT_VARIANTS, rerun_command
 from sleepvlm.metrics import (
-    CONTRAST,
-    MIN_CLAIM_CONFIDENCE,
     SUMMARY_FIELD,
     SUMMARY_METRICS,
     is_summary,
@@ -990,7 +988,7 @@ def rationale_table(summaries: pd.DataFrame) -> pd.DataFrame:
     on the 1-5 scale (a proxy ``s`` as ``1 + 4 s``), and the share of answers citing an event
     that is not there; one column for the paper, one per summary, named by model, test center
     and whether it is the model's own center."""
-    from sleepvlm.explain.faithfulness import answers_label
+    from sleepvlm.explain.faithfulness import answers_label, summary_label
     from sleepvlm.params import evaluation_setting
 
     names = [f"{rating} (1–5)" for _, rating in RATIONALE_ROWS]
@@ -1009,7 +1007,7 @@ def rationale_table(summaries: pd.DataFrame) -> pd.DataFrame:
             for m, _ in RATIONALE_ROWS
         ]
         values.append(f"{row['ungrounded_share']:.0%}")
-        label = answers_label(row.get(MIN_CLAIM_CONFIDENCE), row.get(CONTRAST))
+        label = summary_label(row)
         answers = "" if label == answers_label(None) else f", {label}"
         columns[f"{row['model']}, {str(row['dataset']).upper()} ({setting}){answers}"] = values
     return pd.DataFrame(columns, index=index)

@@ -12,7 +12,7 @@ nights, never on the test nights it is reported on.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -83,6 +83,14 @@ def night_answers(
     return model.answer_all(pngs, scored=True), chosen
 
 
+#: How a cut reads the answers to a set of nights: (model, prepared, nights) -> the answers,
+#: each item's characters carrying how sure it is, and the nights' annotations in their order
+#: (:func:`night_answers`: the model's own token probabilities).
+NightAnswers = Callable[
+    [MiniModel, object, Sequence], tuple[Sequence[ScoredAnswer], Sequence[EpochAnnotation]]
+]
+
+
 def score_confident(
     answers: Sequence[ScoredAnswer],
     annotations: Sequence[EpochAnnotation],
@@ -96,24 +104,35 @@ def score_confident(
 
 
 def score_nights(
-    model: MiniModel, prepared, nights: Sequence, min_confidence: float, tolerance_s: float = 1.0
+    model: MiniModel,
+    prepared,
+    nights: Sequence,
+    min_confidence: float,
+    tolerance_s: float = 1.0,
+    answers: NightAnswers = night_answers,
 ) -> pd.DataFrame:
     """:func:`score_confident` of ``model``'s answers to every epoch of ``nights`` of a prepared
-    dataset, cut at ``min_confidence``."""
-    return score_confident(*night_answers(model, prepared, nights), min_confidence, tolerance_s)
+    dataset (scored by ``answers``), cut at ``min_confidence``."""
+    return score_confident(*answers(model, prepared, nights), min_confidence, tolerance_s)
 
 
 def validation_threshold(
-    model: MiniModel, prepared, max_nights: int, seed: int = 0, tolerance_s: float = 1.0
+    model: MiniModel,
+    prepared,
+    max_nights: int,
+    seed: int = 0,
+    tolerance_s: float = 1.0,
+    answers: NightAnswers = night_answers,
 ) -> tuple[pd.DataFrame, float | None]:
     """The confidence curve of ``max_nights`` validation nights of the model's training center
-    (``prepared``; chosen with ``seed``) and the threshold :func:`choose_min_confidence` takes
-    from it; an empty curve and None when the center has no validation nights."""
+    (``prepared``; chosen with ``seed``; scored by ``answers``) and the threshold
+    :func:`choose_min_confidence` takes from it; an empty curve and None when the center has no
+    validation nights."""
     pool = prepared.manifest[prepared.manifest["split"] == "val"]
     nights = nights_of(pool, max_nights, seed)
     if not nights:
         return pd.DataFrame(), None
-    curve = confidence_curve(*night_answers(model, prepared, nights), tolerance_s=tolerance_s)
+    curve = confidence_curve(*answers(model, prepared, nights), tolerance_s=tolerance_s)
     return curve, choose_min_confidence(curve)
 
 
@@ -152,6 +171,23 @@ def choose_min_confidence(curve: pd.DataFrame, goals: Sequence[str] = CHOSEN_FOR
         met &= column >= value if bound == ">=" else column < value
     chosen = curve.loc[met, "min_confidence"]
     return float(chosen.min()) if len(chosen) else None
+
+
+def cuts_text(curves: Mapping[str, pd.DataFrame]) -> str:
+    """How much evidence each cut keeps where it is chosen: per cut (name -> its
+    :func:`confidence_curve` on the same validation nights), the comprehensiveness and precision
+    at the threshold :func:`choose_min_confidence` takes, or that none meets the goals."""
+    parts = []
+    for name, curve in curves.items():
+        chosen = choose_min_confidence(curve) if len(curve) else None
+        if chosen is None:
+            parts.append(f"{name}: no threshold meets the goals")
+            continue
+        row = curve[curve["min_confidence"] == chosen].iloc[0]
+        kept = metric_text("comprehensiveness", row["comprehensiveness"])
+        right = metric_text("precision", row["precision"])
+        parts.append(f"{name} at {chosen:g}: comprehensiveness {kept}, precision {right}")
+    return "On the validation nights, " + "; ".join(parts) + "."
 
 
 def cut_sentence(goals: pd.DataFrame, dataset: str, answers: str) -> str:

@@ -50,6 +50,7 @@ from sleepvlm.explain.annotations import (
 from sleepvlm.metrics import (
     CONTRAST,
     MIN_CLAIM_CONFIDENCE,
+    MIN_PROBE_SUPPORT,
     SUMMARY_FIELD,
     SUMMARY_VARIANTS,
     provenance,
@@ -530,6 +531,7 @@ def faithfulness_record(
     tolerance_s: float = 1.0,
     min_claim_confidence: float | None = None,
     contrast: str | None = None,
+    min_probe_support: float | None = None,
 ) -> dict:
     """The faithfulness summary of one run as a results record: which run (the fields of its
     staging record ``run`` that name model, data and training center), which nights and epochs
@@ -539,7 +541,9 @@ def faithfulness_record(
     items the model was sure of (:func:`sleepvlm.explain.citations.cite_confident`), with the
     ``min_claim_confidence`` they were cut at, which the record keeps (and its file name); or
     of answers decoded contrastively, with the ``contrast`` label
-    (:class:`sleepvlm.explain.contrast.Contrast`), kept the same way."""
+    (:class:`sleepvlm.explain.contrast.Contrast`), kept the same way; or of answers cut to the
+    items the image tokens support, with the ``min_probe_support`` they were cut at
+    (:class:`sleepvlm.explain.perception.EventProbe`)."""
     missing = [k for k in ("dataset", "modality", "model", "prompt") if k not in run]
     if missing:
         raise AnnotationError(
@@ -557,6 +561,7 @@ def faithfulness_record(
         "tolerance_s": tolerance_s,
         **({} if min_claim_confidence is None else {MIN_CLAIM_CONFIDENCE: min_claim_confidence}),
         **({} if contrast is None else {CONTRAST: contrast}),
+        **({} if min_probe_support is None else {MIN_PROBE_SUPPORT: min_probe_support}),
         "metrics": faithfulness_metrics(scored),
         "note": PROXY_NOTE,
         **provenance(),
@@ -570,9 +575,12 @@ def write_faithfulness(
     tolerance_s: float = 1.0,
     min_claim_confidence: float | None = None,
     contrast: str | None = None,
+    min_probe_support: float | None = None,
 ) -> Path:
     """Write :func:`faithfulness_record` beside the run's own record in ``results_dir``."""
-    record = faithfulness_record(run, scored, tolerance_s, min_claim_confidence, contrast)
+    record = faithfulness_record(
+        run, scored, tolerance_s, min_claim_confidence, contrast, min_probe_support
+    )
     return write_result(record, results_dir)
 
 
@@ -660,9 +668,7 @@ def goal_table(summaries: pd.DataFrame) -> pd.DataFrame:
                 {
                     "dataset": summary["dataset"],
                     "train_dataset": summary.get("train_dataset"),
-                    "answers": answers_label(
-                        summary.get(MIN_CLAIM_CONFIDENCE), summary.get(CONTRAST)
-                    ),
+                    "answers": summary_label(summary),
                     "metric": metric,
                     "measured": value if defined else None,
                     "goal": f"{bound} {goal:g}",
@@ -681,16 +687,31 @@ def metric_text(metric: str, value) -> str:
     return f"{value:.0%}" if metric == "ungrounded_share" else f"{value:.2f}"
 
 
-def answers_label(min_claim_confidence: float | None, contrast: str | None = None) -> str:
+def answers_label(
+    min_claim_confidence: float | None,
+    contrast: str | None = None,
+    min_probe_support: float | None = None,
+) -> str:
     """How a faithfulness summary's answers were read: as written, cut to the evidence items
-    the model was sure of (its :data:`~sleepvlm.metrics.MIN_CLAIM_CONFIDENCE`), or decoded
-    contrastively (its :data:`~sleepvlm.metrics.CONTRAST`)."""
+    the model was sure of (its :data:`~sleepvlm.metrics.MIN_CLAIM_CONFIDENCE`), decoded
+    contrastively (its :data:`~sleepvlm.metrics.CONTRAST`), or cut to the items its image
+    tokens support (its :data:`~sleepvlm.metrics.MIN_PROBE_SUPPORT`)."""
     parts = []
     if contrast is not None and not pd.isna(contrast):
         parts.append(f"decoded {contrast}")
     if min_claim_confidence is not None and not pd.isna(min_claim_confidence):
         parts.append(f"items with confidence ≥ {min_claim_confidence:g}")
+    if min_probe_support is not None and not pd.isna(min_probe_support):
+        parts.append(f"items the image tokens support at ≥ {min_probe_support:g}")
     return "; ".join(parts) or "as written"
+
+
+def summary_label(summary: Mapping) -> str:
+    """:func:`answers_label` of a faithfulness summary (a record, or a row of
+    :func:`sleepvlm.report.load_summaries`)."""
+    return answers_label(
+        summary.get(MIN_CLAIM_CONFIDENCE), summary.get(CONTRAST), summary.get(MIN_PROBE_SUPPORT)
+    )
 
 
 #: Colors of :func:`draw_claims`: the epoch's events, and cited events found or not found.

@@ -13,32 +13,42 @@ kept before grounding, :data:`sleepvlm.explain.mini.PERCEPTION_SNAPSHOT`) and of
 model, on the same held-out epochs as :mod:`sleepvlm.explain.snapshots`: how much it saw, and
 how much of that the grounding phase kept.
 
-:func:`token_probe` asks the image tokens themselves, without the language model: a linear
+:func:`fit_event_probe` asks the image tokens themselves, without the language model: a linear
 probe per event kind, fitted on the frozen tokens of training epochs, says from a column's
 tokens whether an event of that kind lies in its stretch of the epoch. Its AUC *within* held-out
-epochs (which column of an epoch holds the event) measures how much of *where* the vision
-tower hands on; where the probe finds it and the answers do not, the language side is what
-writes the wrong times.
+epochs (which column of an epoch holds the event, :func:`probe_scores`) measures how much of
+*where* the vision tower hands on; where the probe finds it and the answers do not, the language
+side is what writes the wrong times. The same probe can then check the answers: an evidence item
+is kept only where the image tokens support it (:meth:`EventProbe.supported`), a lever at answer
+time beside :mod:`sleepvlm.explain.citations`' cut by the model's own token probabilities.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from sleepvlm.data.records import EPOCH_S, EVENT_KINDS
-from sleepvlm.explain.annotations import KIND_WORDS, EpochAnnotation
-from sleepvlm.explain.citations import epoch_inputs
+from sleepvlm.explain.annotations import (
+    KIND_WORDS,
+    EpochAnnotation,
+    evidence_items,
+    parse_answer,
+)
+from sleepvlm.explain.citations import epoch_inputs, night_inputs
 from sleepvlm.explain.mini import (
+    EVIDENCE,
     PERCEPTION_SNAPSHOT,
     SEGMENT_S,
     SETTINGS_FILE,
     MiniConfig,
     MiniModel,
+    ScoredAnswer,
     column_spans,
     presence_targets,
     segment_event_words,
@@ -167,45 +177,114 @@ def column_features(tokens: np.ndarray, columns: Sequence[int]) -> np.ndarray:
     return chosen.reshape(len(tokens) * len(columns), -1)
 
 
-def token_probe(
-    model: MiniModel,
-    train_pngs: Sequence[bytes],
-    train_annotations: Sequence[EpochAnnotation],
-    held_out: Mapping[str, tuple[Sequence[bytes], Sequence[EpochAnnotation]]],
-) -> dict[str, pd.DataFrame]:
-    """Per held-out set (name -> images and annotations), one row per event kind with enough
-    positive columns: a logistic regression fitted once on the image tokens of the scored
-    epoch's columns of ``train_pngs`` against :func:`~sleepvlm.explain.mini.presence_targets`,
-    scored on the set: AUC over all columns, and the mean AUC within the epochs where the kind
-    lies in some columns but not all (``epochs`` of them), which only *where* can raise."""
+@dataclass
+class EventProbe:
+    """Per event kind with enough positive columns in its fitting epochs, a logistic regression
+    that says from one image-token column of the scored epoch (its tokens side by side) whether
+    an event of that kind lies in its stretch (:func:`fit_event_probe`)."""
+
+    config: MiniConfig
+    probes: dict = field(default_factory=dict)
+
+    @property
+    def columns(self) -> list[int]:
+        """The token columns of the scored epoch, in order."""
+        return [k for k, span in enumerate(column_spans(self.config)) if span is not None]
+
+    def probabilities(self, model: MiniModel, pngs: Sequence[bytes]) -> np.ndarray:
+        """(images, columns, event kinds): each probe's probability per column of the scored
+        epoch; NaN for a kind without a probe."""
+        features = column_features(model.image_tokens(pngs), self.columns)
+        out = np.full((len(pngs), len(self.columns), len(EVENT_KINDS)), np.nan)
+        for kind, probe in self.probes.items():
+            scores = probe.predict_proba(features)[:, 1]
+            out[:, :, EVENT_KINDS.index(kind)] = scores.reshape(len(pngs), len(self.columns))
+        return out
+
+    def item_support(self, item: str, probabilities: np.ndarray) -> float:
+        """How sure the probes are (0-1) that the event an evidence item cites lies where it
+        says, from one image's :meth:`probabilities`: for each event it cites, the highest
+        probability of its kind among the columns its times overlap; the least of these. An
+        item that cites no event, or only kinds without a probe, has nothing to check: 1."""
+        spans = [column_spans(self.config)[k] for k in self.columns]
+        support = 1.0
+        for claim in parse_answer(f"{EVIDENCE} {item}").claims:
+            kind = EVENT_KINDS.index(claim.kind)
+            end = max(claim.end_s, claim.start_s + 1e-3)  # a time point overlaps its column
+            cited = [c for c, (a, b) in enumerate(spans) if a < end and b > claim.start_s]
+            values = probabilities[cited, kind]
+            if not np.isnan(probabilities[:, kind]).all():
+                support = min(support, float(np.nanmax(values)) if len(values) else 0.0)
+        return support
+
+    def supported(self, text: str, probabilities: np.ndarray) -> ScoredAnswer:
+        """``text`` with each evidence item's characters carrying its :meth:`item_support` (the
+        rest 1), so that :func:`~sleepvlm.explain.citations.cite_confident` keeps the items the
+        image tokens support, as it keeps those the model wrote with confidence."""
+        confidence = np.ones(len(text))
+        for start, stop in evidence_items(text)[1]:
+            confidence[start:stop] = self.item_support(text[start:stop], probabilities)
+        return ScoredAnswer(text, confidence)
+
+
+def fit_event_probe(
+    model: MiniModel, pngs: Sequence[bytes], annotations: Sequence[EpochAnnotation]
+) -> EventProbe:
+    """An :class:`EventProbe` fitted on the frozen image tokens of ``pngs`` against
+    :func:`~sleepvlm.explain.mini.presence_targets` of their ``annotations``, for each kind
+    with at least :data:`MIN_POSITIVES` positive columns."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    config = MiniConfig(**model.settings["config"])
-    columns = [k for k, span in enumerate(column_spans(config)) if span is not None]
-
-    def targets(found):
-        return np.stack([presence_targets(a.all_events, config)[columns] for a in found])
-
-    fit_x = column_features(model.image_tokens(train_pngs), columns)
-    fit_y = targets(train_annotations)
-    tests = {
-        name: (column_features(model.image_tokens(pngs), columns), targets(found))
-        for name, (pngs, found) in held_out.items()
-    }
-    rows = {name: [] for name in held_out}
+    probe = EventProbe(MiniConfig(**model.settings["config"]))
+    features = column_features(model.image_tokens(pngs), probe.columns)
+    truth = presence_columns(probe, annotations)
     for k, kind in enumerate(EVENT_KINDS):
-        y = fit_y[:, :, k].ravel()
-        if y.sum() < MIN_POSITIVES:
-            continue
-        probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)).fit(fit_x, y)
-        for name, (test_x, test_y) in tests.items():
-            truth = test_y[:, :, k]
-            if truth.sum() >= MIN_POSITIVES:
-                scores = probe.predict_proba(test_x)[:, 1].reshape(truth.shape)
-                rows[name].append({"kind": kind, **_probe_scores(truth, scores)})
+        y = truth[:, :, k].ravel()
+        if y.sum() >= MIN_POSITIVES:
+            fitted = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
+            probe.probes[kind] = fitted.fit(features, y)
+    return probe
+
+
+def presence_columns(probe: EventProbe, annotations: Sequence[EpochAnnotation]) -> np.ndarray:
+    """(epochs, columns, kinds): :func:`~sleepvlm.explain.mini.presence_targets` of each
+    annotation's events on the probe's columns."""
+    return np.stack(
+        [presence_targets(a.all_events, probe.config)[probe.columns] for a in annotations]
+    )
+
+
+def probe_scores(
+    model: MiniModel,
+    probe: EventProbe,
+    held_out: Mapping[str, tuple[Sequence[bytes], Sequence[EpochAnnotation]]],
+) -> dict[str, pd.DataFrame]:
+    """Per held-out set (name -> images and annotations), one row per probed event kind with
+    enough positive columns in the set: AUC over all columns, and the mean AUC within the epochs
+    where the kind lies in some columns but not all (``epochs`` of them), which only *where*
+    can raise."""
+    rows = {name: [] for name in held_out}
+    for name, (pngs, found) in held_out.items():
+        scores, truth = probe.probabilities(model, pngs), presence_columns(probe, found)
+        for kind in probe.probes:
+            k = EVENT_KINDS.index(kind)
+            if truth[:, :, k].sum() >= MIN_POSITIVES:
+                rows[name].append({"kind": kind, **_probe_scores(truth[:, :, k], scores[:, :, k])})
     return {name: pd.DataFrame(r, columns=list(PROBE_COLUMNS)) for name, r in rows.items()}
+
+
+def probe_night_answers(
+    model: MiniModel, prepared, nights: Sequence, probe: EventProbe
+) -> tuple[list[ScoredAnswer], list[EpochAnnotation]]:
+    """The model's greedy answers to every epoch of ``nights`` of a prepared dataset, each
+    evidence item carrying the support of ``probe`` (:meth:`EventProbe.supported`), and the
+    annotations of the same epochs (as :func:`~sleepvlm.explain.citations.night_answers`)."""
+    pngs, found = night_inputs(prepared, nights, model.image_options())
+    texts = [answer.text for answer in model.answer_all(pngs)]
+    supported = map(probe.supported, texts, probe.probabilities(model, pngs))
+    return list(supported), found
 
 
 def _probe_scores(truth: np.ndarray, scores: np.ndarray) -> dict:
@@ -222,22 +301,27 @@ def _probe_scores(truth: np.ndarray, scores: np.ndarray) -> dict:
     }
 
 
+def fit_probe(
+    model: MiniModel, prepared, per_class: int, max_nights: int | None, seed: int = 0
+) -> EventProbe:
+    """:func:`fit_event_probe` on ``per_class`` epochs per stage of the training split of
+    ``prepared`` (the model's own center, from ``max_nights`` of its training nights)."""
+    sample = training_sample(prepared, per_class, seed, max_nights)
+    return fit_event_probe(model, *epoch_inputs(prepared, sample, model.image_options()))
+
+
 def probe_tables(
     model: MiniModel,
-    prepared,
+    probe: EventProbe,
     held_out: Mapping[str, object],
-    per_class: int,
-    max_nights: int | None,
     max_epochs: int = 200,
     seed: int = 0,
 ) -> dict[str, pd.DataFrame]:
-    """:func:`token_probe` fitted on ``per_class`` epochs per stage of the training split of
-    ``prepared`` (the model's own center, from ``max_nights`` of its training nights) and
-    scored on the :func:`~sleepvlm.explain.snapshots.held_out_epochs` of each dataset of
-    ``held_out`` (name -> prepared dataset)."""
-    options = model.image_options()
-    fit = epoch_inputs(prepared, training_sample(prepared, per_class, seed, max_nights), options)
-    return token_probe(model, *fit, held_out_inputs(held_out, options, 1, max_epochs, seed))
+    """:func:`probe_scores` of ``probe`` on the
+    :func:`~sleepvlm.explain.snapshots.held_out_epochs` of each dataset of ``held_out`` (name
+    -> prepared dataset)."""
+    inputs = held_out_inputs(held_out, model.image_options(), 1, max_epochs, seed)
+    return probe_scores(model, probe, inputs)
 
 
 def probe_text(probes: Mapping[str, pd.DataFrame]) -> str:
