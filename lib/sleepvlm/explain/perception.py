@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -186,10 +187,16 @@ class EventProbe:
     config: MiniConfig
     probes: dict = field(default_factory=dict)
 
-    @property
+    @cached_property
     def columns(self) -> list[int]:
         """The token columns of the scored epoch, in order."""
         return [k for k, span in enumerate(column_spans(self.config)) if span is not None]
+
+    @cached_property
+    def spans(self) -> list[tuple[float, float]]:
+        """The stretch of the scored epoch (s) each of :attr:`columns` shows; worked out once,
+        since every evidence item checked reads it."""
+        return [column_spans(self.config)[k] for k in self.columns]
 
     def probabilities(self, model: MiniModel, pngs: Sequence[bytes]) -> np.ndarray:
         """(images, columns, event kinds): each probe's probability per column of the scored
@@ -206,12 +213,11 @@ class EventProbe:
         says, from one image's :meth:`probabilities`: for each event it cites, the highest
         probability of its kind among the columns its times overlap; the least of these. An
         item that cites no event, or only kinds without a probe, has nothing to check: 1."""
-        spans = [column_spans(self.config)[k] for k in self.columns]
         support = 1.0
         for claim in parse_answer(f"{EVIDENCE} {item}").claims:
             kind = EVENT_KINDS.index(claim.kind)
             end = max(claim.end_s, claim.start_s + 1e-3)  # a time point overlaps its column
-            cited = [c for c, (a, b) in enumerate(spans) if a < end and b > claim.start_s]
+            cited = [c for c, (a, b) in enumerate(self.spans) if a < end and b > claim.start_s]
             values = probabilities[cited, kind]
             if not np.isnan(probabilities[:, kind]).all():
                 support = min(support, float(np.nanmax(values)) if len(values) else 0.0)
