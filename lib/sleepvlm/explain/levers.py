@@ -307,8 +307,10 @@ def agreement_text(table: pd.DataFrame, curve: pd.DataFrame) -> str:
         else f"they differ by up to {gap:.2f}, so the records are "
         "not of the model this build trained"
     )
+    shown = faithfulness.metric_text  # a dash, not "nan", where no answer cites an event
     return (
-        f"The default record gives precision {record['precision']:.2f} and κ "
-        f"{record['kappa']:.2f} within the training center, this build's model "
-        f"{built['precision']:.2f} and {built['kappa']:.2f} on the same epochs: {verdict}."
+        f"The default record gives precision {shown('precision', record['precision'])} and κ "
+        f"{shown('kappa', record['kappa'])} within the training center, this build's model "
+        f"{shown('precision', built['precision'])} and {shown('kappa', built['kappa'])} on the "
+        f"same epochs: {verdict}."
     )
