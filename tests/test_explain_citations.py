@@ -184,6 +184,39 @@ def test_setting_goals_are_this_builds_answers_as_written_and_in_one_setting(tmp
     assert empty.empty and faithfulness.goals_met_text(empty, label) == "none measured"
 
 
+def test_record_setting_scores_the_chosen_nights_writes_them_and_returns_their_goals(tmp_path):
+    answers = [_scored(TEXT, {"5-6": 0.2})]
+    faithfulness.write_faithfulness(RUN, citations.score_confident(answers, [N2], 0.0), tmp_path)
+    frame = pd.DataFrame({"subject": ["s1", "s1", "s2", "s3"], "night": ["1", "1", "1", "2"]})
+    night_frames = {("dcsm", "image", "sleepvlm-mini"): frame}
+    asked = []
+
+    def score(dataset, nights):
+        asked.append((dataset, nights))
+        return citations.score_confident(answers, [N2], 0.3)
+
+    label = faithfulness.answers_label(0.3)
+    setting = dict(
+        variant="min_claim_confidence", answers=label, train_dataset="dcsm", max_nights=2, seed=1
+    )
+    goals = faithfulness.record_setting(
+        {"dcsm": RUN}, night_frames, score, tmp_path, value=0.3, **setting
+    )
+    assert asked == list(faithfulness.scored_nights(night_frames, 2, seed=1).items())
+    assert len(asked[0][1]) == 2  # two of the three nights, as score_run chooses them
+    assert faithfulness.goals_met_text(goals, label) == "3 of 4"
+    pivot = faithfulness.goal_pivot(goals)
+    assert pivot.loc[(WITHIN, "dcsm", label), "precision >= 0.75"] == 1.0
+    assert pivot.loc[(WITHIN, "dcsm", "as written"), "precision >= 0.75"] == 0.5
+    asked.clear()
+    nothing = faithfulness.record_setting(
+        {"dcsm": RUN}, night_frames, score, tmp_path, value=None, **setting
+    )
+    assert asked == []  # nothing chosen: nothing scored, and the earlier choice is gone
+    assert set(nothing["answers"]) == {"as written"}
+    assert faithfulness.goals_met_text(nothing, label) == "none measured"
+
+
 def test_error_texts_name_the_shares_and_say_when_nothing_was_cited():
     scored = faithfulness.score_answers([TEXT], [N2])
     texts = faithfulness.error_texts(faithfulness.claim_table(scored), token_s=6.0)

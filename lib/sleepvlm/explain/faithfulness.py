@@ -25,7 +25,7 @@ precision at any other tolerance follows without scoring again (:func:`precision
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -642,6 +642,56 @@ def setting_goals(
     goals = goal_table(mine)
     goals["setting"] = [evaluation_setting(train_dataset, d) for d in goals["dataset"]]
     return goals[goals["answers"].isin([answers_label(None), answers])].reset_index(drop=True)
+
+
+def record_setting(
+    runs: Mapping[str, Mapping],
+    night_frames: Mapping,
+    score: Callable[[str, list], pd.DataFrame],
+    results_dir: str | Path,
+    tolerance_s: float = 1.0,
+    *,
+    variant: str,
+    value,
+    answers: str,
+    train_dataset: str,
+    max_nights: int,
+    seed: int = 0,
+    model: str = SLEEPVLM_MINI,
+) -> pd.DataFrame:
+    """Measure one setting a build chose on every center's test nights and keep it on file:
+    ``score(dataset, nights)`` scores the answers read so on the nights of
+    :func:`scored_nights` (not called when ``value`` is None: nothing was chosen), their records
+    replace the runs' earlier ones of ``variant`` (:func:`write_setting`), and the return is
+    :func:`setting_goals` of the runs, read as written and as ``answers``."""
+    scored = (
+        {
+            dataset: score(dataset, nights)
+            for dataset, nights in scored_nights(night_frames, max_nights, seed).items()
+        }
+        if value is not None
+        else {}
+    )
+    write_setting(runs, scored, results_dir, tolerance_s, variant=variant, value=value)
+    return setting_goals(
+        load_summaries(results_dir, FAITHFULNESS),
+        [run["manifest_hash"] for run in runs.values()],
+        answers,
+        train_dataset,
+        model,
+    )
+
+
+def goal_pivot(goals: pd.DataFrame) -> pd.DataFrame:
+    """A :func:`setting_goals` table laid out for reading: one row per setting, center and
+    answers, one column per metric with its goal."""
+    named = goals.assign(metric=goals["metric"] + " " + goals["goal"])
+    return named.pivot_table(
+        index=["setting", "dataset", "answers"],
+        columns="metric",
+        values="measured",
+        aggfunc="first",
+    )
 
 
 def goals_met_text(goals: pd.DataFrame, answers: str) -> str:
