@@ -135,25 +135,56 @@ def test_a_build_keeps_one_record_per_setting_and_replaces_an_earlier_builds_cho
     runs = {"dcsm": RUN}
     for threshold in (0.5, 0.3):  # a rebuild that chooses 0.3 replaces its own earlier 0.5
         cut = {"dcsm": citations.score_confident(answers, [N2], threshold)}
-        faithfulness.write_setting(
-            runs, cut, tmp_path, variant=MIN_CLAIM_CONFIDENCE, value=threshold
-        )
+        faithfulness.write_setting(runs, cut, tmp_path, setting={MIN_CLAIM_CONFIDENCE: threshold})
     assert on_file() == [
         ("abcd", "as written"),
         ("abcd", "decoded x"),
         ("abcd", "items with confidence ≥ 0.3"),
         ("ffff", "items with confidence ≥ 0.5"),  # another run's record is not this build's
     ]
-    faithfulness.write_setting(runs, {}, tmp_path, variant=CONTRAST, value=None)
+    faithfulness.write_setting(runs, {}, tmp_path, setting={CONTRAST: None})
     assert ("abcd", "decoded x") not in on_file()  # none chosen: the earlier choice goes
-    with pytest.raises(ValueError, match="pass its value"):
-        faithfulness.write_setting(runs, cut, tmp_path, variant=CONTRAST, value=None)
+    with pytest.raises(ValueError, match="holds None"):
+        faithfulness.write_setting(runs, cut, tmp_path, setting={CONTRAST: None})
     with pytest.raises(ValueError, match="not one of"):
-        faithfulness.write_setting(runs, {}, tmp_path, variant="temperature", value=1.0)
+        faithfulness.write_setting(runs, {}, tmp_path, setting={"temperature": 1.0})
+    with pytest.raises(ValueError, match="not one of"):
+        faithfulness.write_setting(runs, {}, tmp_path, setting={})
     with pytest.raises(AnnotationError, match="no run's record for \\['shhs'\\]"):
         faithfulness.write_setting(
-            runs, {"shhs": cut["dcsm"]}, tmp_path, variant=MIN_CLAIM_CONFIDENCE, value=0.3
+            runs, {"shhs": cut["dcsm"]}, tmp_path, setting={MIN_CLAIM_CONFIDENCE: 0.3}
         )
+
+
+def test_a_setting_of_two_fields_is_kept_apart_from_either_field_alone(tmp_path):
+    from sleepvlm.metrics import MIN_PROBE_SUPPORT, PROBE_GUIDANCE
+    from sleepvlm.report import load_summaries
+
+    answers = [_scored(TEXT, {"5-6": 0.2})]
+    cut = {"dcsm": citations.score_confident(answers, [N2], 0.3)}
+    runs = {"dcsm": RUN}
+    faithfulness.write_setting(runs, cut, tmp_path, setting={MIN_PROBE_SUPPORT: 0.5})
+    both = {PROBE_GUIDANCE: 4.0, MIN_PROBE_SUPPORT: 0.4}
+    path = faithfulness.write_setting(runs, cut, tmp_path, setting=both)[0]
+    assert path.name.endswith("probe_guidance-4__min_probe_support-0.4.json")
+
+    def labels():
+        found = load_summaries(tmp_path, faithfulness.FAITHFULNESS)
+        return sorted(faithfulness.summary_label(row) for _, row in found.iterrows())
+
+    cut_alone = faithfulness.answers_label(min_probe_support=0.5)
+    guided_cut = (
+        "times guided by the image tokens (weight 4); items the image tokens support at ≥ 0.4"
+    )
+    assert labels() == [cut_alone, guided_cut]
+    faithfulness.write_setting(runs, cut, tmp_path, setting={**both, PROBE_GUIDANCE: 2.0})
+    assert len(labels()) == 2 and cut_alone in labels()  # the weight-4 record gave way
+    faithfulness.write_setting(runs, {}, tmp_path, setting={PROBE_GUIDANCE: None})
+    assert len(labels()) == 2  # no record of the guidance alone: nothing to take away
+    faithfulness.write_setting(runs, {}, tmp_path, setting={**both, PROBE_GUIDANCE: None})
+    assert labels() == [cut_alone]
+    with pytest.raises(ValueError, match="not among the summary variants"):
+        faithfulness.faithfulness_record(RUN, cut["dcsm"], temperature=1.0)
 
 
 def test_setting_goals_are_this_builds_answers_as_written_and_in_one_setting(tmp_path):
@@ -185,6 +216,8 @@ def test_setting_goals_are_this_builds_answers_as_written_and_in_one_setting(tmp
 
 
 def test_record_setting_scores_the_chosen_nights_writes_them_and_returns_their_goals(tmp_path):
+    from sleepvlm.metrics import MIN_CLAIM_CONFIDENCE
+
     answers = [_scored(TEXT, {"5-6": 0.2})]
     faithfulness.write_faithfulness(RUN, citations.score_confident(answers, [N2], 0.0), tmp_path)
     frame = pd.DataFrame({"subject": ["s1", "s1", "s2", "s3"], "night": ["1", "1", "1", "2"]})
@@ -196,11 +229,9 @@ def test_record_setting_scores_the_chosen_nights_writes_them_and_returns_their_g
         return citations.score_confident(answers, [N2], 0.3)
 
     label = faithfulness.answers_label(0.3)
-    setting = dict(
-        variant="min_claim_confidence", answers=label, train_dataset="dcsm", max_nights=2, seed=1
-    )
+    kept = dict(answers=label, train_dataset="dcsm", max_nights=2, seed=1)
     goals = faithfulness.record_setting(
-        {"dcsm": RUN}, night_frames, score, tmp_path, value=0.3, **setting
+        {"dcsm": RUN}, night_frames, score, tmp_path, setting={MIN_CLAIM_CONFIDENCE: 0.3}, **kept
     )
     assert asked == list(faithfulness.scored_nights(night_frames, 2, seed=1).items())
     assert len(asked[0][1]) == 2  # two of the three nights, as score_run chooses them
@@ -210,7 +241,7 @@ def test_record_setting_scores_the_chosen_nights_writes_them_and_returns_their_g
     assert pivot.loc[(WITHIN, "dcsm", "as written"), "precision >= 0.75"] == 0.5
     asked.clear()
     nothing = faithfulness.record_setting(
-        {"dcsm": RUN}, night_frames, score, tmp_path, value=None, **setting
+        {"dcsm": RUN}, night_frames, score, tmp_path, setting={MIN_CLAIM_CONFIDENCE: None}, **kept
     )
     assert asked == []  # nothing chosen: nothing scored, and the earlier choice is gone
     assert set(nothing["answers"]) == {"as written"}

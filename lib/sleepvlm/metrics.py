@@ -365,9 +365,17 @@ CONTRAST = "contrast"
 #: model's own image tokens supports (sleepvlm.explain.perception.EventProbe): the least
 #: support kept.
 MIN_PROBE_SUPPORT = "min_probe_support"
+#: Field of a faithfulness summary whose answers' cited times were guided by that probe as
+#: they were decoded (sleepvlm.explain.guidance.ProbeGuidance): the guidance's weight.
+PROBE_GUIDANCE = "probe_guidance"
 #: Fields of a summary record that tell apart summaries of one run's answers read or decoded
 #: in different ways; each is in the file name.
-SUMMARY_VARIANTS: tuple[str, ...] = (MIN_CLAIM_CONFIDENCE, CONTRAST, MIN_PROBE_SUPPORT)
+SUMMARY_VARIANTS: tuple[str, ...] = (
+    MIN_CLAIM_CONFIDENCE,
+    CONTRAST,
+    PROBE_GUIDANCE,
+    MIN_PROBE_SUPPORT,
+)
 
 
 def point_value(value):

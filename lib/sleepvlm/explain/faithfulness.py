@@ -48,9 +48,6 @@ from sleepvlm.explain.annotations import (
     supported_stages,
 )
 from sleepvlm.metrics import (
-    CONTRAST,
-    MIN_CLAIM_CONFIDENCE,
-    MIN_PROBE_SUPPORT,
     SUMMARY_FIELD,
     SUMMARY_VARIANTS,
     provenance,
@@ -526,24 +523,24 @@ def faithfulness_metrics(scored: pd.DataFrame) -> dict:
 
 
 def faithfulness_record(
-    run: Mapping,
-    scored: pd.DataFrame,
-    tolerance_s: float = 1.0,
-    min_claim_confidence: float | None = None,
-    contrast: str | None = None,
-    min_probe_support: float | None = None,
+    run: Mapping, scored: pd.DataFrame, tolerance_s: float = 1.0, **setting
 ) -> dict:
     """The faithfulness summary of one run as a results record: which run (the fields of its
     staging record ``run`` that name model, data and training center), which nights and epochs
     were scored, against what (``reference``: true or detected events) and at which
     ``tolerance_s``, and :func:`faithfulness_metrics`. ``scored`` are the rows of
-    :func:`score_run` for that run, scored at ``tolerance_s``; or of its answers cut to the
-    items the model was sure of (:func:`sleepvlm.explain.citations.cite_confident`), with the
-    ``min_claim_confidence`` they were cut at, which the record keeps (and its file name); or
-    of answers decoded contrastively, with the ``contrast`` label
-    (:class:`sleepvlm.explain.contrast.Contrast`), kept the same way; or of answers cut to the
-    items the image tokens support, with the ``min_probe_support`` they were cut at
-    (:class:`sleepvlm.explain.perception.EventProbe`)."""
+    :func:`score_run` for that run, scored at ``tolerance_s``; or of its answers read or decoded
+    in another ``setting`` (fields of :data:`~sleepvlm.metrics.SUMMARY_VARIANTS` and their
+    values, None for one not used), which the record keeps (and its file name): cut to the items
+    the model was sure of (``min_claim_confidence``,
+    :func:`sleepvlm.explain.citations.cite_confident`), decoded contrastively (``contrast``, the
+    label of a :class:`sleepvlm.explain.contrast.Contrast`), with the cited times guided by the
+    image tokens (``probe_guidance``, :class:`sleepvlm.explain.guidance.ProbeGuidance`'s weight),
+    or cut to the items the image tokens support (``min_probe_support``,
+    :class:`sleepvlm.explain.perception.EventProbe`)."""
+    unknown = sorted(set(setting) - set(SUMMARY_VARIANTS))
+    if unknown:
+        raise ValueError(f"{unknown} are not among the summary variants {SUMMARY_VARIANTS}")
     missing = [k for k in ("dataset", "modality", "model", "prompt") if k not in run]
     if missing:
         raise AnnotationError(
@@ -559,9 +556,7 @@ def faithfulness_record(
         "nights": nights,
         "reference": sorted(set(scored["source"])),
         "tolerance_s": tolerance_s,
-        **({} if min_claim_confidence is None else {MIN_CLAIM_CONFIDENCE: min_claim_confidence}),
-        **({} if contrast is None else {CONTRAST: contrast}),
-        **({} if min_probe_support is None else {MIN_PROBE_SUPPORT: min_probe_support}),
+        **{k: v for k, v in setting.items() if v is not None},
         "metrics": faithfulness_metrics(scored),
         "note": PROXY_NOTE,
         **provenance(),
@@ -569,19 +564,10 @@ def faithfulness_record(
 
 
 def write_faithfulness(
-    run: Mapping,
-    scored: pd.DataFrame,
-    results_dir: str | Path,
-    tolerance_s: float = 1.0,
-    min_claim_confidence: float | None = None,
-    contrast: str | None = None,
-    min_probe_support: float | None = None,
+    run: Mapping, scored: pd.DataFrame, results_dir: str | Path, tolerance_s: float = 1.0, **setting
 ) -> Path:
     """Write :func:`faithfulness_record` beside the run's own record in ``results_dir``."""
-    record = faithfulness_record(
-        run, scored, tolerance_s, min_claim_confidence, contrast, min_probe_support
-    )
-    return write_result(record, results_dir)
+    return write_result(faithfulness_record(run, scored, tolerance_s, **setting), results_dir)
 
 
 def scored_nights(night_frames: Mapping, max_nights: int, seed: int = 0) -> dict[str, list]:
@@ -597,30 +583,32 @@ def write_setting(
     results_dir: str | Path,
     tolerance_s: float = 1.0,
     *,
-    variant: str,
-    value,
+    setting: Mapping[str, object],
 ) -> list[Path]:
     """Write each center's faithfulness record (:func:`write_faithfulness` of ``scored[dataset]``
-    beside ``runs[dataset]``) of the answers read in the one setting a build chose: ``variant``
-    (one of :data:`~sleepvlm.metrics.SUMMARY_VARIANTS`) at ``value``; None when none was chosen
-    (``scored`` then empty). The same runs' records of that variant at another value go first:
-    an earlier build into the same folder chose it, and chapter 13, which reads every record on
-    file, would show it as this build's."""
-    if variant not in SUMMARY_VARIANTS:
-        raise ValueError(f"variant {variant!r} is not one of {SUMMARY_VARIANTS}")
-    unknown = sorted(set(scored) - set(runs))
-    if unknown:
-        raise AnnotationError(f"no run's record for {unknown}: pass the records run_grid wrote")
-    if value is None and scored:
-        raise ValueError(f"answers scored in a setting, but {variant} is None: pass its value")
+    beside ``runs[dataset]``) of the answers read in the one setting a build chose: ``setting``
+    maps fields of :data:`~sleepvlm.metrics.SUMMARY_VARIANTS` to the values chosen, a value None
+    when nothing was chosen (``scored`` then empty). The same runs' records of those fields at
+    other values go first: an earlier build into the same folder chose them, and chapter 13,
+    which reads every record on file, would show them as this build's."""
+    unknown = sorted(set(setting) - set(SUMMARY_VARIANTS))
+    if unknown or not setting:
+        raise ValueError(f"setting {dict(setting)} is not one of {SUMMARY_VARIANTS} with a value")
+    missing = sorted(set(scored) - set(runs))
+    if missing:
+        raise AnnotationError(f"no run's record for {missing}: pass the records run_grid wrote")
+    chosen = all(value is not None for value in setting.values())
+    if scored and not chosen:
+        raise ValueError(f"answers scored in a setting, but {dict(setting)} holds None: pass it")
     on_file = load_summaries(results_dir, FAITHFULNESS)
     manifests = {run["manifest_hash"] for run in runs.values()}
     for _, row in on_file.iterrows():
-        other = row.get(variant)
-        if row["manifest_hash"] in manifests and pd.notna(other) and other != value:
-            (Path(results_dir) / row["file"]).unlink()
+        values = {k: row.get(k) for k in SUMMARY_VARIANTS if pd.notna(row.get(k))}
+        if row["manifest_hash"] in manifests and set(values) == set(setting):
+            if not chosen or values != dict(setting):
+                (Path(results_dir) / row["file"]).unlink()
     return [
-        write_faithfulness(runs[dataset], frame, results_dir, tolerance_s, **{variant: value})
+        write_faithfulness(runs[dataset], frame, results_dir, tolerance_s, **setting)
         for dataset, frame in scored.items()
     ]
 
@@ -651,8 +639,7 @@ def record_setting(
     results_dir: str | Path,
     tolerance_s: float = 1.0,
     *,
-    variant: str,
-    value,
+    setting: Mapping[str, object],
     answers: str,
     train_dataset: str,
     max_nights: int,
@@ -661,18 +648,19 @@ def record_setting(
 ) -> pd.DataFrame:
     """Measure one setting a build chose on every center's test nights and keep it on file:
     ``score(dataset, nights)`` scores the answers read so on the nights of
-    :func:`scored_nights` (not called when ``value`` is None: nothing was chosen), their records
-    replace the runs' earlier ones of ``variant`` (:func:`write_setting`), and the return is
+    :func:`scored_nights` (not called when a value of ``setting`` is None: nothing was chosen),
+    their records replace the runs' earlier ones of that setting (:func:`write_setting`), and
+    the return is
     :func:`setting_goals` of the runs, read as written and as ``answers``."""
     scored = (
         {
             dataset: score(dataset, nights)
             for dataset, nights in scored_nights(night_frames, max_nights, seed).items()
         }
-        if value is not None
+        if all(value is not None for value in setting.values())
         else {}
     )
-    write_setting(runs, scored, results_dir, tolerance_s, variant=variant, value=value)
+    write_setting(runs, scored, results_dir, tolerance_s, setting=setting)
     return setting_goals(
         load_summaries(results_dir, FAITHFULNESS),
         [run["manifest_hash"] for run in runs.values()],
@@ -738,30 +726,36 @@ def metric_text(metric: str, value) -> str:
 
 
 def answers_label(
-    min_claim_confidence: float | None,
+    min_claim_confidence: float | None = None,
     contrast: str | None = None,
+    probe_guidance: float | None = None,
     min_probe_support: float | None = None,
 ) -> str:
     """How a faithfulness summary's answers were read: as written, cut to the evidence items
     the model was sure of (its :data:`~sleepvlm.metrics.MIN_CLAIM_CONFIDENCE`), decoded
-    contrastively (its :data:`~sleepvlm.metrics.CONTRAST`), or cut to the items its image
+    contrastively (its :data:`~sleepvlm.metrics.CONTRAST`), with the cited times guided by the
+    image tokens (its :data:`~sleepvlm.metrics.PROBE_GUIDANCE`), or cut to the items its image
     tokens support (its :data:`~sleepvlm.metrics.MIN_PROBE_SUPPORT`)."""
     parts = []
-    if contrast is not None and not pd.isna(contrast):
+    if _given(contrast):
         parts.append(f"decoded {contrast}")
-    if min_claim_confidence is not None and not pd.isna(min_claim_confidence):
+    if _given(probe_guidance):
+        parts.append(f"times guided by the image tokens (weight {probe_guidance:g})")
+    if _given(min_claim_confidence):
         parts.append(f"items with confidence ≥ {min_claim_confidence:g}")
-    if min_probe_support is not None and not pd.isna(min_probe_support):
+    if _given(min_probe_support):
         parts.append(f"items the image tokens support at ≥ {min_probe_support:g}")
     return "; ".join(parts) or "as written"
+
+
+def _given(value) -> bool:
+    return value is not None and not pd.isna(value)
 
 
 def summary_label(summary: Mapping) -> str:
     """:func:`answers_label` of a faithfulness summary (a record, or a row of
     :func:`sleepvlm.report.load_summaries`)."""
-    return answers_label(
-        summary.get(MIN_CLAIM_CONFIDENCE), summary.get(CONTRAST), summary.get(MIN_PROBE_SUPPORT)
-    )
+    return answers_label(**{k: summary.get(k) for k in SUMMARY_VARIANTS})
 
 
 #: Colors of :func:`draw_claims`: the epoch's events, and cited events found or not found.
