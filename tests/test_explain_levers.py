@@ -11,6 +11,7 @@ import pytest
 
 from sleepvlm.cli import main
 from sleepvlm.explain import levers, mini, snapshots
+from sleepvlm.explain.train import training_code_hash
 from sleepvlm.params import EXTERNAL, WITHIN
 from test_explain_mini import TINY, prepared  # noqa: F401 (a fixture)
 
@@ -42,7 +43,7 @@ def test_a_levers_run_is_scored_as_the_curves_last_point_and_read_back(prepared,
     records = levers.run_lever(levers.lever_named(levers.DEFAULT), **run)
     (record,) = records
     assert record["summary"] == levers.LEVER and record["lever"] == levers.DEFAULT
-    assert record["config"] == dataclasses.asdict(base) and record["code"] == levers.code_hash()
+    assert record["config"] == dataclasses.asdict(base) and record["code"] == training_code_hash()
     assert record["n"] == 6 and record["grounding_steps_done"] == 6
     assert set(record["metrics"]) == set(levers.LEVER_METRICS)
     folders = sorted((tmp_path / "cache" / "models").glob("sleepvlm-mini-dcsm-*"))
@@ -88,7 +89,7 @@ def _records(precision: dict[str, tuple[float, float]], kappa: float = 0.7) -> p
                     "coherence": 1.0,
                     "ungrounded_share": 0.7,
                     "train_seconds": 900.0,
-                    "code": levers.code_hash(),
+                    "code": training_code_hash(),
                 }
             )
     return pd.DataFrame(rows)
@@ -146,13 +147,16 @@ def test_the_command_lists_the_levers_and_names_an_unknown_one(capsys):
     assert "no lever 'nope'" in capsys.readouterr().err
 
 
-def test_the_code_hash_follows_code_not_comments(tmp_path, monkeypatch):
+def test_the_code_hash_follows_training_code_not_comments_or_answering(tmp_path):
     def hash_of(source: str) -> str:
         path = tmp_path / f"module_{abs(hash(source))}.py"
         path.write_text(source)
-        monkeypatch.setattr(levers, "_MEASURED_CODE", (SimpleNamespace(__file__=str(path)),))
-        return levers.code_hash()
+        return training_code_hash((SimpleNamespace(__file__=str(path)),))
 
     plain = hash_of("x = 1\n")
     assert hash_of("x = 1  # measured: precision 0.42\n") == plain
     assert hash_of("x = 2\n") != plain
+    answering = "class MiniModel:\n    def generate(self, guide=None):\n        return guide\n"
+    checked = "if TYPE_CHECKING:\n    from a import B\n"
+    assert hash_of(f"x = 1\n{answering}{checked}") == plain
+    assert hash_of("x = 1\nclass MiniConfig:\n    y = 2\n") != plain

@@ -12,12 +12,11 @@ Each is a full training run (the table gives its minutes), so a dozen do not fit
 time budget: ``sleepvlm lever NAME`` runs one and writes its records (one per center, summary
 records of the results-record shape, :data:`LEVER`); the project's are committed in
 :data:`RECORDS_DIR` and chapter 11 reads them, marking those measured on other code than its
-own (:func:`code_hash`).
+own (:func:`~sleepvlm.explain.train.training_code_hash`).
 """
 
 from __future__ import annotations
 
-import ast
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -25,11 +24,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from sleepvlm import render
 from sleepvlm.cache import content_hash
-from sleepvlm.explain import annotations, faithfulness, mini, snapshots
+from sleepvlm.explain import faithfulness, snapshots
 from sleepvlm.explain.mini import SETTINGS_FILE, MiniConfig, MiniError, MiniModel
-from sleepvlm.explain.train import train_mini
+from sleepvlm.explain.train import train_mini, training_code_hash
 from sleepvlm.metrics import SUMMARY_FIELD, provenance, write_result
 from sleepvlm.params import PAPER_CENTERS, WITHIN, evaluation_setting
 from sleepvlm.prepare import prepare_dataset
@@ -110,11 +108,6 @@ LEVERS: tuple[Lever, ...] = (
 LEVER_METRICS = snapshots.CURVE_METRICS
 
 
-#: The modules whose code decides the model a lever trains (:func:`code_hash`), as they decide
-#: its cache key: its architecture and training, its targets and its images.
-_MEASURED_CODE = (mini, annotations, render)
-
-
 class LeverError(MiniError):
     """A lever cannot be run or read as asked."""
 
@@ -126,14 +119,6 @@ def lever_named(name: str) -> Lever:
             return lever
     known = ", ".join(lever.name for lever in LEVERS)
     raise LeverError(f"no lever {name!r}; the levers are: {known}")
-
-
-def code_hash() -> str:
-    """Hash of the code that decides the model a lever trains, of its syntax trees, so that an
-    edited comment (where ``MiniConfig`` keeps what its options measured) leaves the records
-    current. The scoring is the library's, named by each record's ``library_version``."""
-    trees = [ast.dump(ast.parse(Path(m.__file__).read_text())) for m in _MEASURED_CODE]
-    return content_hash(*trees)
 
 
 def run_lever(
@@ -195,7 +180,7 @@ def run_lever(
                 "train_seconds": trained["seconds"],
                 "grounding_steps_done": len(trained["log"]["loss"]["grounding"]),
                 "parameters": trained["parameters"],
-                "code": code_hash(),
+                "code": training_code_hash(),
                 "metrics": snapshots.score_point(texts, found, tolerance_s),
                 **provenance(),
             }
@@ -219,7 +204,7 @@ def lever_table(summaries: pd.DataFrame, train_dataset: str) -> pd.DataFrame:
     columns = ["lever", "changes", "setting", *LEVER_METRICS, "train_minutes", "code"]
     if len(summaries):
         summaries = summaries[summaries["train_dataset"] == train_dataset]
-    rows, current = [], code_hash()
+    rows, current = [], training_code_hash()
     for lever in LEVERS:
         mine = summaries[summaries[LEVER] == lever.name] if len(summaries) else summaries
         changes = ", ".join(f"{k}={v}" for k, v in lever.changes.items()) or "—"

@@ -12,6 +12,7 @@ embedded ``sleepvlm-mini`` model serves (``$SLEEPVLM_MINI_DIR`` overrides it).
 
 from __future__ import annotations
 
+import ast
 import functools
 import json
 import os
@@ -24,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from sleepvlm import render
-from sleepvlm.cache import cache_dir, content_hash, source_hash
+from sleepvlm.cache import cache_dir, content_hash
 from sleepvlm.data.records import STAGES
 from sleepvlm.models.messages import wire_images
 from sleepvlm.params import EXTERNAL, MINI_SNAPSHOTS, WITHIN
@@ -155,8 +156,39 @@ def training_sample(
     return balanced_sample(pool, counts, split=split, seed=seed)
 
 
+#: The modules whose code decides a trained model (:func:`training_code_hash`): its
+#: architecture and training, its targets and its images.
+TRAINING_CODE = (mini, annotations, render)
+#: Definitions of :mod:`~sleepvlm.explain.mini` used only to answer with a trained model (the
+#: scoring's, which each result names by its library version): left out of
+#: :func:`training_code_hash`, so that a change in how the model answers neither retrains it nor
+#: outdates the lever records.
+ANSWERING = frozenset(
+    {"MiniModel", "ScoredAnswer", "BatchingAnswerer", "_scored_text", "unreadable_answer"}
+)
+
+
+def training_code_hash(modules=TRAINING_CODE) -> str:
+    """Hash of the syntax trees of the code that decides a trained model (``modules``' source
+    files), without its comments, its type-checking imports and the :data:`ANSWERING`
+    definitions: a model's cache key, and the ``code`` of each lever record
+    (:mod:`sleepvlm.explain.levers`)."""
+    trees = []
+    for module in modules:
+        tree = ast.parse(Path(module.__file__).read_text())
+        tree.body = [node for node in tree.body if not _answers_only(node)]
+        trees.append(ast.dump(tree))
+    return content_hash(*trees)
+
+
+def _answers_only(node: ast.stmt) -> bool:
+    if isinstance(node, ast.If):  # `if TYPE_CHECKING:` imports nothing at run time
+        return isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"
+    return isinstance(node, ast.ClassDef | ast.FunctionDef) and node.name in ANSWERING
+
+
 def model_key(prepared: PreparedDataset, config: MiniConfig, sample, base_model_dir=None) -> str:
-    code = source_hash(mini, annotations, render)
+    code = training_code_hash()
     base = str(base_model_dir) if base_model_dir else None
     return content_hash(prepared.store.path.name, asdict(config), sample, code, base)
 
