@@ -39,8 +39,9 @@ from sleepvlm.render import ImageOptions, lane_problems, layout
 from sleepvlm.rules.table import BANDS, RULES
 from sleepvlm.signal import TARGET_SFREQ
 
-if TYPE_CHECKING:  # contrast imports this module
+if TYPE_CHECKING:  # contrast and guidance import this module
     from sleepvlm.explain.contrast import Contrast
+    from sleepvlm.explain.guidance import ProbeGuidance
 
 PHASES: tuple[str, ...] = ("perception", "grounding")
 #: The instruction of each phase: the whole user text the model is trained and served with.
@@ -812,37 +813,56 @@ class MiniModel:
         return MiniConfig(**config).image_options() if config else None
 
     def generate(
-        self, pngs: Sequence[bytes], phase: str = "grounding", contrast: Contrast | None = None
+        self,
+        pngs: Sequence[bytes],
+        phase: str = "grounding",
+        contrast: Contrast | None = None,
+        guide: ProbeGuidance | None = None,
     ) -> list[str]:
         """Greedy answers for a batch of epoch images; an image that cannot be read as one
         drawn at the model's options (:func:`sleepvlm.render.lane_problems`) is answered with
         :func:`unreadable_answer`, not shown to the model, which never learnt what a blank,
         resized or flat-lane image holds and would cite evidence from it. With ``contrast``,
         decoded contrastively against a negative of each image
-        (:mod:`sleepvlm.explain.contrast`) instead."""
-        return [answer.text for answer in self._answers(pngs, phase, False, contrast)]
+        (:mod:`sleepvlm.explain.contrast`) instead; with ``guide``, with the evidence's times
+        guided by the image tokens (:mod:`sleepvlm.explain.guidance`)."""
+        return [answer.text for answer in self._answers(pngs, phase, False, contrast, guide)]
 
     def generate_scored(
-        self, pngs: Sequence[bytes], phase: str = "grounding", contrast: Contrast | None = None
+        self,
+        pngs: Sequence[bytes],
+        phase: str = "grounding",
+        contrast: Contrast | None = None,
+        guide: ProbeGuidance | None = None,
     ) -> list[ScoredAnswer]:
         """:meth:`generate`'s answers with the probability of each character's token (an
         unreadable image's answer is certain: the model did not write it)."""
-        return self._answers(pngs, phase, True, contrast)
+        return self._answers(pngs, phase, True, contrast, guide)
 
     def _answers(
-        self, pngs: Sequence[bytes], phase: str, scored: bool, contrast: Contrast | None
+        self,
+        pngs: Sequence[bytes],
+        phase: str,
+        scored: bool,
+        contrast: Contrast | None,
+        guide: ProbeGuidance | None,
     ) -> list[ScoredAnswer]:
         options = self.image_options()
         problems = [lane_problems(p, options) if options else {} for p in pngs]
         readable = [p for p, found in zip(pngs, problems, strict=True) if not found]
-        answers = iter(self._generate(readable, phase, scored, contrast) if readable else [])
+        answers = iter(self._generate(readable, phase, scored, contrast, guide) if readable else [])
         return [
             ScoredAnswer.certain(unreadable_answer(found)) if found else next(answers)
             for found in problems
         ]
 
     def _generate(
-        self, pngs: Sequence[bytes], phase: str, scored: bool, contrast: Contrast | None
+        self,
+        pngs: Sequence[bytes],
+        phase: str,
+        scored: bool,
+        contrast: Contrast | None,
+        guide: ProbeGuidance | None,
     ) -> list[ScoredAnswer]:
         """Greedy answers, or contrastive ones with ``contrast`` (each image's negative answered
         in the rows after the images); with ``scored``, each character's token probability
@@ -858,7 +878,13 @@ class MiniModel:
                 f"contrastive decoding of the evidence only needs {EVIDENCE!r} as one token of "
                 "the vocabulary (the mini's own tokenizer); contrast the whole answer instead"
             )
+        if contrast and guide:
+            raise MiniError(
+                "contrastive decoding and probe guidance are separate levers: answer with one"
+            )
         processors = [contrast.logits(len(pngs), marker)] if contrast else []
+        if guide:
+            processors.append(guide.logits(self, pngs))
         batch = make_batch(self.tokenizer, self.processor, shown, INSTRUCTIONS[phase])
         batch = {k: v.to(self.device) for k, v in batch.items()}
         with torch.inference_mode():
@@ -891,14 +917,16 @@ class MiniModel:
         scored: bool = False,
         phase: str = "grounding",
         contrast: Contrast | None = None,
+        guide: ProbeGuidance | None = None,
     ) -> list[ScoredAnswer]:
         """Answers to any number of images (to ``phase``'s instruction), ``batch_size`` at a
         time; with ``scored``, with each character's token probability
-        (:meth:`generate_scored`); with ``contrast``, decoded contrastively (:meth:`generate`)."""
+        (:meth:`generate_scored`); with ``contrast`` or ``guide``, decoded so
+        (:meth:`generate`)."""
         answers = []
         for start in range(0, len(pngs), batch_size):
             chunk = pngs[start : start + batch_size]
-            answers.extend(self._answers(chunk, phase, scored, contrast))
+            answers.extend(self._answers(chunk, phase, scored, contrast, guide))
         return answers
 
 

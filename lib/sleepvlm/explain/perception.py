@@ -30,6 +30,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -56,6 +57,9 @@ from sleepvlm.explain.mini import (
 )
 from sleepvlm.explain.snapshots import held_out_inputs
 from sleepvlm.explain.train import training_sample
+
+if TYPE_CHECKING:  # guidance imports this module
+    from sleepvlm.explain.guidance import ProbeGuidance
 
 PERCEPTION_METRICS: tuple[str, ...] = ("precision", "recall", "same_every_segment")
 
@@ -282,13 +286,18 @@ def probe_scores(
 
 
 def probe_night_answers(
-    model: MiniModel, prepared, nights: Sequence, probe: EventProbe
+    model: MiniModel,
+    prepared,
+    nights: Sequence,
+    probe: EventProbe,
+    guide: ProbeGuidance | None = None,
 ) -> tuple[list[ScoredAnswer], list[EpochAnnotation]]:
-    """The model's greedy answers to every epoch of ``nights`` of a prepared dataset, each
-    evidence item carrying the support of ``probe`` (:meth:`EventProbe.supported`), and the
-    annotations of the same epochs (as :func:`~sleepvlm.explain.citations.night_answers`)."""
+    """The model's greedy answers to every epoch of ``nights`` of a prepared dataset (with
+    ``guide``, their times guided by the image tokens), each evidence item carrying the support
+    of ``probe`` (:meth:`EventProbe.supported`), and the annotations of the same epochs (as
+    :func:`~sleepvlm.explain.citations.night_answers`)."""
     pngs, found = night_inputs(prepared, nights, model.image_options())
-    texts = [answer.text for answer in model.answer_all(pngs)]
+    texts = [answer.text for answer in model.answer_all(pngs, guide=guide)]
     supported = map(probe.supported, texts, probe.probabilities(model, pngs))
     return list(supported), found
 

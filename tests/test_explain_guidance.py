@@ -1,0 +1,170 @@
+"""Tests of probe-guided decoding: the time of each cited event read from where the probe finds
+the event in the image tokens; hand-made probabilities and scores, then a tiny trained model."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from sleepvlm.data.records import EVENT_KINDS
+from sleepvlm.explain import guidance, mini, perception
+from sleepvlm.explain.mini import MiniError
+from test_explain_mini import prepared  # noqa: F401 (a fixture)
+from test_explain_snapshots import snapshotted  # noqa: F401 (a fixture)
+
+ITEMS = "Evidence: spindle on EEG at 0-5 s; K complex on EEG at 10-15 s; 25-30 s 20-30 s."
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return mini.train_tokenizer([ITEMS])
+
+
+def _probe() -> perception.EventProbe:
+    return perception.EventProbe(mini.MiniConfig(), probes={"spindle": None})  # fitted: its name
+
+
+def _spindle_at_12s(probe: perception.EventProbe) -> np.ndarray:
+    """(columns, kinds): a spindle found in the column that shows 12 s, nowhere else; no probe
+    for any other kind (NaN)."""
+    probabilities = np.full((len(probe.spans), len(EVENT_KINDS)), np.nan)
+    probabilities[:, EVENT_KINDS.index("spindle")] = [
+        0.9 if a < 12 < b else 0.05 for a, b in probe.spans
+    ]
+    return probabilities
+
+
+def test_the_kind_being_cited_is_read_only_where_a_time_comes_next():
+    head = "Stage: N2. Rules: N2.spindle, N2.kcomplex. Evidence:"
+    assert guidance.kind_being_cited(f"{head} spindle on EEG at") == "spindle"
+    assert guidance.kind_being_cited(f"{head} spindle on EEG at 0-5 s; K complex on EEG at") == (
+        "kcomplex"
+    )
+    assert guidance.kind_being_cited("; rapid eye movement on EOG at") == "rem"
+    assert guidance.kind_being_cited(f"{head} spindle on EEG at 0-5") is None
+    assert guidance.kind_being_cited(f"{head} chin tone low at") is None
+    assert guidance.kind_being_cited(f"{head} mystery wave on EEG at") is None
+
+
+def test_time_tokens_and_the_columns_their_spans_cover(tokenizer):
+    times = guidance.time_tokens(tokenizer)
+    assert sorted(times.values()) == [(0, 5), (10, 15), (20, 30), (25, 30)]
+    assert tokenizer.convert_ids_to_tokens(min(times, key=times.get)) == "0-5"
+    cover = guidance.span_cover([(0, 5), (10, 20)], [(0, 6), (6, 12), (12, 18)])
+    assert cover.tolist() == [[1, 0, 0], [0, 1, 1]]
+
+
+def _guided(tokenizer, weight: float, probabilities: np.ndarray) -> guidance.GuidedTimes:
+    probe = _probe()
+    times = guidance.time_tokens(tokenizer)
+    ids = sorted(times)
+    return guidance.GuidedTimes(
+        tokenizer,
+        probabilities,
+        np.array(ids),
+        guidance.span_cover([times[i] for i in ids], probe.spans),
+        tokenizer.convert_tokens_to_ids(guidance.AT),
+        weight,
+    )
+
+
+def _rows(tokenizer, *texts: str):
+    ids = [tokenizer(text)["input_ids"] for text in texts]
+    width = max(map(len, ids))
+    pad = tokenizer.convert_tokens_to_ids(mini.PAD)
+    return torch.tensor([[pad] * (width - len(row)) + row for row in ids])  # left padded
+
+
+def test_guidance_moves_the_time_to_where_the_probe_finds_the_kind(tokenizer):
+    probabilities = _spindle_at_12s(_probe())
+    input_ids = _rows(
+        tokenizer,
+        "Evidence: spindle on EEG at",
+        "Evidence: K complex on EEG at",  # no probe for K complexes: left as it is
+        "Evidence: spindle on EEG",  # not at a time
+    )
+    vocab = tokenizer.get_vocab()
+    scores = torch.zeros(3, len(tokenizer))
+    scores[:, vocab["25-30"]] = 2.0  # the template's time
+    scores[:, vocab["10-15"]] = 1.0
+    scores[:, vocab["s"]] = 0.5
+    guided = _guided(tokenizer, 4.0, np.stack([probabilities] * 3))(input_ids, scores.clone())
+    assert guided[0].argmax() == vocab["10-15"]
+    assert torch.equal(guided[1:], scores[1:])
+    times = list(guidance.time_tokens(tokenizer))
+    before, after = scores[0].log_softmax(-1), guided[0].log_softmax(-1)
+    others = [i for i in range(len(tokenizer)) if i not in times]
+    assert torch.allclose(after[others], before[others])  # the other tokens are left as they were
+    assert torch.allclose(after[times].logsumexp(0), before[times].logsumexp(0))
+    unguided = _guided(tokenizer, 0.0, np.stack([probabilities] * 3))(input_ids, scores.clone())
+    assert torch.equal(unguided, scores)
+    with pytest.raises(MiniError, match="2 images' probabilities, the batch has 3 rows"):
+        _guided(tokenizer, 4.0, np.stack([probabilities] * 2))(input_ids, scores)
+
+
+def test_a_wide_span_gains_nothing_by_covering_more_columns(tokenizer):
+    guided = _guided(tokenizer, 1.0, _spindle_at_12s(_probe())[None])
+    row = _rows(tokenizer, "Evidence: spindle on EEG at")[0].tolist()
+    bias = dict(zip(guided.time_ids.tolist(), guided.time_bias(0, row), strict=True))
+    vocab = tokenizer.get_vocab()
+    assert bias[vocab["20-30"]] == pytest.approx(np.log(0.05))  # the mean over its columns
+    assert bias[vocab["10-15"]] > bias[vocab["20-30"]]
+
+
+def test_guidance_needs_time_words_in_the_vocabulary_and_a_weight_of_at_least_zero(tokenizer):
+    with pytest.raises(MiniError, match="weight >= 0"):
+        guidance.ProbeGuidance(_probe(), -1.0)
+    bare = type("Bare", (), {"tokenizer": mini.train_tokenizer([])})()
+    with pytest.raises(MiniError, match="time words"):
+        guidance.ProbeGuidance(_probe(), 4.0).logits(bare, [])
+    assert guidance.ProbeGuidance(_probe(), 4.0).label == (
+        "times guided by the image tokens (weight 4)"
+    )
+
+
+def _table(rows):
+    columns = ["weight", "dataset", "precision", "comprehensiveness", "ungrounded_share"]
+    return pd.DataFrame(rows, columns=columns).assign(epochs=10, kappa=0.7, coherence=1.0)
+
+
+def test_the_weight_chosen_raises_precision_most_with_comprehensiveness_kept():
+    table = _table(
+        [
+            (0.0, "dcsm", 0.40, 0.50, 0.8),
+            (2.0, "dcsm", 0.50, 0.52, 0.7),
+            (4.0, "dcsm", 0.55, 0.49, 0.6),  # 0.01 lower: kept
+            (8.0, "dcsm", 0.65, 0.40, 0.3),  # more precise, but cites fewer decisive events
+            (0.0, "isruc", 0.30, 0.30, 0.8),
+            (8.0, "isruc", 0.90, 0.30, 0.1),  # another center's rows do not choose
+        ]
+    )
+    assert guidance.choose_guidance(table, "dcsm") == 4.0
+    assert guidance.choose_guidance(table, "dcsm", slack=0.1) == 8.0
+    worse = table.assign(precision=lambda t: np.where(t["weight"] > 0, 0.1, t["precision"]))
+    assert guidance.choose_guidance(worse, "dcsm") is None
+    assert guidance.choose_guidance(table, "shhs") is None
+    text = guidance.guidance_text(table[table["weight"].isin([0.0, 4.0])], 4.0, "dcsm")
+    assert text.startswith("Chosen on DCSM's held-out epochs: weight 4.")
+    assert "DCSM precision 0.40 → 0.55, ungrounded share 80% → 60%" in text
+    assert "ISRUC" not in text  # not measured at weight 4
+    assert "no weight raised" in guidance.guidance_text(table, None, "dcsm")
+
+
+def test_guided_answers_keep_the_greedy_stage_and_rules(snapshotted):  # noqa: F811
+    from sleepvlm.explain import contrast, snapshots
+
+    folder, data = snapshotted
+    model = mini.MiniModel.load(folder)
+    probe = perception.fit_probe(model, data, per_class=3, max_nights=1)
+    pngs, _ = snapshots.held_out_inputs({"d": data}, model.image_options(), 1, 6)["d"]
+    greedy = model.generate(pngs)
+    assert model.generate(pngs, guide=guidance.ProbeGuidance(probe, 0.0)) == greedy
+    pulled = model.generate(pngs, guide=guidance.ProbeGuidance(probe, 50.0))
+    before_evidence = [text.split(mini.EVIDENCE)[0] for text in greedy]
+    assert [text.split(mini.EVIDENCE)[0] for text in pulled] == before_evidence
+    with pytest.raises(MiniError, match="separate levers"):
+        model.generate(
+            pngs,
+            contrast=contrast.Contrast("blank", 1.0),
+            guide=guidance.ProbeGuidance(probe, 1.0),
+        )
