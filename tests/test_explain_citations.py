@@ -248,6 +248,25 @@ def test_record_setting_scores_the_chosen_nights_writes_them_and_returns_their_g
     assert faithfulness.goals_met_text(nothing, label) == "none measured"
 
 
+def test_remembered_answers_are_decoded_once_per_model_dataset_and_nights():
+    from types import SimpleNamespace
+
+    calls = []
+
+    def answers(model, prepared, nights):
+        calls.append((model, prepared.dataset, list(nights)))
+        return [ScoredAnswer.certain(TEXT)], [N2]
+
+    recall = citations.remembered(answers)
+    dcsm, shhs = SimpleNamespace(dataset="dcsm"), SimpleNamespace(dataset="shhs")
+    first = recall("m", dcsm, [("s1", "1")])
+    assert recall("m", SimpleNamespace(dataset="dcsm"), [("s1", "1")]) is first
+    recall("m", dcsm, [("s2", "1")])
+    recall("m", shhs, [("s1", "1")])
+    recall("other model", dcsm, [("s1", "1")])
+    assert len(calls) == 4
+
+
 def test_error_texts_name_the_shares_and_say_when_nothing_was_cited():
     scored = faithfulness.score_answers([TEXT], [N2])
     texts = faithfulness.error_texts(faithfulness.claim_table(scored), token_s=6.0)

@@ -91,6 +91,20 @@ NightAnswers = Callable[
 ]
 
 
+def remembered(answers: NightAnswers) -> NightAnswers:
+    """``answers`` that answers each model's nights of a dataset once: settings read from the
+    same answers (as written, then cut) share them rather than decode every night again."""
+    kept: dict = {}
+
+    def recall(model: MiniModel, prepared, nights: Sequence):
+        key = (id(model), prepared.dataset, tuple(tuple(night) for night in nights))
+        if key not in kept:
+            kept[key] = answers(model, prepared, nights)
+        return kept[key]
+
+    return recall
+
+
 def score_confident(
     answers: Sequence[ScoredAnswer],
     annotations: Sequence[EpochAnnotation],
