@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from sleepvlm.explain import citations, contrast, mini
+from sleepvlm.explain import citations, contrast, mini, snapshots
 from sleepvlm.explain.snapshots import CURVE_METRICS
 from sleepvlm.splits import night_keys, nights_of
 from test_explain_mini import examples, prepared, trained  # noqa: F401 (fixtures)
@@ -105,7 +105,7 @@ def test_contrast_table_scores_greedy_and_each_setting_on_the_same_epochs(
         seen.append((len(texts), tolerance_s))
         return dict.fromkeys(CURVE_METRICS, 0.5)
 
-    monkeypatch.setattr(contrast, "score_point", point)
+    monkeypatch.setattr(snapshots, "score_point", point)
     settings = [contrast.Contrast("mirrored", 1.0), contrast.Contrast("blank", 2.0)]
     table = contrast.contrast_table(model, inputs, settings, tolerance_s=2.0)
     assert table["decoding"].tolist() == [

@@ -156,12 +156,15 @@ def test_guided_answers_keep_the_greedy_stage_and_rules(snapshotted):  # noqa: F
     folder, data = snapshotted
     model = mini.MiniModel.load(folder)
     probe = perception.fit_probe(model, data, per_class=3, max_nights=1)
-    pngs, _ = snapshots.held_out_inputs({"d": data}, model.image_options(), 1, 6)["d"]
+    pngs, truth = snapshots.held_out_inputs({"d": data}, model.image_options(), 1, 6)["d"]
     greedy = model.generate(pngs)
     assert model.generate(pngs, guide=guidance.ProbeGuidance(probe, 0.0)) == greedy
     pulled = model.generate(pngs, guide=guidance.ProbeGuidance(probe, 50.0))
     before_evidence = [text.split(mini.EVIDENCE)[0] for text in greedy]
     assert [text.split(mini.EVIDENCE)[0] for text in pulled] == before_evidence
+    table = guidance.guidance_table(model, probe, {"d": (pngs, truth)}, (0.0, 50.0))
+    assert table["weight"].tolist() == [0.0, 50.0] and table["epochs"].tolist() == [6, 6]
+    assert table["kappa"].nunique() == 1  # the stages are greedy decoding's at every weight
     with pytest.raises(MiniError, match="separate levers"):
         model.generate(
             pngs,

@@ -38,7 +38,7 @@ import pandas as pd
 from sleepvlm.explain.citations import night_inputs
 from sleepvlm.explain.faithfulness import metric_text, score_answers
 from sleepvlm.explain.mini import MiniError, MiniModel, blank_like
-from sleepvlm.explain.snapshots import CURVE_METRICS, score_point
+from sleepvlm.explain.snapshots import CURVE_METRICS, decoding_table
 
 #: The negative images contrastive decoding can answer beside the real one.
 NEGATIVE_IMAGES: tuple[str, ...] = ("mirrored", "blank")
@@ -194,15 +194,8 @@ def contrast_table(
     answers to each dataset's held-out ``inputs`` (name -> (images, annotations),
     :func:`sleepvlm.explain.snapshots.held_out_inputs`), decoded greedily and with each of
     ``contrasts``."""
-    rows = []
-    for contrast in [None, *contrasts]:
-        label = contrast.label if contrast else GREEDY
-        for name, (pngs, truth) in inputs.items():
-            texts = [a.text for a in model.answer_all(pngs, contrast=contrast)]
-            point = score_point(texts, truth, tolerance_s)
-            rows.append({"decoding": label, "dataset": name, "epochs": len(pngs), **point})
-    table = pd.DataFrame(rows, columns=["decoding", "dataset", "epochs", *CURVE_METRICS])
-    return table.astype(dict.fromkeys(CURVE_METRICS, float))
+    decodings = {GREEDY: {}, **{c.label: {"contrast": c} for c in contrasts}}
+    return decoding_table(model, inputs, decodings, "decoding", tolerance_s)
 
 
 def contrast_text(table: pd.DataFrame, chosen: Contrast | None, dataset: str) -> str:

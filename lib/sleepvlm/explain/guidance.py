@@ -41,7 +41,7 @@ from sleepvlm.explain.annotations import KIND_WORDS
 from sleepvlm.explain.faithfulness import metric_text
 from sleepvlm.explain.mini import MiniError, MiniModel
 from sleepvlm.explain.perception import EventProbe
-from sleepvlm.explain.snapshots import CURVE_METRICS, score_point
+from sleepvlm.explain.snapshots import decoding_table
 
 #: The weights chapter 11 tries (0, greedy decoding, is always measured beside them). On the
 #: book's model precision and comprehensiveness both rose with the weight up to about 8 and
@@ -187,15 +187,8 @@ def guidance_table(
     answers to each dataset's held-out ``inputs`` (name -> (images, annotations),
     :func:`sleepvlm.explain.snapshots.held_out_inputs`), greedy (weight 0) and guided by
     ``probe`` at each of ``weights``."""
-    rows = []
-    for weight in [0.0, *weights]:
-        guide = ProbeGuidance(probe, weight) if weight else None
-        for name, (pngs, truth) in inputs.items():
-            texts = [a.text for a in model.answer_all(pngs, guide=guide)]
-            point = score_point(texts, truth, tolerance_s)
-            rows.append({"weight": weight, "dataset": name, "epochs": len(pngs), **point})
-    table = pd.DataFrame(rows, columns=["weight", "dataset", "epochs", *CURVE_METRICS])
-    return table.astype(dict.fromkeys(CURVE_METRICS, float))
+    decodings = {0.0: {}, **{w: {"guide": ProbeGuidance(probe, w)} for w in weights if w}}
+    return decoding_table(model, inputs, decodings, "weight", tolerance_s)
 
 
 def choose_guidance(

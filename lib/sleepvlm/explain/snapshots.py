@@ -80,6 +80,27 @@ def score_point(texts: list[str], annotations, tolerance_s: float) -> dict:
     return {"kappa": stages["kappa"], **{m: point_value(metrics[m]) for m in FAITHFULNESS_GOALS}}
 
 
+def decoding_table(
+    model: MiniModel,
+    inputs: Mapping[str, tuple[list[bytes], list]],
+    decodings: Mapping[object, Mapping],
+    column: str,
+    tolerance_s: float = 1.0,
+) -> pd.DataFrame:
+    """One row per (decoding, dataset): :data:`CURVE_METRICS` (:func:`score_point`) of
+    ``model``'s answers to each dataset's held-out ``inputs`` (name -> (images, annotations),
+    :func:`held_out_inputs`), decoded each way of ``decodings`` (its name in ``column`` ->
+    :meth:`MiniModel.answer_all`'s keyword arguments; none for greedy decoding)."""
+    rows = []
+    for name, how in decodings.items():
+        for dataset, (pngs, truth) in inputs.items():
+            texts = [answer.text for answer in model.answer_all(pngs, **how)]
+            point = score_point(texts, truth, tolerance_s)
+            rows.append({column: name, "dataset": dataset, "epochs": len(pngs), **point})
+    table = pd.DataFrame(rows, columns=[column, "dataset", "epochs", *CURVE_METRICS])
+    return table.astype(dict.fromkeys(CURVE_METRICS, float))
+
+
 def training_curve(
     folder: str | Path,
     prepared: Mapping[str, object],
