@@ -91,16 +91,15 @@ class MiniConfig:
     image_width: int = 896  # the scored epoch and one neighbour each side, ~10 px/s each
     image_height: int = 224
     # Neighbouring epochs drawn on each side. With 0 the scored epoch is drawn three times as
-    # wide (~27 px/s): precision of cited events 0.42 / 0.44 / 0.32 on DCSM / SHHS / ISRUC
-    # (0.42 / 0.42 / 0.32 with 1), kappa 0.75 / 0.74 / 0.57 (0.77 / 0.73 / 0.58): finer pixels
-    # are not what the answers' times lack (issue 19's lever runs, 200 held-out epochs per
-    # center, one seed each, as chapter 11's training curve scores them).
+    # wide (~27 px/s): the lever `no-context` (its records in chapter 11's lever table) moved
+    # the precision of cited events no further than a second seed does, so finer pixels are not
+    # what the answers' times lack.
     context: int = 1
     # The chin EMG drawn against its night (its median RMS at this many µV): trained on one
     # center's absolute chin level, the model called other centers' sleep with a louder chin
     # (another amplifier, filter, noise floor) wake.
     chin_reference_uv: float = 2.0
-    vision_depth: int = 2  # 4: precision the same (0.42 / 0.43 / 0.32), kappa lower
+    vision_depth: int = 2  # 4 (the lever `deeper-vision`): precision within the seed noise
     vision_dim: int = 96
     text_dim: int = 128
     text_layers: int = 2
@@ -129,16 +128,19 @@ class MiniConfig:
     # Weight of an auxiliary loss on the image tokens (both phases): a linear head on each
     # token must say which event kinds lie in its stretch of the scored epoch
     # (presence_targets), so that the vision tower learns where events are, not only that
-    # they are; 0 trains on the answers' text alone. At 1, chapter 11's linear probe finds
+    # they are; 0 trains on the answers' text alone. At 1, chapter 11's linear probe found
     # events' columns better (within-epoch AUC on DCSM: spindle 0.71, K complex 0.83, twitch
-    # 0.94, from 0.70, 0.79 and 0.68), but the answers' precision stays 0.44 / 0.43 / 0.32.
+    # 0.94, from 0.70, 0.79 and 0.68), but the answers' precision moved no further than a
+    # second seed does (the lever `presence-loss`).
     presence_weight: float = 0.0
     # Add a learned embedding of each image-token column to its tokens (add_column_embedding).
     # Qwen2-VL places image tokens by rotary positions, which weight attention but put nothing
     # of *where* into what a token hands on; with it, each token carries which stretch of the
     # image it shows, so an answer can read an event's time from the token that shows it.
-    # Measured: precision 0.44 / 0.42 / 0.32; with presence_weight 1 as well, 0.41 / 0.41 /
-    # 0.33 and kappa lower (0.69 / 0.72 / 0.48). The answers do not read times from the tokens.
+    # The lever `column-embedding` moved precision no further than a second seed does; with
+    # presence_weight 1 as well (one run, not a lever), precision 0.41 / 0.41 / 0.33 and kappa
+    # lower (0.69 / 0.72 / 0.48). The answers do not read times from the tokens; read at answer
+    # time by a probe, they do (sleepvlm.explain.guidance).
     column_embedding: bool = False
     # Share of each grounding batch asked the perception instruction (and trained on its
     # target), so that grounding does not overwrite what perception taught; 0: none.
