@@ -50,7 +50,7 @@ def test_time_tokens_and_the_columns_their_spans_cover(tokenizer):
     times = guidance.time_tokens(tokenizer)
     assert sorted(times.values()) == [(0, 5), (10, 15), (20, 30), (25, 30)]
     assert tokenizer.convert_ids_to_tokens(min(times, key=times.get)) == "0-5"
-    cover = guidance.span_cover([(0, 5), (10, 20)], [(0, 6), (6, 12), (12, 18)])
+    cover = perception.span_cover([(0, 5), (10, 20)], [(0, 6), (6, 12), (12, 18)])
     assert cover.tolist() == [[1, 0, 0], [0, 1, 1]]
 
 
@@ -62,7 +62,7 @@ def _guided(tokenizer, weight: float, probabilities: np.ndarray) -> guidance.Gui
         tokenizer,
         probabilities,
         np.array(ids),
-        guidance.span_cover([times[i] for i in ids], probe.spans),
+        perception.span_cover([times[i] for i in ids], probe.spans),
         tokenizer.convert_tokens_to_ids(guidance.AT),
         weight,
     )

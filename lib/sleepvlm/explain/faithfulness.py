@@ -577,6 +577,11 @@ def scored_nights(night_frames: Mapping, max_nights: int, seed: int = 0) -> dict
     return {key[0]: nights_of(frame, max_nights, seed) for key, frame in night_frames.items()}
 
 
+def setting_chosen(setting: Mapping[str, object]) -> bool:
+    """Whether a build chose every field of ``setting`` (a value None: nothing was chosen)."""
+    return all(value is not None for value in setting.values())
+
+
 def write_setting(
     runs: Mapping[str, Mapping],
     scored: Mapping[str, pd.DataFrame],
@@ -597,7 +602,7 @@ def write_setting(
     missing = sorted(set(scored) - set(runs))
     if missing:
         raise AnnotationError(f"no run's record for {missing}: pass the records run_grid wrote")
-    chosen = all(value is not None for value in setting.values())
+    chosen = setting_chosen(setting)
     if scored and not chosen:
         raise ValueError(f"answers scored in a setting, but {dict(setting)} holds None: pass it")
     on_file = load_summaries(results_dir, FAITHFULNESS)
@@ -650,14 +655,13 @@ def record_setting(
     ``score(dataset, nights)`` scores the answers read so on the nights of
     :func:`scored_nights` (not called when a value of ``setting`` is None: nothing was chosen),
     their records replace the runs' earlier ones of that setting (:func:`write_setting`), and
-    the return is
-    :func:`setting_goals` of the runs, read as written and as ``answers``."""
+    the return is :func:`setting_goals` of the runs, read as written and as ``answers``."""
     scored = (
         {
             dataset: score(dataset, nights)
             for dataset, nights in scored_nights(night_frames, max_nights, seed).items()
         }
-        if all(value is not None for value in setting.values())
+        if setting_chosen(setting)
         else {}
     )
     write_setting(runs, scored, results_dir, tolerance_s, setting=setting)

@@ -40,7 +40,7 @@ from sleepvlm.data.records import EVENT_KINDS
 from sleepvlm.explain.annotations import KIND_WORDS
 from sleepvlm.explain.faithfulness import metric_text
 from sleepvlm.explain.mini import MiniError, MiniModel
-from sleepvlm.explain.perception import EventProbe
+from sleepvlm.explain.perception import EventProbe, span_cover
 from sleepvlm.explain.snapshots import decoding_table
 
 #: The weights chapter 11 tries (0, greedy decoding, is always measured beside them). On the
@@ -72,13 +72,6 @@ def time_tokens(tokenizer) -> dict[int, tuple[int, int]]:
         for word, token in tokenizer.get_vocab().items()
         if (found := _TIME.fullmatch(word))
     }
-
-
-def span_cover(
-    times: Sequence[tuple[int, int]], spans: Sequence[tuple[float, float]]
-) -> np.ndarray:
-    """(times, columns): 1 where a time's span overlaps a column's stretch of the epoch."""
-    return np.array([[float(a < stop and b > start) for a, b in spans] for start, stop in times])
 
 
 def kind_being_cited(text: str) -> str | None:

@@ -182,6 +182,13 @@ def column_features(tokens: np.ndarray, columns: Sequence[int]) -> np.ndarray:
     return chosen.reshape(len(tokens) * len(columns), -1)
 
 
+def span_cover(
+    times: Sequence[tuple[float, float]], spans: Sequence[tuple[float, float]]
+) -> np.ndarray:
+    """(times, columns): 1 where a time's span overlaps a column's stretch of the epoch."""
+    return np.array([[float(a < stop and b > start) for a, b in spans] for start, stop in times])
+
+
 @dataclass
 class EventProbe:
     """Per event kind with enough positive columns in its fitting epochs, a logistic regression
@@ -221,7 +228,7 @@ class EventProbe:
         for claim in parse_answer(f"{EVIDENCE} {item}").claims:
             kind = EVENT_KINDS.index(claim.kind)
             end = max(claim.end_s, claim.start_s + 1e-3)  # a time point overlaps its column
-            cited = [c for c, (a, b) in enumerate(self.spans) if a < end and b > claim.start_s]
+            cited = np.flatnonzero(span_cover([(claim.start_s, end)], self.spans)[0])
             values = probabilities[cited, kind]
             if not np.isnan(probabilities[:, kind]).all():
                 support = min(support, float(np.nanmax(values)) if len(values) else 0.0)
