@@ -174,7 +174,8 @@ def test_a_setting_of_two_fields_is_kept_apart_from_either_field_alone(tmp_path)
 
     cut_alone = faithfulness.answers_label(min_probe_support=0.5)
     guided_cut = (
-        "times guided by the image tokens (weight 4); items the image tokens support at ≥ 0.4"
+        "times guided by a probe of the vision tower (weight 4); "
+        "items a probe of the vision tower supports at ≥ 0.4"
     )
     assert labels() == [cut_alone, guided_cut]
     faithfulness.write_setting(runs, cut, tmp_path, setting={**both, PROBE_GUIDANCE: 2.0})

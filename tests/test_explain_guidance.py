@@ -118,7 +118,7 @@ def test_guidance_needs_time_words_in_the_vocabulary_and_a_weight_of_at_least_ze
     with pytest.raises(MiniError, match="time words"):
         guidance.ProbeGuidance(_probe(), 4.0).logits(bare, [])
     assert guidance.ProbeGuidance(_probe(), 4.0).label == (
-        "times guided by the image tokens (weight 4)"
+        "times guided by a probe of the vision tower (weight 4)"
     )
 
 

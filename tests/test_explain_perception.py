@@ -8,6 +8,7 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from sleepvlm.explain import mini, perception, snapshots
 from sleepvlm.explain.annotations import EpochAnnotation, Evidence
@@ -93,21 +94,25 @@ def test_perception_text_says_what_the_table_shows():
 
 
 class _Tokens:
-    """A stand-in for a trained model whose image tokens are given (``token_probe`` reads only
-    ``settings`` and ``image_tokens``)."""
+    """A stand-in for a trained model whose image tokens (``merged``) or patch states are given
+    (a probe reads only their ``settings`` and ``image_tokens``)."""
 
-    def __init__(self, tokens: dict[bytes, np.ndarray]):
-        self.tokens = tokens
+    def __init__(self, tokens: dict[bytes, np.ndarray], merged: bool = True):
+        self.tokens, self.merged = tokens, merged
         self.settings = {"config": dataclasses.asdict(mini.MiniConfig())}
 
-    def image_tokens(self, pngs):
+    def image_tokens(self, pngs, merged=True):
+        assert merged == self.merged, "the probe asked for the other grid"
         return np.stack([self.tokens[p] for p in pngs])
 
 
-def _probe_inputs(n: int, seed: int, informative: bool):
+def _probe_inputs(n: int, seed: int, informative: bool, merged: bool = True):
     """``n`` epochs, each with a spindle in one random column of the scored epoch, and tokens
-    that show which column (a large value on the column's tokens) or are noise."""
-    config = mini.MiniConfig()
+    (``merged`` False: patch states) that show which column (a large value on the column's
+    tokens) or are noise."""
+    config = (
+        mini.MiniConfig() if merged else dataclasses.replace(mini.MiniConfig(), spatial_merge=1)
+    )
     rng = np.random.default_rng(seed)
     spans = [s for s in mini.column_spans(config) if s is not None]
     columns = [k for k, s in enumerate(mini.column_spans(config)) if s is not None]
@@ -148,6 +153,23 @@ def test_token_probe_finds_where_the_tokens_show_an_event_and_nothing_in_noise()
     assert perception.probe_text({}) == "No event kind had enough positive columns for a probe."
 
 
+def test_a_probe_of_the_patch_states_finds_the_event_in_columns_narrower_in_time():
+    fit_pngs, fit_found, fit_tokens = _probe_inputs(80, 0, informative=True, merged=False)
+    pngs, found, tokens = _probe_inputs(40, 1, informative=True, merged=False)
+    model = _Tokens({**fit_tokens, **tokens}, merged=False)
+    probe = perception.fit_event_probe(model, fit_pngs, fit_found, merged=False)
+    tokens_probe = perception.EventProbe(probe.config)
+    merge = probe.config.spatial_merge
+    assert len(probe.columns) > (merge - 0.5) * len(tokens_probe.columns)
+    token_width = np.diff(tokens_probe.spans[1])[0]
+    assert np.allclose(np.diff(probe.spans[1:-1]), token_width / merge)  # inner columns
+    table = perception.probe_scores(model, probe, {"d": (pngs, found)})["d"]
+    assert table.set_index("kind").loc["spindle", "within_epoch_auc"] > 0.95
+    text = perception.probe_text({"dcsm": table}, "the patch states")
+    assert "read by a linear probe from the patch states (AUC within epochs" in text
+    assert probe.probabilities(model, pngs).shape[1] == len(probe.columns)
+
+
 def test_image_tokens_are_the_vision_towers_on_their_grid(snapshotted):  # noqa: F811
     folder, data = snapshotted
     model = mini.MiniModel.load(folder)
@@ -158,6 +180,15 @@ def test_image_tokens_are_the_vision_towers_on_their_grid(snapshotted):  # noqa:
     batch = mini.make_batch(model.tokenizer, model.processor, pngs[:1], "")
     direct = model.model.get_image_features(batch["pixel_values"], batch["image_grid_thw"])
     assert np.allclose(tokens[0].reshape(-1, config.text_dim), direct.pooler_output[0].detach())
+    patches = model.image_tokens(pngs, batch_size=2, merged=False)
+    merge, (rows, columns) = config.spatial_merge, mini.token_grid(config)
+    assert patches.shape == (3, rows * merge, columns * merge, config.vision_dim)
+    # the tower's own merger, handed each token's block of patch states, gives the token back
+    blocks = torch.as_tensor(patches[0]).view(rows, merge, columns, merge, -1)
+    in_blocks = blocks.permute(0, 2, 1, 3, 4).reshape(-1, config.vision_dim)
+    with torch.inference_mode():
+        remerged = mini.vision_tower(model.model).merger(in_blocks)
+    assert np.allclose(tokens[0].reshape(-1, config.text_dim), remerged, atol=1e-5)
 
 
 def test_probe_tables_fit_on_the_training_center_and_score_each_held_out_one(snapshotted):  # noqa: F811

@@ -362,8 +362,8 @@ MIN_CLAIM_CONFIDENCE = "min_claim_confidence"
 #: sleepvlm.explain.contrast.Contrast; absent: greedy decoding).
 CONTRAST = "contrast"
 #: Field of a faithfulness summary whose answers were cut to the evidence items a probe on the
-#: model's own image tokens supports (sleepvlm.explain.perception.EventProbe): the least
-#: support kept.
+#: model's own vision tower (its image tokens or patch states) supports
+#: (sleepvlm.explain.perception.EventProbe): the least support kept.
 MIN_PROBE_SUPPORT = "min_probe_support"
 #: Field of a faithfulness summary whose answers' cited times were guided by that probe as
 #: they were decoded (sleepvlm.explain.guidance.ProbeGuidance): the guidance's weight.

@@ -534,9 +534,10 @@ def faithfulness_record(
     values, None for one not used), which the record keeps (and its file name): cut to the items
     the model was sure of (``min_claim_confidence``,
     :func:`sleepvlm.explain.citations.cite_confident`), decoded contrastively (``contrast``, the
-    label of a :class:`sleepvlm.explain.contrast.Contrast`), with the cited times guided by the
-    image tokens (``probe_guidance``, :class:`sleepvlm.explain.guidance.ProbeGuidance`'s weight),
-    or cut to the items the image tokens support (``min_probe_support``,
+    label of a :class:`sleepvlm.explain.contrast.Contrast`), with the cited times guided by a
+    probe of the vision tower (``probe_guidance``,
+    :class:`sleepvlm.explain.guidance.ProbeGuidance`'s weight), or cut to the items that probe
+    supports (``min_probe_support``,
     :class:`sleepvlm.explain.perception.EventProbe`)."""
     unknown = sorted(set(setting) - set(SUMMARY_VARIANTS))
     if unknown:
@@ -737,18 +738,18 @@ def answers_label(
 ) -> str:
     """How a faithfulness summary's answers were read: as written, cut to the evidence items
     the model was sure of (its :data:`~sleepvlm.metrics.MIN_CLAIM_CONFIDENCE`), decoded
-    contrastively (its :data:`~sleepvlm.metrics.CONTRAST`), with the cited times guided by the
-    image tokens (its :data:`~sleepvlm.metrics.PROBE_GUIDANCE`), or cut to the items its image
-    tokens support (its :data:`~sleepvlm.metrics.MIN_PROBE_SUPPORT`)."""
+    contrastively (its :data:`~sleepvlm.metrics.CONTRAST`), with the cited times guided by a
+    probe of its vision tower (its :data:`~sleepvlm.metrics.PROBE_GUIDANCE`), or cut to the
+    items that probe supports (its :data:`~sleepvlm.metrics.MIN_PROBE_SUPPORT`)."""
     parts = []
     if _given(contrast):
         parts.append(f"decoded {contrast}")
     if _given(probe_guidance):
-        parts.append(f"times guided by the image tokens (weight {probe_guidance:g})")
+        parts.append(f"times guided by a probe of the vision tower (weight {probe_guidance:g})")
     if _given(min_claim_confidence):
         parts.append(f"items with confidence ≥ {min_claim_confidence:g}")
     if _given(min_probe_support):
-        parts.append(f"items the image tokens support at ≥ {min_probe_support:g}")
+        parts.append(f"items a probe of the vision tower supports at ≥ {min_probe_support:g}")
     return "; ".join(parts) or "as written"
 
 

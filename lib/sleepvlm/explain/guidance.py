@@ -1,10 +1,12 @@
 """Probe-guided decoding of SleepVLM-mini (issue 19): each cited time read from where the
-model's own image tokens show the event.
+model's own vision tower shows the event.
 
 Chapter 11 finds the mini's answers cite most events at the wrong time (it writes the times most
 frequent in its training answers), while a linear probe on its frozen image tokens
 (:class:`sleepvlm.explain.perception.EventProbe`) tells which column of an epoch holds an event
-well above chance: the tokens hold *where*, and the answers do not read it. Probe-guided
+well above chance: the tokens hold *where*, and the answers do not read it. The probe can read
+the vision tower's patch states before their merge into tokens instead, columns half as wide in
+time, which is what chapter 11 guides with. Probe-guided
 decoding hands it to them as they are written. Once an answer has written "<event> on <channel>
 at", its next token is the event's time, and each time token's log probability is raised by
 
@@ -95,7 +97,7 @@ class ProbeGuidance:
 
     @property
     def label(self) -> str:
-        return f"times guided by the image tokens (weight {self.weight:g})"
+        return f"times guided by a probe of the vision tower (weight {self.weight:g})"
 
     def logits(self, model: MiniModel, pngs: Sequence[bytes]) -> GuidedTimes:
         """The logits processor of one batch of ``pngs`` answered by ``model``."""

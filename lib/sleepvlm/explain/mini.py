@@ -792,12 +792,18 @@ class MiniModel:
                 raise MiniError(f"{path} holds weights the model lacks: {unexpected[:3]}")
         return cls(model.to(device).eval(), tokenizer, processor, settings, device)
 
-    def image_tokens(self, pngs: Sequence[bytes], batch_size: int = 32) -> np.ndarray:
+    def image_tokens(
+        self, pngs: Sequence[bytes], batch_size: int = 32, merged: bool = True
+    ) -> np.ndarray:
         """(images, rows, columns, width): the tokens the vision tower hands the language
-        model for each image, on their grid (:func:`token_grid`)."""
+        model for each image, on their grid (:func:`token_grid`); with ``merged`` False, its
+        patch states before the merge (``spatial_merge`` times as many rows and columns, as
+        wide as the vision tower), whose columns are that much narrower in time."""
         import torch
 
-        grid = token_grid(MiniConfig(**self.settings["config"]))
+        config = MiniConfig(**self.settings["config"])
+        rows, columns = token_grid(config)
+        merge = config.spatial_merge
         out = []
         for start in range(0, len(pngs), batch_size):
             batch = make_batch(self.tokenizer, self.processor, pngs[start : start + batch_size], "")
@@ -805,7 +811,19 @@ class MiniModel:
                 found = self.model.get_image_features(
                     batch["pixel_values"].to(self.device), batch["image_grid_thw"].to(self.device)
                 )
-            out.extend(t.view(*grid, -1).float().cpu().numpy() for t in found.pooler_output)
+            if merged:
+                out.extend(
+                    t.view(rows, columns, -1).float().cpu().numpy() for t in found.pooler_output
+                )
+                continue
+            # The processor orders an image's patches merge block by merge block (each block's
+            # merge × merge patches row by row); laid back on the image's patch grid here.
+            states = found.last_hidden_state.float().cpu()
+            blocks = states.view(-1, rows, columns, merge, merge, states.shape[-1])
+            grid = blocks.permute(0, 1, 3, 2, 4, 5).reshape(
+                -1, rows * merge, columns * merge, states.shape[-1]
+            )
+            out.extend(grid.numpy())
         return np.stack(out)
 
     def image_options(self) -> ImageOptions | None:

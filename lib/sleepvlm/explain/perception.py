@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -169,7 +169,7 @@ def _percent(value: float) -> str:
     return "—" if np.isnan(value) else f"{value:.0%}"
 
 
-#: What the probe of each event kind reports (:func:`token_probe`).
+#: What the probe of each event kind reports (:func:`probe_scores`).
 PROBE_COLUMNS: tuple[str, ...] = ("kind", "positives", "auc", "epochs", "within_epoch_auc")
 #: Fewest positive columns of a kind, in training and held out, for its probe to be fitted.
 MIN_POSITIVES = 10
@@ -193,26 +193,39 @@ def span_cover(
 class EventProbe:
     """Per event kind with enough positive columns in its fitting epochs, a logistic regression
     that says from one image-token column of the scored epoch (its tokens side by side) whether
-    an event of that kind lies in its stretch (:func:`fit_event_probe`)."""
+    an event of that kind lies in its stretch (:func:`fit_event_probe`). With ``merged`` False
+    it reads the vision tower's patch states before their merge into tokens
+    (:meth:`MiniModel.image_tokens`): columns ``spatial_merge`` times narrower in time."""
 
     config: MiniConfig
     probes: dict = field(default_factory=dict)
+    merged: bool = True
+
+    @cached_property
+    def grid_config(self) -> MiniConfig:
+        """The model's settings as the probe's columns see them: a patch state is a token
+        that merges one patch."""
+        return self.config if self.merged else replace(self.config, spatial_merge=1)
 
     @cached_property
     def columns(self) -> list[int]:
-        """The token columns of the scored epoch, in order."""
-        return [k for k, span in enumerate(column_spans(self.config)) if span is not None]
+        """The columns of the scored epoch, in order."""
+        return [k for k, span in enumerate(column_spans(self.grid_config)) if span is not None]
 
     @cached_property
     def spans(self) -> list[tuple[float, float]]:
         """The stretch of the scored epoch (s) each of :attr:`columns` shows; worked out once,
         since every evidence item checked reads it."""
-        return [column_spans(self.config)[k] for k in self.columns]
+        return [column_spans(self.grid_config)[k] for k in self.columns]
+
+    def features(self, model: MiniModel, pngs: Sequence[bytes]) -> np.ndarray:
+        """:func:`column_features` of :attr:`columns` of ``pngs`` as ``model`` sees them."""
+        return column_features(model.image_tokens(pngs, merged=self.merged), self.columns)
 
     def probabilities(self, model: MiniModel, pngs: Sequence[bytes]) -> np.ndarray:
         """(images, columns, event kinds): each probe's probability per column of the scored
         epoch; NaN for a kind without a probe."""
-        features = column_features(model.image_tokens(pngs), self.columns)
+        features = self.features(model, pngs)
         out = np.full((len(pngs), len(self.columns), len(EVENT_KINDS)), np.nan)
         for kind, probe in self.probes.items():
             scores = probe.predict_proba(features)[:, 1]
@@ -245,17 +258,20 @@ class EventProbe:
 
 
 def fit_event_probe(
-    model: MiniModel, pngs: Sequence[bytes], annotations: Sequence[EpochAnnotation]
+    model: MiniModel,
+    pngs: Sequence[bytes],
+    annotations: Sequence[EpochAnnotation],
+    merged: bool = True,
 ) -> EventProbe:
-    """An :class:`EventProbe` fitted on the frozen image tokens of ``pngs`` against
-    :func:`~sleepvlm.explain.mini.presence_targets` of their ``annotations``, for each kind
-    with at least :data:`MIN_POSITIVES` positive columns."""
+    """An :class:`EventProbe` fitted on the frozen image tokens of ``pngs`` (``merged`` False:
+    the patch states) against :func:`~sleepvlm.explain.mini.presence_targets` of their
+    ``annotations``, for each kind with at least :data:`MIN_POSITIVES` positive columns."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    probe = EventProbe(MiniConfig(**model.settings["config"]))
-    features = column_features(model.image_tokens(pngs), probe.columns)
+    probe = EventProbe(MiniConfig(**model.settings["config"]), merged=merged)
+    features = probe.features(model, pngs)
     truth = presence_columns(probe, annotations)
     for k, kind in enumerate(EVENT_KINDS):
         y = truth[:, :, k].ravel()
@@ -269,7 +285,7 @@ def presence_columns(probe: EventProbe, annotations: Sequence[EpochAnnotation]) 
     """(epochs, columns, kinds): :func:`~sleepvlm.explain.mini.presence_targets` of each
     annotation's events on the probe's columns."""
     return np.stack(
-        [presence_targets(a.all_events, probe.config)[probe.columns] for a in annotations]
+        [presence_targets(a.all_events, probe.grid_config)[probe.columns] for a in annotations]
     )
 
 
@@ -300,9 +316,9 @@ def probe_night_answers(
     guide: ProbeGuidance | None = None,
 ) -> tuple[list[ScoredAnswer], list[EpochAnnotation]]:
     """The model's greedy answers to every epoch of ``nights`` of a prepared dataset (with
-    ``guide``, their times guided by the image tokens), each evidence item carrying the support
-    of ``probe`` (:meth:`EventProbe.supported`), and the annotations of the same epochs (as
-    :func:`~sleepvlm.explain.citations.night_answers`)."""
+    ``guide``, their times guided by a probe of the vision tower), each evidence item carrying
+    the support of ``probe`` (:meth:`EventProbe.supported`), and the annotations of the same
+    epochs (as :func:`~sleepvlm.explain.citations.night_answers`)."""
     pngs, found = night_inputs(prepared, nights, model.image_options())
     texts = [answer.text for answer in model.answer_all(pngs, guide=guide)]
     supported = map(probe.supported, texts, probe.probabilities(model, pngs))
@@ -324,12 +340,18 @@ def _probe_scores(truth: np.ndarray, scores: np.ndarray) -> dict:
 
 
 def fit_probe(
-    model: MiniModel, prepared, per_class: int, max_nights: int | None, seed: int = 0
+    model: MiniModel,
+    prepared,
+    per_class: int,
+    max_nights: int | None,
+    seed: int = 0,
+    merged: bool = True,
 ) -> EventProbe:
     """:func:`fit_event_probe` on ``per_class`` epochs per stage of the training split of
     ``prepared`` (the model's own center, from ``max_nights`` of its training nights)."""
     sample = training_sample(prepared, per_class, seed, max_nights)
-    return fit_event_probe(model, *epoch_inputs(prepared, sample, model.image_options()))
+    inputs = epoch_inputs(prepared, sample, model.image_options())
+    return fit_event_probe(model, *inputs, merged=merged)
 
 
 def probe_tables(
@@ -346,9 +368,10 @@ def probe_tables(
     return probe_scores(model, probe, inputs)
 
 
-def probe_text(probes: Mapping[str, pd.DataFrame]) -> str:
-    """Per dataset (name -> :func:`token_probe` table): the median over event kinds of the
-    within-epoch AUC, and the spindle's and K complex's (N2's decisive events)."""
+def probe_text(probes: Mapping[str, pd.DataFrame], read_from: str = "the image tokens") -> str:
+    """Per dataset (name -> :func:`probe_scores` table of a probe that reads ``read_from``): the
+    median over event kinds of the within-epoch AUC, and the spindle's and K complex's (N2's
+    decisive events)."""
     parts = []
     for name, table in probes.items():
         if table.empty:
@@ -363,8 +386,6 @@ def probe_text(probes: Mapping[str, pd.DataFrame]) -> str:
     if not parts:
         return "No event kind had enough positive columns for a probe."
     return (
-        "Which column of a held-out epoch holds an event, read by a linear probe from the image "
-        "tokens (AUC within epochs, median over event kinds; 0.5 is chance): "
-        + "; ".join(parts)
-        + "."
+        f"Which column of a held-out epoch holds an event, read by a linear probe from {read_from} "
+        "(AUC within epochs, median over event kinds; 0.5 is chance): " + "; ".join(parts) + "."
     )
