@@ -62,6 +62,7 @@ def _guided(tokenizer, weight: float, probabilities: np.ndarray) -> guidance.Gui
         tokenizer,
         probabilities,
         np.array(ids),
+        [times[i] for i in ids],
         perception.span_cover([times[i] for i in ids], probe.spans),
         tokenizer.convert_tokens_to_ids(guidance.AT),
         weight,
@@ -100,6 +101,32 @@ def test_guidance_moves_the_time_to_where_the_probe_finds_the_kind(tokenizer):
     assert torch.equal(unguided, scores)
     with pytest.raises(MiniError, match="2 images' probabilities, the batch has 3 rows"):
         _guided(tokenizer, 4.0, np.stack([probabilities] * 2))(input_ids, scores)
+
+
+def test_the_times_an_answer_cites_for_each_kind():
+    text = "spindle on EEG at 0-5 s; K complex on EEG at 10-15 s; spindle on EEG at 20-30 s."
+    assert guidance.times_cited(text, "spindle") == {(0, 5), (20, 30)}
+    assert guidance.times_cited(text, "kcomplex") == {(10, 15)}
+    assert guidance.times_cited(text, "slow_wave") == set()
+    assert guidance.times_cited("spindle on EEG at", "spindle") == set()
+
+
+def test_a_time_already_cited_for_the_kind_is_not_written_again(tokenizer):
+    probabilities = _spindle_at_12s(_probe())
+    vocab = tokenizer.get_vocab()
+    again = "Evidence: spindle on EEG at 10-15 s; spindle on EEG at"
+    other_kind = "Evidence: K complex on EEG at 10-15 s; spindle on EEG at"
+    input_ids = _rows(tokenizer, again, other_kind)
+    scores = torch.zeros(2, len(tokenizer))
+    scores[:, vocab["10-15"]] = 2.0
+    guided = _guided(tokenizer, 4.0, np.stack([probabilities] * 2))(input_ids, scores.clone())
+    assert guided[0, vocab["10-15"]] == -np.inf  # the probe's best place, already cited
+    assert guided[0].argmax() != vocab["10-15"]
+    assert guided[1].argmax() == vocab["10-15"]  # cited for another kind: free
+    times = list(guidance.time_tokens(tokenizer))
+    assert torch.allclose(
+        guided[0, times].logsumexp(0), scores[0].log_softmax(-1)[times].logsumexp(0)
+    )
 
 
 def test_a_wide_span_gains_nothing_by_covering_more_columns(tokenizer):

@@ -16,7 +16,10 @@ where ``support`` is the probe's mean probability, for the kind the item names, 
 columns the time's span covers (at least :data:`MIN_SUPPORT`): the mean, not the highest, so that
 a span wider than its event gains nothing by covering more columns. The time tokens' probability
 is then scaled back to its total before: whether a time comes next stays the model's call, only
-which time is moved.
+which time is moved. A time the answer has already cited for the same kind is not written
+again (:func:`times_cited`): otherwise every item of a kind is drawn to the one place the probe
+finds best, and the answer cites one event twice (on the book's model, before this rule, about
+a sixth of the guided claims repeated an earlier one).
 
 Only the evidence's time tokens are touched. The stage, the rules, which kinds of events and how
 many are greedy decoding's, so κ is unchanged; the answer is still the model's own writing, read
@@ -41,7 +44,7 @@ import pandas as pd
 from sleepvlm.data.records import EVENT_KINDS
 from sleepvlm.explain.annotations import KIND_WORDS
 from sleepvlm.explain.faithfulness import metric_text
-from sleepvlm.explain.mini import MiniError, MiniModel
+from sleepvlm.explain.mini import EVIDENCE, MiniError, MiniModel
 from sleepvlm.explain.perception import EventProbe, span_cover
 from sleepvlm.explain.snapshots import decoding_table
 
@@ -64,6 +67,7 @@ LOOK_BACK_TOKENS = 8
 
 _TIME = re.compile(r"(\d+)-(\d+)")
 _ITEM_BEFORE_TIME = re.compile(r"(?:^|[:;,.]\s*)([A-Za-z][A-Za-z ]*?) on [A-Z]+ at$")
+_ITEM_WITH_TIME = re.compile(r"([A-Za-z][A-Za-z ]*?) on [A-Z]+ at (\d+)-(\d+)")
 _KIND_OF_WORDS = {words: kind for kind, words in KIND_WORDS.items()}
 
 
@@ -74,6 +78,13 @@ def time_tokens(tokenizer) -> dict[int, tuple[int, int]]:
         for word, token in tokenizer.get_vocab().items()
         if (found := _TIME.fullmatch(word))
     }
+
+
+def times_cited(text: str, kind: str) -> set[tuple[int, int]]:
+    """The times (s) the evidence items of ``text`` cite for events of ``kind`` ("spindle on EEG
+    at 0-5 s; K complex on EEG at 10-15 s", "spindle" -> {(0, 5)})."""
+    words = KIND_WORDS[kind]
+    return {(int(a), int(b)) for said, a, b in _ITEM_WITH_TIME.findall(text) if said == words}
 
 
 def kind_being_cited(text: str) -> str | None:
@@ -113,6 +124,7 @@ class ProbeGuidance:
             model.tokenizer,
             self.probe.probabilities(model, pngs),
             np.array(ids),
+            [times[i] for i in ids],
             span_cover([times[i] for i in ids], self.probe.spans),
             at,
             self.weight,
@@ -123,13 +135,17 @@ class ProbeGuidance:
 class GuidedTimes:
     """transformers' logits-processor call of probe-guided decoding: in each row whose last
     token is ``at_id`` and whose item names a kind the probe knows, the time tokens
-    ``time_ids`` (spans over the columns: ``cover``) get ``weight × log(support)`` added to
-    their log probabilities, from that row's image's ``probabilities`` (columns, kinds; NaN for a
-    kind without a probe), and are scaled back to their total probability."""
+    ``time_ids`` (their spans ``times``, over the columns: ``cover``) get ``weight ×
+    log(support)`` added to their log probabilities, from that row's image's ``probabilities``
+    (columns, kinds; NaN for a kind without a probe), and are scaled back to their total
+    probability. A time the answer has already cited for that kind is not written again: the
+    probe would otherwise draw every item of a kind to the one place it finds best, and the
+    answer would cite one event twice."""
 
     tokenizer: object
     probabilities: np.ndarray
     time_ids: np.ndarray
+    times: Sequence[tuple[int, int]]
     cover: np.ndarray
     at_id: int
     weight: float
@@ -148,7 +164,7 @@ class GuidedTimes:
         scores = scores.clone()
         ids = torch.as_tensor(self.time_ids, device=scores.device)
         for row in rows:
-            bias = self.time_bias(row, input_ids[row, -LOOK_BACK_TOKENS:].tolist())
+            bias = self.time_bias(row, input_ids[row].tolist())
             if bias is None:
                 continue
             guided = scores[row].float().log_softmax(-1)
@@ -158,9 +174,11 @@ class GuidedTimes:
             scores[row] = guided.to(scores.dtype)
         return scores
 
-    def time_bias(self, row: int, tail: list[int]) -> np.ndarray | None:
-        """What each time token gets added in ``row``, whose last tokens are ``tail``; None
-        where the item names no kind the probe knows."""
+    def time_bias(self, row: int, ids: list[int]) -> np.ndarray | None:
+        """What each time token gets added in ``row``, whose tokens so far are ``ids``
+        (-inf for a time already cited for the kind, unless every time is); None where the item
+        names no kind the probe knows."""
+        tail = ids[-LOOK_BACK_TOKENS:]
         kind = kind_being_cited(self.tokenizer.decode(tail, skip_special_tokens=True))
         if kind is None:
             return None
@@ -168,7 +186,13 @@ class GuidedTimes:
         if np.isnan(probability).all():
             return None
         support = (self.cover @ probability) / np.maximum(self.cover.sum(1), 1)
-        return self.weight * np.log(np.maximum(support, MIN_SUPPORT))
+        bias = self.weight * np.log(np.maximum(support, MIN_SUPPORT))
+        answer = self.tokenizer.decode(ids, skip_special_tokens=True).rpartition(EVIDENCE)[2]
+        before = times_cited(answer, kind)
+        cited = np.array([time in before for time in self.times])
+        if cited.any() and not cited.all():
+            bias[cited] = -np.inf
+        return bias
 
 
 def guidance_table(
