@@ -237,3 +237,25 @@ def test_probe_night_answers_are_the_greedy_answers_with_the_probes_support(snap
     assert len(answers) == len(found) == int(night_keys(test).isin(nights).sum())
     assert [a.text for a in answers] == model.generate(pngs)
     assert [a.key for a in found] == [a.key for a in truth]
+
+
+def test_guided_night_answers_ask_the_probe_once_per_image(snapshotted, monkeypatch):  # noqa: F811
+    from sleepvlm.explain import citations, guidance
+    from sleepvlm.splits import nights_of
+
+    folder, data = snapshotted
+    model = mini.MiniModel.load(folder)
+    probe = perception.fit_probe(model, data, per_class=3, max_nights=1)
+    nights = nights_of(data.manifest[data.manifest["split"] == "test"], 1, 0)
+    asked = []
+    probabilities = perception.EventProbe.probabilities
+    monkeypatch.setattr(
+        perception.EventProbe,
+        "probabilities",
+        lambda self, model, pngs: asked.extend(pngs) or probabilities(self, model, pngs),
+    )
+    guide = guidance.ProbeGuidance(probe, 8.0)
+    answers, _ = perception.probe_night_answers(model, data, nights, probe, guide=guide)
+    pngs, _ = citations.night_inputs(data, nights, model.image_options())
+    assert sorted(asked) == sorted(pngs)  # once each: the guide reads what the check worked out
+    assert [a.text for a in answers] == model.generate(pngs, guide=guide)

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -101,6 +101,9 @@ class ProbeGuidance:
 
     probe: EventProbe
     weight: float
+    #: The probe's probabilities of images already worked out (PNG -> :meth:`EventProbe.
+    #: probabilities` row), so that answers checked by the same probe need not ask it twice.
+    known: Mapping[bytes, np.ndarray] | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.weight < 0:
@@ -109,6 +112,18 @@ class ProbeGuidance:
     @property
     def label(self) -> str:
         return f"times guided by a probe of the vision tower (weight {self.weight:g})"
+
+    def knowing(self, pngs: Sequence[bytes], probabilities: np.ndarray) -> ProbeGuidance:
+        """This guidance with the probe's ``probabilities`` of ``pngs`` (one row per image)
+        known in advance."""
+        return replace(self, known=dict(zip(pngs, probabilities, strict=True)))
+
+    def probabilities(self, model: MiniModel, pngs: Sequence[bytes]) -> np.ndarray:
+        """The probe's probabilities of ``pngs``: those :meth:`knowing` was given, or worked
+        out now."""
+        if self.known is not None and all(png in self.known for png in pngs):
+            return np.stack([self.known[png] for png in pngs])
+        return self.probe.probabilities(model, pngs)
 
     def logits(self, model: MiniModel, pngs: Sequence[bytes]) -> GuidedTimes:
         """The logits processor of one batch of ``pngs`` answered by ``model``."""
@@ -122,7 +137,7 @@ class ProbeGuidance:
         ids = sorted(times)
         return GuidedTimes(
             model.tokenizer,
-            self.probe.probabilities(model, pngs),
+            self.probabilities(model, pngs),
             np.array(ids),
             [times[i] for i in ids],
             span_cover([times[i] for i in ids], self.probe.spans),

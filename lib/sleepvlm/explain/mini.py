@@ -845,7 +845,7 @@ class MiniModel:
         resized or flat-lane image holds and would cite evidence from it. With ``contrast``,
         decoded contrastively against a negative of each image
         (:mod:`sleepvlm.explain.contrast`) instead; with ``guide``, with the evidence's times
-        guided by the image tokens (:mod:`sleepvlm.explain.guidance`)."""
+        guided by a probe of the vision tower (:mod:`sleepvlm.explain.guidance`)."""
         return [answer.text for answer in self._answers(pngs, phase, False, contrast, guide)]
 
     def generate_scored(

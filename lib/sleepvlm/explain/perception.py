@@ -320,9 +320,11 @@ def probe_night_answers(
     the support of ``probe`` (:meth:`EventProbe.supported`), and the annotations of the same
     epochs (as :func:`~sleepvlm.explain.citations.night_answers`)."""
     pngs, found = night_inputs(prepared, nights, model.image_options())
+    probabilities = probe.probabilities(model, pngs)
+    if guide is not None and guide.probe is probe:
+        guide = guide.knowing(pngs, probabilities)
     texts = [answer.text for answer in model.answer_all(pngs, guide=guide)]
-    supported = map(probe.supported, texts, probe.probabilities(model, pngs))
-    return list(supported), found
+    return list(map(probe.supported, texts, probabilities)), found
 
 
 def _probe_scores(truth: np.ndarray, scores: np.ndarray) -> dict:
