@@ -10,6 +10,7 @@ from sleepvlm.data.records import EVENT_KINDS
 from sleepvlm.explain import guidance, mini, perception
 from sleepvlm.explain.mini import MiniError
 from test_explain_mini import prepared  # noqa: F401 (a fixture)
+from test_explain_perception import token_probe
 from test_explain_snapshots import snapshotted  # noqa: F401 (a fixture)
 
 ITEMS = "Evidence: spindle on EEG at 0-5 s; K complex on EEG at 10-15 s; 25-30 s 20-30 s."
@@ -182,7 +183,7 @@ def test_guided_answers_keep_the_greedy_stage_and_rules(snapshotted):  # noqa: F
 
     folder, data = snapshotted
     model = mini.MiniModel.load(folder)
-    probe = perception.fit_probe(model, data, per_class=3, max_nights=1)
+    probe = token_probe(model, data)
     pngs, truth = snapshots.held_out_inputs({"d": data}, model.image_options(), 1, 6)["d"]
     greedy = model.generate(pngs)
     assert model.generate(pngs, guide=guidance.ProbeGuidance(probe, 0.0)) == greedy

@@ -24,6 +24,14 @@ REM_EARLY = Evidence("rem", "eog", 2.0, 3.0)
 BLINK_LATE = Evidence("blink", "eog", 21.0, 21.5)
 
 
+def token_probe(model, data) -> perception.EventProbe:
+    """A probe of ``model``'s image tokens fitted on a few epochs of ``data``."""
+    reads = {"image tokens": True}
+    return perception.fit_probes(model, data, per_class=3, max_nights=1, reads=reads)[
+        "image tokens"
+    ]
+
+
 def test_described_segments_reads_the_events_each_segment_names():
     text = "t0 theta eeg1 eog2 emg0 rem@EOG t5 theta eeg1 eog1 emg0 t20 alpha eeg1 blink@EOG"
     segments = perception.described_segments(text)
@@ -191,15 +199,30 @@ def test_image_tokens_are_the_vision_towers_on_their_grid(snapshotted):  # noqa:
     assert np.allclose(tokens[0].reshape(-1, config.text_dim), remerged, atol=1e-5)
 
 
-def test_probe_tables_fit_on_the_training_center_and_score_each_held_out_one(snapshotted):  # noqa: F811
+def test_probes_are_fitted_and_scored_on_images_drawn_once_for_all_of_them(
+    snapshotted,  # noqa: F811
+    monkeypatch,
+):
     folder, data = snapshotted
     model = mini.MiniModel.load(folder)
-    probe = perception.fit_probe(model, data, per_class=3, max_nights=1)
-    tables = perception.probe_tables(model, probe, {"a": data, "b": data}, max_epochs=4)
-    assert list(tables) == ["a", "b"]
-    for table in tables.values():
-        assert list(table.columns) == list(perception.PROBE_COLUMNS)
-        assert table["auc"].dropna().between(0, 1).all()
+    drawn = []
+    for name in ("epoch_inputs", "held_out_inputs"):
+        draw = getattr(perception, name)
+        monkeypatch.setattr(
+            perception,
+            name,
+            lambda *a, name=name, draw=draw, **k: drawn.append(name) or draw(*a, **k),
+        )
+    probes = perception.fit_probes(model, data, per_class=3, max_nights=1)
+    assert {name: p.merged for name, p in probes.items()} == perception.PROBE_READS
+    tables = perception.probe_tables(model, probes, {"a": data, "b": data}, max_epochs=4)
+    assert drawn == ["epoch_inputs", "held_out_inputs"]
+    assert list(tables) == list(perception.PROBE_READS)
+    for by_dataset in tables.values():
+        assert list(by_dataset) == ["a", "b"]
+        for table in by_dataset.values():
+            assert list(table.columns) == list(perception.PROBE_COLUMNS)
+            assert table["auc"].dropna().between(0, 1).all()
 
 
 def test_an_item_is_supported_where_the_probe_finds_its_kind_in_the_columns_it_cites():
@@ -229,7 +252,7 @@ def test_probe_night_answers_are_the_greedy_answers_with_the_probes_support(snap
 
     folder, data = snapshotted
     model = mini.MiniModel.load(folder)
-    probe = perception.fit_probe(model, data, per_class=3, max_nights=1)
+    probe = token_probe(model, data)
     test = data.manifest[data.manifest["split"] == "test"]
     nights = nights_of(test, 1, 0)
     answers, found = perception.probe_night_answers(model, data, nights, probe)
@@ -245,7 +268,7 @@ def test_guided_night_answers_ask_the_probe_once_per_image(snapshotted, monkeypa
 
     folder, data = snapshotted
     model = mini.MiniModel.load(folder)
-    probe = perception.fit_probe(model, data, per_class=3, max_nights=1)
+    probe = token_probe(model, data)
     nights = nights_of(data.manifest[data.manifest["split"] == "test"], 1, 0)
     asked = []
     probabilities = perception.EventProbe.probabilities

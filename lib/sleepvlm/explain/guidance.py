@@ -61,9 +61,6 @@ COMPREHENSIVENESS_SLACK = 0.02
 MIN_SUPPORT = 1e-3
 #: The word the answers write before an event's time ("spindle on EEG at 10-15 s").
 AT = "at"
-#: Tokens decoded back to find the kind of the item being written: the longest kind is three
-#: words, then "on <channel> at", and the separator before them.
-LOOK_BACK_TOKENS = 8
 
 _TIME = re.compile(r"(\d+)-(\d+)")
 _ITEM_BEFORE_TIME = re.compile(r"(?:^|[:;,.]\s*)([A-Za-z][A-Za-z ]*?) on [A-Z]+ at$")
@@ -193,8 +190,8 @@ class GuidedTimes:
         """What each time token gets added in ``row``, whose tokens so far are ``ids``
         (-inf for a time already cited for the kind, unless every time is); None where the item
         names no kind the probe knows."""
-        tail = ids[-LOOK_BACK_TOKENS:]
-        kind = kind_being_cited(self.tokenizer.decode(tail, skip_special_tokens=True))
+        evidence = self.tokenizer.decode(ids, skip_special_tokens=True).rpartition(EVIDENCE)[2]
+        kind = kind_being_cited(evidence.lstrip())
         if kind is None:
             return None
         probability = self.probabilities[row, :, EVENT_KINDS.index(kind)]
@@ -202,8 +199,7 @@ class GuidedTimes:
             return None
         support = (self.cover @ probability) / np.maximum(self.cover.sum(1), 1)
         bias = self.weight * np.log(np.maximum(support, MIN_SUPPORT))
-        answer = self.tokenizer.decode(ids, skip_special_tokens=True).rpartition(EVIDENCE)[2]
-        before = times_cited(answer, kind)
+        before = times_cited(evidence, kind)
         cited = np.array([time in before for time in self.times])
         if cited.any() and not cited.all():
             bias[cited] = -np.inf

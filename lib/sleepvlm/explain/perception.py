@@ -341,33 +341,39 @@ def _probe_scores(truth: np.ndarray, scores: np.ndarray) -> dict:
     }
 
 
-def fit_probe(
+#: What chapter 11's probes read (name -> ``merged``, :class:`EventProbe`): the image tokens
+#: the language model is handed, or the vision tower's patch states before their merge.
+PROBE_READS: dict[str, bool] = {"image tokens": True, "patch states": False}
+
+
+def fit_probes(
     model: MiniModel,
     prepared,
     per_class: int,
     max_nights: int | None,
     seed: int = 0,
-    merged: bool = True,
-) -> EventProbe:
-    """:func:`fit_event_probe` on ``per_class`` epochs per stage of the training split of
-    ``prepared`` (the model's own center, from ``max_nights`` of its training nights)."""
+    reads: Mapping[str, bool] = PROBE_READS,
+) -> dict[str, EventProbe]:
+    """Per entry of ``reads`` (name -> ``merged``), :func:`fit_event_probe` on the same
+    ``per_class`` epochs per stage of the training split of ``prepared`` (the model's own
+    center, from ``max_nights`` of its training nights), drawn once."""
     sample = training_sample(prepared, per_class, seed, max_nights)
     inputs = epoch_inputs(prepared, sample, model.image_options())
-    return fit_event_probe(model, *inputs, merged=merged)
+    return {name: fit_event_probe(model, *inputs, merged=merged) for name, merged in reads.items()}
 
 
 def probe_tables(
     model: MiniModel,
-    probe: EventProbe,
+    probes: Mapping[str, EventProbe],
     held_out: Mapping[str, object],
     max_epochs: int = 200,
     seed: int = 0,
-) -> dict[str, pd.DataFrame]:
-    """:func:`probe_scores` of ``probe`` on the
+) -> dict[str, dict[str, pd.DataFrame]]:
+    """Per probe of ``probes`` (name -> probe), :func:`probe_scores` on the same
     :func:`~sleepvlm.explain.snapshots.held_out_epochs` of each dataset of ``held_out`` (name
-    -> prepared dataset)."""
+    -> prepared dataset), drawn once."""
     inputs = held_out_inputs(held_out, model.image_options(), 1, max_epochs, seed)
-    return probe_scores(model, probe, inputs)
+    return {name: probe_scores(model, probe, inputs) for name, probe in probes.items()}
 
 
 def probe_text(probes: Mapping[str, pd.DataFrame], read_from: str = "the image tokens") -> str:
