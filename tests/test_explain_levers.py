@@ -6,14 +6,17 @@ import dataclasses
 import json
 from types import SimpleNamespace
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from sleepvlm.cli import main
-from sleepvlm.explain import levers, mini, snapshots
+from sleepvlm.explain import citations, faithfulness, guidance, levers, mini, perception, snapshots
 from sleepvlm.explain.train import training_code_hash
+from sleepvlm.metrics import MIN_PROBE_SUPPORT, PROBE_GUIDANCE, point_value
 from sleepvlm.params import EXTERNAL, WITHIN
 from test_explain_mini import TINY, prepared  # noqa: F401 (a fixture)
+from test_explain_snapshots import snapshotted  # noqa: F401 (a fixture)
 
 
 def test_levers_change_known_settings_and_are_found_by_name():
@@ -45,11 +48,15 @@ def test_a_levers_run_is_scored_as_the_curves_last_point_and_read_back(prepared,
     assert record["summary"] == levers.LEVER and record["lever"] == levers.DEFAULT
     assert record["config"] == dataclasses.asdict(base) and record["code"] == training_code_hash()
     assert record["n"] == 6 and record["grounding_steps_done"] == 6
-    assert set(record["metrics"]) == set(levers.LEVER_METRICS)
+    assert set(record["metrics"]) == {*levers.LEVER_METRICS, *levers.CHECKED_METRICS}
+    assert set(record["checked_by"]) == {PROBE_GUIDANCE, MIN_PROBE_SUPPORT}
+    checked_precision = record["metrics"][levers.CHECKED + "precision"]
+    assert checked_precision is None or 0 <= checked_precision <= 1
     folders = sorted((tmp_path / "cache" / "models").glob("sleepvlm-mini-dcsm-*"))
     curve = snapshots.training_curve(folders[0], {"dcsm": prepared}, max_epochs=6)
     last = curve[curve["step"] == curve["step"].max()].iloc[0]
-    for metric, value in record["metrics"].items():  # the same model on the same epochs
+    for metric in levers.LEVER_METRICS:  # the same model on the same epochs
+        value = record["metrics"][metric]
         assert value == pytest.approx(last[metric], nan_ok=True) or pd.isna(last[metric])
 
     paths = levers.write_lever(records, tmp_path / "levers")
@@ -71,6 +78,35 @@ def test_a_levers_run_is_scored_as_the_curves_last_point_and_read_back(prepared,
     table = levers.lever_table(levers.load_levers(tmp_path / "levers"), "dcsm")
     assert table.set_index("lever").loc[levers.DEFAULT, "code"] == "other"
     assert "(default measured on other code" in levers.lever_text(table)
+
+
+def test_checked_metrics_are_the_answers_after_the_chosen_guidance_and_cut(
+    snapshotted,  # noqa: F811
+    monkeypatch,
+):
+    folder, data = snapshotted
+    model = mini.MiniModel.load(folder)
+    inputs = snapshots.held_out_inputs({"dcsm": data}, model.image_options(), 1, 6)
+    monkeypatch.setattr(perception, "PROBE_PER_CLASS", 3)
+    # a model this small raises no precision: the choices are made for it, to be followed
+    monkeypatch.setattr(guidance, "choose_guidance", lambda table, dataset: 8.0)
+    monkeypatch.setattr(citations, "choose_min_confidence", lambda curve: 0.5)
+    checking, checked = levers.checked_metrics(model, data, inputs, "dcsm", max_nights=1)
+    weight, least = checking[PROBE_GUIDANCE], checking[MIN_PROBE_SUPPORT]
+    assert (weight, least) == (8.0, 0.5)
+    probe = perception.fit_probes(model, data, 3, 1, reads={perception.PATCH_STATES: False})
+    guide = guidance.ProbeGuidance(probe[perception.PATCH_STATES], weight)
+    pngs, found = inputs["dcsm"]
+    answers = perception.probe_answers(model, pngs, probe[perception.PATCH_STATES], guide)
+    cut = [citations.cite_confident(a, least) for a in answers]
+    expected = faithfulness.faithfulness_metrics(faithfulness.score_answers(cut, found))
+    for metric in faithfulness.FAITHFULNESS_GOALS:
+        got, want = checked["dcsm"][levers.CHECKED + metric], point_value(expected[metric])
+        assert got == pytest.approx(want, nan_ok=True) or (got is None and want is None)
+
+    monkeypatch.setattr(guidance, "can_guide", lambda tokenizer: False)
+    unguided, _ = levers.checked_metrics(model, data, inputs, "dcsm", max_nights=1)
+    assert unguided[PROBE_GUIDANCE] is None  # a tokenizer without time tokens is only checked
 
 
 def _records(precision: dict[str, tuple[float, float]], kappa: float = 0.7) -> pd.DataFrame:
@@ -117,6 +153,22 @@ def test_the_lever_table_reads_each_lever_against_the_default_and_the_seed_noise
     nothing = levers.lever_table(pd.DataFrame(), "dcsm")
     assert (nothing["code"] == "not measured").all()
     assert levers.lever_text(nothing).startswith("The default lever has no record")
+
+
+def test_the_checked_columns_read_the_records_that_hold_them():
+    records = _records({"default": (0.42, 0.40), "no-context": (0.44, 0.43)})
+    checked = {"precision": 0.87, "comprehensiveness": 0.5, "coherence": 1.0}
+    checked["ungrounded_share"] = 0.16
+    for metric, value in checked.items():
+        records[levers.CHECKED + metric] = np.where(records["lever"] == "no-context", value, np.nan)
+    table = levers.lever_table(records, "dcsm").set_index(["lever", "setting"])
+    assert table.loc[("no-context", WITHIN), levers.CHECKED + "precision"] == 0.87
+    assert pd.isna(table.loc[("default", WITHIN), levers.CHECKED + "precision"])
+    text = levers.checked_text(table.reset_index())
+    assert "absent event: no-context 0.87 / 0.50 / 16%." in text
+    assert text.endswith("1 other lever records were written before this was measured.")
+    bare = levers.lever_table(_records({"default": (0.42, 0.40)}), "dcsm")
+    assert levers.checked_text(bare).startswith("No lever record holds")
 
 
 def test_the_default_record_is_compared_with_this_builds_curve():

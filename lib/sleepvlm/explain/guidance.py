@@ -77,6 +77,14 @@ def time_tokens(tokenizer) -> dict[int, tuple[int, int]]:
     }
 
 
+def can_guide(tokenizer) -> bool:
+    """Whether answers written with ``tokenizer`` can be guided: it has time tokens and
+    :data:`AT` as a token (the mini's own tokenizer, trained on enough answers, has both)."""
+    return bool(time_tokens(tokenizer)) and tokenizer.convert_tokens_to_ids(AT) != (
+        tokenizer.unk_token_id
+    )
+
+
 def times_cited(text: str, kind: str) -> set[tuple[int, int]]:
     """The times (s) the evidence items of ``text`` cite for events of ``kind`` ("spindle on EEG
     at 0-5 s; K complex on EEG at 10-15 s", "spindle" -> {(0, 5)})."""
@@ -126,7 +134,7 @@ class ProbeGuidance:
         """The logits processor of one batch of ``pngs`` answered by ``model``."""
         times = time_tokens(model.tokenizer)
         at = model.tokenizer.convert_tokens_to_ids(AT)
-        if not times or at == model.tokenizer.unk_token_id:
+        if not can_guide(model.tokenizer):
             raise MiniError(
                 f"probe guidance needs the answers' time words ('10-15') and {AT!r} as tokens "
                 "of the vocabulary (the mini's own tokenizer); answer without it"

@@ -25,10 +25,17 @@ from pathlib import Path
 import pandas as pd
 
 from sleepvlm.cache import content_hash
-from sleepvlm.explain import faithfulness, snapshots
+from sleepvlm.explain import citations, faithfulness, guidance, perception, snapshots
 from sleepvlm.explain.mini import SETTINGS_FILE, MiniConfig, MiniError, MiniModel
 from sleepvlm.explain.train import train_mini, training_code_hash
-from sleepvlm.metrics import SUMMARY_FIELD, provenance, write_result
+from sleepvlm.metrics import (
+    MIN_PROBE_SUPPORT,
+    PROBE_GUIDANCE,
+    SUMMARY_FIELD,
+    point_value,
+    provenance,
+    write_result,
+)
 from sleepvlm.params import PAPER_CENTERS, WITHIN, evaluation_setting
 from sleepvlm.prepare import prepare_dataset
 from sleepvlm.report import SLEEPVLM_MINI, load_summaries
@@ -106,6 +113,10 @@ LEVERS: tuple[Lever, ...] = (
 )
 #: The metrics of a lever's record: those of chapter 11's training curve.
 LEVER_METRICS = snapshots.CURVE_METRICS
+#: The record's metrics of its answers after chapter 11's answer-time levers
+#: (:func:`checked_metrics`), each a faithfulness goal's with this prefix.
+CHECKED = "checked_"
+CHECKED_METRICS: tuple[str, ...] = tuple(CHECKED + m for m in faithfulness.FAITHFULNESS_GOALS)
 
 
 class LeverError(MiniError):
@@ -158,6 +169,9 @@ def run_lever(
     }
     inputs = snapshots.held_out_inputs(prepared, config.image_options(), 1, max_epochs, seed)
     model = MiniModel.load(folder)
+    checking, checked = checked_metrics(
+        model, prepared[train_dataset], inputs, train_dataset, max_nights, seed, tolerance_s
+    )
     records = []
     for name, (pngs, found) in inputs.items():
         texts = [answer.text for answer in model.answer_all(pngs)]
@@ -181,11 +195,59 @@ def run_lever(
                 "grounding_steps_done": len(trained["log"]["loss"]["grounding"]),
                 "parameters": trained["parameters"],
                 "code": training_code_hash(),
-                "metrics": snapshots.score_point(texts, found, tolerance_s),
+                "metrics": {**snapshots.score_point(texts, found, tolerance_s), **checked[name]},
+                "checked_by": checking,
                 **provenance(),
             }
         )
     return records
+
+
+def checked_metrics(
+    model: MiniModel,
+    prepared_train,
+    inputs: Mapping[str, tuple[list[bytes], list]],
+    train_dataset: str,
+    max_nights: int,
+    seed: int = 0,
+    tolerance_s: float = 1.0,
+) -> tuple[dict, dict[str, dict]]:
+    """How ``model``'s answers fare after chapter 11's answer-time levers, so that a training
+    lever is also read where those levers take its answers: each cited time guided by a probe
+    of the patch states, fitted on :data:`~sleepvlm.explain.perception.PROBE_PER_CLASS`
+    training epochs per stage of ``prepared_train`` (from ``max_nights`` nights), then each
+    item kept only where that probe supports it. The weight
+    (:func:`~sleepvlm.explain.guidance.choose_guidance`) and the least support
+    (:func:`~sleepvlm.explain.citations.choose_min_confidence`) are chosen on the training
+    center's held-out ``inputs`` (name -> images and annotations), which the metrics are then
+    measured on too: comparable between levers, not a test-night result. Returns the choices
+    and, per center, the faithfulness goals' metrics (:data:`CHECKED_METRICS`)."""
+    patches = perception.PATCH_STATES
+    probe = perception.fit_probes(
+        model, prepared_train, perception.PROBE_PER_CLASS, max_nights, seed, {patches: False}
+    )[patches]
+    weight = None
+    if guidance.can_guide(model.tokenizer):
+        weights = guidance.guidance_table(model, probe, inputs, tolerance_s=tolerance_s)
+        weight = guidance.choose_guidance(weights, train_dataset)
+    guide = guidance.ProbeGuidance(probe, weight) if weight is not None else None
+    curves = {
+        name: citations.confidence_curve(
+            perception.probe_answers(model, pngs, probe, guide), found, tolerance_s=tolerance_s
+        )
+        for name, (pngs, found) in inputs.items()
+    }
+    least = (
+        citations.choose_min_confidence(curves[train_dataset]) if train_dataset in curves else None
+    )
+    rows = {
+        name: curve.set_index("min_confidence").loc[least or 0.0] for name, curve in curves.items()
+    }
+    checked = {
+        name: {CHECKED + m: point_value(row[m]) for m in faithfulness.FAITHFULNESS_GOALS}
+        for name, row in rows.items()
+    }
+    return {PROBE_GUIDANCE: weight, MIN_PROBE_SUPPORT: least}, checked
 
 
 def write_lever(records: Sequence[Mapping], folder: str | Path | None = None) -> list[Path]:
@@ -201,9 +263,12 @@ def lever_table(summaries: pd.DataFrame, train_dataset: str) -> pd.DataFrame:
     default lever's, minutes of training, and whether the records were measured on this code
     (``code``: "this", "other", or "not measured" without a record). ``summaries`` are the
     lever records (:func:`sleepvlm.report.load_summaries` of :data:`LEVER`)."""
-    columns = ["lever", "changes", "setting", *LEVER_METRICS, "train_minutes", "code"]
+    columns = ["lever", "changes", "setting", *LEVER_METRICS, *CHECKED_METRICS]
+    columns += ["train_minutes", "code"]
     if len(summaries):
         summaries = summaries[summaries["train_dataset"] == train_dataset]
+        # records written before the answer-time levers were measured have no checked metrics
+        summaries = summaries.reindex(columns=[*summaries.columns.union(CHECKED_METRICS)])
     rows, current = [], training_code_hash()
     for lever in LEVERS:
         mine = summaries[summaries[LEVER] == lever.name] if len(summaries) else summaries
@@ -218,7 +283,7 @@ def lever_table(summaries: pd.DataFrame, train_dataset: str) -> pd.DataFrame:
                     "lever": lever.name,
                     "changes": changes,
                     "setting": setting,
-                    **group[list(LEVER_METRICS)].astype(float).mean().to_dict(),
+                    **group[[*LEVER_METRICS, *CHECKED_METRICS]].astype(float).mean().to_dict(),
                     "train_minutes": group["train_seconds"].max() / 60,
                     "code": "this" if (group["code"] == current).all() else "other",
                 }
@@ -272,6 +337,34 @@ def lever_text(table: pd.DataFrame) -> str:
         f" A second seed of the default settings moves precision by "
         f"{shown('precision', noise)} and κ by {shown('kappa', kappa_noise)}; levers that move "
         f"precision further: {moved}."
+    )
+
+
+def checked_text(table: pd.DataFrame) -> str:
+    """What :func:`lever_table`'s checked columns show within the training center: for each
+    lever whose record holds them, precision, comprehensiveness and the share of answers citing
+    an absent event after the answer-time levers (:func:`checked_metrics`)."""
+    within = table[table["setting"] == WITHIN].set_index("lever")
+    measured = within[within[CHECKED + "ungrounded_share"].notna()]
+    if measured.empty:
+        return "No lever record holds its answers after the answer-time levers."
+    shown = faithfulness.metric_text
+    goals = ("precision", "comprehensiveness", "ungrounded_share")
+    parts = [
+        f"{name} " + " / ".join(shown(m, row[CHECKED + m]) for m in goals)
+        for name, row in measured.iterrows()
+    ]
+    unmeasured = len(within) - len(measured)
+    return (
+        "After the answer-time levers (probe-guided times, then the probe's check), within the "
+        "training center, precision / comprehensiveness / answers citing an absent event: "
+        + "; ".join(parts)
+        + "."
+        + (
+            f" {unmeasured} other lever records were written before this was measured."
+            if unmeasured
+            else ""
+        )
     )
 
 

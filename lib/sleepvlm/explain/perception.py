@@ -320,11 +320,20 @@ def probe_night_answers(
     the support of ``probe`` (:meth:`EventProbe.supported`), and the annotations of the same
     epochs (as :func:`~sleepvlm.explain.citations.night_answers`)."""
     pngs, found = night_inputs(prepared, nights, model.image_options())
+    return probe_answers(model, pngs, probe, guide), found
+
+
+def probe_answers(
+    model: MiniModel, pngs: Sequence[bytes], probe: EventProbe, guide: ProbeGuidance | None = None
+) -> list[ScoredAnswer]:
+    """The model's greedy answers to ``pngs`` (with ``guide``, their times guided by a probe of
+    the vision tower), each evidence item carrying the support of ``probe``
+    (:meth:`EventProbe.supported`); the probe is asked once per image when it also guides."""
     probabilities = probe.probabilities(model, pngs)
     if guide is not None and guide.probe is probe:
         guide = guide.knowing(pngs, probabilities)
     texts = [answer.text for answer in model.answer_all(pngs, guide=guide)]
-    return list(map(probe.supported, texts, probabilities)), found
+    return list(map(probe.supported, texts, probabilities))
 
 
 def _probe_scores(truth: np.ndarray, scores: np.ndarray) -> dict:
@@ -341,9 +350,13 @@ def _probe_scores(truth: np.ndarray, scores: np.ndarray) -> dict:
     }
 
 
-#: What chapter 11's probes read (name -> ``merged``, :class:`EventProbe`): the image tokens
-#: the language model is handed, or the vision tower's patch states before their merge.
-PROBE_READS: dict[str, bool] = {"image tokens": True, "patch states": False}
+#: What a probe reads: the image tokens the language model is handed, or the vision tower's
+#: patch states before their merge (:class:`EventProbe`'s ``merged``).
+IMAGE_TOKENS, PATCH_STATES = "image tokens", "patch states"
+#: Chapter 11's probes (name -> ``merged``).
+PROBE_READS: dict[str, bool] = {IMAGE_TOKENS: True, PATCH_STATES: False}
+#: Training epochs per stage a probe is fitted on (chapter 11's, and each lever record's).
+PROBE_PER_CLASS = 150
 
 
 def fit_probes(
