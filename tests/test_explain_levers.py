@@ -166,7 +166,14 @@ def test_the_checked_columns_read_the_records_that_hold_them():
     assert pd.isna(table.loc[("default", WITHIN), levers.CHECKED + "precision"])
     text = levers.checked_text(table.reset_index())
     assert "absent event: no-context 0.87 / 0.50 / 16%." in text
+    assert "second seed" not in text  # neither the default nor the seed has them
     assert text.endswith("1 other lever records were written before this was measured.")
+    both = _records({"default": (0.42, 0.40), "seed-1": (0.40, 0.41)})
+    for metric, value in checked.items():
+        records_value = np.where(both["lever"] == "seed-1", value - 0.05, value)
+        both[levers.CHECKED + metric] = records_value
+    text = levers.checked_text(levers.lever_table(both, "dcsm"))
+    assert text.endswith("A second seed of the default moves them by 0.05 / 0.05 / 5%.")
     bare = levers.lever_table(_records({"default": (0.42, 0.40)}), "dcsm")
     assert levers.checked_text(bare).startswith("No lever record holds")
 

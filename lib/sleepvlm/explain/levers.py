@@ -355,11 +355,21 @@ def checked_text(table: pd.DataFrame) -> str:
         for name, row in measured.iterrows()
     ]
     unmeasured = len(within) - len(measured)
+    noise = ""
+    if {DEFAULT, SEED_NOISE} <= set(measured.index):
+        columns = [CHECKED + m for m in goals]
+        moved = measured.loc[SEED_NOISE, columns] - measured.loc[DEFAULT, columns]
+        noise = (
+            " A second seed of the default moves them by "
+            + " / ".join(shown(m, abs(moved[CHECKED + m])) for m in goals)
+            + "."
+        )
     return (
         "After the answer-time levers (probe-guided times, then the probe's check), within the "
         "training center, precision / comprehensiveness / answers citing an absent event: "
         + "; ".join(parts)
         + "."
+        + noise
         + (
             f" {unmeasured} other lever records were written before this was measured."
             if unmeasured
