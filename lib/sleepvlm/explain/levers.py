@@ -220,8 +220,10 @@ def checked_metrics(
     (:func:`~sleepvlm.explain.guidance.choose_guidance`) and the least support
     (:func:`~sleepvlm.explain.citations.choose_min_confidence`) are chosen on the training
     center's held-out ``inputs`` (name -> images and annotations), which the metrics are then
-    measured on too: comparable between levers, not a test-night result. Returns the choices
-    and, per center, the faithfulness goals' metrics (:data:`CHECKED_METRICS`)."""
+    measured on too: comparable between levers, not a test-night result. Where no weight
+    raises precision the answers are greedy, and where no threshold meets the goals every item
+    is kept (each choice then None). Returns the choices and, per center, the faithfulness
+    goals' metrics (:data:`CHECKED_METRICS`)."""
     patches = perception.PATCH_STATES
     probe = perception.fit_probes(
         model, prepared_train, perception.PROBE_PER_CLASS, max_nights, seed, {patches: False}
@@ -261,7 +263,8 @@ def lever_table(summaries: pd.DataFrame, train_dataset: str) -> pd.DataFrame:
     """One row per lever of :data:`LEVERS` (in order) and setting (within center, external):
     the mean of each metric over the setting's centers, the change of precision against the
     default lever's, minutes of training, and whether the records were measured on this code
-    (``code``: "this", "other", or "not measured" without a record). ``summaries`` are the
+    (``code``: "this", "other", or "not measured" without a record); the :data:`CHECKED_METRICS`
+    are empty for records written without them. ``summaries`` are the
     lever records (:func:`sleepvlm.report.load_summaries` of :data:`LEVER`)."""
     columns = ["lever", "changes", "setting", *LEVER_METRICS, *CHECKED_METRICS]
     columns += ["train_minutes", "code"]

@@ -389,7 +389,7 @@ def probe_tables(
     return {name: probe_scores(model, probe, inputs) for name, probe in probes.items()}
 
 
-def probe_text(probes: Mapping[str, pd.DataFrame], read_from: str = "the image tokens") -> str:
+def probe_text(probes: Mapping[str, pd.DataFrame], read_from: str = f"the {IMAGE_TOKENS}") -> str:
     """Per dataset (name -> :func:`probe_scores` table of a probe that reads ``read_from``): the
     median over event kinds of the within-epoch AUC, and the spindle's and K complex's (N2's
     decisive events)."""
