@@ -91,22 +91,44 @@ def test_checked_metrics_are_the_answers_after_the_chosen_guidance_and_cut(
     # a model this small raises no precision: the choices are made for it, to be followed
     monkeypatch.setattr(guidance, "choose_guidance", lambda table, dataset: 8.0)
     monkeypatch.setattr(citations, "choose_min_confidence", lambda curve: 0.5)
-    checking, checked = levers.checked_metrics(model, data, inputs, "dcsm", max_nights=1)
-    weight, least = checking[PROBE_GUIDANCE], checking[MIN_PROBE_SUPPORT]
+    calls = {"answer_all": 0, "probabilities": 0}
+    answer_all, probabilities = mini.MiniModel.answer_all, perception.EventProbe.probabilities
+
+    def counted(name, method):
+        def call(*args, **kwargs):
+            calls[name] += 1
+            return method(*args, **kwargs)
+
+        return call
+
+    monkeypatch.setattr(mini.MiniModel, "answer_all", counted("answer_all", answer_all))
+    monkeypatch.setattr(
+        perception.EventProbe, "probabilities", counted("probabilities", probabilities)
+    )
+    checked = levers.checked_metrics(model, data, inputs, "dcsm", max_nights=1)
+    # one answer per image and weight (greedy included), one reading of the probe per image set
+    assert calls == {"answer_all": 1 + len(guidance.WEIGHTS), "probabilities": 1}
+    monkeypatch.setattr(mini.MiniModel, "answer_all", answer_all)
+    monkeypatch.setattr(perception.EventProbe, "probabilities", probabilities)
+    pngs, found = inputs["dcsm"]
+    greedy = [a.text for a in model.answer_all(pngs)]
+    assert [a.text for a in checked.greedy["dcsm"]] == greedy
+    weight, least = checked.choices[PROBE_GUIDANCE], checked.choices[MIN_PROBE_SUPPORT]
     assert (weight, least) == (8.0, 0.5)
     probe = perception.fit_probes(model, data, 3, 1, reads={perception.PATCH_STATES: False})
     guide = guidance.ProbeGuidance(probe[perception.PATCH_STATES], weight)
-    pngs, found = inputs["dcsm"]
     answers = perception.probe_answers(model, pngs, probe[perception.PATCH_STATES], guide)
     cut = [citations.cite_confident(a, least) for a in answers]
     expected = faithfulness.faithfulness_metrics(faithfulness.score_answers(cut, found))
     for metric in faithfulness.FAITHFULNESS_GOALS:
-        got, want = checked["dcsm"][levers.CHECKED + metric], point_value(expected[metric])
+        got, want = checked.metrics["dcsm"][levers.CHECKED + metric], point_value(expected[metric])
         assert got == pytest.approx(want, nan_ok=True) or (got is None and want is None)
 
     monkeypatch.setattr(guidance, "can_guide", lambda tokenizer: False)
-    unguided, _ = levers.checked_metrics(model, data, inputs, "dcsm", max_nights=1)
-    assert unguided[PROBE_GUIDANCE] is None  # a tokenizer without time tokens is only checked
+    unguided = levers.checked_metrics(model, data, inputs, "dcsm", max_nights=1)
+    assert (
+        unguided.choices[PROBE_GUIDANCE] is None
+    )  # a tokenizer without time tokens is only checked
 
 
 def _records(precision: dict[str, tuple[float, float]], kappa: float = 0.7) -> pd.DataFrame:
@@ -167,7 +189,7 @@ def test_the_checked_columns_read_the_records_that_hold_them():
     text = levers.checked_text(table.reset_index())
     assert "absent event: no-context 0.87 / 0.50 / 16%." in text
     assert "second seed" not in text  # neither the default nor the seed has them
-    assert text.endswith("1 other lever records were written before this was measured.")
+    assert text.endswith("1 other lever record was written before this was measured.")
     both = _records({"default": (0.42, 0.40), "seed-1": (0.40, 0.41)})
     for metric, value in checked.items():
         records_value = np.where(both["lever"] == "seed-1", value - 0.05, value)

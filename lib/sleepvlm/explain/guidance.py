@@ -225,8 +225,19 @@ def guidance_table(
     answers to each dataset's held-out ``inputs`` (name -> (images, annotations),
     :func:`sleepvlm.explain.snapshots.held_out_inputs`), greedy (weight 0) and guided by
     ``probe`` at each of ``weights``."""
-    decodings = {0.0: {}, **{w: {"guide": ProbeGuidance(probe, w)} for w in weights if w}}
-    return decoding_table(model, inputs, decodings, "weight", tolerance_s)
+    return decoding_table(model, inputs, guidance_decodings(probe, weights), "weight", tolerance_s)
+
+
+def guidance_decodings(
+    probe: EventProbe,
+    weights: Sequence[float] = WEIGHTS,
+    known: Mapping[bytes, np.ndarray] | None = None,
+) -> dict[float, dict]:
+    """:func:`guidance_table`'s decodings (weight -> :meth:`MiniModel.answer_all`'s keyword
+    arguments): greedy (weight 0) and guided by ``probe`` at each of ``weights``, with the
+    probe's probabilities of the images in ``known`` (PNG -> row) not worked out again."""
+    guided = {w: {"guide": ProbeGuidance(probe, w, known)} for w in weights if w}
+    return {0.0: {}, **guided}
 
 
 def choose_guidance(

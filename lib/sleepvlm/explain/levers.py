@@ -169,12 +169,12 @@ def run_lever(
     }
     inputs = snapshots.held_out_inputs(prepared, config.image_options(), 1, max_epochs, seed)
     model = MiniModel.load(folder)
-    checking, checked = checked_metrics(
+    checked = checked_metrics(
         model, prepared[train_dataset], inputs, train_dataset, max_nights, seed, tolerance_s
     )
     records = []
     for name, (pngs, found) in inputs.items():
-        texts = [answer.text for answer in model.answer_all(pngs)]
+        texts = [answer.text for answer in checked.greedy[name]]
         records.append(
             {
                 SUMMARY_FIELD: LEVER,
@@ -195,12 +195,28 @@ def run_lever(
                 "grounding_steps_done": len(trained["log"]["loss"]["grounding"]),
                 "parameters": trained["parameters"],
                 "code": training_code_hash(),
-                "metrics": {**snapshots.score_point(texts, found, tolerance_s), **checked[name]},
-                "checked_by": checking,
+                "metrics": {
+                    **snapshots.score_point(texts, found, tolerance_s),
+                    **checked.metrics[name],
+                },
+                "checked_by": checked.choices,
                 **provenance(),
             }
         )
     return records
+
+
+@dataclass(frozen=True)
+class CheckedAnswers:
+    """What :func:`checked_metrics` measured: the weight and least support it chose
+    (:data:`~sleepvlm.metrics.PROBE_GUIDANCE`, :data:`~sleepvlm.metrics.MIN_PROBE_SUPPORT`),
+    per center the faithfulness goals' metrics after both (:data:`CHECKED_METRICS`), and the
+    greedy answers it decoded on the way (center -> answers), which a lever's record also
+    scores."""
+
+    choices: dict
+    metrics: dict[str, dict]
+    greedy: dict[str, list]
 
 
 def checked_metrics(
@@ -211,7 +227,7 @@ def checked_metrics(
     max_nights: int,
     seed: int = 0,
     tolerance_s: float = 1.0,
-) -> tuple[dict, dict[str, dict]]:
+) -> CheckedAnswers:
     """How ``model``'s answers fare after chapter 11's answer-time levers, so that a training
     lever is also read where those levers take its answers: each cited time guided by a probe
     of the patch states, fitted on :data:`~sleepvlm.explain.perception.PROBE_PER_CLASS`
@@ -222,22 +238,34 @@ def checked_metrics(
     center's held-out ``inputs`` (name -> images and annotations), which the metrics are then
     measured on too: comparable between levers, not a test-night result. Where no weight
     raises precision the answers are greedy, and where no threshold meets the goals every item
-    is kept (each choice then None). Returns the choices and, per center, the faithfulness
-    goals' metrics (:data:`CHECKED_METRICS`)."""
+    is kept (each choice then None). Each image is answered once per weight and read by the
+    probe once."""
     patches = perception.PATCH_STATES
     probe = perception.fit_probes(
         model, prepared_train, perception.PROBE_PER_CLASS, max_nights, seed, {patches: False}
     )[patches]
+    probabilities = {name: probe.probabilities(model, pngs) for name, (pngs, _) in inputs.items()}
+    known = {
+        png: row
+        for name, (pngs, _) in inputs.items()
+        for png, row in zip(pngs, probabilities[name], strict=True)
+    }
+    weights = guidance.WEIGHTS if guidance.can_guide(model.tokenizer) else ()
+    answers = snapshots.decoded_answers(
+        model, inputs, guidance.guidance_decodings(probe, weights, known)
+    )
     weight = None
-    if guidance.can_guide(model.tokenizer):
-        weights = guidance.guidance_table(model, probe, inputs, tolerance_s=tolerance_s)
-        weight = guidance.choose_guidance(weights, train_dataset)
-    guide = guidance.ProbeGuidance(probe, weight) if weight is not None else None
+    if weights:
+        table = snapshots.scored_decodings(answers, inputs, "weight", tolerance_s)
+        weight = guidance.choose_guidance(table, train_dataset)
+    chosen = answers[weight or 0.0]
     curves = {
         name: citations.confidence_curve(
-            perception.probe_answers(model, pngs, probe, guide), found, tolerance_s=tolerance_s
+            list(map(probe.supported, [a.text for a in chosen[name]], probabilities[name])),
+            found,
+            tolerance_s=tolerance_s,
         )
-        for name, (pngs, found) in inputs.items()
+        for name, (_, found) in inputs.items()
     }
     least = (
         citations.choose_min_confidence(curves[train_dataset]) if train_dataset in curves else None
@@ -245,11 +273,11 @@ def checked_metrics(
     rows = {
         name: curve.set_index("min_confidence").loc[least or 0.0] for name, curve in curves.items()
     }
-    checked = {
+    metrics = {
         name: {CHECKED + m: point_value(row[m]) for m in faithfulness.FAITHFULNESS_GOALS}
         for name, row in rows.items()
     }
-    return {PROBE_GUIDANCE: weight, MIN_PROBE_SUPPORT: least}, checked
+    return CheckedAnswers({PROBE_GUIDANCE: weight, MIN_PROBE_SUPPORT: least}, metrics, answers[0.0])
 
 
 def write_lever(records: Sequence[Mapping], folder: str | Path | None = None) -> list[Path]:
@@ -374,7 +402,8 @@ def checked_text(table: pd.DataFrame) -> str:
         + "."
         + noise
         + (
-            f" {unmeasured} other lever records were written before this was measured."
+            f" {unmeasured} other lever {'record was' if unmeasured == 1 else 'records were'} "
+            "written before this was measured."
             if unmeasured
             else ""
         )

@@ -13,7 +13,7 @@ and how much its last stretch still changed.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -25,7 +25,13 @@ from sleepvlm.explain.faithfulness import (
     metric_text,
     score_answers,
 )
-from sleepvlm.explain.mini import PERCEPTION_SNAPSHOT, SETTINGS_FILE, MiniConfig, MiniModel
+from sleepvlm.explain.mini import (
+    PERCEPTION_SNAPSHOT,
+    SETTINGS_FILE,
+    MiniConfig,
+    MiniModel,
+    ScoredAnswer,
+)
 from sleepvlm.metrics import classification_metrics, point_value, predictions
 from sleepvlm.params import WITHIN
 from sleepvlm.splits import night_keys, nights_of
@@ -80,6 +86,38 @@ def score_point(texts: list[str], annotations, tolerance_s: float) -> dict:
     return {"kappa": stages["kappa"], **{m: point_value(metrics[m]) for m in FAITHFULNESS_GOALS}}
 
 
+def decoded_answers(
+    model: MiniModel,
+    inputs: Mapping[str, tuple[list[bytes], list]],
+    decodings: Mapping[object, Mapping],
+) -> dict[object, dict[str, list[ScoredAnswer]]]:
+    """``model``'s answers to each dataset's held-out ``inputs`` (name -> (images,
+    annotations), :func:`held_out_inputs`), decoded each way of ``decodings`` (a name ->
+    :meth:`MiniModel.answer_all`'s keyword arguments; none for greedy decoding): name ->
+    dataset -> answers."""
+    return {
+        name: {dataset: model.answer_all(pngs, **how) for dataset, (pngs, _) in inputs.items()}
+        for name, how in decodings.items()
+    }
+
+
+def scored_decodings(
+    answers: Mapping[object, Mapping[str, Sequence[ScoredAnswer]]],
+    inputs: Mapping[str, tuple[list[bytes], list]],
+    column: str,
+    tolerance_s: float = 1.0,
+) -> pd.DataFrame:
+    """One row per (decoding, dataset) of :func:`decoded_answers`' ``answers`` to ``inputs``:
+    :data:`CURVE_METRICS` (:func:`score_point`), the decoding's name in ``column``."""
+    rows = []
+    for name, by_dataset in answers.items():
+        for dataset, answered in by_dataset.items():
+            point = score_point([a.text for a in answered], inputs[dataset][1], tolerance_s)
+            rows.append({column: name, "dataset": dataset, "epochs": len(answered), **point})
+    table = pd.DataFrame(rows, columns=[column, "dataset", "epochs", *CURVE_METRICS])
+    return table.astype(dict.fromkeys(CURVE_METRICS, float))
+
+
 def decoding_table(
     model: MiniModel,
     inputs: Mapping[str, tuple[list[bytes], list]],
@@ -87,18 +125,10 @@ def decoding_table(
     column: str,
     tolerance_s: float = 1.0,
 ) -> pd.DataFrame:
-    """One row per (decoding, dataset): :data:`CURVE_METRICS` (:func:`score_point`) of
-    ``model``'s answers to each dataset's held-out ``inputs`` (name -> (images, annotations),
-    :func:`held_out_inputs`), decoded each way of ``decodings`` (its name in ``column`` ->
-    :meth:`MiniModel.answer_all`'s keyword arguments; none for greedy decoding)."""
-    rows = []
-    for name, how in decodings.items():
-        for dataset, (pngs, truth) in inputs.items():
-            texts = [answer.text for answer in model.answer_all(pngs, **how)]
-            point = score_point(texts, truth, tolerance_s)
-            rows.append({column: name, "dataset": dataset, "epochs": len(pngs), **point})
-    table = pd.DataFrame(rows, columns=[column, "dataset", "epochs", *CURVE_METRICS])
-    return table.astype(dict.fromkeys(CURVE_METRICS, float))
+    """:func:`scored_decodings` of ``model``'s :func:`decoded_answers` to ``inputs``, decoded
+    each way of ``decodings``."""
+    answers = decoded_answers(model, inputs, decodings)
+    return scored_decodings(answers, inputs, column, tolerance_s)
 
 
 def training_curve(
