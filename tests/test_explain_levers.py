@@ -164,7 +164,7 @@ def test_the_lever_table_reads_each_lever_against_the_default_and_the_seed_noise
     assert rows.loc[("presence-loss", WITHIN), "train_minutes"] == 15
     assert rows.loc[("presence-loss", WITHIN), "changes"] == "presence_weight=1.0"
     text = levers.lever_text(table)
-    assert text.startswith("3 of 13 levers have records.")
+    assert text.startswith("3 of 14 levers have records.")
     assert "the highest precision is presence-loss's, 0.50 (goal 0.75)" in text
     assert "moves precision by 0.02 and κ by 0.00" in text
     assert text.endswith("levers that move precision further: presence-loss +0.08.")

@@ -74,6 +74,14 @@ LEVERS: tuple[Lever, ...] = (
         {"column_embedding": True},
     ),
     Lever("no-context", "the scored epoch alone, drawn three times as wide", {"context": 0}),
+    Lever(
+        "finer-patches",
+        "vision patches half as wide and tall, merged four by four into as many image tokens",
+        {
+            "patch_size": MiniConfig().patch_size // 2,
+            "spatial_merge": 2 * MiniConfig().spatial_merge,
+        },
+    ),
     Lever("deeper-vision", "four vision blocks instead of two", {"vision_depth": 4}),
     Lever(
         "evidence-weight",
