@@ -241,3 +241,22 @@ def test_the_code_hash_follows_training_code_not_comments_or_answering(tmp_path)
     checked = "if TYPE_CHECKING:\n    from a import B\n"
     assert hash_of(f"x = 1\n{answering}{checked}") == plain
     assert hash_of("x = 1\nclass MiniConfig:\n    y = 2\n") != plain
+
+
+def test_more_steps_or_size_is_read_against_the_default_and_the_seed():
+    records = _records(
+        {"default": (0.42, 0.40), "seed-1": (0.40, 0.41), "larger-language-model": (0.30, 0.30)}
+    )
+    records.loc[records["lever"] == "larger-language-model", "kappa"] = 0.5
+    table = levers.lever_table(records, "dcsm")
+    text = levers.scale_text(table)
+    assert "twice the grounding steps (longer-grounding) has no record" in text
+    assert (
+        "the language model twice as wide and deep (larger-language-model): κ -0.20, precision "
+        "-0.12, comprehensiveness +0.00 (larger than a second seed's change: κ, precision)"
+    ) in text
+    assert "after the answer-time levers" not in text  # no record holds the checked metrics
+    without_seed = levers.lever_table(records[records["lever"] != "seed-1"], "dcsm")
+    assert "second seed" not in levers.scale_text(without_seed)
+    nothing = levers.lever_table(pd.DataFrame(), "dcsm")
+    assert levers.scale_text(nothing).startswith("The default lever has no record")

@@ -418,6 +418,46 @@ def checked_text(table: pd.DataFrame) -> str:
     )
 
 
+#: The levers that give the default model more of the same, steps or size: the issue's curve
+#: against steps and size beside the training curve's points along one run.
+SCALE: tuple[str, ...] = ("longer-grounding", "larger-language-model")
+#: What :func:`scale_text` reads of them, and how it names each.
+SCALE_METRICS: dict[str, str] = {
+    "kappa": "κ",
+    "precision": "precision",
+    "comprehensiveness": "comprehensiveness",
+    CHECKED + "comprehensiveness": "comprehensiveness after the answer-time levers",
+}
+
+
+def scale_text(table: pd.DataFrame) -> str:
+    """What more steps or size (the :data:`SCALE` levers) changed within the training center
+    against the default lever: each of :data:`SCALE_METRICS` that both records hold, and which
+    of those changes are larger than the second seed's."""
+    within = table[table["setting"] == WITHIN].set_index("lever")
+    if DEFAULT not in within.index:
+        return "The default lever has no record, so more steps or size cannot be read against it."
+    metrics = list(SCALE_METRICS)
+    default = within.loc[DEFAULT, metrics].astype(float)
+    noise = None
+    if SEED_NOISE in within.index:
+        noise = (within.loc[SEED_NOISE, metrics].astype(float) - default).abs()
+    parts = []
+    for name in SCALE:
+        why = lever_named(name).why
+        if name not in within.index:
+            parts.append(f"{why} ({name}) has no record")
+            continue
+        moved = (within.loc[name, metrics].astype(float) - default).dropna()
+        changes = ", ".join(f"{SCALE_METRICS[m]} {v:+.2f}" for m, v in moved.items())
+        part = f"{why} ({name}): {changes}"
+        if noise is not None:
+            beyond = [SCALE_METRICS[m] for m, v in moved.items() if abs(v) > noise[m]]
+            part += f" (larger than a second seed's change: {', '.join(beyond) or 'none'})"
+        parts.append(part)
+    return "Within the training center, against the default: " + "; ".join(parts) + "."
+
+
 def agreement_text(table: pd.DataFrame, curve: pd.DataFrame) -> str:
     """Whether the default lever's record and the last point of this build's training curve
     (:func:`~sleepvlm.explain.snapshots.training_curve` with a ``setting`` column), which score
