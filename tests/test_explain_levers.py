@@ -49,7 +49,8 @@ def test_a_levers_run_is_scored_as_the_curves_last_point_and_read_back(prepared,
     assert record["config"] == dataclasses.asdict(base) and record["code"] == training_code_hash()
     assert record["n"] == 6 and record["grounding_steps_done"] == 6
     assert set(record["metrics"]) == {*levers.LEVER_METRICS, *levers.CHECKED_METRICS}
-    assert set(record["checked_by"]) == {PROBE_GUIDANCE, MIN_PROBE_SUPPORT}
+    assert set(record["checked_by"]) == {PROBE_GUIDANCE, MIN_PROBE_SUPPORT, "probe"}
+    assert record["checked_by"]["probe"] == levers.CHECKED_PROBE
     checked_precision = record["metrics"][levers.CHECKED + "precision"]
     assert checked_precision is None or 0 <= checked_precision <= 1
     folders = sorted((tmp_path / "cache" / "models").glob("sleepvlm-mini-dcsm-*"))
@@ -87,7 +88,7 @@ def test_checked_metrics_are_the_answers_after_the_chosen_guidance_and_cut(
     folder, data = snapshotted
     model = mini.MiniModel.load(folder)
     inputs = snapshots.held_out_inputs({"dcsm": data}, model.image_options(), 1, 6)
-    monkeypatch.setattr(perception, "PROBE_PER_CLASS", 3)
+    monkeypatch.setitem(levers.CHECKED_PROBE, "per_class", 3)
     # a model this small raises no precision: the choices are made for it, to be followed
     monkeypatch.setattr(guidance, "choose_guidance", lambda table, dataset: 8.0)
     monkeypatch.setattr(citations, "choose_min_confidence", lambda curve: 0.5)
@@ -183,14 +184,21 @@ def test_the_checked_columns_read_the_records_that_hold_them():
     checked["ungrounded_share"] = 0.16
     for metric, value in checked.items():
         records[levers.CHECKED + metric] = np.where(records["lever"] == "no-context", value, np.nan)
+    records["checked_by"] = [{"probe": levers.CHECKED_PROBE}] * len(records)
     table = levers.lever_table(records, "dcsm").set_index(["lever", "setting"])
     assert table.loc[("no-context", WITHIN), levers.CHECKED + "precision"] == 0.87
     assert pd.isna(table.loc[("default", WITHIN), levers.CHECKED + "precision"])
     text = levers.checked_text(table.reset_index())
     assert "absent event: no-context 0.87 / 0.50 / 16%." in text
     assert "second seed" not in text  # neither the default nor the seed has them
-    assert text.endswith("1 other lever record was written before this was measured.")
+    assert text.endswith("1 other lever record was not checked with this build's probe.")
+    # checked by a probe of other settings: not read as this build's
+    records["checked_by"] = [{"probe": {**levers.CHECKED_PROBE, "neighbours": 0}}] * len(records)
+    older = levers.lever_table(records, "dcsm")
+    assert older[levers.CHECKED + "precision"].isna().all()
+    assert levers.checked_text(older).startswith("No lever record holds")
     both = _records({"default": (0.42, 0.40), "seed-1": (0.40, 0.41)})
+    both["checked_by"] = [{"probe": levers.CHECKED_PROBE}] * len(both)
     for metric, value in checked.items():
         records_value = np.where(both["lever"] == "seed-1", value - 0.05, value)
         both[levers.CHECKED + metric] = records_value

@@ -114,10 +114,10 @@ class _Tokens:
         return np.stack([self.tokens[p] for p in pngs])
 
 
-def _probe_inputs(n: int, seed: int, informative: bool, merged: bool = True):
+def _probe_inputs(n: int, seed: int, informative: bool, merged: bool = True, shown_at: int = 0):
     """``n`` epochs, each with a spindle in one random column of the scored epoch, and tokens
-    (``merged`` False: patch states) that show which column (a large value on the column's
-    tokens) or are noise."""
+    (``merged`` False: patch states) that show which column (a large value on the tokens of the
+    column ``shown_at`` columns to its right) or are noise."""
     config = (
         mini.MiniConfig() if merged else dataclasses.replace(mini.MiniConfig(), spatial_merge=1)
     )
@@ -132,7 +132,7 @@ def _probe_inputs(n: int, seed: int, informative: bool, merged: bool = True):
         found.append(_epoch(Evidence("spindle", "eeg", middle - 0.5, middle + 0.5)))
         grid = rng.normal(size=(rows, width, 4))
         if informative:
-            grid[:, columns[k], 0] += 3.0
+            grid[:, columns[k] + shown_at, 0] += 3.0
         png = f"{seed}-{i}".encode()
         pngs.append(png)
         tokens[png] = grid
@@ -159,6 +159,22 @@ def test_token_probe_finds_where_the_tokens_show_an_event_and_nothing_in_noise()
     assert text.startswith("Which column of a held-out epoch holds an event")
     assert "DCSM 0." in text and "(spindle 0." in text and "SHHS" not in text
     assert perception.probe_text({}) == "No event kind had enough positive columns for a probe."
+
+
+def test_a_probe_reads_where_an_event_lies_from_the_columns_beside_it():
+    # the tokens show each spindle one column to its left: only a probe that reads the columns
+    # on each side of the one it judges can tell where the spindle lies
+    fit_pngs, fit_found, fit_tokens = _probe_inputs(80, 0, informative=True, shown_at=-1)
+    pngs, found, tokens = _probe_inputs(40, 1, informative=True, shown_at=-1)
+    model = _Tokens({**fit_tokens, **tokens})
+    rows, within = mini.token_grid(mini.MiniConfig())[0], {}
+    for neighbours in (0, 1):
+        probe = perception.fit_event_probe(model, fit_pngs, fit_found, neighbours=neighbours)
+        # each column's tokens (rows of 4 values) beside those of its neighbours
+        assert probe.features(model, pngs[:1]).shape[1] == (2 * neighbours + 1) * rows * 4
+        table = perception.probe_scores(model, probe, {"d": (pngs, found)})["d"]
+        within[neighbours] = table.set_index("kind").loc["spindle", "within_epoch_auc"]
+    assert within[1] > 0.95 and within[0] < 0.7
 
 
 def test_a_probe_of_the_patch_states_finds_the_event_in_columns_narrower_in_time():

@@ -125,6 +125,15 @@ LEVER_METRICS = snapshots.CURVE_METRICS
 #: (:func:`checked_metrics`), each a faithfulness goal's with this prefix.
 CHECKED = "checked_"
 CHECKED_METRICS: tuple[str, ...] = tuple(CHECKED + m for m in faithfulness.FAITHFULNESS_GOALS)
+#: The probe :func:`checked_metrics` guides and checks with, written into each record's
+#: ``checked_by``: the lever table reads checked metrics only of records checked by this probe,
+#: since a better probe keeps more evidence of the same answers.
+CHECKED_PROBE: dict = {
+    "reads": perception.PATCH_STATES,
+    "per_class": perception.PROBE_PER_CLASS,
+    "neighbours": perception.PROBE_NEIGHBOURS,
+    "c": perception.PROBE_C,
+}
 
 
 class LeverError(MiniError):
@@ -248,9 +257,9 @@ def checked_metrics(
     raises precision the answers are greedy, and where no threshold meets the goals every item
     is kept (each choice then None). Each image is answered once per weight and read by the
     probe once."""
-    patches = perception.PATCH_STATES
+    patches = CHECKED_PROBE["reads"]
     probe = perception.fit_probes(
-        model, prepared_train, perception.PROBE_PER_CLASS, max_nights, seed, {patches: False}
+        model, prepared_train, CHECKED_PROBE["per_class"], max_nights, seed, {patches: False}
     )[patches]
     probabilities = {name: probe.probabilities(model, pngs) for name, (pngs, _) in inputs.items()}
     known = {
@@ -285,7 +294,8 @@ def checked_metrics(
         name: {CHECKED + m: point_value(row[m]) for m in faithfulness.FAITHFULNESS_GOALS}
         for name, row in rows.items()
     }
-    return CheckedAnswers({PROBE_GUIDANCE: weight, MIN_PROBE_SUPPORT: least}, metrics, answers[0.0])
+    choices = {PROBE_GUIDANCE: weight, MIN_PROBE_SUPPORT: least, "probe": CHECKED_PROBE}
+    return CheckedAnswers(choices, metrics, answers[0.0])
 
 
 def write_lever(records: Sequence[Mapping], folder: str | Path | None = None) -> list[Path]:
@@ -306,8 +316,10 @@ def lever_table(summaries: pd.DataFrame, train_dataset: str) -> pd.DataFrame:
     columns += ["train_minutes", "code"]
     if len(summaries):
         summaries = summaries[summaries["train_dataset"] == train_dataset]
-        # records written before the answer-time levers were measured have no checked metrics
+        # records written before the answer-time levers were measured have no checked metrics,
+        # and those checked by another probe than this build's are not read as its
         summaries = summaries.reindex(columns=[*summaries.columns.union(CHECKED_METRICS)])
+        summaries.loc[~summaries.apply(_checked_by_this_probe, axis=1), CHECKED_METRICS] = None
     rows, current = [], training_code_hash()
     for lever in LEVERS:
         mine = summaries[summaries[LEVER] == lever.name] if len(summaries) else summaries
@@ -331,6 +343,12 @@ def lever_table(summaries: pd.DataFrame, train_dataset: str) -> pd.DataFrame:
     default = table[table["lever"] == DEFAULT].set_index("setting")["precision"]
     table["Δ precision"] = table["precision"] - table["setting"].map(default)
     return table
+
+
+def _checked_by_this_probe(record: pd.Series) -> bool:
+    """Whether a lever record's checked metrics were measured with :data:`CHECKED_PROBE`."""
+    checked_by = record.get("checked_by")
+    return isinstance(checked_by, dict) and checked_by.get("probe") == CHECKED_PROBE
 
 
 def load_levers(folder: str | Path | None = None) -> pd.DataFrame:
@@ -411,7 +429,7 @@ def checked_text(table: pd.DataFrame) -> str:
         + noise
         + (
             f" {unmeasured} other lever {'record was' if unmeasured == 1 else 'records were'} "
-            "written before this was measured."
+            "not checked with this build's probe."
             if unmeasured
             else ""
         )
