@@ -125,7 +125,7 @@ LEVER_METRICS = snapshots.CURVE_METRICS
 #: (:func:`checked_metrics`), each a faithfulness goal's with this prefix.
 CHECKED = "checked_"
 CHECKED_METRICS: tuple[str, ...] = tuple(CHECKED + m for m in faithfulness.FAITHFULNESS_GOALS)
-#: The probe :func:`checked_metrics` guides and checks with, written into each record's
+#: The probe :func:`checked_metrics` fits, guides and checks with, written into each record's
 #: ``checked_by``: the lever table reads checked metrics only of records checked by this probe,
 #: since a better probe keeps more evidence of the same answers.
 CHECKED_PROBE: dict = {
@@ -259,7 +259,14 @@ def checked_metrics(
     probe once."""
     patches = CHECKED_PROBE["reads"]
     probe = perception.fit_probes(
-        model, prepared_train, CHECKED_PROBE["per_class"], max_nights, seed, {patches: False}
+        model,
+        prepared_train,
+        CHECKED_PROBE["per_class"],
+        max_nights,
+        seed,
+        {patches: False},
+        CHECKED_PROBE["neighbours"],
+        CHECKED_PROBE["c"],
     )[patches]
     probabilities = {name: probe.probabilities(model, pngs) for name, (pngs, _) in inputs.items()}
     known = {

@@ -393,13 +393,19 @@ def fit_probes(
     max_nights: int | None,
     seed: int = 0,
     reads: Mapping[str, bool] = PROBE_READS,
+    neighbours: int = PROBE_NEIGHBOURS,
+    c: float = PROBE_C,
 ) -> dict[str, EventProbe]:
-    """Per entry of ``reads`` (name -> ``merged``), :func:`fit_event_probe` on the same
-    ``per_class`` epochs per stage of the training split of ``prepared`` (the model's own
-    center, from ``max_nights`` of its training nights), drawn once."""
+    """Per entry of ``reads`` (name -> ``merged``), :func:`fit_event_probe` (with
+    ``neighbours`` and ``c``) on the same ``per_class`` epochs per stage of the training split
+    of ``prepared`` (the model's own center, from ``max_nights`` of its training nights), drawn
+    once."""
     sample = training_sample(prepared, per_class, seed, max_nights)
     inputs = epoch_inputs(prepared, sample, model.image_options())
-    return {name: fit_event_probe(model, *inputs, merged) for name, merged in reads.items()}
+    return {
+        name: fit_event_probe(model, *inputs, merged, neighbours, c)
+        for name, merged in reads.items()
+    }
 
 
 def probe_tables(
