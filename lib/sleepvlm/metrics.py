@@ -368,6 +368,9 @@ MIN_PROBE_SUPPORT = "min_probe_support"
 #: Field of a faithfulness summary whose answers' cited times were guided by that probe as
 #: they were decoded (sleepvlm.explain.guidance.ProbeGuidance): the guidance's weight.
 PROBE_GUIDANCE = "probe_guidance"
+#: Field of a faithfulness summary whose answers give the stages read over each night from the
+#: model's own stage probabilities (sleepvlm.explain.night_stages): how they were read ("hmm").
+NIGHT_STAGES = "night_stages"
 #: Fields of a summary record that tell apart summaries of one run's answers read or decoded
 #: in different ways; each is in the file name.
 SUMMARY_VARIANTS: tuple[str, ...] = (
@@ -375,6 +378,7 @@ SUMMARY_VARIANTS: tuple[str, ...] = (
     CONTRAST,
     PROBE_GUIDANCE,
     MIN_PROBE_SUPPORT,
+    NIGHT_STAGES,
 )
 
 

@@ -538,7 +538,8 @@ def faithfulness_record(
     probe of the vision tower (``probe_guidance``,
     :class:`sleepvlm.explain.guidance.ProbeGuidance`'s weight), or cut to the items that probe
     supports (``min_probe_support``,
-    :class:`sleepvlm.explain.perception.EventProbe`)."""
+    :class:`sleepvlm.explain.perception.EventProbe`), or giving the stages read over each night
+    (``night_stages``, :mod:`sleepvlm.explain.night_stages`)."""
     unknown = sorted(set(setting) - set(SUMMARY_VARIANTS))
     if unknown:
         raise ValueError(f"{unknown} are not among the summary variants {SUMMARY_VARIANTS}")
@@ -735,13 +736,17 @@ def answers_label(
     contrast: str | None = None,
     probe_guidance: float | None = None,
     min_probe_support: float | None = None,
+    night_stages: str | None = None,
 ) -> str:
     """How a faithfulness summary's answers were read: as written, cut to the evidence items
     the model was sure of (its :data:`~sleepvlm.metrics.MIN_CLAIM_CONFIDENCE`), decoded
     contrastively (its :data:`~sleepvlm.metrics.CONTRAST`), with the cited times guided by a
-    probe of its vision tower (its :data:`~sleepvlm.metrics.PROBE_GUIDANCE`), or cut to the
-    items that probe supports (its :data:`~sleepvlm.metrics.MIN_PROBE_SUPPORT`)."""
+    probe of its vision tower (its :data:`~sleepvlm.metrics.PROBE_GUIDANCE`), cut to the
+    items that probe supports (its :data:`~sleepvlm.metrics.MIN_PROBE_SUPPORT`), or giving the
+    stages read over the night (its :data:`~sleepvlm.metrics.NIGHT_STAGES`)."""
     parts = []
+    if _given(night_stages):
+        parts.append(f"stages read over the night ({night_stages})")
     if _given(contrast):
         parts.append(f"decoded {contrast}")
     if _given(probe_guidance):

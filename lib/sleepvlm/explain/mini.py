@@ -872,11 +872,16 @@ class MiniModel:
         scored: bool,
         contrast: Contrast | None,
         guide: ProbeGuidance | None,
+        stages: Sequence[str] | None = None,
     ) -> list[ScoredAnswer]:
         options = self.image_options()
         problems = [lane_problems(p, options) if options else {} for p in pngs]
         readable = [p for p, found in zip(pngs, problems, strict=True) if not found]
-        answers = iter(self._generate(readable, phase, scored, contrast, guide) if readable else [])
+        if stages is not None:
+            stages = [s for s, found in zip(stages, problems, strict=True) if not found]
+        answers = iter(
+            self._generate(readable, phase, scored, contrast, guide, stages) if readable else []
+        )
         return [
             ScoredAnswer.certain(unreadable_answer(found)) if found else next(answers)
             for found in problems
@@ -889,12 +894,16 @@ class MiniModel:
         scored: bool,
         contrast: Contrast | None,
         guide: ProbeGuidance | None,
+        stages: Sequence[str] | None = None,
     ) -> list[ScoredAnswer]:
         """Greedy answers, or contrastive ones with ``contrast`` (each image's negative answered
-        in the rows after the images); with ``scored``, each character's token probability
-        (decoding every prefix of the answer: kept off the served path, which needs the text
-        only)."""
+        in the rows after the images); with ``stages``, each answer's stage fixed to its image's
+        (:class:`sleepvlm.explain.night_stages.ChosenStages`); with ``scored``, each character's
+        token probability (decoding every prefix of the answer: kept off the served path, which
+        needs the text only)."""
         import torch
+
+        from sleepvlm.explain.night_stages import ChosenStages  # it imports this module
 
         max_new = self.settings.get("config", {}).get("max_new_tokens", 64)
         shown = [*pngs, *contrast.negatives(pngs)] if contrast else list(pngs)
@@ -904,15 +913,19 @@ class MiniModel:
                 f"contrastive decoding of the evidence only needs {EVIDENCE!r} as one token of "
                 "the vocabulary (the mini's own tokenizer); contrast the whole answer instead"
             )
-        if contrast and guide:
+        if contrast and (guide or stages is not None):
             raise MiniError(
-                "contrastive decoding and probe guidance are separate levers: answer with one"
+                "contrastive decoding is a lever of its own, not used with probe guidance or "
+                "chosen stages: answer with one"
             )
         processors = [contrast.logits(len(pngs), marker)] if contrast else []
         if guide:
             processors.append(guide.logits(self, pngs))
         batch = make_batch(self.tokenizer, self.processor, shown, INSTRUCTIONS[phase])
         batch = {k: v.to(self.device) for k, v in batch.items()}
+        if stages is not None:
+            start = batch["input_ids"].shape[1]
+            processors.append(ChosenStages.of(self.tokenizer, start, stages))
         with torch.inference_mode():
             output = self.model.generate(
                 **batch,
@@ -944,15 +957,20 @@ class MiniModel:
         phase: str = "grounding",
         contrast: Contrast | None = None,
         guide: ProbeGuidance | None = None,
+        stages: Sequence[str] | None = None,
     ) -> list[ScoredAnswer]:
         """Answers to any number of images (to ``phase``'s instruction), ``batch_size`` at a
         time; with ``scored``, with each character's token probability
         (:meth:`generate_scored`); with ``contrast`` or ``guide``, decoded so
-        (:meth:`generate`)."""
+        (:meth:`generate`); with ``stages`` (one per image), each answer giving its image's
+        stage, the rest written after it."""
+        if stages is not None and len(stages) != len(pngs):
+            raise MiniError(f"{len(stages)} stages chosen for {len(pngs)} images: give one each")
         answers = []
         for start in range(0, len(pngs), batch_size):
             chunk = pngs[start : start + batch_size]
-            answers.extend(self._answers(chunk, phase, scored, contrast, guide))
+            chosen = None if stages is None else stages[start : start + batch_size]
+            answers.extend(self._answers(chunk, phase, scored, contrast, guide, chosen))
         return answers
 
 

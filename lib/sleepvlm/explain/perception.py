@@ -348,15 +348,20 @@ def probe_night_answers(
 
 
 def probe_answers(
-    model: MiniModel, pngs: Sequence[bytes], probe: EventProbe, guide: ProbeGuidance | None = None
+    model: MiniModel,
+    pngs: Sequence[bytes],
+    probe: EventProbe,
+    guide: ProbeGuidance | None = None,
+    stages: Sequence[str] | None = None,
 ) -> list[ScoredAnswer]:
     """The model's greedy answers to ``pngs`` (with ``guide``, their times guided by a probe of
-    the vision tower), each evidence item carrying the support of ``probe``
-    (:meth:`EventProbe.supported`); the probe is asked once per image when it also guides."""
+    the vision tower; with ``stages``, each giving its image's stage), each evidence item
+    carrying the support of ``probe`` (:meth:`EventProbe.supported`); the probe is asked once
+    per image when it also guides."""
     probabilities = probe.probabilities(model, pngs)
     if guide is not None and guide.probe is probe:
         guide = guide.knowing(pngs, probabilities)
-    texts = [answer.text for answer in model.answer_all(pngs, guide=guide)]
+    texts = [answer.text for answer in model.answer_all(pngs, guide=guide, stages=stages)]
     return list(map(probe.supported, texts, probabilities))
 
 
