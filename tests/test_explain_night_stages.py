@@ -156,7 +156,7 @@ def test_chosen_stages_are_refused_where_they_cannot_be_written(
     pngs = citations.night_inputs(data, night, model.image_options())[0][:2]
     with pytest.raises(MiniError, match="2 stages chosen for 1 images"):
         model.answer_all(pngs[:1], stages=["W", "W"])
-    with pytest.raises(MiniError, match="contrastive decoding is a lever of its own"):
+    with pytest.raises(MiniError, match="chosen stages are separate levers"):
         model.answer_all(pngs, contrast=contrast.SETTINGS[0], stages=["W", "W"])
     with pytest.raises(MiniError, match=r"cannot write the stage\(s\) \['XX'\]"):
         model.answer_all(pngs, stages=["XX", "W"])

@@ -915,8 +915,8 @@ class MiniModel:
             )
         if contrast and (guide or stages is not None):
             raise MiniError(
-                "contrastive decoding is a lever of its own, not used with probe guidance or "
-                "chosen stages: answer with one"
+                "contrastive decoding and probe guidance or chosen stages are separate levers: "
+                "answer with one"
             )
         processors = [contrast.logits(len(pngs), marker)] if contrast else []
         if guide:
