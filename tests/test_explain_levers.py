@@ -266,5 +266,10 @@ def test_more_steps_or_size_is_read_against_the_default_and_the_seed():
     assert "after the answer-time levers" not in text  # no record holds the checked metrics
     without_seed = levers.lever_table(records[records["lever"] != "seed-1"], "dcsm")
     assert "second seed" not in levers.scale_text(without_seed)
+    seed_silent = records.copy()
+    seed_silent.loc[
+        seed_silent["lever"] == "seed-1", ["kappa", "precision", "comprehensiveness"]
+    ] = None
+    assert "second seed" not in levers.scale_text(levers.lever_table(seed_silent, "dcsm"))
     nothing = levers.lever_table(pd.DataFrame(), "dcsm")
     assert levers.scale_text(nothing).startswith("The default lever has no record")

@@ -458,7 +458,8 @@ SCALE_METRICS: dict[str, str] = {
 def scale_text(table: pd.DataFrame) -> str:
     """What more steps or size (the :data:`SCALE` levers) changed within the training center
     against the default lever: each of :data:`SCALE_METRICS` that both records hold, and which
-    of those changes are larger than the second seed's."""
+    of those changes are larger than the second seed's (among the metrics its record holds
+    too)."""
     within = table[table["setting"] == WITHIN].set_index("lever")
     if DEFAULT not in within.index:
         return "The default lever has no record, so more steps or size cannot be read against it."
@@ -476,8 +477,9 @@ def scale_text(table: pd.DataFrame) -> str:
         moved = (within.loc[name, metrics].astype(float) - default).dropna()
         changes = ", ".join(f"{SCALE_METRICS[m]} {v:+.2f}" for m, v in moved.items())
         part = f"{why} ({name}): {changes}"
-        if noise is not None:
-            beyond = [SCALE_METRICS[m] for m, v in moved.items() if abs(v) > noise[m]]
+        judged = [] if noise is None else [m for m in moved.index if pd.notna(noise[m])]
+        if judged:
+            beyond = [SCALE_METRICS[m] for m in judged if abs(moved[m]) > noise[m]]
             part += f" (larger than a second seed's change: {', '.join(beyond) or 'none'})"
         parts.append(part)
     return "Within the training center, against the default: " + "; ".join(parts) + "."

@@ -211,7 +211,7 @@ class EventProbe:
     config: MiniConfig
     probes: dict = field(default_factory=dict)
     merged: bool = True
-    neighbours: int = 0
+    neighbours: int = PROBE_NEIGHBOURS
 
     @cached_property
     def grid_config(self) -> MiniConfig:
