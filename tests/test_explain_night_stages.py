@@ -201,8 +201,8 @@ def test_the_kappa_sentence_follows_the_numbers_and_the_goals():
         }
     )
     text = night_stages.night_kappa_text(table)
-    assert "within center 0.73 → 0.76 (meets the goal of 0.75)" in text
-    assert "external 0.60 → 0.64 (is short of the goal of 0.70)" in text
+    assert "within center 0.730 → 0.760 (meets the goal of 0.75)" in text
+    assert "external 0.600 → 0.640 (is short of the goal of 0.70)" in text
     assert text.endswith("changed the stage of 4% of the epochs.")
     assert night_stages.night_kappa_text(table.iloc[:0]) == "No whole night was read."
 

@@ -315,14 +315,15 @@ def night_kappa_table(
 def night_kappa_text(table: pd.DataFrame) -> str:
     """What reading the stages over the night changed in a :func:`night_kappa_table` (with a
     ``setting`` column: within center or external): per setting, the mean whole-night κ read
-    epoch by epoch and over the night, whether the latter meets
+    epoch by epoch and over the night (to three decimals: it can lie next to its goal), whether
+    the latter meets
     :data:`~sleepvlm.explain.train.KAPPA_GOAL`, and the share of epochs whose stage changed."""
     parts = []
     for setting, rows in table.groupby("setting", sort=False):
         alone, night = rows["kappa_alone"].mean(), rows["kappa_night"].mean()
         goal = KAPPA_GOAL[setting]
         verdict = "meets" if night >= goal else "is short of"
-        parts.append(f"{setting} {alone:.2f} → {night:.2f} ({verdict} the goal of {goal:.2f})")
+        parts.append(f"{setting} {alone:.3f} → {night:.3f} ({verdict} the goal of {goal:.2f})")
     if not parts:
         return "No whole night was read."
     changed = (table["changed"] * table["epochs"]).sum() / table["epochs"].sum()
