@@ -84,15 +84,14 @@ def _epoch(subject: str, epoch: int) -> EpochAnnotation:
     return EpochAnnotation("dcsm", subject, "1", epoch, "N2", ["epoch.majority"], [], "truth")
 
 
-def test_each_night_is_read_apart_and_answered_in_the_order_given(monkeypatch):
+def test_each_night_is_read_apart_and_answered_in_the_order_given():
     """Night a is wake, night b N3; b's middle epoch says nothing of its own, so its stage comes
     from its own night's neighbours, not from night a's epochs of the same number."""
     given = [("b", 2), ("a", 0), ("b", 0), ("a", 2), ("a", 1), ("b", 1)]
     strong = {"a": _probabilities({W: 0.9})[0], "b": _probabilities({N3: 0.9})[0]}
     rows = [np.full(len(STAGES), 0.2) if key == ("b", 1) else strong[key[0]] for key in given]
-    monkeypatch.setattr(night_stages, "stage_probabilities", lambda model, pngs: np.array(rows))
     found = [_epoch(subject, epoch) for subject, epoch in given]
-    stages = night_stages.night_stages(None, [b""] * len(found), found, _sticky())
+    stages = night_stages.stages_over_nights(np.array(rows), found, _sticky())
     assert stages == ["N3", "W", "N3", "W", "W", "N3"]
     with pytest.raises(MiniError, match="5 images for 6 annotated epochs"):
         night_stages.night_stages(None, [b""] * 5, found, _sticky())

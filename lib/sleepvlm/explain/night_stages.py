@@ -189,14 +189,22 @@ def night_stages(
     found: Sequence[EpochAnnotation],
     transitions: StageTransitions,
 ) -> list[str]:
-    """The stage of each image ``pngs[i]`` (the epoch ``found[i]``) read over its night:
-    :func:`night_path` of each night's epochs in epoch order, whatever the order given."""
+    """The stage of each image ``pngs[i]`` (the epoch ``found[i]``) read over its night
+    (:func:`stages_over_nights` of the model's :func:`stage_probabilities`)."""
     if len(pngs) != len(found):
         raise MiniError(f"{len(pngs)} images for {len(found)} annotated epochs: give one each")
-    probabilities = stage_probabilities(model, pngs)
+    return stages_over_nights(stage_probabilities(model, pngs), found, transitions)
+
+
+def stages_over_nights(
+    probabilities: np.ndarray, found: Sequence[EpochAnnotation], transitions: StageTransitions
+) -> list[str]:
+    """The stage of each epoch ``found[i]`` (its :func:`stage_probabilities` row
+    ``probabilities[i]``) read over its night: :func:`night_path` of each night's epochs in
+    epoch order, whatever the order given."""
     nights = [(a.dataset, a.subject, a.night) for a in found]
     epochs = pd.DataFrame({"night": nights, "epoch": [a.epoch for a in found]})
-    stages: list[str] = [""] * len(pngs)
+    stages: list[str] = [""] * len(found)
     for _, night in epochs.sort_values("epoch").groupby("night", sort=False):
         rows = night.index.to_numpy()
         for row, stage in zip(rows, night_path(probabilities[rows], transitions), strict=True):
@@ -294,11 +302,11 @@ def night_kappa_table(
     for name, data in prepared.items():
         pngs, found = night_inputs(data, nights[name], model.image_options())
         labels = [a.stage for a in found]
+        probabilities = stage_probabilities(model, pngs)
         alone = [
-            STAGES[int(np.argmax(p))] if not np.isnan(p).all() else None
-            for p in stage_probabilities(model, pngs)
+            STAGES[int(np.argmax(p))] if not np.isnan(p).all() else None for p in probabilities
         ]
-        over = night_stages(model, pngs, found, transitions)
+        over = stages_over_nights(probabilities, found, transitions)
         rows.append(
             {
                 "dataset": name,
