@@ -81,9 +81,9 @@ def stage_probabilities(model: MiniModel, pngs: Sequence[bytes], batch_size: int
     """(images, stages): the probability ``model`` gives each stage (:data:`STAGES` order) as the
     word after "Stage:" in its answer to each image (the answer made to begin so, as the mini's
     do: the token greedy decoding reads its stage from), over the stages alone; 0 for a stage
-    its vocabulary cannot write. An image that
-    cannot be read as one drawn at the model's options (:func:`sleepvlm.render.lane_problems`)
-    is not shown to the model, which would stage anything: its row is NaN."""
+    its vocabulary cannot write. An image that cannot be read as one drawn at the model's
+    options (:func:`sleepvlm.render.lane_problems`) is not shown to the model, which would stage
+    anything: its row is NaN."""
     import torch
 
     tokenizer = model.tokenizer
