@@ -140,7 +140,7 @@ def test_a_wide_span_gains_nothing_by_covering_more_columns(tokenizer):
 
 
 def test_guidance_needs_time_words_in_the_vocabulary_and_a_weight_of_at_least_zero(tokenizer):
-    with pytest.raises(MiniError, match="weight >= 0"):
+    with pytest.raises(MiniError, match="weights >= 0"):
         guidance.ProbeGuidance(_probe(), -1.0)
     bare = type("Bare", (), {"tokenizer": mini.train_tokenizer([])})()
     with pytest.raises(MiniError, match="time words"):
@@ -148,6 +148,93 @@ def test_guidance_needs_time_words_in_the_vocabulary_and_a_weight_of_at_least_ze
     assert guidance.ProbeGuidance(_probe(), 4.0).label == (
         "times guided by a probe of the vision tower (weight 4)"
     )
+
+
+ANSWER = (
+    "Stage: N2. Rules: N2.spindle, N2.kcomplex, N1.sem, N3.sw20. Evidence: spindle on EEG at "
+    "0-5 s; K complex on EEG at 10-15 s; slow wave on EEG at 20-30 s; slow eye movement on EOG "
+    "at 5-10 s; 25-30 s."
+)
+N2 = "Stage: N2. Rules: N2.spindle, N2.kcomplex. Evidence:"
+SPINDLES = "Stage: N2. Rules: N2.spindle. Evidence:"  # K complexes name no rule
+SLOW = "Stage: N2. Rules: N1.sem, N3.sw20. Evidence:"
+
+
+@pytest.fixture(scope="module")
+def answer_tokenizer():
+    return mini.train_tokenizer([ANSWER, N2, SPINDLES, SLOW])
+
+
+def _guided_kinds(tokenizer, probabilities: np.ndarray, weight: float = 4.0):
+    probe = _probe()
+    times = guidance.time_tokens(tokenizer)
+    spans = [times[i] for i in sorted(times)]
+    cover = perception.span_cover(spans, probe.spans)
+    return guidance.GuidedKinds.of(tokenizer, probabilities, spans, cover, weight)
+
+
+def _found(probe: perception.EventProbe, **kinds: float) -> np.ndarray:
+    """:func:`_spindle_at_12s`, with each other kind of ``kinds`` found everywhere at that
+    probability."""
+    probabilities = _spindle_at_12s(probe)
+    for kind, value in kinds.items():
+        probabilities[:, EVENT_KINDS.index(kind)] = value
+    return probabilities
+
+
+def test_the_kinds_an_answer_may_cite_are_those_of_its_rules():
+    assert guidance.kinds_of_rules(N2) == {"spindle", "kcomplex"}
+    assert guidance.kinds_of_rules("Stage: W. Rules: W.eyes. Evidence: eye") == {"blink", "rem"}
+    assert guidance.kinds_of_rules("Stage: N2. Rules: N2.cont. Evidence:") == set()
+    assert guidance.kinds_of_rules("Stage: N2. Evidence:") == set()
+
+
+def test_the_next_item_names_the_kind_the_probe_sees_and_not_yet_cited(answer_tokenizer):
+    vocab = answer_tokenizer.get_vocab()
+    rows = _rows(
+        answer_tokenizer,
+        N2,  # the spindle at 12 s is the surest event
+        f"{N2} spindle on EEG at 10-15 s;",  # cited: the K complexes are what is left
+        SPINDLES,  # not guided
+    )
+    guide = _guided_kinds(answer_tokenizer, np.stack([_found(_probe(), kcomplex=0.2)] * 3))
+    scores = torch.zeros(3, len(answer_tokenizer))
+    scores[:, vocab["K"]] = 1.0  # the model's own choice
+    scores[:, vocab["25-30"]] = 0.5  # an item that is no event: left to the model
+    guided = guide(rows, scores.clone())
+    assert guided[0].argmax() == vocab["spindle"]
+    assert guided[1].argmax() == vocab["K"]
+    assert guided[1, vocab["K"]] - guided[1, vocab["spindle"]] > 1.0  # 0.2 against 0.05
+    assert torch.allclose(guided[2].log_softmax(-1), scores[2].log_softmax(-1))
+    kinds = [vocab["spindle"], vocab["K"]]
+    for row in guided[:2]:
+        before, after = scores[0].log_softmax(-1), row.log_softmax(-1)
+        assert torch.allclose(after[kinds].logsumexp(0), before[kinds].logsumexp(0))
+        others = [i for i in range(len(answer_tokenizer)) if i not in kinds]
+        assert torch.allclose(after[others], before[others])
+
+
+def test_a_kind_of_several_words_is_guided_word_by_word(answer_tokenizer):
+    vocab = answer_tokenizer.get_vocab()
+    rows = _rows(answer_tokenizer, f"{SLOW} slow", f"{SLOW} slow wave")
+    guide = _guided_kinds(
+        answer_tokenizer, np.stack([_found(_probe(), slow_wave=0.1, sem=0.7)] * 2)
+    )
+    scores = torch.zeros(2, len(answer_tokenizer))
+    scores[:, vocab["wave"]] = 1.0
+    guided = guide(rows, scores.clone())
+    assert guided[0].argmax() == vocab["eye"]
+    assert torch.equal(guided[1], scores[1])  # the kind is named: its channel is not guided
+
+
+def test_kinds_are_guided_only_by_a_vocabulary_that_separates_items(tokenizer):
+    with pytest.raises(MiniError, match="guide the times only"):
+        _guided_kinds(mini.train_tokenizer(["Evidence: spindle on EEG at 0-5 s"]), np.zeros(0))
+    assert guidance.ProbeGuidance(_probe(), 4.0, kind_weight=2.0).label == (
+        "times guided by a probe of the vision tower (weight 4), kinds too (weight 2)"
+    )
+    with pytest.raises(MiniError, match=r"weights >= 0, got 4.0 \(kinds -1.0\)"):
+        guidance.ProbeGuidance(_probe(), 4.0, kind_weight=-1.0)
 
 
 def _table(rows):
@@ -176,6 +263,26 @@ def test_the_weight_chosen_raises_precision_most_with_comprehensiveness_kept():
     assert "DCSM precision 0.40 → 0.55, ungrounded share 80% → 60%" in text
     assert "ISRUC" not in text  # not measured at weight 4
     assert "no weight raised" in guidance.guidance_text(table, None, "dcsm")
+    kinds = table.rename(columns={"weight": guidance.KIND_WEIGHT})
+    assert guidance.choose_guidance(kinds, "dcsm", column=guidance.KIND_WEIGHT) == 4.0
+    text = guidance.guidance_text(kinds, 4.0, "dcsm", guidance.KIND_WEIGHT)
+    assert text.startswith("Chosen on DCSM's held-out epochs: kind weight 4.")
+    assert "no kind weight raised" in guidance.guidance_text(kinds, None, "dcsm", "kind_weight")
+
+
+def test_the_kinds_setting_names_its_answers_and_its_record_file(tmp_path):
+    from sleepvlm.explain import faithfulness
+    from sleepvlm.metrics import KIND_GUIDANCE, PROBE_GUIDANCE, write_result
+
+    setting = {PROBE_GUIDANCE: 16.0, KIND_GUIDANCE: 8.0}
+    assert faithfulness.answers_label(**setting) == (
+        "times guided by a probe of the vision tower (weight 16); kinds guided by it too (weight 8)"
+    )
+    record = {"dataset": "dcsm", "modality": "image", "model": "m", "prompt": "expert"}
+    record = {**record, "summary": "faithfulness", "manifest_hash": "0123456789", **setting}
+    path = write_result(record, tmp_path)
+    assert path.name.endswith("__probe_guidance-16__kind_guidance-8.json")
+    assert faithfulness.summary_label(record) == faithfulness.answers_label(**setting)
 
 
 def test_guided_answers_keep_the_greedy_stage_and_rules(snapshotted):  # noqa: F811
@@ -193,6 +300,13 @@ def test_guided_answers_keep_the_greedy_stage_and_rules(snapshotted):  # noqa: F
     table = guidance.guidance_table(model, probe, {"d": (pngs, truth)}, (0.0, 50.0))
     assert table["weight"].tolist() == [0.0, 50.0] and table["epochs"].tolist() == [6, 6]
     assert table["kappa"].nunique() == 1  # the stages are greedy decoding's at every weight
+    kinds = guidance.kind_table(model, probe, {"d": (pngs, truth)}, 50.0, (50.0,))
+    assert kinds[guidance.KIND_WEIGHT].tolist() == [0.0, 50.0]
+    times_alone = guidance.ProbeGuidance(probe, 50.0, kind_weight=0.0)
+    assert model.generate(pngs, guide=times_alone) == pulled
+    assert kinds["kappa"].nunique() == 1
+    both = model.generate(pngs, guide=guidance.ProbeGuidance(probe, 50.0, kind_weight=50.0))
+    assert [text.split(mini.EVIDENCE)[0] for text in both] == before_evidence
     with pytest.raises(MiniError, match="separate levers"):
         model.generate(
             pngs,

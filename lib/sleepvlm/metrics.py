@@ -368,6 +368,9 @@ MIN_PROBE_SUPPORT = "min_probe_support"
 #: Field of a faithfulness summary whose answers' cited times were guided by that probe as
 #: they were decoded (sleepvlm.explain.guidance.ProbeGuidance): the guidance's weight.
 PROBE_GUIDANCE = "probe_guidance"
+#: Field of a faithfulness summary whose answers' cited kinds of event were guided by that probe
+#: too (sleepvlm.explain.guidance.GuidedKinds): the kinds' weight.
+KIND_GUIDANCE = "kind_guidance"
 #: Field of a faithfulness summary whose answers give the stages read over each night from the
 #: model's own stage probabilities (sleepvlm.explain.night_stages): how they were read ("hmm").
 NIGHT_STAGES = "night_stages"
@@ -379,6 +382,7 @@ SUMMARY_VARIANTS: tuple[str, ...] = (
     PROBE_GUIDANCE,
     MIN_PROBE_SUPPORT,
     NIGHT_STAGES,
+    KIND_GUIDANCE,
 )
 
 

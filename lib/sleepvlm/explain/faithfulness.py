@@ -737,13 +737,15 @@ def answers_label(
     probe_guidance: float | None = None,
     min_probe_support: float | None = None,
     night_stages: str | None = None,
+    kind_guidance: float | None = None,
 ) -> str:
     """How a faithfulness summary's answers were read: as written, cut to the evidence items
     the model was sure of (its :data:`~sleepvlm.metrics.MIN_CLAIM_CONFIDENCE`), decoded
     contrastively (its :data:`~sleepvlm.metrics.CONTRAST`), with the cited times guided by a
-    probe of its vision tower (its :data:`~sleepvlm.metrics.PROBE_GUIDANCE`), cut to the
-    items that probe supports (its :data:`~sleepvlm.metrics.MIN_PROBE_SUPPORT`), or giving the
-    stages read over the night (its :data:`~sleepvlm.metrics.NIGHT_STAGES`)."""
+    probe of its vision tower (its :data:`~sleepvlm.metrics.PROBE_GUIDANCE`) and the cited kinds
+    too (its :data:`~sleepvlm.metrics.KIND_GUIDANCE`), cut to the items that probe supports
+    (its :data:`~sleepvlm.metrics.MIN_PROBE_SUPPORT`), or giving the stages read over the night
+    (its :data:`~sleepvlm.metrics.NIGHT_STAGES`)."""
     parts = []
     if _given(night_stages):
         parts.append(f"stages read over the night ({night_stages})")
@@ -751,6 +753,8 @@ def answers_label(
         parts.append(f"decoded {contrast}")
     if _given(probe_guidance):
         parts.append(f"times guided by a probe of the vision tower (weight {probe_guidance:g})")
+    if _given(kind_guidance):
+        parts.append(f"kinds guided by it too (weight {kind_guidance:g})")
     if _given(min_claim_confidence):
         parts.append(f"items with confidence ≥ {min_claim_confidence:g}")
     if _given(min_probe_support):

@@ -920,7 +920,7 @@ class MiniModel:
             )
         processors = [contrast.logits(len(pngs), marker)] if contrast else []
         if guide:
-            processors.append(guide.logits(self, pngs))
+            processors.extend(guide.logits(self, pngs))
         batch = make_batch(self.tokenizer, self.processor, shown, INSTRUCTIONS[phase])
         batch = {k: v.to(self.device) for k, v in batch.items()}
         if stages is not None:
