@@ -212,6 +212,9 @@ def test_the_next_item_names_the_kind_the_probe_sees_and_not_yet_cited(answer_to
         assert torch.allclose(after[kinds].logsumexp(0), before[kinds].logsumexp(0))
         others = [i for i in range(len(answer_tokenizer)) if i not in kinds]
         assert torch.allclose(after[others], before[others])
+    two_images = np.stack([_found(_probe(), kcomplex=0.2)] * 2)
+    with pytest.raises(MiniError, match="2 images' probabilities, the batch has 3 rows"):
+        _guided_kinds(answer_tokenizer, two_images)(rows, scores)
 
 
 def test_a_kind_of_several_words_is_guided_word_by_word(answer_tokenizer):

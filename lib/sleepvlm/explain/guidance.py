@@ -192,6 +192,29 @@ class ProbeGuidance:
         return guided
 
 
+def require_rows(probabilities: np.ndarray, scores) -> None:
+    """Refuse a batch whose rows are not the images whose probe ``probabilities`` are held."""
+    if scores.shape[0] != len(probabilities):
+        raise MiniError(
+            f"probe guidance holds {len(probabilities)} images' probabilities, the batch has "
+            f"{scores.shape[0]} rows"
+        )
+
+
+def moved_within(row_scores, ids: Sequence[int], bias: Sequence[float]):
+    """One row's log probabilities with ``bias`` added to the tokens ``ids``, these then scaled
+    back to their total probability before: which of them comes next is moved, not whether one
+    of them does."""
+    import torch
+
+    guided = row_scores.float().log_softmax(-1)
+    chosen = torch.as_tensor(ids, device=guided.device)
+    before = guided[chosen]
+    moved = before + torch.as_tensor(np.asarray(bias, dtype=float)).to(before)
+    guided[chosen] = moved - moved.logsumexp(0) + before.logsumexp(0)
+    return guided.to(row_scores.dtype)
+
+
 @dataclass(frozen=True)
 class GuidedTimes:
     """transformers' logits-processor call of probe-guided decoding: in each row whose last
@@ -214,25 +237,15 @@ class GuidedTimes:
     def __call__(self, input_ids, scores):
         import torch
 
-        if scores.shape[0] != len(self.probabilities):
-            raise MiniError(
-                f"probe guidance holds {len(self.probabilities)} images' probabilities, the "
-                f"batch has {scores.shape[0]} rows"
-            )
+        require_rows(self.probabilities, scores)
         rows = torch.nonzero(input_ids[:, -1] == self.at_id).flatten().tolist()
         if not rows or not self.weight:
             return scores
         scores = scores.clone()
-        ids = torch.as_tensor(self.time_ids, device=scores.device)
         for row in rows:
             bias = self.time_bias(row, input_ids[row].tolist())
-            if bias is None:
-                continue
-            guided = scores[row].float().log_softmax(-1)
-            times = guided[ids]
-            moved = times + torch.as_tensor(bias, dtype=times.dtype, device=times.device)
-            guided[ids] = moved - moved.logsumexp(0) + times.logsumexp(0)
-            scores[row] = guided.to(scores.dtype)
+            if bias is not None:
+                scores[row] = moved_within(scores[row], self.time_ids.tolist(), bias)
         return scores
 
     def time_bias(self, row: int, ids: list[int]) -> np.ndarray | None:
@@ -305,21 +318,14 @@ class GuidedKinds:
         )
 
     def __call__(self, input_ids, scores):
-        import torch
-
+        require_rows(self.probabilities, scores)
         if not self.weight:
             return scores
         scores = scores.clone()
         for row in range(scores.shape[0]):
             bias = self.kind_bias(row, input_ids[row].tolist())
-            if not bias:
-                continue
-            guided = scores[row].float().log_softmax(-1)
-            ids = torch.as_tensor(list(bias), device=scores.device)
-            words = guided[ids]
-            moved = words + torch.as_tensor(list(bias.values())).to(words)
-            guided[ids] = moved - moved.logsumexp(0) + words.logsumexp(0)
-            scores[row] = guided.to(scores.dtype)
+            if bias:
+                scores[row] = moved_within(scores[row], list(bias), list(bias.values()))
         return scores
 
     def kind_bias(self, row: int, ids: list[int]) -> dict[int, float]:
