@@ -838,6 +838,43 @@ class MiniModel:
         config = self.settings.get("config")
         return MiniConfig(**config).image_options() if config else None
 
+    def lane_problems(self, pngs: Sequence[bytes]) -> list[dict[str, str]]:
+        """Per image, what keeps it from being read as one drawn at the model's options
+        (:func:`sleepvlm.render.lane_problems`): empty for an image the model can read, and
+        for every image of a model without options of its own."""
+        options = self.image_options()
+        return [lane_problems(p, options) if options else {} for p in pngs]
+
+    def decode_batch(
+        self,
+        pngs: Sequence[bytes],
+        phase: str,
+        processors: Callable[[int], list],
+        max_new_tokens: int,
+        scored: bool,
+    ):
+        """Greedy decoding of one batch of ``pngs`` to ``phase``'s instruction, with the logits
+        processors ``processors(prompt length)`` gives, up to ``max_new_tokens``; with
+        ``scored``, each step's scores kept. Returns transformers' generate output and the
+        prompt's length (where the answers begin in its sequences)."""
+        import torch
+
+        batch = make_batch(self.tokenizer, self.processor, pngs, INSTRUCTIONS[phase])
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        start = batch["input_ids"].shape[1]
+        with torch.inference_mode():
+            output = self.model.generate(
+                **batch,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                eos_token_id=self.tokenizer.convert_tokens_to_ids(IM_END),
+                pad_token_id=self.tokenizer.convert_tokens_to_ids(PAD),
+                return_dict_in_generate=True,
+                output_scores=scored,
+                logits_processor=processors(start),
+            )
+        return output, start
+
     def generate(
         self,
         pngs: Sequence[bytes],
@@ -874,8 +911,7 @@ class MiniModel:
         guide: ProbeGuidance | None,
         stages: Sequence[str] | None = None,
     ) -> list[ScoredAnswer]:
-        options = self.image_options()
-        problems = [lane_problems(p, options) if options else {} for p in pngs]
+        problems = self.lane_problems(pngs)
         readable = [p for p, found in zip(pngs, problems, strict=True) if not found]
         if stages is not None:
             stages = [s for s, found in zip(stages, problems, strict=True) if not found]
@@ -921,24 +957,14 @@ class MiniModel:
         processors = [contrast.logits(len(pngs), marker)] if contrast else []
         if guide:
             processors.extend(guide.logits(self, pngs))
-        batch = make_batch(self.tokenizer, self.processor, shown, INSTRUCTIONS[phase])
-        batch = {k: v.to(self.device) for k, v in batch.items()}
-        if stages is not None:
-            start = batch["input_ids"].shape[1]
-            processors.append(ChosenStages.of(self.tokenizer, start, stages))
-        with torch.inference_mode():
-            output = self.model.generate(
-                **batch,
-                max_new_tokens=max_new,
-                do_sample=False,
-                eos_token_id=self.tokenizer.convert_tokens_to_ids(IM_END),
-                pad_token_id=self.tokenizer.convert_tokens_to_ids(PAD),
-                return_dict_in_generate=True,
-                output_scores=scored,
-                logits_processor=processors,
-            )
+
+        def with_stages(start: int) -> list:
+            chosen = [ChosenStages.of(self.tokenizer, start, stages)] if stages is not None else []
+            return [*processors, *chosen]
+
+        output, start = self.decode_batch(shown, phase, with_stages, max_new, scored)
         # the real images' rows (a contrast's negatives follow them, writing the same tokens)
-        new = output.sequences[: len(pngs), batch["input_ids"].shape[1] :]
+        new = output.sequences[: len(pngs), start:]
         if not scored:
             texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
             return [ScoredAnswer(t.strip(), np.full(len(t.strip()), np.nan)) for t in texts]

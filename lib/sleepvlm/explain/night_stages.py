@@ -32,18 +32,9 @@ import pandas as pd
 from sleepvlm.data.records import STAGES
 from sleepvlm.explain.annotations import EpochAnnotation
 from sleepvlm.explain.citations import NightAnswers, night_inputs
-from sleepvlm.explain.mini import (
-    IM_END,
-    INSTRUCTIONS,
-    PAD,
-    MiniError,
-    MiniModel,
-    ScoredAnswer,
-    make_batch,
-)
+from sleepvlm.explain.mini import MiniError, MiniModel, ScoredAnswer
 from sleepvlm.explain.train import KAPPA_GOAL
 from sleepvlm.metrics import classification_metrics, parse_stage
-from sleepvlm.render import lane_problems
 
 #: The token an answer writes before its stage ("Stage: N2. Rules: ...").
 STAGE_MARKER = "Stage:"
@@ -84,31 +75,18 @@ def stage_probabilities(model: MiniModel, pngs: Sequence[bytes], batch_size: int
     its vocabulary cannot write. An image that cannot be read as one drawn at the model's
     options (:func:`sleepvlm.render.lane_problems`) is not shown to the model, which would stage
     anything: its row is NaN."""
-    import torch
-
-    tokenizer = model.tokenizer
-    words = stage_word_ids(tokenizer)
-    options = model.image_options()
-    readable = [not (options and lane_problems(p, options)) for p in pngs]
+    words = stage_word_ids(model.tokenizer)
+    readable = [not found for found in model.lane_problems(pngs)]
     shown = [p for p, ok in zip(pngs, readable, strict=True) if ok]
     rows = []
     for start in range(0, len(shown), batch_size):
-        batch = make_batch(
-            tokenizer, model.processor, shown[start : start + batch_size], INSTRUCTIONS["grounding"]
+        output, _ = model.decode_batch(
+            shown[start : start + batch_size],
+            "grounding",
+            lambda prompt: [ChosenStages.of(model.tokenizer, prompt)],
+            max_new_tokens=2,
+            scored=True,
         )
-        batch = {k: v.to(model.device) for k, v in batch.items()}
-        begins = ChosenStages.of(tokenizer, batch["input_ids"].shape[1])
-        with torch.inference_mode():
-            output = model.model.generate(
-                **batch,
-                max_new_tokens=2,
-                do_sample=False,
-                eos_token_id=tokenizer.convert_tokens_to_ids(IM_END),
-                pad_token_id=tokenizer.convert_tokens_to_ids(PAD),
-                return_dict_in_generate=True,
-                output_scores=True,
-                logits_processor=[begins],
-            )
         found = output.scores[1].float().softmax(-1).cpu().numpy()
         rows.append(np.where(words >= 0, found[:, np.maximum(words, 0)], 0.0))
     out = np.full((len(pngs), len(STAGES)), np.nan)
