@@ -192,6 +192,11 @@ class ProbeGuidance:
         return guided
 
 
+def after_last(ids: list[int], token: int) -> list[int]:
+    """The tokens of ``ids`` after the last ``token`` (all of them when it is not there)."""
+    return ids[len(ids) - ids[::-1].index(token) :] if token in ids else ids
+
+
 def require_rows(probabilities: np.ndarray, scores) -> None:
     """Refuse a batch whose rows are not the images whose probe ``probabilities`` are held."""
     if scores.shape[0] != len(probabilities):
@@ -333,12 +338,7 @@ class GuidedKinds:
         id -> bias); empty where no kind is being named."""
         if self.evidence_id not in ids:
             return {}
-        evidence = ids[len(ids) - ids[::-1].index(self.evidence_id) :]
-        item = (
-            evidence[len(evidence) - evidence[::-1].index(self.more_id) :]
-            if (self.more_id in evidence)
-            else evidence
-        )
+        item = after_last(after_last(ids, self.evidence_id), self.more_id)
         named = [
             (kind, words)
             for kind, words in self.kind_ids.items()
@@ -362,8 +362,8 @@ class GuidedKinds:
         if np.isnan(probability).all():
             return None
         cited = times_cited(text.rpartition(EVIDENCE)[2], kind)
-        open_times = [not any(a < d and c < b for c, d in cited) for a, b in self.times]
-        if not any(open_times):
+        open_times = ~span_cover(self.times, sorted(cited)).any(1)
+        if not open_times.any():
             return 0.0
         return float(time_support(self.cover, probability)[open_times].max())
 
