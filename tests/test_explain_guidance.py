@@ -195,7 +195,7 @@ def test_the_next_item_names_the_kind_the_probe_sees_and_not_yet_cited(answer_to
         answer_tokenizer,
         N2,  # the spindle at 12 s is the surest event
         f"{N2} spindle on EEG at 10-15 s;",  # cited: the K complexes are what is left
-        SPINDLES,  # not guided
+        SPINDLES,  # K complexes name no rule: spindles, guided alone, keep their probability
     )
     guide = _guided_kinds(answer_tokenizer, np.stack([_found(_probe(), kcomplex=0.2)] * 3))
     scores = torch.zeros(3, len(answer_tokenizer))
